@@ -1,0 +1,593 @@
+//! Events and the strict decoder.
+//!
+//! The decoder walks the JSON object once with serde_json, borrowing strings from the input
+//! (a [`Str`] owns its text only when the JSON string holds escapes). Each field is checked as
+//! it is read, so the first problem found names its field; required fields are checked after
+//! the object closes. Unknown fields are skipped without being materialised.
+
+use std::borrow::Cow;
+use std::cell::Cell;
+use std::fmt;
+
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
+
+use crate::reject::{Reason, Rejection};
+use crate::{MAX_AMOUNT_CENTS, MAX_ID_BYTES};
+
+/// The seven event types of the contract.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum EventKind {
+    Impression,
+    Click,
+    Favorite,
+    Cart,
+    Order,
+    Pay,
+    Refund,
+}
+
+impl EventKind {
+    pub const ALL: [EventKind; 7] = [
+        EventKind::Impression,
+        EventKind::Click,
+        EventKind::Favorite,
+        EventKind::Cart,
+        EventKind::Order,
+        EventKind::Pay,
+        EventKind::Refund,
+    ];
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "impression" => EventKind::Impression,
+            "click" => EventKind::Click,
+            "favorite" => EventKind::Favorite,
+            "cart" => EventKind::Cart,
+            "order" => EventKind::Order,
+            "pay" => EventKind::Pay,
+            "refund" => EventKind::Refund,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Impression => "impression",
+            EventKind::Click => "click",
+            EventKind::Favorite => "favorite",
+            EventKind::Cart => "cart",
+            EventKind::Order => "order",
+            EventKind::Pay => "pay",
+            EventKind::Refund => "refund",
+        }
+    }
+
+    /// `order`, `pay` and `refund` carry an order and an amount.
+    pub fn needs_order(self) -> bool {
+        matches!(self, EventKind::Order | EventKind::Pay | EventKind::Refund)
+    }
+}
+
+/// A string borrowed from the message when possible.
+pub type Str<'a> = Cow<'a, str>;
+
+/// One valid event, borrowing from the bytes it was decoded from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event<'a> {
+    pub event_id: Str<'a>,
+    pub kind: EventKind,
+    pub ts: i64,
+    pub user_id: Str<'a>,
+    pub venue: Option<Str<'a>>,
+    pub slot: Option<Str<'a>>,
+    pub item_id: Option<Str<'a>>,
+    pub merchant_id: Option<Str<'a>>,
+    pub channel: Option<Str<'a>>,
+    pub order_id: Option<Str<'a>>,
+    pub amount_cents: Option<u64>,
+    pub coupon_cents: Option<u64>,
+}
+
+/// Limits applied while decoding. They are configuration, not contract: the contract says
+/// "oversized message" without a number, and a wall-clock bound on `ts` keeps one event with a
+/// wild clock from moving every window of the monitor into the future.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Messages longer than this many bytes are rejected as `too_large` without parsing.
+    pub max_message_bytes: usize,
+    /// Events with `ts` above this are rejected as `ts_out_of_range`.
+    pub max_ts_ms: i64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { max_message_bytes: 64 * 1024, max_ts_ms: i64::MAX }
+    }
+}
+
+impl Limits {
+    /// Limits whose future bound is `skew_ms` past the current wall clock.
+    pub fn with_future_skew(max_message_bytes: usize, skew_ms: i64) -> Self {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
+        Limits { max_message_bytes, max_ts_ms: now.saturating_add(skew_ms) }
+    }
+}
+
+/// Decodes and validates one message.
+pub fn decode<'a>(bytes: &'a [u8], limits: &Limits) -> Result<Event<'a>, Rejection> {
+    if bytes.len() > limits.max_message_bytes {
+        return Err(Rejection::new(Reason::TooLarge, None)
+            .with_detail(format!("{} bytes > {}", bytes.len(), limits.max_message_bytes)));
+    }
+    let failure: Cell<Option<(Reason, Option<&'static str>)>> = Cell::new(None);
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let raw = match de.deserialize_any(EventVisitor { failure: &failure }) {
+        Ok(raw) => raw,
+        Err(e) => return Err(classify(e, failure.get())),
+    };
+    if let Err(e) = de.end() {
+        return Err(Rejection::new(Reason::NotJson, None).with_detail(e.to_string()));
+    }
+    raw.validate(limits)
+}
+
+fn classify(e: serde_json::Error, noted: Option<(Reason, Option<&'static str>)>) -> Rejection {
+    if let Some((reason, field)) = noted {
+        return Rejection::new(reason, field);
+    }
+    match e.classify() {
+        serde_json::error::Category::Data => {
+            Rejection::new(Reason::NotObject, None).with_detail(e.to_string())
+        }
+        _ => Rejection::new(Reason::NotJson, None).with_detail(e.to_string()),
+    }
+}
+
+/// Fields as read, before the cross-field checks.
+#[derive(Default)]
+struct RawEvent<'a> {
+    event_id: Option<Str<'a>>,
+    kind: Option<Str<'a>>,
+    ts: Option<i64>,
+    user_id: Option<Str<'a>>,
+    venue: Option<Str<'a>>,
+    slot: Option<Str<'a>>,
+    item_id: Option<Str<'a>>,
+    merchant_id: Option<Str<'a>>,
+    channel: Option<Str<'a>>,
+    order_id: Option<Str<'a>>,
+    amount_cents: Option<u64>,
+    coupon_cents: Option<u64>,
+}
+
+impl<'a> RawEvent<'a> {
+    fn validate(self, limits: &Limits) -> Result<Event<'a>, Rejection> {
+        let missing = |f| Rejection::new(Reason::MissingField, Some(f));
+        let event_id = self.event_id.ok_or_else(|| missing("event_id"))?;
+        check_id(&event_id, "event_id")?;
+        let kind_s = self.kind.ok_or_else(|| missing("type"))?;
+        let kind = EventKind::parse(&kind_s).ok_or_else(|| {
+            let shown: String = kind_s.chars().take(32).collect();
+            Rejection::new(Reason::UnknownType, Some("type")).with_detail(shown)
+        })?;
+        let ts = self.ts.ok_or_else(|| missing("ts"))?;
+        if ts < 0 || ts > limits.max_ts_ms {
+            return Err(Rejection::new(Reason::TsOutOfRange, Some("ts")).with_detail(ts.to_string()));
+        }
+        let user_id = self.user_id.ok_or_else(|| missing("user_id"))?;
+        check_id(&user_id, "user_id")?;
+        if kind.needs_order() {
+            if self.order_id.is_none() {
+                return Err(missing("order_id"));
+            }
+            if self.amount_cents.is_none() {
+                return Err(missing("amount_cents"));
+            }
+        }
+        Ok(Event {
+            event_id,
+            kind,
+            ts,
+            user_id,
+            venue: self.venue,
+            slot: self.slot,
+            item_id: self.item_id,
+            merchant_id: self.merchant_id,
+            channel: self.channel,
+            order_id: self.order_id,
+            amount_cents: self.amount_cents,
+            coupon_cents: self.coupon_cents,
+        })
+    }
+}
+
+fn check_id(s: &str, field: &'static str) -> Result<(), Rejection> {
+    if s.is_empty() || s.len() > MAX_ID_BYTES {
+        return Err(Rejection::new(Reason::BadLength, Some(field))
+            .with_detail(format!("{} bytes", s.len())));
+    }
+    Ok(())
+}
+
+type Noted<'f> = &'f Cell<Option<(Reason, Option<&'static str>)>>;
+
+struct EventVisitor<'f> {
+    failure: Noted<'f>,
+}
+
+impl<'f> EventVisitor<'f> {
+    fn not_object<E: de::Error>(&self) -> E {
+        self.failure.set(Some((Reason::NotObject, None)));
+        E::custom("not an object")
+    }
+}
+
+macro_rules! not_object {
+    ($($name:ident: $t:ty),*) => {
+        $(fn $name<E: de::Error>(self, _v: $t) -> Result<Self::Value, E> { Err(self.not_object()) })*
+    };
+}
+
+impl<'de, 'f> Visitor<'de> for EventVisitor<'f> {
+    type Value = RawEvent<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an event object")
+    }
+
+    not_object!(visit_bool: bool, visit_i64: i64, visit_u64: u64, visit_f64: f64, visit_str: &str);
+
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Err(self.not_object())
+    }
+
+    fn visit_seq<A: de::SeqAccess<'de>>(self, _seq: A) -> Result<Self::Value, A::Error> {
+        Err(self.not_object())
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut raw = RawEvent::default();
+        let fail = self.failure;
+        while let Some(key) = map.next_key_seed(StrSeed { failure: fail, field: "(key)" })? {
+            macro_rules! set {
+                ($slot:expr, $name:literal, $seed:expr) => {{
+                    if $slot.is_some() {
+                        fail.set(Some((Reason::DuplicateField, Some($name))));
+                        return Err(de::Error::custom("duplicate field"));
+                    }
+                    $slot = map.next_value_seed($seed)?;
+                }};
+            }
+            match &*key {
+                "event_id" => set!(raw.event_id, "event_id", OptSeed(StrSeed { failure: fail, field: "event_id" })),
+                "type" => set!(raw.kind, "type", OptSeed(StrSeed { failure: fail, field: "type" })),
+                "ts" => set!(raw.ts, "ts", OptSeed(TsSeed { failure: fail })),
+                "user_id" => set!(raw.user_id, "user_id", OptSeed(StrSeed { failure: fail, field: "user_id" })),
+                "venue" => set!(raw.venue, "venue", OptSeed(StrSeed { failure: fail, field: "venue" })),
+                "slot" => set!(raw.slot, "slot", OptSeed(StrSeed { failure: fail, field: "slot" })),
+                "item_id" => set!(raw.item_id, "item_id", OptSeed(StrSeed { failure: fail, field: "item_id" })),
+                "merchant_id" => {
+                    set!(raw.merchant_id, "merchant_id", OptSeed(StrSeed { failure: fail, field: "merchant_id" }))
+                }
+                "channel" => set!(raw.channel, "channel", OptSeed(StrSeed { failure: fail, field: "channel" })),
+                "order_id" => set!(raw.order_id, "order_id", OptSeed(StrSeed { failure: fail, field: "order_id" })),
+                "amount_cents" => {
+                    set!(raw.amount_cents, "amount_cents", OptSeed(AmountSeed { failure: fail, field: "amount_cents" }))
+                }
+                "coupon_cents" => {
+                    set!(raw.coupon_cents, "coupon_cents", OptSeed(AmountSeed { failure: fail, field: "coupon_cents" }))
+                }
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(raw)
+    }
+}
+
+/// `null` for a field means absent: the checks after the object report it as missing.
+struct OptSeed<S>(S);
+
+impl<'de, S: DeserializeSeed<'de> + Copy> DeserializeSeed<'de> for OptSeed<S> {
+    type Value = Option<S::Value>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_option(OptVisitor(self.0))
+    }
+}
+
+struct OptVisitor<S>(S);
+
+impl<'de, S: DeserializeSeed<'de> + Copy> Visitor<'de> for OptVisitor<S> {
+    type Value = Option<S::Value>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a value or null")
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        self.0.deserialize(d).map(Some)
+    }
+}
+
+#[derive(Clone, Copy)]
+struct StrSeed<'f> {
+    failure: Noted<'f>,
+    field: &'static str,
+}
+
+impl<'de, 'f> DeserializeSeed<'de> for StrSeed<'f> {
+    type Value = Str<'de>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de, 'f> StrSeed<'f> {
+    fn wrong<E: de::Error>(&self) -> E {
+        self.failure.set(Some((Reason::WrongType, Some(self.field))));
+        E::custom("expected a string")
+    }
+}
+
+impl<'de, 'f> Visitor<'de> for StrSeed<'f> {
+    type Value = Str<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string")
+    }
+
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(Cow::Borrowed(v))
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Cow::Owned(v.to_owned()))
+    }
+
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+        Ok(Cow::Owned(v))
+    }
+
+    not_string!(visit_bool: bool, visit_i64: i64, visit_u64: u64, visit_f64: f64);
+
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Err(self.wrong())
+    }
+
+    fn visit_seq<A: de::SeqAccess<'de>>(self, _s: A) -> Result<Self::Value, A::Error> {
+        Err(self.wrong())
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, _m: A) -> Result<Self::Value, A::Error> {
+        Err(self.wrong())
+    }
+}
+
+macro_rules! not_string {
+    ($($name:ident: $t:ty),*) => {
+        $(fn $name<E: de::Error>(self, _v: $t) -> Result<Self::Value, E> { Err(self.wrong()) })*
+    };
+}
+use not_string;
+
+/// `ts`: an integer; floats and strings are the wrong type.
+#[derive(Clone, Copy)]
+struct TsSeed<'f> {
+    failure: Noted<'f>,
+}
+
+impl<'de, 'f> DeserializeSeed<'de> for TsSeed<'f> {
+    type Value = i64;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'f> TsSeed<'f> {
+    fn fail<E: de::Error>(&self, reason: Reason) -> E {
+        self.failure.set(Some((reason, Some("ts"))));
+        E::custom("bad ts")
+    }
+}
+
+impl<'de, 'f> Visitor<'de> for TsSeed<'f> {
+    type Value = i64;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an integer timestamp in ms")
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<i64, E> {
+        Ok(v)
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<i64, E> {
+        i64::try_from(v).map_err(|_| self.fail(Reason::TsOutOfRange))
+    }
+
+    fn visit_f64<E: de::Error>(self, _v: f64) -> Result<i64, E> {
+        Err(self.fail(Reason::WrongType))
+    }
+
+    fn visit_str<E: de::Error>(self, _v: &str) -> Result<i64, E> {
+        Err(self.fail(Reason::WrongType))
+    }
+
+    fn visit_bool<E: de::Error>(self, _v: bool) -> Result<i64, E> {
+        Err(self.fail(Reason::WrongType))
+    }
+
+    fn visit_seq<A: de::SeqAccess<'de>>(self, _s: A) -> Result<i64, A::Error> {
+        Err(self.fail(Reason::WrongType))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, _m: A) -> Result<i64, A::Error> {
+        Err(self.fail(Reason::WrongType))
+    }
+}
+
+/// Money: a non-negative integer of cents up to 10^12. Fractions and negatives are
+/// `bad_amount`; strings, booleans and containers are `wrong_type`.
+#[derive(Clone, Copy)]
+struct AmountSeed<'f> {
+    failure: Noted<'f>,
+    field: &'static str,
+}
+
+impl<'de, 'f> DeserializeSeed<'de> for AmountSeed<'f> {
+    type Value = u64;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'f> AmountSeed<'f> {
+    fn fail<E: de::Error>(&self, reason: Reason) -> E {
+        self.failure.set(Some((reason, Some(self.field))));
+        E::custom("bad amount")
+    }
+}
+
+impl<'de, 'f> Visitor<'de> for AmountSeed<'f> {
+    type Value = u64;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an integer amount of cents")
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<u64, E> {
+        if v > MAX_AMOUNT_CENTS {
+            return Err(self.fail(Reason::BadAmount));
+        }
+        Ok(v)
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<u64, E> {
+        if v < 0 {
+            return Err(self.fail(Reason::BadAmount));
+        }
+        self.visit_u64(v as u64)
+    }
+
+    fn visit_f64<E: de::Error>(self, _v: f64) -> Result<u64, E> {
+        Err(self.fail(Reason::BadAmount))
+    }
+
+    fn visit_str<E: de::Error>(self, _v: &str) -> Result<u64, E> {
+        Err(self.fail(Reason::WrongType))
+    }
+
+    fn visit_bool<E: de::Error>(self, _v: bool) -> Result<u64, E> {
+        Err(self.fail(Reason::WrongType))
+    }
+
+    fn visit_seq<A: de::SeqAccess<'de>>(self, _s: A) -> Result<u64, A::Error> {
+        Err(self.fail(Reason::WrongType))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, _m: A) -> Result<u64, A::Error> {
+        Err(self.fail(Reason::WrongType))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reason(line: &str) -> (Reason, Option<&'static str>) {
+        let r = decode(line.as_bytes(), &Limits::default()).unwrap_err();
+        (r.reason, r.field)
+    }
+
+    #[test]
+    fn decodes_a_full_pay_borrowing_strings() {
+        let line = r#"{"event_id":"e-1","type":"pay","ts":1762790400000,"user_id":"u-1","venue":"main","slot":"main-001","merchant_id":"m-1","order_id":"o-1","amount_cents":1999,"coupon_cents":100,"extra":{"a":[1,2]}}"#;
+        let e = decode(line.as_bytes(), &Limits::default()).unwrap();
+        assert_eq!(e.kind, EventKind::Pay);
+        assert_eq!(e.amount_cents, Some(1999));
+        assert_eq!(e.coupon_cents, Some(100));
+        assert!(matches!(e.event_id, Cow::Borrowed("e-1")));
+        assert_eq!(e.slot.as_deref(), Some("main-001"));
+    }
+
+    #[test]
+    fn escaped_strings_are_unescaped() {
+        let e = decode(br#"{"event_id":"e\"1","type":"click","ts":1,"user_id":"\u7528\u6237"}"#, &Limits::default())
+            .unwrap();
+        assert_eq!(e.event_id, "e\"1");
+        assert_eq!(e.user_id, "用户");
+    }
+
+    #[test]
+    fn each_reason_is_named() {
+        assert_eq!(reason("nope").0, Reason::NotJson);
+        assert_eq!(reason("[1]").0, Reason::NotObject);
+        assert_eq!(reason("null").0, Reason::NotObject);
+        assert_eq!(reason("\"s\"").0, Reason::NotObject);
+        assert_eq!(reason(r#"{"event_id":"a","type":"click","ts":1}"#), (Reason::MissingField, Some("user_id")));
+        assert_eq!(reason(r#"{"event_id":"a","type":"click","ts":1,"user_id":null}"#), (Reason::MissingField, Some("user_id")));
+        assert_eq!(reason(r#"{"event_id":"a","type":"click","ts":"1","user_id":"u"}"#), (Reason::WrongType, Some("ts")));
+        assert_eq!(reason(r#"{"event_id":"a","type":"click","ts":1.5,"user_id":"u"}"#), (Reason::WrongType, Some("ts")));
+        assert_eq!(reason(r#"{"event_id":"a","type":"click","ts":-1,"user_id":"u"}"#), (Reason::TsOutOfRange, Some("ts")));
+        assert_eq!(reason(r#"{"event_id":"a","type":"click","ts":1,"user_id":""}"#), (Reason::BadLength, Some("user_id")));
+        assert_eq!(reason(r#"{"event_id":"a","type":"fly","ts":1,"user_id":"u"}"#).0, Reason::UnknownType);
+        assert_eq!(reason(r#"{"event_id":"a","type":3,"ts":1,"user_id":"u"}"#), (Reason::WrongType, Some("type")));
+        assert_eq!(
+            reason(r#"{"event_id":"a","type":"pay","ts":1,"user_id":"u","order_id":"o","amount_cents":1000000000001}"#),
+            (Reason::BadAmount, Some("amount_cents"))
+        );
+        assert_eq!(
+            reason(r#"{"event_id":"a","type":"pay","ts":1,"user_id":"u","order_id":"o","amount_cents":"5"}"#),
+            (Reason::WrongType, Some("amount_cents"))
+        );
+        assert_eq!(
+            reason(r#"{"event_id":"a","type":"pay","ts":1,"user_id":"u","order_id":"o","amount_cents":5,"coupon_cents":-1}"#),
+            (Reason::BadAmount, Some("coupon_cents"))
+        );
+        assert_eq!(reason(r#"{"event_id":"a","type":"pay","ts":1,"user_id":"u","amount_cents":5}"#), (Reason::MissingField, Some("order_id")));
+        assert_eq!(reason(r#"{"event_id":"a","event_id":"b","type":"click","ts":1,"user_id":"u"}"#), (Reason::DuplicateField, Some("event_id")));
+        assert_eq!(reason(r#"{"event_id":"a","type":"click","ts":1,"user_id":"u"} x"#).0, Reason::NotJson);
+        assert_eq!(reason(r#"{"event_id":"a","type":"click","ts":1,"user_id":"u""#).0, Reason::NotJson);
+        let big = format!(r#"{{"event_id":"a","type":"click","ts":1,"user_id":"u","pad":"{}"}}"#, "x".repeat(70_000));
+        assert_eq!(reason(&big).0, Reason::TooLarge);
+    }
+
+    #[test]
+    fn amount_bounds_are_inclusive() {
+        let ok = r#"{"event_id":"a","type":"pay","ts":1,"user_id":"u","order_id":"o","amount_cents":1000000000000}"#;
+        assert_eq!(decode(ok.as_bytes(), &Limits::default()).unwrap().amount_cents, Some(MAX_AMOUNT_CENTS));
+        let zero = r#"{"event_id":"a","type":"refund","ts":0,"user_id":"u","order_id":"o","amount_cents":0}"#;
+        assert_eq!(decode(zero.as_bytes(), &Limits::default()).unwrap().amount_cents, Some(0));
+    }
+
+    #[test]
+    fn future_ts_is_rejected_by_limit() {
+        let limits = Limits { max_ts_ms: 1000, ..Limits::default() };
+        let r = decode(br#"{"event_id":"a","type":"click","ts":1001,"user_id":"u"}"#, &limits).unwrap_err();
+        assert_eq!(r.reason, Reason::TsOutOfRange);
+    }
+
+    #[test]
+    fn invalid_utf8_is_not_json() {
+        let r = decode(b"{\"event_id\":\"\xff\xfe\",\"type\":\"click\",\"ts\":1,\"user_id\":\"u\"}", &Limits::default())
+            .unwrap_err();
+        assert_eq!(r.reason, Reason::NotJson);
+    }
+}
