@@ -1,0 +1,537 @@
+//! The engine: shards, routing, publishing snapshots.
+//!
+//! Writers (any number of threads) call [`Engine::prepare`] (hashing and name interning, no
+//! shard involved) and then [`Engine::apply`] or [`Engine::apply_shard`]. Each shard is a
+//! `Mutex<Shard>` taken only by writers and by the publisher; it is uncontended when each
+//! thread owns its shard (the replay pipeline) and briefly contended otherwise.
+//!
+//! Readers never touch a shard: [`Engine::publish`] merges the shards' summaries into an
+//! immutable [`Snapshot`] and swaps it into an `ArcSwap`; [`Engine::snapshot`] is a wait-free
+//! load of the newest one. Rule changes swap an `ArcSwap` too and apply from the next publish.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+
+use arc_swap::ArcSwap;
+use warroom_model::{EventKind, Event, Reason, RejectCounts, Rejection};
+use xxhash_rust::xxh3::{xxh3_128, xxh3_64};
+
+use crate::config::Config;
+use crate::intern::{Interner, SlotInterner, NONE};
+use crate::race::{self, RaceInputs, RankChange, Rule, RuleSpec};
+use crate::shard::{Ctx, Outcome, Prepared, Shard, ShardCounters, ShardSummary, SlotWin};
+use crate::snapshot::{
+    decompose, Counters, Funnel, Race, RankEntry, SlotStats, Snapshot, Totals, VenueStats, WindowStats,
+};
+
+const DAY_MS: i64 = 86_400_000;
+
+/// Rules in force: venue -> rule, plus the default.
+#[derive(Debug, Clone)]
+pub struct RuleSet {
+    pub default_rule: (String, Rule),
+    pub venues: BTreeMap<String, (String, Rule)>,
+}
+
+/// A rule change, for the audit trail.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RuleChange {
+    pub venue: String,
+    pub old_rule: String,
+    pub new_rule: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("invalid rule for venue `{venue}`: {reason}")]
+    InvalidRule { venue: String, reason: String },
+    #[error("no rule named `{0}`; define it under [race.rules] or send its weights")]
+    UnknownRule(String),
+}
+
+#[derive(Debug, Default)]
+struct PublishState {
+    /// Venue -> slot names in the last published order.
+    previous: BTreeMap<String, Vec<String>>,
+}
+
+#[derive(Debug)]
+pub struct Engine {
+    cfg: Config,
+    shards: Box<[Mutex<Shard>]>,
+    ctx: OnceLock<Ctx>,
+    shard_ctx_template: (i64, i64),
+    venues: Interner,
+    slots: SlotInterner,
+    merchants: Interner,
+    rejects: RejectCounts,
+    watermark: AtomicI64,
+    rules: ArcSwap<RuleSet>,
+    named_rules: BTreeMap<String, RuleSpec>,
+    published: ArcSwap<Snapshot>,
+    publish_state: Mutex<PublishState>,
+    publishes: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding a shard leaves it consistent enough to keep serving: every update
+    // is a handful of additions. Keep going rather than poison the whole monitor.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Engine {
+    /// Builds an engine; `cfg` must have passed [`Config::validate`].
+    pub fn new(cfg: Config) -> Self {
+        let n = if cfg.engine.shards == 0 {
+            std::thread::available_parallelism().map_or(2, |n| n.get())
+        } else {
+            cfg.engine.shards
+        };
+        let dh = cfg.engine.dedupe_horizon.as_millis() as i64;
+        let oh = cfg.engine.order_horizon.as_millis() as i64;
+        let resolve = |name: &str| -> (String, Rule) {
+            if name == "gmv" {
+                ("gmv".into(), Rule::Gmv)
+            } else {
+                let spec = cfg.race.rules.get(name).cloned().unwrap_or_else(|| panic!("rule `{name}` validated"));
+                (name.into(), Rule::Composite(spec))
+            }
+        };
+        let rules = RuleSet {
+            default_rule: resolve(&cfg.race.default_rule),
+            venues: cfg.race.venues.iter().map(|(v, r)| (v.clone(), resolve(r))).collect(),
+        };
+        let ctx = OnceLock::new();
+        let engine = Engine {
+            shards: Vec::new().into_boxed_slice(),
+            ctx,
+            shard_ctx_template: (dh, oh),
+            venues: Interner::new(cfg.engine.max_venues),
+            slots: SlotInterner::new(cfg.engine.max_slots),
+            merchants: Interner::new(cfg.engine.max_merchants),
+            rejects: RejectCounts::default(),
+            watermark: AtomicI64::new(i64::MIN),
+            rules: ArcSwap::from_pointee(rules),
+            named_rules: cfg.race.rules.clone(),
+            published: ArcSwap::from_pointee(Snapshot::default()),
+            publish_state: Mutex::new(PublishState::default()),
+            publishes: AtomicU64::new(0),
+            cfg,
+        };
+        Engine { shards: (0..n).map(|_| Mutex::new(Shard::new(&engine.base_ctx(0), dh, oh))).collect(), ..engine }
+    }
+
+    fn base_ctx(&self, epoch: i64) -> Ctx {
+        let plan = self.cfg.plan.as_ref();
+        Ctx {
+            epoch,
+            dedupe_horizon: self.shard_ctx_template.0,
+            windows: self.cfg.engine.windows.iter().map(|d| d.as_millis() as i64).collect(),
+            race_window: self.cfg.race.window.as_millis() as i64,
+            phases: plan.map(|p| p.bounds()).unwrap_or_default(),
+            plan_range: plan.map(|p| (p.start_ms(), p.end_ms())),
+        }
+    }
+
+    /// The context, fixing the sketch epoch on first use.
+    fn ctx_for(&self, ts: i64) -> &Ctx {
+        self.ctx.get_or_init(|| {
+            let epoch = self.cfg.engine.epoch_ms.unwrap_or_else(|| ts.div_euclid(DAY_MS) * DAY_MS - 7 * DAY_MS);
+            self.base_ctx(epoch)
+        })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    pub fn shard_count(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// Reduces a decoded event to its fixed-size form. Any thread; no shard lock.
+    pub fn prepare(&self, ev: &Event<'_>, seq: u64) -> Prepared {
+        self.ctx_for(ev.ts);
+        let venue = ev.venue.as_deref().map_or(NONE, |v| self.venues.get_or_insert(v));
+        let (slot, venue) = match ev.slot.as_deref() {
+            Some(s) => self.slots.get_or_insert(s, venue),
+            None => (NONE, venue),
+        };
+        let merchant = ev.merchant_id.as_deref().map_or(NONE, |m| self.merchants.get_or_insert(m));
+        Prepared {
+            id: xxh3_128(ev.event_id.as_bytes()),
+            order: ev.order_id.as_deref().map_or(0, |o| xxh3_128(o.as_bytes())),
+            user: xxh3_64(ev.user_id.as_bytes()),
+            ts: ev.ts,
+            seq,
+            amount: ev.amount_cents.unwrap_or(0),
+            coupon: ev.coupon_cents.unwrap_or(0),
+            slot,
+            venue,
+            merchant,
+            kind: ev.kind,
+        }
+    }
+
+    /// Decodes one message and prepares it, counting a rejection.
+    pub fn decode_prepare(&self, bytes: &[u8], seq: u64, limits: &warroom_model::Limits) -> Result<Prepared, Rejection> {
+        match warroom_model::decode(bytes, limits) {
+            Ok(ev) => Ok(self.prepare(&ev, seq)),
+            Err(r) => {
+                self.rejects.add(r.reason, 1);
+                Err(r)
+            }
+        }
+    }
+
+    /// Counts a rejection made outside the engine (e.g. a Kafka payload that never decoded).
+    pub fn record_rejection(&self, reason: Reason) {
+        self.rejects.add(reason, 1);
+    }
+
+    /// The shard that owns this event's user.
+    #[inline]
+    pub fn shard_of(&self, p: &Prepared) -> usize {
+        // High bits: the low bits pick HyperLogLog registers, keep the two independent.
+        ((p.user >> 32) as usize * self.shards.len()) >> 32
+    }
+
+    /// Applies a batch from any thread; events of one shard keep their batch order.
+    pub fn apply(&self, batch: &[Prepared]) {
+        for s in 0..self.shards.len() {
+            self.apply_shard(s, batch);
+        }
+    }
+
+    /// Applies the events of `batch` that belong to shard `s`, in order.
+    pub fn apply_shard(&self, s: usize, batch: &[Prepared]) {
+        let Some(first) = batch.first() else { return };
+        let cx = self.ctx_for(first.ts);
+        let mut shard = lock(&self.shards[s]);
+        let mut newest = i64::MIN;
+        for ev in batch.iter().filter(|e| self.shard_of(e) == s) {
+            match shard.apply(ev, cx) {
+                Outcome::Accepted => newest = newest.max(ev.ts),
+                Outcome::Duplicate => {}
+                Outcome::BeyondHorizon => self.rejects.add(Reason::BeyondDedupeHorizon, 1),
+            }
+        }
+        drop(shard);
+        if newest != i64::MIN {
+            self.watermark.fetch_max(newest, Ordering::Relaxed);
+        }
+    }
+
+    /// Newest accepted event time (i64::MIN before any).
+    pub fn watermark(&self) -> i64 {
+        self.watermark.load(Ordering::Relaxed)
+    }
+
+    /// The newest published snapshot: a wait-free load, never blocks writers.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.published.load_full()
+    }
+
+    /// Rank changes found by publishes; see [`Engine::publish`].
+    pub fn publishes(&self) -> u64 {
+        self.publishes.load(Ordering::Relaxed)
+    }
+
+    /// Swaps the rule of one venue. `rule` is a named rule, or `spec` a new composite rule
+    /// (validated). Takes effect from the next publish.
+    pub fn set_rule(&self, venue: &str, name: &str, spec: Option<RuleSpec>) -> Result<RuleChange, EngineError> {
+        let new = match spec {
+            Some(spec) => {
+                spec.validate().map_err(|reason| EngineError::InvalidRule { venue: venue.into(), reason })?;
+                (name.to_string(), Rule::Composite(spec))
+            }
+            None if name == "gmv" => ("gmv".to_string(), Rule::Gmv),
+            None => match self.named_rules.get(name) {
+                Some(spec) => (name.to_string(), Rule::Composite(spec.clone())),
+                None => return Err(EngineError::UnknownRule(name.into())),
+            },
+        };
+        let mut old_name = String::new();
+        self.rules.rcu(|cur| {
+            let mut next = (**cur).clone();
+            old_name = next.venues.get(venue).unwrap_or(&next.default_rule).0.clone();
+            next.venues.insert(venue.to_string(), new.clone());
+            next
+        });
+        Ok(RuleChange { venue: venue.into(), old_rule: old_name, new_rule: name.into() })
+    }
+
+    /// Name of the rule in force for `venue`.
+    pub fn rule_of(&self, venue: &str) -> String {
+        let rules = self.rules.load();
+        rules.venues.get(venue).unwrap_or(&rules.default_rule).0.clone()
+    }
+
+    /// Merges all shards at the global watermark into a new snapshot, stores it for readers
+    /// and returns it with the rank changes since the previous publish.
+    pub fn publish(&self) -> (Arc<Snapshot>, Vec<RankChange>) {
+        let mut state = lock(&self.publish_state);
+        let as_of = self.watermark();
+        let Some(cx) = self.ctx.get() else {
+            let snap = Arc::new(self.empty_snapshot());
+            self.published.store(snap.clone());
+            return (snap, Vec::new());
+        };
+        let sums: Vec<ShardSummary> = self.shards.iter().map(|s| lock(s).summarize(as_of, cx)).collect();
+        let (snap, changes) = self.merge(as_of, cx, &sums, &mut state);
+        let snap = Arc::new(snap);
+        self.published.store(snap.clone());
+        self.publishes.fetch_add(1, Ordering::Relaxed);
+        (snap, changes)
+    }
+
+    fn empty_snapshot(&self) -> Snapshot {
+        let mut s = Snapshot::default();
+        s.totals.rejected = self.rejects.total();
+        s.rejections = self.rejects.nonzero().into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+        s.windows = self
+            .cfg
+            .engine
+            .windows
+            .iter()
+            .map(|d| WindowStats { length_ms: d.as_millis() as i64, ..Default::default() })
+            .collect();
+        s
+    }
+
+    fn merge(&self, as_of: i64, cx: &Ctx, sums: &[ShardSummary], state: &mut PublishState) -> (Snapshot, Vec<RankChange>) {
+        let mut c = ShardCounters::default();
+        for s in sums {
+            c.add(&s.c);
+        }
+        let sum3 = |f: &dyn Fn(&ShardSummary) -> [u64; 3]| {
+            sums.iter().fold([0u64; 3], |a, s| {
+                let b = f(s);
+                [a[0] + b[0], a[1] + b[1], a[2] + b[2]]
+            })
+        };
+        let dt = sum3(&|s| s.distinct_total);
+        let totals = Totals {
+            gmv_cents: c.gmv,
+            paid_orders: c.paid_orders,
+            refund_cents: c.refund_cents,
+            uv: dt[0],
+            ipv_uv: dt[1],
+            buyers: dt[2],
+            accepted: c.accepted,
+            rejected: self.rejects.total(),
+            duplicates: c.duplicates,
+            impressions: c.impressions,
+            clicks: c.clicks,
+            favorites: c.favorites,
+            carts: c.carts,
+            orders_placed: c.orders_placed,
+            order_cents: c.order_cents,
+            refunds: c.refunds,
+            coupon_cents: c.coupon_cents,
+        };
+        let mut windows = Vec::new();
+        let mut decomposition = Vec::new();
+        for (k, &len) in cx.windows.iter().enumerate() {
+            let (mut cur, mut prev) = ((0u64, 0u64), (0u64, 0u64));
+            for s in sums {
+                cur.0 += s.windows[k].0.gmv;
+                cur.1 += s.windows[k].0.orders;
+                prev.0 += s.windows[k].1.gmv;
+                prev.1 += s.windows[k].1.orders;
+            }
+            let d = sum3(&|s| s.distinct_windows[k]);
+            windows.push(WindowStats { length_ms: len, gmv_cents: cur.0, paid_orders: cur.1, uv: d[0], ipv_uv: d[1], buyers: d[2] });
+            let f = sums.iter().fold(([0u64; 2], [0u64; 2]), |a, s| {
+                let (c2, p2) = s.formula[k];
+                ([a.0[0] + c2[0], a.0[1] + c2[1]], [a.1[0] + p2[0], a.1[1] + p2[1]])
+            });
+            decomposition.push(decompose(len, (cur.0, f.0[0], f.0[1]), (prev.0, f.1[0], f.1[1])));
+        }
+
+        // Slots and venues.
+        let slot_names = self.slots.names.names();
+        let slot_venues = self.slots.venues();
+        let venue_names = self.venues.names();
+        let merchant_names = self.merchants.names();
+        let name_of = |names: &[Arc<str>], i: u32| -> String {
+            if i == NONE {
+                String::new()
+            } else {
+                names.get(i as usize).map(|s| s.to_string()).unwrap_or_default()
+            }
+        };
+        let n_slots = slot_names.len();
+        let mut cum = vec![crate::shard::SlotCum::default(); n_slots];
+        let mut win = vec![[SlotWin::default(); 2]; n_slots];
+        for s in sums {
+            for (i, sc) in s.slot_cum.iter().enumerate().take(n_slots) {
+                let m = &mut cum[i];
+                m.seen |= sc.seen;
+                m.gmv += sc.gmv;
+                m.orders += sc.orders;
+                m.impressions += sc.impressions;
+                m.clicks += sc.clicks;
+                if sc.merchant != NONE && sc.merchant_at >= m.merchant_at {
+                    m.merchant = sc.merchant;
+                    m.merchant_at = sc.merchant_at;
+                }
+            }
+            for (i, sw) in s.slot_win.iter().enumerate().take(n_slots) {
+                for w in 0..2 {
+                    let t = &mut win[i][w];
+                    t.gmv += sw[w].gmv;
+                    t.orders += sw[w].orders;
+                    t.impressions += sw[w].impressions;
+                    t.clicks += sw[w].clicks;
+                    t.buyers += sw[w].buyers;
+                }
+            }
+        }
+        let mut slots: Vec<SlotStats> = (0..n_slots)
+            .filter(|&i| cum[i].seen)
+            .map(|i| SlotStats {
+                slot: slot_names[i].to_string(),
+                venue: name_of(&venue_names, slot_venues.get(i).copied().unwrap_or(NONE)),
+                merchant_id: name_of(&merchant_names, cum[i].merchant),
+                gmv_cents: cum[i].gmv,
+                paid_orders: cum[i].orders,
+                impressions: cum[i].impressions,
+                clicks: cum[i].clicks,
+            })
+            .collect();
+        slots.sort_by(|a, b| a.slot.cmp(&b.slot));
+
+        let rules = self.rules.load();
+        let mut changes = Vec::new();
+        let mut venues = Vec::new();
+        for (vi, vname) in venue_names.iter().enumerate() {
+            let (mut seen, mut gmv, mut orders, mut d) = (false, 0, 0, [0u64; 3]);
+            for s in sums {
+                if let Some(v) = s.venues.get(vi) {
+                    seen |= v.0;
+                    gmv += v.1;
+                    orders += v.2;
+                    for k in 0..3 {
+                        d[k] += v.3[k];
+                    }
+                }
+            }
+            let members: Vec<usize> =
+                (0..n_slots).filter(|&i| cum[i].seen && slot_venues.get(i).copied() == Some(vi as u32)).collect();
+            if !seen && members.is_empty() {
+                continue;
+            }
+            let (rule_name, rule) = rules.venues.get(&**vname).unwrap_or(&rules.default_rule);
+            let inputs: Vec<RaceInputs> = members
+                .iter()
+                .map(|&i| {
+                    let (r, rr) = (win[i][0], win[i][1]);
+                    RaceInputs {
+                        gmv: r.gmv,
+                        paid_orders: r.orders,
+                        buyers: r.buyers,
+                        impressions: r.impressions,
+                        clicks: r.clicks,
+                        prev_gmv: rr.gmv - r.gmv,
+                        prev_orders: rr.orders - r.orders,
+                        prev_clicks: rr.clicks - r.clicks,
+                    }
+                })
+                .collect();
+            let scores = race::scores(rule, &inputs);
+            let mut order: Vec<(String, f64)> =
+                members.iter().zip(&scores).map(|(&i, &s)| (slot_names[i].to_string(), s)).collect();
+            let prev = state.previous.get(&**vname).cloned().unwrap_or_default();
+            race::rank(&mut order, &prev, self.cfg.race.hysteresis);
+            let by_name: BTreeMap<&str, usize> = members.iter().enumerate().map(|(k, &i)| (&*slot_names[i], k)).collect();
+            let ranking: Vec<RankEntry> = order
+                .iter()
+                .enumerate()
+                .map(|(r, (name, score))| {
+                    let k = by_name[name.as_str()];
+                    let i = members[k];
+                    let inp = &inputs[k];
+                    RankEntry {
+                        rank: r as u32 + 1,
+                        slot: name.clone(),
+                        score: *score,
+                        gmv_cents: inp.gmv,
+                        paid_orders: inp.paid_orders,
+                        impressions: inp.impressions,
+                        clicks: inp.clicks,
+                        buyers: inp.buyers,
+                        prev_gmv_cents: inp.prev_gmv,
+                        merchant_id: name_of(&merchant_names, cum[i].merchant),
+                    }
+                })
+                .collect();
+            if !prev.is_empty() {
+                for e in &ranking {
+                    let from = prev.iter().position(|p| *p == e.slot).map(|p| p as u32 + 1);
+                    if from != Some(e.rank) {
+                        changes.push(RankChange {
+                            venue: vname.to_string(),
+                            slot: e.slot.clone(),
+                            from,
+                            to: e.rank,
+                            as_of_ms: as_of,
+                        });
+                    }
+                }
+            }
+            state.previous.insert(vname.to_string(), order.into_iter().map(|(n, _)| n).collect());
+            venues.push(VenueStats {
+                venue: vname.to_string(),
+                gmv_cents: gmv,
+                paid_orders: orders,
+                uv: d[0],
+                ipv_uv: d[1],
+                buyers: d[2],
+                race: Race { window_ms: cx.race_window, rule: rule_name.clone(), ranking },
+            });
+        }
+        venues.sort_by(|a, b| a.venue.cmp(&b.venue));
+
+        let plan = self.cfg.plan.as_ref().map(|p| {
+            let mut phase_gmv = vec![0u64; p.phases.len()];
+            let mut plan_gmv = 0;
+            for s in sums {
+                for (a, b) in phase_gmv.iter_mut().zip(&s.phase_gmv) {
+                    *a += b;
+                }
+                plan_gmv += s.plan_gmv;
+            }
+            p.status(as_of, &phase_gmv, plan_gmv)
+        });
+        let counters = Counters {
+            late: c.late,
+            too_late_for_windows: c.too_late,
+            resent_pays: c.resent_pays,
+            slot_overflow: self.slots.names.overflow.load(Ordering::Relaxed),
+            venue_overflow: self.venues.overflow.load(Ordering::Relaxed),
+            merchant_overflow: self.merchants.overflow.load(Ordering::Relaxed),
+            slot_venue_conflicts: self.slots.venue_conflicts.load(Ordering::Relaxed),
+            dedupe_ids: sums.iter().map(|s| s.dedupe_ids).sum(),
+            dedupe_orders: sums.iter().map(|s| s.dedupe_orders).sum(),
+            window_records: sums.iter().map(|s| s.window_records).sum(),
+        };
+        let snap = Snapshot {
+            as_of_ms: if as_of == i64::MIN { 0 } else { as_of },
+            totals,
+            windows,
+            venues,
+            slots,
+            funnel: Funnel::of(c.gmv, dt[0], dt[1], dt[2]),
+            decomposition,
+            plan,
+            rejections: self.rejects.nonzero().into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+            counters,
+        };
+        (snap, changes)
+    }
+}
+
+/// Kinds, re-exported for sources that build events by hand.
+pub type Kind = EventKind;

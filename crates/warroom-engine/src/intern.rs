@@ -1,0 +1,108 @@
+//! Names to dense indices, shared by all shards so their per-slot arrays line up when merged.
+//!
+//! The hot path only reads (`DashMap::get`, a shard read lock for a few nanoseconds); a new
+//! name takes the write path once. The name lists behind an `RwLock` are read only when a
+//! snapshot is published, never by API readers (they get the published snapshot).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use dashmap::DashMap;
+
+/// Index meaning "none" (no slot, no venue, no merchant, or over the cardinality limit).
+pub const NONE: u32 = u32::MAX;
+
+#[derive(Debug)]
+pub struct Interner {
+    map: DashMap<Box<str>, u32>,
+    names: RwLock<Vec<Arc<str>>>,
+    limit: usize,
+    /// Names refused because the limit was reached (events still count elsewhere).
+    pub overflow: AtomicU64,
+}
+
+impl Interner {
+    pub fn new(limit: usize) -> Self {
+        Interner { map: DashMap::new(), names: RwLock::new(Vec::new()), limit, overflow: AtomicU64::new(0) }
+    }
+
+    /// The index of `name`, registering it if new; `NONE` past the limit.
+    pub fn get_or_insert(&self, name: &str) -> u32 {
+        if let Some(i) = self.map.get(name) {
+            return *i;
+        }
+        self.insert_slow(name)
+    }
+
+    #[cold]
+    fn insert_slow(&self, name: &str) -> u32 {
+        // The entry API serialises concurrent first sightings of the same name.
+        let mut names = self.names.write().unwrap_or_else(|p| p.into_inner());
+        *self.map.entry(name.into()).or_insert_with(|| {
+            if names.len() >= self.limit {
+                self.overflow.fetch_add(1, Ordering::Relaxed);
+                return NONE;
+            }
+            names.push(Arc::from(name));
+            (names.len() - 1) as u32
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.names.read().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// All names, index order.
+    pub fn names(&self) -> Vec<Arc<str>> {
+        self.names.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// Slots additionally remember the venue they were first seen on: a slot is unique across
+/// venues (EVENTS.md), so later events naming another venue for it are counted as conflicts
+/// and attributed to the first venue.
+#[derive(Debug)]
+pub struct SlotInterner {
+    pub names: Interner,
+    venues: RwLock<Vec<u32>>,
+    pub venue_conflicts: AtomicU64,
+}
+
+impl SlotInterner {
+    pub fn new(limit: usize) -> Self {
+        SlotInterner { names: Interner::new(limit), venues: RwLock::new(Vec::new()), venue_conflicts: AtomicU64::new(0) }
+    }
+
+    pub fn get_or_insert(&self, slot: &str, venue: u32) -> (u32, u32) {
+        let idx = self.names.get_or_insert(slot);
+        if idx == NONE {
+            return (NONE, venue);
+        }
+        let known = self.venues.read().unwrap_or_else(|p| p.into_inner()).get(idx as usize).copied();
+        let v = match known {
+            Some(v) if v != NONE || venue == NONE => v,
+            _ => {
+                let mut vs = self.venues.write().unwrap_or_else(|p| p.into_inner());
+                while vs.len() <= idx as usize {
+                    vs.push(NONE);
+                }
+                if vs[idx as usize] == NONE {
+                    vs[idx as usize] = venue;
+                }
+                vs[idx as usize]
+            }
+        };
+        if venue != NONE && v != venue {
+            self.venue_conflicts.fetch_add(1, Ordering::Relaxed);
+        }
+        (idx, v)
+    }
+
+    pub fn venues(&self) -> Vec<u32> {
+        self.venues.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}

@@ -1,0 +1,212 @@
+//! Horse races (赛马): scoring slots of a venue over the race window and ranking them.
+//!
+//! The built-in rule `gmv` scores a slot by its GMV in the race window (SNAPSHOT.md). A
+//! composite rule scores by a weighted sum of inputs, each min-max normalised to [0, 1] over
+//! the venue's slots, so weights mean "share of the decision" whatever the units. The `*_rise`
+//! and `gmv_growth` inputs compare the race window with the window before it, which is how
+//! operators express "whoever's combined data rises most in the same period ranks first".
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// One input of a composite rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Input {
+    /// GMV in the race window.
+    Gmv,
+    /// Paid orders in the race window.
+    PaidOrders,
+    /// Distinct paying users in the race window (exact).
+    Buyers,
+    Impressions,
+    Clicks,
+    /// clicks / impressions.
+    Ctr,
+    /// paid orders / clicks.
+    Conversion,
+    /// GMV minus GMV of the previous window (cents; may be negative).
+    GmvRise,
+    /// (GMV - previous GMV) / max(previous GMV, 1 yuan).
+    GmvGrowth,
+    /// Paid orders minus those of the previous window.
+    OrdersRise,
+    /// Clicks minus those of the previous window.
+    ClicksRise,
+}
+
+/// A composite rule as written in config or sent by an admin.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleSpec {
+    /// Input -> weight (>= 0, at least one > 0).
+    pub weights: BTreeMap<Input, f64>,
+    /// What the rule is for, shown to operators.
+    #[serde(default)]
+    pub description: String,
+}
+
+impl RuleSpec {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.weights.is_empty() {
+            return Err("weights: give at least one input, e.g. { gmv = 0.7, gmv_rise = 0.3 }".into());
+        }
+        for (k, w) in &self.weights {
+            if !w.is_finite() || *w < 0.0 {
+                return Err(format!("weights.{k:?}: must be a finite number >= 0, got {w}"));
+            }
+        }
+        if self.weights.values().all(|w| *w == 0.0) {
+            return Err("weights: at least one weight must be > 0".into());
+        }
+        Ok(())
+    }
+}
+
+/// A rule in force.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Rule {
+    Gmv,
+    Composite(RuleSpec),
+}
+
+/// A slot's numbers over the race window and the window before it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RaceInputs {
+    pub gmv: u64,
+    pub paid_orders: u64,
+    pub buyers: u64,
+    pub impressions: u64,
+    pub clicks: u64,
+    pub prev_gmv: u64,
+    pub prev_orders: u64,
+    pub prev_clicks: u64,
+}
+
+impl RaceInputs {
+    pub fn value(&self, input: Input) -> f64 {
+        let ratio = |a: u64, b: u64| if b == 0 { 0.0 } else { a as f64 / b as f64 };
+        match input {
+            Input::Gmv => self.gmv as f64,
+            Input::PaidOrders => self.paid_orders as f64,
+            Input::Buyers => self.buyers as f64,
+            Input::Impressions => self.impressions as f64,
+            Input::Clicks => self.clicks as f64,
+            Input::Ctr => ratio(self.clicks, self.impressions),
+            Input::Conversion => ratio(self.paid_orders, self.clicks),
+            Input::GmvRise => self.gmv as f64 - self.prev_gmv as f64,
+            Input::GmvGrowth => (self.gmv as f64 - self.prev_gmv as f64) / (self.prev_gmv.max(100) as f64),
+            Input::OrdersRise => self.paid_orders as f64 - self.prev_orders as f64,
+            Input::ClicksRise => self.clicks as f64 - self.prev_clicks as f64,
+        }
+    }
+}
+
+/// Scores of all slots of one venue under `rule`.
+pub fn scores(rule: &Rule, slots: &[RaceInputs]) -> Vec<f64> {
+    match rule {
+        Rule::Gmv => slots.iter().map(|s| s.gmv as f64).collect(),
+        Rule::Composite(spec) => {
+            let mut out = vec![0.0; slots.len()];
+            for (&input, &w) in &spec.weights {
+                if w == 0.0 {
+                    continue;
+                }
+                let vals: Vec<f64> = slots.iter().map(|s| s.value(input)).collect();
+                let lo = vals.iter().copied().fold(f64::INFINITY, f64::min);
+                let hi = vals.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                if hi > lo {
+                    for (o, v) in out.iter_mut().zip(&vals) {
+                        *o += w * (v - lo) / (hi - lo);
+                    }
+                }
+            }
+            out
+        }
+    }
+}
+
+/// Orders entries (slot name, score) highest score first, ties by slot name.
+///
+/// With `hysteresis` h > 0 and a previous order, the previous order is the starting point and
+/// a slot moves above its neighbour only when its score beats the neighbour's by more than
+/// h (relative): near-equal slots keep their places instead of flapping on noise. h = 0
+/// gives the strict order whatever the start.
+pub fn rank(entries: &mut [(String, f64)], previous: &[String], hysteresis: f64) {
+    entries.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    if hysteresis <= 0.0 || previous.is_empty() {
+        return;
+    }
+    // Start from the previous order (new slots keep their strict place after the known ones).
+    let pos = |name: &str| previous.iter().position(|p| p == name).unwrap_or(usize::MAX);
+    entries.sort_by_key(|e| pos(&e.0));
+    let beats = |a: &(String, f64), b: &(String, f64)| a.1 > b.1 + hysteresis * b.1.abs().max(f64::MIN_POSITIVE);
+    // Insertion sort with the margin: not a total order, so no std sort (which may panic).
+    for i in 1..entries.len() {
+        let mut j = i;
+        while j > 0 && beats(&entries[j], &entries[j - 1]) {
+            entries.swap(j, j - 1);
+            j -= 1;
+        }
+    }
+}
+
+/// A slot's place changed between two published rankings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RankChange {
+    pub venue: String,
+    pub slot: String,
+    /// Previous rank (None: newly ranked).
+    pub from: Option<u32>,
+    pub to: u32,
+    pub as_of_ms: i64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn e(v: &[(&str, f64)]) -> Vec<(String, f64)> {
+        v.iter().map(|(n, s)| (n.to_string(), *s)).collect()
+    }
+
+    fn names(v: &[(String, f64)]) -> Vec<&str> {
+        v.iter().map(|x| x.0.as_str()).collect()
+    }
+
+    #[test]
+    fn strict_order_breaks_ties_by_slot() {
+        let mut v = e(&[("b", 1.0), ("a", 1.0), ("c", 5.0)]);
+        rank(&mut v, &[], 0.0);
+        assert_eq!(names(&v), ["c", "a", "b"]);
+    }
+
+    #[test]
+    fn hysteresis_keeps_near_equal_slots_in_place() {
+        let prev = vec!["a".to_string(), "b".to_string()];
+        let mut v = e(&[("a", 100.0), ("b", 104.0)]);
+        rank(&mut v, &prev, 0.05);
+        assert_eq!(names(&v), ["a", "b"], "4% is inside the 5% margin");
+        let mut v = e(&[("a", 100.0), ("b", 106.0)]);
+        rank(&mut v, &prev, 0.05);
+        assert_eq!(names(&v), ["b", "a"], "6% overtakes");
+    }
+
+    #[test]
+    fn composite_normalises_each_input() {
+        let a = RaceInputs { gmv: 1000, clicks: 10, impressions: 100, ..Default::default() };
+        let b = RaceInputs { gmv: 500, clicks: 50, impressions: 100, ..Default::default() };
+        let spec = RuleSpec { weights: [(Input::Gmv, 0.4), (Input::Ctr, 0.6)].into_iter().collect(), description: String::new() };
+        let s = scores(&Rule::Composite(spec), &[a, b]);
+        assert!((s[0] - 0.4).abs() < 1e-9 && (s[1] - 0.6).abs() < 1e-9, "{s:?}");
+    }
+
+    #[test]
+    fn bad_rules_are_refused() {
+        let bad = RuleSpec { weights: [(Input::Gmv, -1.0)].into_iter().collect(), description: String::new() };
+        assert!(bad.validate().is_err());
+        let zero = RuleSpec { weights: [(Input::Gmv, 0.0)].into_iter().collect(), description: String::new() };
+        assert!(zero.validate().is_err());
+    }
+}

@@ -1,0 +1,251 @@
+//! The snapshot of SNAPSHOT.md: every view is built from it. Field names are the contract's;
+//! fields beyond the contract are additions the contract allows ("more fields may be added").
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::plan::PlanStatus;
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// Event time the snapshot stands at: the newest accepted `ts` (0 before any event).
+    pub as_of_ms: i64,
+    pub totals: Totals,
+    pub windows: Vec<WindowStats>,
+    pub venues: Vec<VenueStats>,
+    pub slots: Vec<SlotStats>,
+    /// Funnel ratios since start.
+    pub funnel: Funnel,
+    /// First-formula decomposition of each window against the window before it.
+    pub decomposition: Vec<Decomposition>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub plan: Option<PlanStatus>,
+    /// Rejected messages by reason.
+    pub rejections: BTreeMap<String, u64>,
+    pub counters: Counters,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Totals {
+    pub gmv_cents: u64,
+    pub paid_orders: u64,
+    pub refund_cents: u64,
+    pub uv: u64,
+    pub ipv_uv: u64,
+    pub buyers: u64,
+    pub accepted: u64,
+    pub rejected: u64,
+    pub duplicates: u64,
+    pub impressions: u64,
+    pub clicks: u64,
+    pub favorites: u64,
+    pub carts: u64,
+    /// `order` events (placed, not yet paid) and their amount.
+    pub orders_placed: u64,
+    pub order_cents: u64,
+    pub refunds: u64,
+    /// Coupon subsidy on counted payments.
+    pub coupon_cents: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WindowStats {
+    pub length_ms: i64,
+    pub gmv_cents: u64,
+    pub paid_orders: u64,
+    pub uv: u64,
+    pub ipv_uv: u64,
+    pub buyers: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct VenueStats {
+    pub venue: String,
+    pub gmv_cents: u64,
+    pub paid_orders: u64,
+    pub uv: u64,
+    pub ipv_uv: u64,
+    pub buyers: u64,
+    pub race: Race,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Race {
+    pub window_ms: i64,
+    pub rule: String,
+    pub ranking: Vec<RankEntry>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RankEntry {
+    pub rank: u32,
+    pub slot: String,
+    pub score: f64,
+    pub gmv_cents: u64,
+    pub paid_orders: u64,
+    pub impressions: u64,
+    pub clicks: u64,
+    pub buyers: u64,
+    /// GMV of the window before the race window (growth rules compare against it).
+    pub prev_gmv_cents: u64,
+    pub merchant_id: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlotStats {
+    pub slot: String,
+    pub venue: String,
+    pub merchant_id: String,
+    pub gmv_cents: u64,
+    pub paid_orders: u64,
+    pub impressions: u64,
+    pub clicks: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Funnel {
+    /// IPV_UV / UV (浏览转化率).
+    pub browse_conversion: f64,
+    /// buyers / IPV_UV (购买转化率).
+    pub purchase_conversion: f64,
+    /// buyers / UV.
+    pub conversion: f64,
+    /// GMV / buyers (客单价), cents rounded down.
+    pub aov_cents: u64,
+}
+
+impl Funnel {
+    pub fn of(gmv: u64, uv: u64, ipv_uv: u64, buyers: u64) -> Funnel {
+        let r = |a: u64, b: u64| if b == 0 { 0.0 } else { a as f64 / b as f64 };
+        Funnel {
+            browse_conversion: r(ipv_uv, uv),
+            purchase_conversion: r(buyers, ipv_uv),
+            conversion: r(buyers, uv),
+            aov_cents: gmv.checked_div(buyers).unwrap_or(0),
+        }
+    }
+}
+
+/// One period of the first formula GMV = UV x conversion x AOV.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct FormulaPeriod {
+    pub gmv_cents: u64,
+    pub uv: u64,
+    pub buyers: u64,
+    pub conversion: f64,
+    pub aov_cents: u64,
+}
+
+/// How much of the GMV change between two adjacent windows came from each factor.
+/// `traffic_cents + conversion_cents + aov_cents == delta_gmv_cents`, exactly.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Decomposition {
+    pub length_ms: i64,
+    pub current: FormulaPeriod,
+    pub previous: FormulaPeriod,
+    pub delta_gmv_cents: i64,
+    pub traffic_cents: i64,
+    pub conversion_cents: i64,
+    pub aov_cents: i64,
+    /// The factor that moved GMV most: "traffic", "conversion", "aov" or "none".
+    pub main_factor: String,
+}
+
+/// Chain-substitution decomposition (traffic, then conversion, then order value). With
+/// G = UV * (B/UV) * (G/B) the three effects telescope to G1 - G0; the first two are rounded to
+/// cents and the order-value effect takes the remainder, so the sum stays exact.
+pub fn decompose(length_ms: i64, cur: (u64, u64, u64), prev: (u64, u64, u64)) -> Decomposition {
+    let period = |(g, uv, b): (u64, u64, u64)| FormulaPeriod {
+        gmv_cents: g,
+        uv,
+        buyers: b,
+        conversion: if uv == 0 { 0.0 } else { b as f64 / uv as f64 },
+        aov_cents: g.checked_div(b).unwrap_or(0),
+    };
+    let (g1, u1, b1) = (cur.0 as f64, cur.1 as f64, cur.2 as f64);
+    let (g0, u0, b0) = (prev.0 as f64, prev.1 as f64, prev.2 as f64);
+    let delta = cur.0 as i64 - prev.0 as i64;
+    let (traffic, conversion) = if prev.2 == 0 || prev.1 == 0 {
+        // No buyers (or no traffic) before: the whole change is new conversion.
+        (0i64, delta)
+    } else {
+        let t = (u1 - u0) * g0 / u0;
+        let c = (b1 - u1 * b0 / u0) * g0 / b0;
+        (t.round() as i64, c.round() as i64)
+    };
+    let _ = g1;
+    let aov = delta - traffic - conversion;
+    let main_factor = [("traffic", traffic), ("conversion", conversion), ("aov", aov)]
+        .into_iter()
+        .filter(|(_, v)| *v != 0)
+        .max_by_key(|(_, v)| v.unsigned_abs())
+        .map_or("none", |(n, _)| n)
+        .to_string();
+    Decomposition {
+        length_ms,
+        current: period(cur),
+        previous: period(prev),
+        delta_gmv_cents: delta,
+        traffic_cents: traffic,
+        conversion_cents: conversion,
+        aov_cents: aov,
+        main_factor,
+    }
+}
+
+/// Counters that explain the totals: what arrived late, what was re-sent, what overflowed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    /// Accepted events older than the watermark of their shard when they arrived.
+    pub late: u64,
+    /// Accepted events too late for every window (counted in totals only).
+    pub too_late_for_windows: u64,
+    /// `pay` events for an order already paid: accepted, no GMV added.
+    pub resent_pays: u64,
+    /// Events naming a slot/venue/merchant past the cardinality limits.
+    pub slot_overflow: u64,
+    pub venue_overflow: u64,
+    pub merchant_overflow: u64,
+    /// Events naming a slot with another venue than the slot was first seen on.
+    pub slot_venue_conflicts: u64,
+    /// Ids currently remembered for de-duplication (event ids, paid orders).
+    pub dedupe_ids: u64,
+    pub dedupe_orders: u64,
+    /// Records kept for exact windows.
+    pub window_records: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decomposition_sums_exactly() {
+        for (cur, prev) in [
+            ((1_000_000, 1000, 50), (800_000, 900, 40)),
+            ((10, 3, 1), (999_999, 7, 3)),
+            ((5_000, 100, 5), (0, 0, 0)),
+            ((0, 0, 0), (5_000, 100, 5)),
+        ] {
+            let d = decompose(60_000, cur, prev);
+            assert_eq!(d.traffic_cents + d.conversion_cents + d.aov_cents, d.delta_gmv_cents, "{d:?}");
+        }
+    }
+
+    #[test]
+    fn pure_traffic_change_is_attributed_to_traffic() {
+        // Twice the visitors, same conversion and order value.
+        let d = decompose(60_000, (2_000, 200, 20), (1_000, 100, 10));
+        assert_eq!(d.traffic_cents, 1_000);
+        assert_eq!(d.conversion_cents, 0);
+        assert_eq!(d.aov_cents, 0);
+        assert_eq!(d.main_factor, "traffic");
+    }
+
+    #[test]
+    fn pure_order_value_change_is_attributed_to_aov() {
+        let d = decompose(60_000, (1_500, 100, 10), (1_000, 100, 10));
+        assert_eq!((d.traffic_cents, d.conversion_cents, d.aov_cents), (0, 0, 500));
+    }
+}
