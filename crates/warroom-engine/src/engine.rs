@@ -193,8 +193,13 @@ impl Engine {
     /// The shard that owns this event's user.
     #[inline]
     pub fn shard_of(&self, p: &Prepared) -> usize {
-        // High bits: the low bits pick HyperLogLog registers, keep the two independent.
-        ((p.user >> 32) as usize * self.shards.len()) >> 32
+        // The sketches use the user hash's bits for register and rank; route by a bijective
+        // remix (splitmix64's finaliser) so that a shard's users still fill every register.
+        let mut z = p.user.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        (((z >> 32) * self.shards.len() as u64) >> 32) as usize
     }
 
     /// Applies a batch from any thread; events of one shard keep their batch order.

@@ -1,1 +1,335 @@
-fn main(){}
+//! `warroom`: a thin command-line wrapper; the logic lives in the library crates.
+
+mod settings;
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use warroom_engine::{Engine, Snapshot};
+use warroom_ingest::sim::{Night, SimConfig};
+use warroom_ingest::{gen, ChunkProcessor};
+
+use crate::settings::Settings;
+
+#[derive(Parser, Debug)]
+#[command(name = "warroom", version, about = "Real-time monitor for big e-commerce promotions (大促作战室)")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Read an event file (JSON Lines) as fast as possible and write the final snapshot.
+    Replay {
+        /// Events, one JSON object per line (EVENTS.md).
+        #[arg(long)]
+        input: PathBuf,
+        /// Where to write the snapshot (SNAPSHOT.md).
+        #[arg(long)]
+        snapshot_out: PathBuf,
+        /// Rejected lines as JSON Lines: line number, reason, field, detail, raw text.
+        #[arg(long)]
+        rejects_out: Option<PathBuf>,
+        /// Configuration file (defaults: the embedded config/warroom.toml).
+        #[arg(long, env = "WARROOM_CONFIG")]
+        config: Option<PathBuf>,
+        /// No progress lines on stderr.
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Run the monitor on a live source (default: the embedded Double-11 simulator).
+    Run {
+        #[arg(long, value_enum, default_value_t = Source::Sim, env = "WARROOM_SOURCE")]
+        source: Source,
+        /// For --source file: the events to play.
+        #[arg(long)]
+        input: Option<PathBuf>,
+        #[arg(long, env = "WARROOM_CONFIG")]
+        config: Option<PathBuf>,
+        /// Stop after this long (e.g. "30s"); default: until interrupted.
+        #[arg(long, value_parser = humantime_serde::re::humantime::parse_duration)]
+        duration: Option<Duration>,
+        /// Simulator: event time runs this many times faster than real time.
+        #[arg(long)]
+        speed: Option<f64>,
+        /// Simulator: events per second at base intensity.
+        #[arg(long)]
+        rate: Option<f64>,
+    },
+    /// Generate a Double-11-shaped event file with duplicates, re-sent payments, late and bad lines.
+    Gen {
+        #[arg(long)]
+        out: PathBuf,
+        /// Number of events (lines).
+        #[arg(long, default_value_t = 100_000)]
+        events: u64,
+        #[arg(long, default_value_t = 11)]
+        seed: u64,
+        /// Event-time span of the night.
+        #[arg(long, default_value = "6h", value_parser = humantime_serde::re::humantime::parse_duration)]
+        span: Duration,
+        /// Start of the night, ms since the epoch (default: 2026-11-10 20:00 +08:00).
+        #[arg(long, default_value_t = 1_794_312_000_000)]
+        start_ms: i64,
+        /// Distinct users.
+        #[arg(long, default_value_t = 200_000)]
+        users: u64,
+    },
+    /// Check a configuration file and print every problem found.
+    CheckConfig {
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Source {
+    /// The embedded simulator of a Double-11 night.
+    Sim,
+    /// An event file played once (then the monitor keeps serving its state).
+    File,
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let res = match cli.cmd {
+        Cmd::Replay { input, snapshot_out, rejects_out, config, quiet } => {
+            replay(&input, &snapshot_out, rejects_out.as_deref(), config.as_deref(), quiet)
+        }
+        Cmd::Run { source, input, config, duration, speed, rate } => run(source, input, config, duration, speed, rate),
+        Cmd::Gen { out, events, seed, span, start_ms, users } => generate(&out, events, seed, span, start_ms, users),
+        Cmd::CheckConfig { config } => Settings::load(Some(&config)).map(|_| println!("{}: ok", config.display())),
+    };
+    if let Err(e) = res {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn write_json_atomically(path: &Path, snap: &Snapshot) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut f = BufWriter::new(
+        File::create(&tmp).with_context(|| format!("cannot create {} (does its directory exist?)", tmp.display()))?,
+    );
+    serde_json::to_writer_pretty(&mut f, snap)?;
+    f.write_all(b"\n")?;
+    f.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+fn replay(input: &Path, out: &Path, rejects: Option<&Path>, config: Option<&Path>, quiet: bool) -> anyhow::Result<()> {
+    let settings = Settings::load(config)?;
+    let engine = Arc::new(Engine::new(settings.engine_config()));
+    let file = File::open(input).with_context(|| format!("cannot open --input {}", input.display()))?;
+    let size = file.metadata().ok().map(|m| m.len());
+    let mut proc = ChunkProcessor::new(engine.clone(), settings.limits());
+    proc.keep_rejected = rejects.is_some();
+    let mut rejects_w = match rejects {
+        Some(p) => Some(BufWriter::new(
+            File::create(p).with_context(|| format!("cannot create --rejects-out {}", p.display()))?,
+        )),
+        None => None,
+    };
+    let stats = warroom_ingest::replay(
+        file,
+        size,
+        &mut proc,
+        |r| {
+            if let Some(w) = rejects_w.as_mut() {
+                let line = serde_json::json!({
+                    "line": r.line,
+                    "reason": r.rejection.reason.as_str(),
+                    "field": r.rejection.field,
+                    "message": r.rejection.to_string(),
+                    "raw": String::from_utf8_lossy(&r.raw),
+                });
+                serde_json::to_writer(&mut *w, &line)?;
+                w.write_all(b"\n")?;
+            }
+            Ok(())
+        },
+        |p| {
+            if !quiet {
+                let pct = p.total_bytes.map(|t| format!("{:5.1}% ", 100.0 * p.bytes as f64 / t.max(1) as f64)).unwrap_or_default();
+                eprintln!(
+                    "replay: {pct}{:.0} MB, {} lines, {:.0}k lines/s",
+                    p.bytes as f64 / 1e6,
+                    p.lines,
+                    p.lines as f64 / p.elapsed.as_secs_f64() / 1e3
+                );
+            }
+        },
+    )
+    .with_context(|| format!("reading {}", input.display()))?;
+    if let Some(mut w) = rejects_w {
+        w.flush()?;
+    }
+    let (snap, _) = engine.publish();
+    write_json_atomically(out, &snap)?;
+    let t = &snap.totals;
+    if !quiet {
+        eprintln!(
+            "replay: done: {} lines in {:.2}s ({:.0}k lines/s): accepted {}, rejected {}, duplicates {}; GMV {} cents; snapshot in {}",
+            stats.lines,
+            stats.elapsed.as_secs_f64(),
+            stats.lines as f64 / stats.elapsed.as_secs_f64().max(1e-9) / 1e3,
+            t.accepted,
+            t.rejected,
+            t.duplicates,
+            t.gmv_cents,
+            out.display()
+        );
+    }
+    Ok(())
+}
+
+fn generate(out: &Path, events: u64, seed: u64, span: Duration, start_ms: i64, users: u64) -> anyhow::Result<()> {
+    let f = BufWriter::new(File::create(out).with_context(|| format!("cannot create --out {}", out.display()))?);
+    let cfg = gen::GenConfig { seed, users, ..Default::default() };
+    let n = gen::write_night(cfg, events, start_ms, span.as_millis() as i64, f)?;
+    eprintln!("gen: wrote {n} lines to {}", out.display());
+    Ok(())
+}
+
+fn yuan(cents: u64) -> String {
+    let s = (cents / 100).to_string();
+    let mut out = String::new();
+    for (i, ch) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(ch);
+    }
+    format!("¥{out}.{:02}", cents % 100)
+}
+
+/// One line per second: what the screen will show once the API exists.
+fn summary_line(s: &Snapshot) -> String {
+    let t = &s.totals;
+    let w = |len: i64| s.windows.iter().find(|w| w.length_ms == len).map_or(0, |w| w.gmv_cents);
+    let plan = s
+        .plan
+        .as_ref()
+        .map(|p| format!(" phase={} pace={:.0}% progress={:.1}%", p.phase, p.pace * 100.0, p.progress * 100.0))
+        .unwrap_or_default();
+    let leaders: Vec<String> = s
+        .venues
+        .iter()
+        .filter_map(|v| v.race.ranking.first().map(|e| format!("{}:{}", v.venue, e.slot)))
+        .collect();
+    let age = {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+        if s.as_of_ms > 0 {
+            format!("{:.1}s", (now - s.as_of_ms) as f64 / 1000.0)
+        } else {
+            "-".into()
+        }
+    };
+    format!(
+        "GMV {} (1m {}, 5m {}) orders={} uv={} buyers={} conv={:.2}% aov={} | accepted={} rejected={} dup={} resent={} late={}{} | leaders {} | as_of age {}",
+        yuan(t.gmv_cents),
+        yuan(w(60_000)),
+        yuan(w(300_000)),
+        t.paid_orders,
+        t.uv,
+        t.buyers,
+        s.funnel.conversion * 100.0,
+        yuan(s.funnel.aov_cents),
+        t.accepted,
+        t.rejected,
+        t.duplicates,
+        s.counters.resent_pays,
+        s.counters.late,
+        plan,
+        leaders.join(" "),
+        age,
+    )
+}
+
+fn run(
+    source: Source,
+    input: Option<PathBuf>,
+    config: Option<PathBuf>,
+    duration: Option<Duration>,
+    speed: Option<f64>,
+    rate: Option<f64>,
+) -> anyhow::Result<()> {
+    let mut settings = Settings::load(config.as_deref())?;
+    let sim_cfg = SimConfig {
+        gen: gen::GenConfig { seed: settings.sim.seed, ..Default::default() },
+        base_rate: rate.unwrap_or(settings.sim.base_rate),
+        speed: speed.unwrap_or(settings.sim.speed).max(1.0),
+        night: settings.sim.night,
+    };
+    let night = Night::starting_now(&sim_cfg);
+    if matches!(source, Source::Sim) && settings.plan.is_none() {
+        settings.plan = Some(night.plan(&sim_cfg));
+    }
+    let engine = Arc::new(Engine::new(settings.engine_config()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut proc = ChunkProcessor::new(engine.clone(), settings.limits());
+    tracing::info!(
+        source = ?source,
+        shards = engine.shard_count(),
+        "warroom running; one summary line per second. The live screen and API come with the API issue; stop with Ctrl-C"
+    );
+    let feeder = {
+        let stop = stop.clone();
+        std::thread::Builder::new().name("source".into()).spawn(move || -> anyhow::Result<()> {
+            match source {
+                Source::Sim => {
+                    warroom_ingest::sim::run(&sim_cfg, night, &mut proc, &stop);
+                }
+                Source::File => {
+                    let path = input.context("--source file needs --input FILE")?;
+                    let f = File::open(&path).with_context(|| format!("cannot open --input {}", path.display()))?;
+                    let size = f.metadata().ok().map(|m| m.len());
+                    let st = warroom_ingest::replay(f, size, &mut proc, |_| Ok(()), |_| {})?;
+                    tracing::info!(lines = st.lines, "input file played; serving its final state");
+                }
+            }
+            Ok(())
+        })?
+    };
+    let started = Instant::now();
+    let mut last_line = Instant::now();
+    loop {
+        std::thread::sleep(Duration::from_millis(250));
+        let (snap, changes) = engine.publish();
+        for c in changes.iter().filter(|c| c.to <= 3 || c.from.is_some_and(|f| f <= 3)) {
+            tracing::info!(venue = %c.venue, slot = %c.slot, from = ?c.from, to = c.to, "race: rank change");
+        }
+        if last_line.elapsed() >= Duration::from_secs(1) {
+            last_line = Instant::now();
+            println!("{}", summary_line(&snap));
+        }
+        if feeder.is_finished() && matches!(source, Source::Sim) {
+            break;
+        }
+        if duration.is_some_and(|d| started.elapsed() >= d) {
+            break;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    match feeder.join() {
+        Ok(r) => r?,
+        Err(_) => anyhow::bail!("the source thread panicked; see the log above"),
+    }
+    let (snap, _) = engine.publish();
+    println!("{}", summary_line(&snap));
+    Ok(())
+}

@@ -1,0 +1,272 @@
+//! The decode-and-apply pipeline shared by every newline-delimited source.
+//!
+//! A chunk of lines is cut into parts at line boundaries; the parts are decoded in parallel
+//! (rayon), each into a reusable buffer of fixed-size [`Prepared`] events; then every shard
+//! applies its events from all parts *in part order*, shards in parallel. Input order is thus
+//! kept per shard (per user), so replay is deterministic whatever the thread timing, and both
+//! cores work in both phases. The buffers are reused: no allocation per event.
+
+use std::io::{self, Read};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rayon::prelude::*;
+use warroom_engine::{Engine, Prepared};
+use warroom_model::{Limits, Rejection};
+
+/// A message the decoder refused, kept for inspection (the file equivalent of a DLQ).
+#[derive(Debug, Clone)]
+pub struct RejectedLine {
+    /// 1-based line number in the input.
+    pub line: u64,
+    pub rejection: Rejection,
+    pub raw: Vec<u8>,
+}
+
+#[derive(Debug, Default)]
+struct Part {
+    events: Vec<Prepared>,
+    rejected: Vec<RejectedLine>,
+}
+
+/// Decodes and applies chunks of newline-delimited messages.
+#[derive(Debug)]
+pub struct ChunkProcessor {
+    engine: Arc<Engine>,
+    limits: Limits,
+    parts: Vec<Part>,
+    /// Keep rejected lines' bytes (replay's `--rejects-out`); counts are kept regardless.
+    pub keep_rejected: bool,
+}
+
+/// What one chunk held.
+#[derive(Debug, Default)]
+pub struct ChunkResult {
+    pub lines: u64,
+    pub rejected: Vec<RejectedLine>,
+}
+
+impl ChunkProcessor {
+    pub fn new(engine: Arc<Engine>, limits: Limits) -> Self {
+        let n = rayon::current_num_threads().max(1) * 2;
+        ChunkProcessor { engine, limits, parts: (0..n).map(|_| Part::default()).collect(), keep_rejected: false }
+    }
+
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
+    /// Processes whole lines in `chunk` (a trailing line without `\n` counts as a line);
+    /// `first_line` is the 1-based number of the first one.
+    pub fn process(&mut self, chunk: &[u8], first_line: u64) -> ChunkResult {
+        if chunk.is_empty() {
+            return ChunkResult::default();
+        }
+        // Cut at line boundaries into up to parts.len() ranges, with their first line numbers.
+        let n = self.parts.len();
+        let mut ranges = Vec::with_capacity(n);
+        let mut start = 0usize;
+        let mut line = first_line;
+        for k in 1..=n {
+            if start >= chunk.len() {
+                break;
+            }
+            let mut end = if k == n { chunk.len() } else { (chunk.len() * k / n).max(start) };
+            if end < chunk.len() {
+                end = match memchr::memchr(b'\n', &chunk[end..]) {
+                    Some(p) => end + p + 1,
+                    None => chunk.len(),
+                };
+            }
+            ranges.push((start, end, line));
+            line += count_lines(&chunk[start..end]);
+            start = end;
+        }
+        let total_lines = line - first_line;
+        let engine = &*self.engine;
+        let limits = &self.limits;
+        let keep = self.keep_rejected;
+        self.parts[..ranges.len()].par_iter_mut().zip(ranges.par_iter()).for_each(|(part, &(s, e, first))| {
+            part.events.clear();
+            part.rejected.clear();
+            let mut seq = first;
+            for msg in split_lines(&chunk[s..e]) {
+                match engine.decode_prepare(msg, seq, limits) {
+                    Ok(p) => part.events.push(p),
+                    Err(rejection) => {
+                        if keep {
+                            part.rejected.push(RejectedLine { line: seq, rejection, raw: msg.to_vec() });
+                        }
+                    }
+                }
+                seq += 1;
+            }
+        });
+        let used = &self.parts[..ranges.len()];
+        (0..engine.shard_count()).into_par_iter().for_each(|s| {
+            for part in used {
+                engine.apply_shard(s, &part.events);
+            }
+        });
+        let mut rejected = Vec::new();
+        if keep {
+            for part in &mut self.parts[..ranges.len()] {
+                rejected.append(&mut part.rejected);
+            }
+        }
+        ChunkResult { lines: total_lines, rejected }
+    }
+}
+
+/// Lines of a chunk: split at `\n`, a trailing `\r` dropped, the final piece only if non-empty.
+pub fn split_lines(buf: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let body = buf.strip_suffix(b"\n").unwrap_or(buf);
+    let empty = buf.is_empty();
+    body.split(|&b| b == b'\n').filter(move |_| !empty).map(|l| l.strip_suffix(b"\r").unwrap_or(l))
+}
+
+fn count_lines(buf: &[u8]) -> u64 {
+    if buf.is_empty() {
+        return 0;
+    }
+    let n = memchr::memchr_iter(b'\n', buf).count() as u64;
+    if buf.last() == Some(&b'\n') {
+        n
+    } else {
+        n + 1
+    }
+}
+
+/// Progress of a long replay.
+#[derive(Debug, Clone, Copy)]
+pub struct Progress {
+    pub bytes: u64,
+    pub total_bytes: Option<u64>,
+    pub lines: u64,
+    pub elapsed: Duration,
+}
+
+/// Statistics of a finished replay.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ReplayStats {
+    pub bytes: u64,
+    pub lines: u64,
+    pub elapsed: Duration,
+}
+
+const CHUNK: usize = 4 << 20;
+
+/// Reads newline-delimited messages from `input` to the end, feeding `proc`. A reader thread
+/// fills buffers while the previous one is decoded. Lines longer than the message limit are
+/// never buffered whole: they are cut off and rejected as `too_large` by the decoder.
+pub fn replay(
+    mut input: impl Read + Send,
+    total_bytes: Option<u64>,
+    proc: &mut ChunkProcessor,
+    mut on_rejected: impl FnMut(RejectedLine) -> io::Result<()>,
+    mut on_progress: impl FnMut(Progress),
+) -> io::Result<ReplayStats> {
+    let started = Instant::now();
+    let max_line = proc.limits.max_message_bytes + 1;
+    let (full_tx, full_rx) = crossbeam_channel::bounded::<io::Result<Vec<u8>>>(2);
+    let (empty_tx, empty_rx) = crossbeam_channel::bounded::<Vec<u8>>(4);
+    for _ in 0..3 {
+        let _ = empty_tx.send(Vec::with_capacity(CHUNK + max_line));
+    }
+    let mut stats = ReplayStats::default();
+    let mut line = 1u64;
+    let mut last_progress = Instant::now();
+    std::thread::scope(|scope| -> io::Result<()> {
+        scope.spawn(move || {
+            let mut carry: Vec<u8> = Vec::new();
+            let mut skipping = false;
+            loop {
+                let Ok(mut buf) = empty_rx.recv() else { return };
+                buf.clear();
+                buf.append(&mut carry);
+                let mut eof = false;
+                while buf.len() < CHUNK {
+                    let old = buf.len();
+                    buf.resize(CHUNK.max(old + 64 * 1024), 0);
+                    match input.read(&mut buf[old..]) {
+                        Ok(0) => {
+                            buf.truncate(old);
+                            eof = true;
+                            break;
+                        }
+                        Ok(k) => buf.truncate(old + k),
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => buf.truncate(old),
+                        Err(e) => {
+                            let _ = full_tx.send(Err(e));
+                            return;
+                        }
+                    }
+                }
+                if skipping {
+                    // Inside an over-long line: drop bytes up to its end.
+                    match memchr::memchr(b'\n', &buf) {
+                        Some(p) => {
+                            buf.drain(..=p);
+                            skipping = false;
+                        }
+                        None => buf.clear(),
+                    }
+                }
+                if !eof {
+                    match memchr::memrchr(b'\n', &buf) {
+                        Some(p) => carry.extend_from_slice(&buf[p + 1..]),
+                        None => carry.extend_from_slice(&buf),
+                    }
+                    let keep = memchr::memrchr(b'\n', &buf).map_or(0, |p| p + 1);
+                    buf.truncate(keep);
+                    if carry.len() > max_line {
+                        // Keep a too-large prefix so the decoder rejects it with its reason
+                        // (and counts it once), then skip the rest of that line.
+                        carry.truncate(max_line);
+                        buf.extend_from_slice(&carry);
+                        buf.push(b'\n');
+                        carry.clear();
+                        skipping = true;
+                    }
+                }
+                if full_tx.send(Ok(buf)).is_err() || eof {
+                    return;
+                }
+            }
+        });
+        // Owned here so that an early error return drops them and unblocks the reader.
+        let (full_rx, empty_tx) = (full_rx, empty_tx);
+        for msg in full_rx.iter() {
+            let buf = msg?;
+            stats.bytes += buf.len() as u64;
+            let res = proc.process(&buf, line);
+            line += res.lines;
+            stats.lines += res.lines;
+            for r in res.rejected {
+                on_rejected(r)?;
+            }
+            let _ = empty_tx.send(buf);
+            if last_progress.elapsed() >= Duration::from_secs(1) {
+                last_progress = Instant::now();
+                on_progress(Progress { bytes: stats.bytes, total_bytes, lines: stats.lines, elapsed: started.elapsed() });
+            }
+        }
+        Ok(())
+    })?;
+    stats.elapsed = started.elapsed();
+    Ok(stats)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_are_split_and_counted_alike() {
+        for (buf, n) in [(&b""[..], 0), (b"a", 1), (b"a\n", 1), (b"a\nb", 2), (b"a\n\nb\n", 3), (b"a\r\nb\r\n", 2)] {
+            assert_eq!(split_lines(buf).count() as u64, n, "{buf:?}");
+            assert_eq!(count_lines(buf), n, "{buf:?}");
+        }
+        assert_eq!(split_lines(b"a\r\nb").collect::<Vec<_>>(), vec![&b"a"[..], b"b"]);
+    }
+}
