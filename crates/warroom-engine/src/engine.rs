@@ -18,7 +18,7 @@ use warroom_model::{EventKind, Event, Reason, RejectCounts, Rejection};
 use xxhash_rust::xxh3::{xxh3_128, xxh3_64};
 
 use crate::config::Config;
-use crate::intern::{Interner, SlotInterner, NONE};
+use crate::intern::{Interner, NameCache, SlotInterner, NONE};
 use crate::race::{self, RaceInputs, RankChange, Rule, RuleSpec};
 use crate::shard::{Ctx, Outcome, Prepared, Shard, ShardCounters, ShardSummary, SlotWin};
 use crate::snapshot::{
@@ -152,13 +152,18 @@ impl Engine {
 
     /// Reduces a decoded event to its fixed-size form. Any thread; no shard lock.
     pub fn prepare(&self, ev: &Event<'_>, seq: u64) -> Prepared {
+        self.prepare_cached(ev, seq, &mut NameCache::default())
+    }
+
+    /// [`Engine::prepare`] with the calling thread's own name cache (the hot path).
+    pub fn prepare_cached(&self, ev: &Event<'_>, seq: u64, cache: &mut NameCache) -> Prepared {
         self.ctx_for(ev.ts);
-        let venue = ev.venue.as_deref().map_or(NONE, |v| self.venues.get_or_insert(v));
+        let venue = ev.venue.as_deref().map_or(NONE, |v| cache.venue(&self.venues, v));
         let (slot, venue) = match ev.slot.as_deref() {
-            Some(s) => self.slots.get_or_insert(s, venue),
+            Some(s) => cache.slot(&self.slots, s, venue),
             None => (NONE, venue),
         };
-        let merchant = ev.merchant_id.as_deref().map_or(NONE, |m| self.merchants.get_or_insert(m));
+        let merchant = ev.merchant_id.as_deref().map_or(NONE, |m| cache.merchant(&self.merchants, m));
         Prepared {
             id: xxh3_128(ev.event_id.as_bytes()),
             order: ev.order_id.as_deref().map_or(0, |o| xxh3_128(o.as_bytes())),
@@ -175,9 +180,15 @@ impl Engine {
     }
 
     /// Decodes one message and prepares it, counting a rejection.
-    pub fn decode_prepare(&self, bytes: &[u8], seq: u64, limits: &warroom_model::Limits) -> Result<Prepared, Rejection> {
+    pub fn decode_prepare(
+        &self,
+        bytes: &[u8],
+        seq: u64,
+        limits: &warroom_model::Limits,
+        cache: &mut NameCache,
+    ) -> Result<Prepared, Rejection> {
         match warroom_model::decode(bytes, limits) {
-            Ok(ev) => Ok(self.prepare(&ev, seq)),
+            Ok(ev) => Ok(self.prepare_cached(&ev, seq, cache)),
             Err(r) => {
                 self.rejects.add(r.reason, 1);
                 Err(r)

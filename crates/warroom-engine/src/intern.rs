@@ -12,9 +12,11 @@ use dashmap::DashMap;
 /// Index meaning "none" (no slot, no venue, no merchant, or over the cardinality limit).
 pub const NONE: u32 = u32::MAX;
 
+type Fast = hashbrown::DefaultHashBuilder;
+
 #[derive(Debug)]
 pub struct Interner {
-    map: DashMap<Box<str>, u32>,
+    map: DashMap<Box<str>, u32, Fast>,
     names: RwLock<Vec<Arc<str>>>,
     limit: usize,
     /// Names refused because the limit was reached (events still count elsewhere).
@@ -23,7 +25,7 @@ pub struct Interner {
 
 impl Interner {
     pub fn new(limit: usize) -> Self {
-        Interner { map: DashMap::new(), names: RwLock::new(Vec::new()), limit, overflow: AtomicU64::new(0) }
+        Interner { map: DashMap::with_hasher(Fast::default()), names: RwLock::new(Vec::new()), limit, overflow: AtomicU64::new(0) }
     }
 
     /// The index of `name`, registering it if new; `NONE` past the limit.
@@ -104,5 +106,49 @@ impl SlotInterner {
 
     pub fn venues(&self) -> Vec<u32> {
         self.venues.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// A writer thread's own cache of interned names: a hit costs one hash probe, no atomics.
+/// Indices never change once given, so entries never go stale.
+#[derive(Debug, Default)]
+pub struct NameCache {
+    venues: hashbrown::HashMap<Box<str>, u32>,
+    slots: hashbrown::HashMap<Box<str>, (u32, u32)>,
+    merchants: hashbrown::HashMap<Box<str>, u32>,
+}
+
+impl NameCache {
+    pub fn venue(&mut self, names: &Interner, v: &str) -> u32 {
+        if let Some(&i) = self.venues.get(v) {
+            return i;
+        }
+        let i = names.get_or_insert(v);
+        self.venues.insert(v.into(), i);
+        i
+    }
+
+    pub fn merchant(&mut self, names: &Interner, m: &str) -> u32 {
+        if let Some(&i) = self.merchants.get(m) {
+            return i;
+        }
+        let i = names.get_or_insert(m);
+        self.merchants.insert(m.into(), i);
+        i
+    }
+
+    /// (slot, the slot's venue); a venue conflict is counted by the interner on every event.
+    pub fn slot(&mut self, slots: &SlotInterner, s: &str, venue: u32) -> (u32, u32) {
+        if let Some(&(i, v)) = self.slots.get(s) {
+            if v != NONE || venue == NONE {
+                if venue != NONE && v != venue {
+                    slots.venue_conflicts.fetch_add(1, Ordering::Relaxed);
+                }
+                return (i, v);
+            }
+        }
+        let r = slots.get_or_insert(s, venue);
+        self.slots.insert(s.into(), r);
+        r
     }
 }

@@ -14,7 +14,7 @@ use hashbrown::HashMap;
 use warroom_model::EventKind;
 
 use crate::dedupe::GenSet;
-use crate::hll::{BucketHll, SlidingHll};
+use crate::hll::{BucketHll, Hll, SlidingHll, SLIDING_P};
 use crate::intern::NONE;
 use crate::window::{Record, Ring};
 
@@ -155,8 +155,9 @@ struct VenueState {
     seen: bool,
     gmv: u64,
     orders: u64,
-    /// uv, ipv_uv, buyers; allocated on the venue's first traffic.
-    sketches: Option<Box<[SlidingHll; 3]>>,
+    /// uv, ipv_uv, buyers since start (precision 12: standard error 1.6%; venue-level
+    /// numbers are not in the contract and must stay cache-resident).
+    sketches: Option<Box<[Hll; 3]>>,
 }
 
 /// Cumulative counters of a shard.
@@ -203,6 +204,10 @@ impl ShardCounters {
     }
 }
 
+fn venue_sketches() -> Box<[Hll; 3]> {
+    Box::new([Hll::new(12), Hll::new(12), Hll::new(12)])
+}
+
 const UV: usize = 0;
 const IPV: usize = 1;
 const BUYERS: usize = 2;
@@ -224,6 +229,7 @@ pub struct Shard {
     buyer_marks: HashMap<(u32, u64), BuyerMark>,
     venues: Vec<VenueState>,
     sketches: [SlidingHll; 3],
+    totals: [Hll; 3],
     /// Per reported window: uv, ipv, buyers per bucket of L/60, for the previous window.
     prev_sketches: Vec<[BucketHll; 3]>,
     phase_gmv: Vec<u64>,
@@ -273,6 +279,7 @@ impl Shard {
             buyer_marks: HashMap::new(),
             venues: Vec::new(),
             sketches: [SlidingHll::new(), SlidingHll::new(), SlidingHll::new()],
+            totals: [Hll::new(SLIDING_P), Hll::new(SLIDING_P), Hll::new(SLIDING_P)],
             prev_sketches: cx
                 .windows
                 .iter()
@@ -356,14 +363,13 @@ impl Shard {
                     self.c.impressions += 1;
                 }
                 self.sketches[metric].insert(ev.user, t);
+                self.totals[metric].insert(ev.user);
                 for p in &mut self.prev_sketches {
                     p[if click { 1 } else { 0 }].insert(ev.user, ev.ts);
                 }
                 if ev.venue != NONE {
                     let v = self.venue_mut(ev.venue);
-                    v.sketches.get_or_insert_with(|| Box::new([SlidingHll::new(), SlidingHll::new(), SlidingHll::new()]))
-                        [metric]
-                        .insert(ev.user, t);
+                    v.sketches.get_or_insert_with(venue_sketches)[metric].insert(ev.user);
                 }
                 if has_slot {
                     let i = ev.slot as usize;
@@ -408,6 +414,7 @@ impl Shard {
         self.c.paid_orders += 1;
         self.c.coupon_cents += ev.coupon;
         self.sketches[BUYERS].insert(ev.user, t);
+        self.totals[BUYERS].insert(ev.user);
         for p in &mut self.prev_sketches {
             p[2].insert(ev.user, ev.ts);
         }
@@ -426,8 +433,7 @@ impl Shard {
             let v = self.venue_mut(ev.venue);
             v.gmv += amount;
             v.orders += 1;
-            v.sketches.get_or_insert_with(|| Box::new([SlidingHll::new(), SlidingHll::new(), SlidingHll::new()]))[BUYERS]
-                .insert(ev.user, t);
+            v.sketches.get_or_insert_with(venue_sketches)[BUYERS].insert(ev.user);
         }
         if ev.slot != NONE {
             let i = ev.slot as usize;
@@ -494,11 +500,10 @@ impl Shard {
             self.advance(as_of);
         }
         let rel = |t: i64| if t <= cx.epoch { 0 } else { cx.rel(t) };
-        let mut starts = vec![0u32];
-        starts.extend(cx.windows.iter().map(|&l| rel(as_of - l)));
+        let starts: Vec<u32> = cx.windows.iter().map(|&l| rel(as_of - l)).collect();
         let est: Vec<Vec<u64>> = self.sketches.iter().map(|s| s.estimate(&starts)).collect();
-        let distinct_total = [est[UV][0], est[IPV][0], est[BUYERS][0]];
-        let distinct_windows = (0..cx.windows.len()).map(|k| [est[UV][k + 1], est[IPV][k + 1], est[BUYERS][k + 1]]).collect();
+        let distinct_total = [self.totals[UV].estimate(), self.totals[IPV].estimate(), self.totals[BUYERS].estimate()];
+        let distinct_windows = (0..cx.windows.len()).map(|k| [est[UV][k], est[IPV][k], est[BUYERS][k]]).collect();
         let formula = cx
             .windows
             .iter()
@@ -517,16 +522,11 @@ impl Shard {
                 (cur, MoneyAgg { gmv: both.gmv - cur.gmv, orders: both.orders - cur.orders })
             })
             .collect();
-        let race_start = rel(as_of - cx.race_window);
         let venues = self
             .venues
             .iter()
             .map(|v| {
-                let d = v.sketches.as_ref().map_or([0; 3], |s| {
-                    let e: Vec<u64> = s.iter().map(|h| h.estimate(&[0])[0]).collect();
-                    [e[0], e[1], e[2]]
-                });
-                let _ = race_start;
+                let d = v.sketches.as_ref().map_or([0; 3], |s| [s[0].estimate(), s[1].estimate(), s[2].estimate()]);
                 (v.seen, v.gmv, v.orders, d)
             })
             .collect();

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rayon::prelude::*;
+use warroom_engine::intern::NameCache;
 use warroom_engine::{Engine, Prepared};
 use warroom_model::{Limits, Rejection};
 
@@ -26,6 +27,7 @@ pub struct RejectedLine {
 #[derive(Debug, Default)]
 struct Part {
     events: Vec<Prepared>,
+    names: NameCache,
     rejected: Vec<RejectedLine>,
 }
 
@@ -91,7 +93,7 @@ impl ChunkProcessor {
             part.rejected.clear();
             let mut seq = first;
             for msg in split_lines(&chunk[s..e]) {
-                match engine.decode_prepare(msg, seq, limits) {
+                match engine.decode_prepare(msg, seq, limits, &mut part.names) {
                     Ok(p) => part.events.push(p),
                     Err(rejection) => {
                         if keep {
@@ -120,9 +122,18 @@ impl ChunkProcessor {
 
 /// Lines of a chunk: split at `\n`, a trailing `\r` dropped, the final piece only if non-empty.
 pub fn split_lines(buf: &[u8]) -> impl Iterator<Item = &[u8]> {
-    let body = buf.strip_suffix(b"\n").unwrap_or(buf);
-    let empty = buf.is_empty();
-    body.split(|&b| b == b'\n').filter(move |_| !empty).map(|l| l.strip_suffix(b"\r").unwrap_or(l))
+    let mut rest = buf;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let (line, next) = match memchr::memchr(b'\n', rest) {
+            Some(p) => (&rest[..p], &rest[p + 1..]),
+            None => (rest, &rest[rest.len()..]),
+        };
+        rest = next;
+        Some(line.strip_suffix(b"\r").unwrap_or(line))
+    })
 }
 
 fn count_lines(buf: &[u8]) -> u64 {
@@ -179,6 +190,7 @@ pub fn replay(
     std::thread::scope(|scope| -> io::Result<()> {
         scope.spawn(move || {
             let mut carry: Vec<u8> = Vec::new();
+            let mut scratch = vec![0u8; 256 * 1024];
             let mut skipping = false;
             loop {
                 let Ok(mut buf) = empty_rx.recv() else { return };
@@ -186,16 +198,15 @@ pub fn replay(
                 buf.append(&mut carry);
                 let mut eof = false;
                 while buf.len() < CHUNK {
-                    let old = buf.len();
-                    buf.resize(CHUNK.max(old + 64 * 1024), 0);
-                    match input.read(&mut buf[old..]) {
+                    // Read through a reused scratch buffer: no zeroing of the chunk each time.
+                    let want = (CHUNK - buf.len()).min(scratch.len());
+                    match input.read(&mut scratch[..want]) {
                         Ok(0) => {
-                            buf.truncate(old);
                             eof = true;
                             break;
                         }
-                        Ok(k) => buf.truncate(old + k),
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => buf.truncate(old),
+                        Ok(k) => buf.extend_from_slice(&scratch[..k]),
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                         Err(e) => {
                             let _ = full_tx.send(Err(e));
                             return;

@@ -123,12 +123,17 @@ pub fn decode<'a>(bytes: &'a [u8], limits: &Limits) -> Result<Event<'a>, Rejecti
         return Err(Rejection::new(Reason::TooLarge, None)
             .with_detail(format!("{} bytes > {}", bytes.len(), limits.max_message_bytes)));
     }
+    // One UTF-8 check of the whole message (ASCII fast path) lets serde_json read it as
+    // `str` and skip its per-string validation: measurably faster than `from_slice`.
+    let text = std::str::from_utf8(bytes).map_err(|e| Rejection::new(Reason::NotJson, None).with_detail(e.to_string()))?;
     let failure: Cell<Option<(Reason, Option<&'static str>)>> = Cell::new(None);
-    let mut de = serde_json::Deserializer::from_slice(bytes);
-    let raw = match de.deserialize_any(EventVisitor { failure: &failure }) {
-        Ok(raw) => raw,
-        Err(e) => return Err(classify(e, failure.get())),
-    };
+    let mut de = serde_json::Deserializer::from_str(text);
+    // The visitor fills `raw` in place: the event is built once, not moved through serde's
+    // return values (those moves showed up as 5% memmove in profiles).
+    let mut raw = RawEvent::default();
+    if let Err(e) = de.deserialize_any(EventVisitor { failure: &failure, raw: &mut raw }) {
+        return Err(classify(e, failure.get()));
+    }
     if let Err(e) = de.end() {
         return Err(Rejection::new(Reason::NotJson, None).with_detail(e.to_string()));
     }
@@ -215,11 +220,12 @@ fn check_id(s: &str, field: &'static str) -> Result<(), Rejection> {
 
 type Noted<'f> = &'f Cell<Option<(Reason, Option<&'static str>)>>;
 
-struct EventVisitor<'f> {
+struct EventVisitor<'f, 'r, 'de> {
     failure: Noted<'f>,
+    raw: &'r mut RawEvent<'de>,
 }
 
-impl<'f> EventVisitor<'f> {
+impl<'f, 'r, 'de> EventVisitor<'f, 'r, 'de> {
     fn not_object<E: de::Error>(&self) -> E {
         self.failure.set(Some((Reason::NotObject, None)));
         E::custom("not an object")
@@ -232,8 +238,8 @@ macro_rules! not_object {
     };
 }
 
-impl<'de, 'f> Visitor<'de> for EventVisitor<'f> {
-    type Value = RawEvent<'de>;
+impl<'de, 'f, 'r> Visitor<'de> for EventVisitor<'f, 'r, 'de> {
+    type Value = ();
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("an event object")
@@ -250,7 +256,7 @@ impl<'de, 'f> Visitor<'de> for EventVisitor<'f> {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut raw = RawEvent::default();
+        let raw = self.raw;
         let fail = self.failure;
         while let Some(key) = map.next_key_seed(StrSeed { failure: fail, field: "(key)" })? {
             macro_rules! set {
@@ -286,7 +292,7 @@ impl<'de, 'f> Visitor<'de> for EventVisitor<'f> {
                 }
             }
         }
-        Ok(raw)
+        Ok(())
     }
 }
 
