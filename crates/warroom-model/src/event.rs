@@ -282,10 +282,10 @@ impl<'de, 'f, 'r> Visitor<'de> for EventVisitor<'f, 'r, 'de> {
                 "channel" => set!(raw.channel, "channel", OptSeed(StrSeed { failure: fail, field: "channel" })),
                 "order_id" => set!(raw.order_id, "order_id", OptSeed(StrSeed { failure: fail, field: "order_id" })),
                 "amount_cents" => {
-                    set!(raw.amount_cents, "amount_cents", OptSeed(AmountSeed { failure: fail, field: "amount_cents" }))
+                    set!(raw.amount_cents, "amount_cents", OptSeed(AmountSeed { failure: fail, field: "amount_cents", max: MAX_AMOUNT_CENTS }))
                 }
                 "coupon_cents" => {
-                    set!(raw.coupon_cents, "coupon_cents", OptSeed(AmountSeed { failure: fail, field: "coupon_cents" }))
+                    set!(raw.coupon_cents, "coupon_cents", OptSeed(AmountSeed { failure: fail, field: "coupon_cents", max: u64::MAX }))
                 }
                 _ => {
                     map.next_value::<IgnoredAny>()?;
@@ -454,6 +454,8 @@ impl<'de, 'f> Visitor<'de> for TsSeed<'f> {
 struct AmountSeed<'f> {
     failure: Noted<'f>,
     field: &'static str,
+    /// `amount_cents` is bounded by 10^12; `coupon_cents` only by being a u64.
+    max: u64,
 }
 
 impl<'de, 'f> DeserializeSeed<'de> for AmountSeed<'f> {
@@ -479,7 +481,7 @@ impl<'de, 'f> Visitor<'de> for AmountSeed<'f> {
     }
 
     fn visit_u64<E: de::Error>(self, v: u64) -> Result<u64, E> {
-        if v > MAX_AMOUNT_CENTS {
+        if v > self.max {
             return Err(self.fail(Reason::BadAmount));
         }
         Ok(v)
