@@ -1,0 +1,89 @@
+//! The `warroom` binary itself, as a user runs it.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_warroom"))
+}
+
+fn samples() -> PathBuf {
+    std::env::var_os("WARROOM_SHARED")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared"))
+        .join("contract/samples")
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("warroom-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d.join(name)
+}
+
+fn show(out: &std::process::Output) -> String {
+    format!("status {:?}\nstdout:\n{}\nstderr:\n{}", out.status, String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+#[test]
+fn replay_writes_the_contract_snapshot() {
+    let snap = tmp("valid.json");
+    let out = bin()
+        .args(["replay", "--input"])
+        .arg(samples().join("valid.jsonl"))
+        .arg("--snapshot-out")
+        .arg(&snap)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", show(&out));
+    let got: serde_json::Value = serde_json::from_slice(&std::fs::read(&snap).unwrap()).unwrap();
+    let want: serde_json::Value = serde_json::from_slice(&std::fs::read(samples().join("valid.snapshot.json")).unwrap()).unwrap();
+    for k in ["gmv_cents", "paid_orders", "refund_cents", "accepted", "rejected", "duplicates"] {
+        assert_eq!(got["totals"][k], want["totals"][k], "totals.{k}\n{}", show(&out));
+    }
+    assert_eq!(got["as_of_ms"], want["as_of_ms"]);
+    assert_eq!(got["slots"], want["slots"]);
+}
+
+#[test]
+fn replay_keeps_every_rejected_line_with_its_reason() {
+    let (snap, rej) = (tmp("bad.json"), tmp("bad.rejects.jsonl"));
+    let out = bin()
+        .args(["replay", "--quiet", "--input"])
+        .arg(samples().join("bad.jsonl"))
+        .arg("--snapshot-out")
+        .arg(&snap)
+        .arg("--rejects-out")
+        .arg(&rej)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", show(&out));
+    let text = std::fs::read_to_string(&rej).unwrap();
+    let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 17);
+    assert!(lines.iter().all(|l| l["reason"].is_string() && l["message"].is_string() && l["raw"].is_string()));
+    assert_eq!(lines[12]["reason"], "wrong_type");
+    assert_eq!(lines[12]["field"], "slot");
+}
+
+#[test]
+fn errors_say_what_to_do() {
+    let out = bin().args(["replay", "--input", "/no/such/file", "--snapshot-out", "/tmp/x.json"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot open --input /no/such/file"), "{}", show(&out));
+    let cfg = tmp("bad.toml");
+    std::fs::write(&cfg, "[race]\ndefault_rule = \"nope\"\nhysteresis = 3.0\n").unwrap();
+    let out = bin().args(["check-config", "--config"]).arg(&cfg).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("nope") && err.contains("hysteresis"), "{}", show(&out));
+}
+
+#[test]
+fn run_with_the_embedded_simulator_reports_live_numbers() {
+    let out = bin().args(["run", "--duration", "3s", "--rate", "3000"]).output().unwrap();
+    assert!(out.status.success(), "{}", show(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let last = stdout.lines().last().unwrap_or_default();
+    assert!(stdout.lines().count() >= 2, "one summary line per second\n{}", show(&out));
+    assert!(last.contains("GMV ¥") && last.contains("phase=warmup"), "{}", show(&out));
+    assert!(!last.contains("accepted=0 "), "the simulator should have produced events\n{}", show(&out));
+}

@@ -1,0 +1,183 @@
+//! Engine behaviour beyond the sample files: the de-duplication horizon, rule hot-swap, rank
+//! changes with hysteresis, the plan's pace, and memory that stays bounded.
+
+use std::time::Duration;
+
+use warroom_engine::plan::{PhaseConfig, PhaseKind, PlanConfig};
+use warroom_engine::race::Input;
+use warroom_engine::{Config, Engine, RuleSpec};
+use warroom_model::Limits;
+
+const T0: i64 = 1_794_312_000_000;
+
+fn feed(engine: &Engine, lines: &[String]) {
+    let mut cache = warroom_engine::intern::NameCache::default();
+    let evs: Vec<_> = lines
+        .iter()
+        .enumerate()
+        .filter_map(|(i, l)| engine.decode_prepare(l.as_bytes(), i as u64, &Limits::default(), &mut cache).ok())
+        .collect();
+    engine.apply(&evs);
+}
+
+fn pay(id: &str, ts: i64, user: &str, slot: &str, order: &str, amount: u64) -> String {
+    let venue = slot.split('-').next().unwrap();
+    format!(
+        r#"{{"event_id":"{id}","type":"pay","ts":{ts},"user_id":"{user}","venue":"{venue}","slot":"{slot}","merchant_id":"m-{slot}","order_id":"{order}","amount_cents":{amount}}}"#
+    )
+}
+
+fn click(id: &str, ts: i64, user: &str, slot: &str) -> String {
+    let venue = slot.split('-').next().unwrap();
+    format!(r#"{{"event_id":"{id}","type":"click","ts":{ts},"user_id":"{user}","venue":"{venue}","slot":"{slot}"}}"#)
+}
+
+#[test]
+fn events_beyond_the_dedupe_horizon_are_refused_and_counted() {
+    let mut cfg = Config::default();
+    cfg.engine.dedupe_horizon = Duration::from_secs(3600);
+    let engine = Engine::new(cfg);
+    let user = "u-1"; // one user: one shard, one watermark
+    feed(&engine, &[pay("a", T0 + 7_200_000, user, "main-1", "o1", 100)]);
+    feed(&engine, &[
+        pay("b", T0 + 3_600_001, user, "main-1", "o2", 10),  // 59m59.999s late: inside, counted
+        pay("c", T0 + 3_600_000, user, "main-1", "o3", 1),   // exactly 1 h late: refused
+        pay("d", T0, user, "main-1", "o4", 1),               // 2 h late: refused
+    ]);
+    let (s, _) = engine.publish();
+    assert_eq!(s.totals.gmv_cents, 110);
+    assert_eq!(s.totals.accepted, 2);
+    assert_eq!(s.totals.rejected, 2);
+    assert_eq!(s.rejections["beyond_dedupe_horizon"], 2);
+    assert_eq!(s.counters.late, 1);
+}
+
+#[test]
+fn a_duplicate_inside_the_horizon_never_counts_twice() {
+    let engine = Engine::new(Config::default());
+    let p = pay("same", T0, "u-9", "main-1", "o1", 500);
+    feed(&engine, &[p.clone(), click("c1", T0 + 3_000_000, "u-9", "main-1"), p.clone()]);
+    // Re-sent payment: new event id, same order, later time.
+    feed(&engine, &[pay("again", T0 + 3_100_000, "u-9", "main-1", "o1", 500)]);
+    let (s, _) = engine.publish();
+    assert_eq!((s.totals.gmv_cents, s.totals.paid_orders, s.totals.duplicates, s.counters.resent_pays), (500, 1, 1, 1));
+    assert_eq!(s.totals.accepted, 3);
+}
+
+fn two_slot_engine(hysteresis: f64) -> Engine {
+    let mut cfg = Config::default();
+    cfg.race.hysteresis = hysteresis;
+    cfg.race.rules.insert(
+        "clicks".into(),
+        RuleSpec { weights: [(Input::Clicks, 1.0)].into_iter().collect(), description: "most clicked".into() },
+    );
+    Engine::new(cfg)
+}
+
+fn ranking(engine: &Engine, venue: &str) -> (String, Vec<String>) {
+    let (s, _) = engine.publish();
+    let v = s.venues.iter().find(|v| v.venue == venue).expect("venue");
+    (v.race.rule.clone(), v.race.ranking.iter().map(|r| r.slot.clone()).collect())
+}
+
+#[test]
+fn rule_hot_swap_changes_the_next_ranking_and_is_reported() {
+    let engine = two_slot_engine(0.0);
+    // main-a: more GMV; main-b: more clicks.
+    let mut lines = vec![pay("p1", T0, "u1", "main-a", "o1", 9_000), pay("p2", T0, "u2", "main-b", "o2", 100)];
+    for i in 0..5 {
+        lines.push(click(&format!("c{i}"), T0 + i, &format!("u{i}"), "main-b"));
+    }
+    feed(&engine, &lines);
+    assert_eq!(ranking(&engine, "main"), ("gmv".into(), vec!["main-a".into(), "main-b".into()]));
+    let change = engine.set_rule("main", "clicks", None).unwrap();
+    assert_eq!((change.old_rule.as_str(), change.new_rule.as_str()), ("gmv", "clicks"));
+    assert_eq!(ranking(&engine, "main"), ("clicks".into(), vec!["main-b".into(), "main-a".into()]));
+    // An ad-hoc rule sent with its weights is validated.
+    let bad = RuleSpec { weights: [(Input::Gmv, -1.0)].into_iter().collect(), description: String::new() };
+    assert!(engine.set_rule("main", "neg", Some(bad)).is_err());
+    assert!(engine.set_rule("main", "no-such-rule", None).is_err());
+    assert_eq!(engine.rule_of("main"), "clicks");
+}
+
+#[test]
+fn rank_changes_are_reported_and_hysteresis_damps_near_ties() {
+    for (h, expect_change) in [(0.0, true), (0.1, false)] {
+        let engine = two_slot_engine(h);
+        feed(&engine, &[pay("p1", T0, "u1", "main-a", "o1", 10_000), pay("p2", T0 + 1, "u2", "main-b", "o2", 9_900)]);
+        let (_, first) = engine.publish();
+        assert!(first.is_empty(), "no previous ranking, no change events");
+        // main-b overtakes by 5% (10,400 vs 10,000).
+        feed(&engine, &[pay("p3", T0 + 2, "u3", "main-b", "o3", 500)]);
+        let (_, changes) = engine.publish();
+        let moved: Vec<_> = changes.iter().map(|c| (c.slot.as_str(), c.from, c.to)).collect();
+        if expect_change {
+            assert_eq!(moved, vec![("main-b", Some(2), 1), ("main-a", Some(1), 2)]);
+        } else {
+            assert!(moved.is_empty(), "inside a 10% margin nothing moves: {moved:?}");
+        }
+    }
+}
+
+#[test]
+fn plan_phase_and_pace_in_the_snapshot() {
+    let ts = |ms| jiff::Timestamp::from_millisecond(ms).unwrap();
+    let mut cfg = Config::default();
+    cfg.plan = Some(PlanConfig {
+        name: "t".into(),
+        phases: vec![
+            PhaseConfig { kind: PhaseKind::Warmup, name: "预热".into(), start: ts(T0), end: ts(T0 + 1_000_000), target_gmv_cents: 1_000 },
+            PhaseConfig { kind: PhaseKind::Official, name: "正式".into(), start: ts(T0 + 1_000_000), end: ts(T0 + 2_000_000), target_gmv_cents: 9_000 },
+        ],
+        target_gmv_cents: None,
+        hourly_target_gmv_cents: vec![],
+    });
+    let engine = Engine::new(cfg);
+    feed(&engine, &[pay("p1", T0 + 10, "u1", "main-a", "o1", 800), pay("p2", T0 + 1_500_000, "u2", "main-a", "o2", 3_000)]);
+    let (s, _) = engine.publish();
+    let p = s.plan.as_ref().unwrap();
+    assert_eq!(p.phase, "official");
+    assert_eq!(p.target_gmv_cents, 10_000);
+    assert_eq!(p.expected_by_now_cents, 1_000 + 4_500);
+    assert_eq!(p.gmv_cents, 3_800);
+    assert_eq!(p.ahead_cents, 3_800 - 5_500);
+    assert_eq!(p.phases[0].gmv_cents, 800);
+    assert_eq!(p.phases[1].gmv_cents, 3_000);
+}
+
+#[test]
+fn memory_stays_bounded_over_a_long_stream() {
+    // Four hours of traffic at a steady rate with a 10-minute dedupe horizon: the records
+    // kept for windows and the ids kept for dedupe stop growing once the horizons are full.
+    let mut cfg = Config::default();
+    cfg.engine.windows = vec![Duration::from_secs(60), Duration::from_secs(300)];
+    cfg.engine.dedupe_horizon = Duration::from_secs(600);
+    cfg.engine.order_horizon = Duration::from_secs(600);
+    let engine = Engine::new(cfg);
+    let mut samples = Vec::new();
+    let mut id = 0u64;
+    for minute in 0..240i64 {
+        let mut lines = Vec::new();
+        for k in 0..600i64 {
+            id += 1;
+            let ts = T0 + minute * 60_000 + k * 100;
+            let slot = format!("main-{}", k % 20);
+            lines.push(if k % 10 == 0 {
+                pay(&format!("e{id}"), ts, &format!("u{}", k % 300), &slot, &format!("o{id}"), 100)
+            } else {
+                click(&format!("e{id}"), ts, &format!("u{}", k % 300), &slot)
+            });
+        }
+        feed(&engine, &lines);
+        if minute % 30 == 29 {
+            let (s, _) = engine.publish();
+            samples.push((s.counters.window_records, s.counters.dedupe_ids, s.counters.dedupe_orders));
+        }
+    }
+    let (first, rest) = samples.split_first().unwrap();
+    for s in rest {
+        // Generations turn over in steps of horizon/7: allow that much wobble, no growth.
+        assert!(s.0 <= first.0 * 11 / 10 && s.1 <= first.1 * 13 / 10 && s.2 <= first.2 * 13 / 10, "{samples:?}");
+    }
+    assert!(first.1 < 14_000, "ids kept should be about 10 minutes' worth (6,000): {first:?}");
+}
