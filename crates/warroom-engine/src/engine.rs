@@ -27,6 +27,10 @@ use crate::snapshot::{
 
 const DAY_MS: i64 = 86_400_000;
 
+fn wall_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
 /// Rules in force: venue -> rule, plus the default.
 #[derive(Debug, Clone)]
 pub struct RuleSet {
@@ -67,6 +71,7 @@ pub struct Engine {
     merchants: Interner,
     rejects: RejectCounts,
     watermark: AtomicI64,
+    last_event_at: AtomicI64,
     rules: ArcSwap<RuleSet>,
     named_rules: BTreeMap<String, RuleSpec>,
     published: ArcSwap<Snapshot>,
@@ -112,6 +117,7 @@ impl Engine {
             merchants: Interner::new(cfg.engine.max_merchants),
             rejects: RejectCounts::default(),
             watermark: AtomicI64::new(i64::MIN),
+            last_event_at: AtomicI64::new(0),
             rules: ArcSwap::from_pointee(rules),
             named_rules: cfg.race.rules.clone(),
             published: ArcSwap::from_pointee(Snapshot::default()),
@@ -236,6 +242,7 @@ impl Engine {
         drop(shard);
         if newest != i64::MIN {
             self.watermark.fetch_max(newest, Ordering::Relaxed);
+            self.last_event_at.fetch_max(wall_ms(), Ordering::Relaxed);
         }
     }
 
@@ -303,7 +310,7 @@ impl Engine {
     }
 
     fn empty_snapshot(&self) -> Snapshot {
-        let mut s = Snapshot::default();
+        let mut s = Snapshot { published_at_ms: wall_ms(), ..Snapshot::default() };
         s.totals.rejected = self.rejects.total();
         s.rejections = self.rejects.nonzero().into_iter().map(|(k, v)| (k.to_string(), v)).collect();
         s.windows = self
@@ -535,6 +542,8 @@ impl Engine {
         };
         let snap = Snapshot {
             as_of_ms: if as_of == i64::MIN { 0 } else { as_of },
+            published_at_ms: wall_ms(),
+            last_event_at_ms: self.last_event_at.load(Ordering::Relaxed),
             totals,
             windows,
             venues,

@@ -11,6 +11,11 @@ use crate::plan::PlanStatus;
 pub struct Snapshot {
     /// Event time the snapshot stands at: the newest accepted `ts` (0 before any event).
     pub as_of_ms: i64,
+    /// Wall-clock time (ms) this snapshot was published.
+    pub published_at_ms: i64,
+    /// Wall-clock time (ms) an accepted event was last applied: freshness of the pipeline,
+    /// whatever the events' own times (0 before any event).
+    pub last_event_at_ms: i64,
     pub totals: Totals,
     pub windows: Vec<WindowStats>,
     pub venues: Vec<VenueStats>,

@@ -84,7 +84,13 @@ impl Night {
                 phase(PhaseKind::Encore, "返场 encore", 5.0 / 6.0, 1.0),
             ],
             target_gmv_cents: None,
-            hourly_target_gmv_cents: Vec::new(),
+            // Hour by hour (of event time) along the traffic curve, so pace reads ~100% on a
+            // normal night instead of lagging behind a straight line through the ramp.
+            hourly_target_gmv_cents: {
+                let hours = (self.len_ms as f64 / 3_600_000.0).ceil() as usize;
+                let h = 3_600_000.0 / self.len_ms as f64;
+                (0..hours).map(|k| target(k as f64 * h, ((k + 1) as f64 * h).min(1.0))).collect()
+            },
         }
     }
 }

@@ -231,16 +231,13 @@ fn summary_line(s: &Snapshot) -> String {
         .iter()
         .filter_map(|v| v.race.ranking.first().map(|e| format!("{}:{}", v.venue, e.slot)))
         .collect();
-    let age = {
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
-        if s.as_of_ms > 0 {
-            format!("{:.1}s", (now - s.as_of_ms) as f64 / 1000.0)
-        } else {
-            "-".into()
-        }
+    let age = if s.last_event_at_ms > 0 {
+        format!("{:.1}s", (s.published_at_ms - s.last_event_at_ms).max(0) as f64 / 1000.0)
+    } else {
+        "-".into()
     };
     format!(
-        "GMV {} (1m {}, 5m {}) orders={} uv={} buyers={} conv={:.2}% aov={} | accepted={} rejected={} dup={} resent={} late={}{} | leaders {} | as_of age {}",
+        "GMV {} (1m {}, 5m {}) orders={} uv={} buyers={} conv={:.2}% aov={} | accepted={} rejected={} dup={} resent={} late={}{} | leaders {} | last event {} ago",
         yuan(t.gmv_cents),
         yuan(w(60_000)),
         yuan(w(300_000)),
@@ -307,15 +304,18 @@ fn run(
     };
     let started = Instant::now();
     let mut last_line = Instant::now();
+    let mut moves = 0usize;
     loop {
         std::thread::sleep(Duration::from_millis(250));
         let (snap, changes) = engine.publish();
-        for c in changes.iter().filter(|c| c.to <= 3 || c.from.is_some_and(|f| f <= 3)) {
-            tracing::info!(venue = %c.venue, slot = %c.slot, from = ?c.from, to = c.to, "race: rank change");
+        moves += changes.len();
+        for c in &changes {
+            tracing::debug!(venue = %c.venue, slot = %c.slot, from = ?c.from, to = c.to, "race: rank change");
         }
         if last_line.elapsed() >= Duration::from_secs(1) {
             last_line = Instant::now();
-            println!("{}", summary_line(&snap));
+            println!("{} | rank moves {moves}", summary_line(&snap));
+            moves = 0;
         }
         if feeder.is_finished() && matches!(source, Source::Sim) {
             break;
