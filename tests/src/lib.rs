@@ -158,9 +158,9 @@ pub fn reference(lines: &[&[u8]], windows: &[i64], race_window: i64) -> Snapshot
     for (k, e) in acc.iter().enumerate() {
         let Some(name) = &e.slot else { continue };
         let venue = slot_venue.entry(name.clone()).or_insert_with(|| e.venue.clone().unwrap_or_default()).clone();
-        let (st, at) = slots.entry(name.clone()).or_insert_with(|| {
-            (SlotStats { slot: name.clone(), venue, ..Default::default() }, (i64::MIN, 0))
-        });
+        let (st, at) = slots
+            .entry(name.clone())
+            .or_insert_with(|| (SlotStats { slot: name.clone(), venue, ..Default::default() }, (i64::MIN, 0)));
         match e.kind.as_str() {
             "impression" => st.impressions += 1,
             "click" => st.clicks += 1,
@@ -215,7 +215,10 @@ pub fn reference(lines: &[&[u8]], windows: &[i64], race_window: i64) -> Snapshot
                     prev_gmv_cents: acc
                         .iter()
                         .filter(|e| {
-                            e.counted && e.slot.as_deref() == Some(st.slot.as_str()) && e.ts > lo - race_window && e.ts <= lo
+                            e.counted
+                                && e.slot.as_deref() == Some(st.slot.as_str())
+                                && e.ts > lo - race_window
+                                && e.ts <= lo
                         })
                         .map(|e| e.amount)
                         .sum(),
@@ -227,7 +230,8 @@ pub fn reference(lines: &[&[u8]], windows: &[i64], race_window: i64) -> Snapshot
         for (k, r) in ranking.iter_mut().enumerate() {
             r.rank = k as u32 + 1;
         }
-        let mut vs = warroom_engine::snapshot::VenueStats { venue, gmv_cents: gmv, paid_orders: orders, ..Default::default() };
+        let mut vs =
+            warroom_engine::snapshot::VenueStats { venue, gmv_cents: gmv, paid_orders: orders, ..Default::default() };
         vs.race.window_ms = race_window;
         vs.race.rule = "gmv".into();
         vs.race.ranking = ranking;
@@ -301,7 +305,17 @@ pub fn differences(got: &Snapshot, want: &Snapshot) -> Vec<String> {
         exact!(format!("venue {} paid_orders", b.venue), a.paid_orders, b.paid_orders);
         exact!(format!("venue {} race.window_ms", b.venue), a.race.window_ms, b.race.window_ms);
         let key = |r: &RankEntry| {
-            (r.rank, r.slot.clone(), r.gmv_cents, r.paid_orders, r.impressions, r.clicks, r.buyers, r.prev_gmv_cents, r.merchant_id.clone())
+            (
+                r.rank,
+                r.slot.clone(),
+                r.gmv_cents,
+                r.paid_orders,
+                r.impressions,
+                r.clicks,
+                r.buyers,
+                r.prev_gmv_cents,
+                r.merchant_id.clone(),
+            )
         };
         let ra: Vec<_> = a.race.ranking.iter().map(key).collect();
         let rb: Vec<_> = b.race.ranking.iter().map(key).collect();

@@ -45,7 +45,10 @@ fn writers_and_readers_at_once() {
                 let (snap, _) = engine.publish();
                 let t = &snap.totals;
                 let now = (t.gmv_cents, t.accepted, t.duplicates);
-                assert!(now.0 >= last.0 && now.1 >= last.1 && now.2 >= last.2, "totals went backwards: {last:?} -> {now:?}");
+                assert!(
+                    now.0 >= last.0 && now.1 >= last.1 && now.2 >= last.2,
+                    "totals went backwards: {last:?} -> {now:?}"
+                );
                 let slot_gmv: u64 = snap.slots.iter().map(|s| s.gmv_cents).sum();
                 assert!(slot_gmv <= t.gmv_cents, "slots hold more GMV than the total");
                 for w in &snap.windows {
@@ -81,8 +84,14 @@ fn writers_and_readers_at_once() {
     let (got, _) = engine.publish();
 
     let (g, w) = (&got.totals, &want.totals);
-    assert_eq!((g.gmv_cents, g.paid_orders, g.accepted, g.duplicates), (w.gmv_cents, w.paid_orders, w.accepted, w.duplicates));
-    assert_eq!((g.impressions, g.clicks, g.refund_cents, g.order_cents), (w.impressions, w.clicks, w.refund_cents, w.order_cents));
+    assert_eq!(
+        (g.gmv_cents, g.paid_orders, g.accepted, g.duplicates),
+        (w.gmv_cents, w.paid_orders, w.accepted, w.duplicates)
+    );
+    assert_eq!(
+        (g.impressions, g.clicks, g.refund_cents, g.order_cents),
+        (w.impressions, w.clicks, w.refund_cents, w.order_cents)
+    );
     assert_eq!(got.as_of_ms, want.as_of_ms);
     assert_eq!(got.slots, want.slots, "slot totals and newest merchants");
     for (a, b) in got.windows.iter().zip(&want.windows) {
@@ -91,7 +100,11 @@ fn writers_and_readers_at_once() {
     }
     for (a, b) in got.venues.iter().zip(&want.venues) {
         let key = |v: &warroom_engine::snapshot::VenueStats| {
-            v.race.ranking.iter().map(|r| (r.slot.clone(), r.gmv_cents, r.impressions, r.clicks, r.buyers)).collect::<Vec<_>>()
+            v.race
+                .ranking
+                .iter()
+                .map(|r| (r.slot.clone(), r.gmv_cents, r.impressions, r.clicks, r.buyers))
+                .collect::<Vec<_>>()
         };
         assert_eq!(key(a), key(b), "race of {}", b.venue);
     }

@@ -39,11 +39,14 @@ fn events_beyond_the_dedupe_horizon_are_refused_and_counted() {
     let engine = Engine::new(cfg);
     let user = "u-1"; // one user: one shard, one watermark
     feed(&engine, &[pay("a", T0 + 7_200_000, user, "main-1", "o1", 100)]);
-    feed(&engine, &[
-        pay("b", T0 + 3_600_001, user, "main-1", "o2", 10),  // 59m59.999s late: inside, counted
-        pay("c", T0 + 3_600_000, user, "main-1", "o3", 1),   // exactly 1 h late: refused
-        pay("d", T0, user, "main-1", "o4", 1),               // 2 h late: refused
-    ]);
+    feed(
+        &engine,
+        &[
+            pay("b", T0 + 3_600_001, user, "main-1", "o2", 10), // 59m59.999s late: inside, counted
+            pay("c", T0 + 3_600_000, user, "main-1", "o3", 1),  // exactly 1 h late: refused
+            pay("d", T0, user, "main-1", "o4", 1),              // 2 h late: refused
+        ],
+    );
     let (s, _) = engine.publish();
     assert_eq!(s.totals.gmv_cents, 110);
     assert_eq!(s.totals.accepted, 2);
@@ -126,14 +129,29 @@ fn plan_phase_and_pace_in_the_snapshot() {
     cfg.plan = Some(PlanConfig {
         name: "t".into(),
         phases: vec![
-            PhaseConfig { kind: PhaseKind::Warmup, name: "预热".into(), start: ts(T0), end: ts(T0 + 1_000_000), target_gmv_cents: 1_000 },
-            PhaseConfig { kind: PhaseKind::Official, name: "正式".into(), start: ts(T0 + 1_000_000), end: ts(T0 + 2_000_000), target_gmv_cents: 9_000 },
+            PhaseConfig {
+                kind: PhaseKind::Warmup,
+                name: "预热".into(),
+                start: ts(T0),
+                end: ts(T0 + 1_000_000),
+                target_gmv_cents: 1_000,
+            },
+            PhaseConfig {
+                kind: PhaseKind::Official,
+                name: "正式".into(),
+                start: ts(T0 + 1_000_000),
+                end: ts(T0 + 2_000_000),
+                target_gmv_cents: 9_000,
+            },
         ],
         target_gmv_cents: None,
         hourly_target_gmv_cents: vec![],
     });
     let engine = Engine::new(cfg);
-    feed(&engine, &[pay("p1", T0 + 10, "u1", "main-a", "o1", 800), pay("p2", T0 + 1_500_000, "u2", "main-a", "o2", 3_000)]);
+    feed(
+        &engine,
+        &[pay("p1", T0 + 10, "u1", "main-a", "o1", 800), pay("p2", T0 + 1_500_000, "u2", "main-a", "o2", 3_000)],
+    );
     let (s, _) = engine.publish();
     let p = s.plan.as_ref().unwrap();
     assert_eq!(p.phase, "official");

@@ -7,7 +7,8 @@ use warroom_tests::{assert_matches_reference, distinct_close, lines, reference, 
 
 fn read(name: &str) -> Vec<u8> {
     let p = samples_dir().join(name);
-    std::fs::read(&p).unwrap_or_else(|e| panic!("cannot read {} ({e}); set WARROOM_SHARED to the shared/ folder", p.display()))
+    std::fs::read(&p)
+        .unwrap_or_else(|e| panic!("cannot read {} ({e}); set WARROOM_SHARED to the shared/ folder", p.display()))
 }
 
 #[test]

@@ -12,7 +12,11 @@ fn main() -> std::io::Result<()> {
     let s = t.elapsed().as_secs_f64();
     println!(
         "{{\"lines\":{},\"valid\":{},\"paid_cents\":{},\"seconds\":{:.3},\"lines_per_s\":{:.0}}}",
-        r.lines, r.valid, r.paid_cents, s, r.lines as f64 / s
+        r.lines,
+        r.valid,
+        r.paid_cents,
+        s,
+        r.lines as f64 / s
     );
     Ok(())
 }

@@ -105,7 +105,7 @@ impl Config {
             errs.push("engine.windows: give at least one window, e.g. [\"1m\", \"5m\"]".into());
         }
         for w in &self.engine.windows {
-            if w.as_millis() == 0 || w.as_millis() % 1000 != 0 {
+            if w.as_millis() == 0 || !w.as_millis().is_multiple_of(1000) {
                 errs.push(format!("engine.windows: {w:?} must be a whole number of seconds > 0"));
             }
         }
@@ -119,7 +119,7 @@ impl Config {
         if self.engine.order_horizon < self.engine.dedupe_horizon {
             errs.push("engine.order_horizon must be at least engine.dedupe_horizon".into());
         }
-        if self.race.window.as_millis() == 0 || self.race.window.as_millis() % 1000 != 0 {
+        if self.race.window.as_millis() == 0 || !self.race.window.as_millis().is_multiple_of(1000) {
             errs.push("race.window must be a whole number of seconds > 0".into());
         }
         if !(0.0..1.0).contains(&self.race.hysteresis) {
@@ -160,7 +160,10 @@ mod humantime_serde_vec {
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
     pub fn serialize<S: Serializer>(v: &[Duration], s: S) -> Result<S::Ok, S::Error> {
-        v.iter().map(|d| humantime_serde::re::humantime::format_duration(*d).to_string()).collect::<Vec<_>>().serialize(s)
+        v.iter()
+            .map(|d| humantime_serde::re::humantime::format_duration(*d).to_string())
+            .collect::<Vec<_>>()
+            .serialize(s)
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use arc_swap::ArcSwap;
-use warroom_model::{EventKind, Event, Reason, RejectCounts, Rejection};
+use warroom_model::{Event, EventKind, Reason, RejectCounts, Rejection};
 use xxhash_rust::xxh3::{xxh3_128, xxh3_64};
 
 use crate::config::Config;
@@ -323,7 +323,13 @@ impl Engine {
         s
     }
 
-    fn merge(&self, as_of: i64, cx: &Ctx, sums: &[ShardSummary], state: &mut PublishState) -> (Snapshot, Vec<RankChange>) {
+    fn merge(
+        &self,
+        as_of: i64,
+        cx: &Ctx,
+        sums: &[ShardSummary],
+        state: &mut PublishState,
+    ) -> (Snapshot, Vec<RankChange>) {
         let mut c = ShardCounters::default();
         for s in sums {
             c.add(&s.c);
@@ -365,7 +371,14 @@ impl Engine {
                 prev.1 += s.windows[k].1.orders;
             }
             let d = sum3(&|s| s.distinct_windows[k]);
-            windows.push(WindowStats { length_ms: len, gmv_cents: cur.0, paid_orders: cur.1, uv: d[0], ipv_uv: d[1], buyers: d[2] });
+            windows.push(WindowStats {
+                length_ms: len,
+                gmv_cents: cur.0,
+                paid_orders: cur.1,
+                uv: d[0],
+                ipv_uv: d[1],
+                buyers: d[2],
+            });
             let f = sums.iter().fold(([0u64; 2], [0u64; 2]), |a, s| {
                 let (c2, p2) = s.formula[k];
                 ([a.0[0] + c2[0], a.0[1] + c2[1]], [a.1[0] + p2[0], a.1[1] + p2[1]])
@@ -436,8 +449,8 @@ impl Engine {
                     seen |= v.0;
                     gmv += v.1;
                     orders += v.2;
-                    for k in 0..3 {
-                        d[k] += v.3[k];
+                    for (a, b) in d.iter_mut().zip(v.3) {
+                        *a += b;
                     }
                 }
             }
@@ -468,7 +481,8 @@ impl Engine {
                 members.iter().zip(&scores).map(|(&i, &s)| (slot_names[i].to_string(), s)).collect();
             let prev = state.previous.get(&**vname).cloned().unwrap_or_default();
             race::rank(&mut order, &prev, self.cfg.race.hysteresis);
-            let by_name: BTreeMap<&str, usize> = members.iter().enumerate().map(|(k, &i)| (&*slot_names[i], k)).collect();
+            let by_name: BTreeMap<&str, usize> =
+                members.iter().enumerate().map(|(k, &i)| (&*slot_names[i], k)).collect();
             let ranking: Vec<RankEntry> = order
                 .iter()
                 .enumerate()

@@ -42,6 +42,8 @@ pub fn estimate_from_histogram(hist: &[u32], p: u32) -> f64 {
     alpha_inf * m * m / z
 }
 
+// Exact comparisons are the point: the series stop when an addition no longer changes the sum.
+#[allow(clippy::float_cmp)]
 fn sigma(mut x: f64) -> f64 {
     if x == 1.0 {
         return f64::INFINITY;
@@ -59,6 +61,7 @@ fn sigma(mut x: f64) -> f64 {
     }
 }
 
+#[allow(clippy::float_cmp)]
 fn tau(mut x: f64) -> f64 {
     if x == 0.0 || x == 1.0 {
         return 0.0;

@@ -25,7 +25,12 @@ pub struct Interner {
 
 impl Interner {
     pub fn new(limit: usize) -> Self {
-        Interner { map: DashMap::with_hasher(Fast::default()), names: RwLock::new(Vec::new()), limit, overflow: AtomicU64::new(0) }
+        Interner {
+            map: DashMap::with_hasher(Fast::default()),
+            names: RwLock::new(Vec::new()),
+            limit,
+            overflow: AtomicU64::new(0),
+        }
     }
 
     /// The index of `name`, registering it if new; `NONE` past the limit.
@@ -76,7 +81,11 @@ pub struct SlotInterner {
 
 impl SlotInterner {
     pub fn new(limit: usize) -> Self {
-        SlotInterner { names: Interner::new(limit), venues: RwLock::new(Vec::new()), venue_conflicts: AtomicU64::new(0) }
+        SlotInterner {
+            names: Interner::new(limit),
+            venues: RwLock::new(Vec::new()),
+            venue_conflicts: AtomicU64::new(0),
+        }
     }
 
     pub fn get_or_insert(&self, slot: &str, venue: u32) -> (u32, u32) {

@@ -235,8 +235,20 @@ mod tests {
         PlanConfig {
             name: "t".into(),
             phases: vec![
-                PhaseConfig { kind: PhaseKind::Warmup, name: "预热".into(), start: ts(0), end: ts(1000), target_gmv_cents: 100 },
-                PhaseConfig { kind: PhaseKind::Official, name: "正式".into(), start: ts(1000), end: ts(2000), target_gmv_cents: 900 },
+                PhaseConfig {
+                    kind: PhaseKind::Warmup,
+                    name: "预热".into(),
+                    start: ts(0),
+                    end: ts(1000),
+                    target_gmv_cents: 100,
+                },
+                PhaseConfig {
+                    kind: PhaseKind::Official,
+                    name: "正式".into(),
+                    start: ts(1000),
+                    end: ts(2000),
+                    target_gmv_cents: 900,
+                },
             ],
             target_gmv_cents: None,
             hourly_target_gmv_cents: vec![],

@@ -197,7 +197,10 @@ mod tests {
     fn composite_normalises_each_input() {
         let a = RaceInputs { gmv: 1000, clicks: 10, impressions: 100, ..Default::default() };
         let b = RaceInputs { gmv: 500, clicks: 50, impressions: 100, ..Default::default() };
-        let spec = RuleSpec { weights: [(Input::Gmv, 0.4), (Input::Ctr, 0.6)].into_iter().collect(), description: String::new() };
+        let spec = RuleSpec {
+            weights: [(Input::Gmv, 0.4), (Input::Ctr, 0.6)].into_iter().collect(),
+            description: String::new(),
+        };
         let s = scores(&Rule::Composite(spec), &[a, b]);
         assert!((s[0] - 0.4).abs() < 1e-9 && (s[1] - 0.6).abs() < 1e-9, "{s:?}");
     }

@@ -139,7 +139,15 @@ pub struct SlotCum {
 
 impl Default for SlotCum {
     fn default() -> Self {
-        SlotCum { seen: false, gmv: 0, orders: 0, impressions: 0, clicks: 0, merchant: NONE, merchant_at: (i64::MIN, 0) }
+        SlotCum {
+            seen: false,
+            gmv: 0,
+            orders: 0,
+            impressions: 0,
+            clicks: 0,
+            merchant: NONE,
+            merchant_at: (i64::MIN, 0),
+        }
     }
 }
 

@@ -204,7 +204,8 @@ impl Generator {
             if self.rng.gen::<f64>() < self.cfg.merchant_change_share {
                 merchant = self.rng.gen_range(0..self.cfg.merchants.max(1));
             }
-            let _ = write!(l, r#","venue":"{venue}","slot":"{name}","item_id":"i-{name}","merchant_id":"m-{merchant}""#);
+            let _ =
+                write!(l, r#","venue":"{venue}","slot":"{name}","item_id":"i-{name}","merchant_id":"m-{merchant}""#);
         }
         let ch = CHANNELS[(user % CHANNELS.len() as u64) as usize];
         let _ = write!(l, r#","channel":"{ch}""#);

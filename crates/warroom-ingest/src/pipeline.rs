@@ -91,8 +91,7 @@ impl ChunkProcessor {
         self.parts[..ranges.len()].par_iter_mut().zip(ranges.par_iter()).for_each(|(part, &(s, e, first))| {
             part.events.clear();
             part.rejected.clear();
-            let mut seq = first;
-            for msg in split_lines(&chunk[s..e]) {
+            for (seq, msg) in (first..).zip(split_lines(&chunk[s..e])) {
                 match engine.decode_prepare(msg, seq, limits, &mut part.names) {
                     Ok(p) => part.events.push(p),
                     Err(rejection) => {
@@ -101,7 +100,6 @@ impl ChunkProcessor {
                         }
                     }
                 }
-                seq += 1;
             }
         });
         let used = &self.parts[..ranges.len()];
@@ -259,7 +257,12 @@ pub fn replay(
             let _ = empty_tx.send(buf);
             if last_progress.elapsed() >= Duration::from_secs(1) {
                 last_progress = Instant::now();
-                on_progress(Progress { bytes: stats.bytes, total_bytes, lines: stats.lines, elapsed: started.elapsed() });
+                on_progress(Progress {
+                    bytes: stats.bytes,
+                    total_bytes,
+                    lines: stats.lines,
+                    elapsed: started.elapsed(),
+                });
             }
         }
         Ok(())

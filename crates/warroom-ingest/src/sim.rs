@@ -56,12 +56,14 @@ impl Night {
     /// official sale from "midnight" for one sixth, then the encore; targets sized to the
     /// simulator's expected GMV so that pace hovers around 100%.
     pub fn plan(&self, cfg: &SimConfig) -> PlanConfig {
-        let at = |u: f64| Timestamp::from_millisecond(self.start_ms + (u * self.len_ms as f64) as i64).expect("valid time");
+        let at =
+            |u: f64| Timestamp::from_millisecond(self.start_ms + (u * self.len_ms as f64) as i64).expect("valid time");
         // Expected GMV per event: about 3.1% of events are first payments of ~45,000 cents.
         let per_event = 0.031 * 45_000.0;
         let events = |a: f64, b: f64| {
             let steps = 200;
-            (0..steps).map(|k| night_intensity(a + (b - a) * (k as f64 + 0.5) / steps as f64)).sum::<f64>() / steps as f64
+            (0..steps).map(|k| night_intensity(a + (b - a) * (k as f64 + 0.5) / steps as f64)).sum::<f64>()
+                / steps as f64
                 * (b - a)
                 * self.len_ms as f64
                 / 1000.0

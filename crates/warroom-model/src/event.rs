@@ -120,12 +120,16 @@ impl Limits {
 /// Decodes and validates one message.
 pub fn decode<'a>(bytes: &'a [u8], limits: &Limits) -> Result<Event<'a>, Rejection> {
     if bytes.len() > limits.max_message_bytes {
-        return Err(Rejection::new(Reason::TooLarge, None)
-            .with_detail(format!("{} bytes > {}", bytes.len(), limits.max_message_bytes)));
+        return Err(Rejection::new(Reason::TooLarge, None).with_detail(format!(
+            "{} bytes > {}",
+            bytes.len(),
+            limits.max_message_bytes
+        )));
     }
     // One UTF-8 check of the whole message (ASCII fast path) lets serde_json read it as
     // `str` and skip its per-string validation: measurably faster than `from_slice`.
-    let text = std::str::from_utf8(bytes).map_err(|e| Rejection::new(Reason::NotJson, None).with_detail(e.to_string()))?;
+    let text =
+        std::str::from_utf8(bytes).map_err(|e| Rejection::new(Reason::NotJson, None).with_detail(e.to_string()))?;
     let failure: Cell<Option<(Reason, Option<&'static str>)>> = Cell::new(None);
     let mut de = serde_json::Deserializer::from_str(text);
     // The visitor fills `raw` in place: the event is built once, not moved through serde's
@@ -145,9 +149,7 @@ fn classify(e: serde_json::Error, noted: Option<(Reason, Option<&'static str>)>)
         return Rejection::new(reason, field);
     }
     match e.classify() {
-        serde_json::error::Category::Data => {
-            Rejection::new(Reason::NotObject, None).with_detail(e.to_string())
-        }
+        serde_json::error::Category::Data => Rejection::new(Reason::NotObject, None).with_detail(e.to_string()),
         _ => Rejection::new(Reason::NotJson, None).with_detail(e.to_string()),
     }
 }
@@ -212,8 +214,7 @@ impl<'a> RawEvent<'a> {
 
 fn check_id(s: &str, field: &'static str) -> Result<(), Rejection> {
     if s.is_empty() || s.len() > MAX_ID_BYTES {
-        return Err(Rejection::new(Reason::BadLength, Some(field))
-            .with_detail(format!("{} bytes", s.len())));
+        return Err(Rejection::new(Reason::BadLength, Some(field)).with_detail(format!("{} bytes", s.len())));
     }
     Ok(())
 }
@@ -282,10 +283,18 @@ impl<'de, 'f, 'r> Visitor<'de> for EventVisitor<'f, 'r, 'de> {
                 "channel" => set!(raw.channel, "channel", OptSeed(StrSeed { failure: fail, field: "channel" })),
                 "order_id" => set!(raw.order_id, "order_id", OptSeed(StrSeed { failure: fail, field: "order_id" })),
                 "amount_cents" => {
-                    set!(raw.amount_cents, "amount_cents", OptSeed(AmountSeed { failure: fail, field: "amount_cents", max: MAX_AMOUNT_CENTS }))
+                    set!(
+                        raw.amount_cents,
+                        "amount_cents",
+                        OptSeed(AmountSeed { failure: fail, field: "amount_cents", max: MAX_AMOUNT_CENTS })
+                    )
                 }
                 "coupon_cents" => {
-                    set!(raw.coupon_cents, "coupon_cents", OptSeed(AmountSeed { failure: fail, field: "coupon_cents", max: u64::MAX }))
+                    set!(
+                        raw.coupon_cents,
+                        "coupon_cents",
+                        OptSeed(AmountSeed { failure: fail, field: "coupon_cents", max: u64::MAX })
+                    )
                 }
                 _ => {
                     map.next_value::<IgnoredAny>()?;
@@ -343,7 +352,7 @@ impl<'de, 'f> DeserializeSeed<'de> for StrSeed<'f> {
     }
 }
 
-impl<'de, 'f> StrSeed<'f> {
+impl<'f> StrSeed<'f> {
     fn wrong<E: de::Error>(&self) -> E {
         self.failure.set(Some((Reason::WrongType, Some(self.field))));
         E::custom("expected a string")
@@ -550,11 +559,26 @@ mod tests {
         assert_eq!(reason("null").0, Reason::NotObject);
         assert_eq!(reason("\"s\"").0, Reason::NotObject);
         assert_eq!(reason(r#"{"event_id":"a","type":"click","ts":1}"#), (Reason::MissingField, Some("user_id")));
-        assert_eq!(reason(r#"{"event_id":"a","type":"click","ts":1,"user_id":null}"#), (Reason::MissingField, Some("user_id")));
-        assert_eq!(reason(r#"{"event_id":"a","type":"click","ts":"1","user_id":"u"}"#), (Reason::WrongType, Some("ts")));
-        assert_eq!(reason(r#"{"event_id":"a","type":"click","ts":1.5,"user_id":"u"}"#), (Reason::WrongType, Some("ts")));
-        assert_eq!(reason(r#"{"event_id":"a","type":"click","ts":-1,"user_id":"u"}"#), (Reason::TsOutOfRange, Some("ts")));
-        assert_eq!(reason(r#"{"event_id":"a","type":"click","ts":1,"user_id":""}"#), (Reason::BadLength, Some("user_id")));
+        assert_eq!(
+            reason(r#"{"event_id":"a","type":"click","ts":1,"user_id":null}"#),
+            (Reason::MissingField, Some("user_id"))
+        );
+        assert_eq!(
+            reason(r#"{"event_id":"a","type":"click","ts":"1","user_id":"u"}"#),
+            (Reason::WrongType, Some("ts"))
+        );
+        assert_eq!(
+            reason(r#"{"event_id":"a","type":"click","ts":1.5,"user_id":"u"}"#),
+            (Reason::WrongType, Some("ts"))
+        );
+        assert_eq!(
+            reason(r#"{"event_id":"a","type":"click","ts":-1,"user_id":"u"}"#),
+            (Reason::TsOutOfRange, Some("ts"))
+        );
+        assert_eq!(
+            reason(r#"{"event_id":"a","type":"click","ts":1,"user_id":""}"#),
+            (Reason::BadLength, Some("user_id"))
+        );
         assert_eq!(reason(r#"{"event_id":"a","type":"fly","ts":1,"user_id":"u"}"#).0, Reason::UnknownType);
         assert_eq!(reason(r#"{"event_id":"a","type":3,"ts":1,"user_id":"u"}"#), (Reason::WrongType, Some("type")));
         assert_eq!(
@@ -566,11 +590,19 @@ mod tests {
             (Reason::WrongType, Some("amount_cents"))
         );
         assert_eq!(
-            reason(r#"{"event_id":"a","type":"pay","ts":1,"user_id":"u","order_id":"o","amount_cents":5,"coupon_cents":-1}"#),
+            reason(
+                r#"{"event_id":"a","type":"pay","ts":1,"user_id":"u","order_id":"o","amount_cents":5,"coupon_cents":-1}"#
+            ),
             (Reason::BadAmount, Some("coupon_cents"))
         );
-        assert_eq!(reason(r#"{"event_id":"a","type":"pay","ts":1,"user_id":"u","amount_cents":5}"#), (Reason::MissingField, Some("order_id")));
-        assert_eq!(reason(r#"{"event_id":"a","event_id":"b","type":"click","ts":1,"user_id":"u"}"#), (Reason::DuplicateField, Some("event_id")));
+        assert_eq!(
+            reason(r#"{"event_id":"a","type":"pay","ts":1,"user_id":"u","amount_cents":5}"#),
+            (Reason::MissingField, Some("order_id"))
+        );
+        assert_eq!(
+            reason(r#"{"event_id":"a","event_id":"b","type":"click","ts":1,"user_id":"u"}"#),
+            (Reason::DuplicateField, Some("event_id"))
+        );
         assert_eq!(reason(r#"{"event_id":"a","type":"click","ts":1,"user_id":"u"} x"#).0, Reason::NotJson);
         assert_eq!(reason(r#"{"event_id":"a","type":"click","ts":1,"user_id":"u""#).0, Reason::NotJson);
         let big = format!(r#"{{"event_id":"a","type":"click","ts":1,"user_id":"u","pad":"{}"}}"#, "x".repeat(70_000));
@@ -594,8 +626,9 @@ mod tests {
 
     #[test]
     fn invalid_utf8_is_not_json() {
-        let r = decode(b"{\"event_id\":\"\xff\xfe\",\"type\":\"click\",\"ts\":1,\"user_id\":\"u\"}", &Limits::default())
-            .unwrap_err();
+        let r =
+            decode(b"{\"event_id\":\"\xff\xfe\",\"type\":\"click\",\"ts\":1,\"user_id\":\"u\"}", &Limits::default())
+                .unwrap_err();
         assert_eq!(r.reason, Reason::NotJson);
     }
 }

@@ -11,7 +11,7 @@
 pub mod event;
 pub mod reject;
 
-pub use event::{decode, EventKind, Event, Limits, Str};
+pub use event::{decode, Event, EventKind, Limits, Str};
 pub use reject::{Reason, RejectCounts, Rejection};
 
 /// Largest `amount_cents` the contract allows (10^12 cents).

@@ -103,7 +103,9 @@ impl fmt::Display for Rejection {
             (Reason::MissingField, Some(f)) => format!("required field `{f}` is missing"),
             (Reason::WrongType, Some(f)) => format!("field `{f}` has the wrong type"),
             (Reason::BadLength, Some(f)) => format!("field `{f}` must be 1..=128 bytes"),
-            (Reason::UnknownType, _) => "`type` is not one of impression, click, favorite, cart, order, pay, refund".to_string(),
+            (Reason::UnknownType, _) => {
+                "`type` is not one of impression, click, favorite, cart, order, pay, refund".to_string()
+            }
             (Reason::BadAmount, Some(f)) => format!("field `{f}` must be an integer number of cents in 0..=10^12"),
             (Reason::TooLarge, _) => "the message exceeds the maximum message size".to_string(),
             (Reason::TsOutOfRange, _) => "`ts` is negative or too far in the future".to_string(),
@@ -142,10 +144,6 @@ impl RejectCounts {
 
     /// Non-zero counters by name, in reason order.
     pub fn nonzero(&self) -> Vec<(&'static str, u64)> {
-        Reason::ALL
-            .iter()
-            .map(|r| (r.as_str(), self.get(*r)))
-            .filter(|(_, n)| *n > 0)
-            .collect()
+        Reason::ALL.iter().map(|r| (r.as_str(), self.get(*r))).filter(|(_, n)| *n > 0).collect()
     }
 }

@@ -100,7 +100,8 @@ enum Source {
 fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -164,7 +165,10 @@ fn replay(input: &Path, out: &Path, rejects: Option<&Path>, config: Option<&Path
         },
         |p| {
             if !quiet {
-                let pct = p.total_bytes.map(|t| format!("{:5.1}% ", 100.0 * p.bytes as f64 / t.max(1) as f64)).unwrap_or_default();
+                let pct = p
+                    .total_bytes
+                    .map(|t| format!("{:5.1}% ", 100.0 * p.bytes as f64 / t.max(1) as f64))
+                    .unwrap_or_default();
                 eprintln!(
                     "replay: {pct}{:.0} MB, {} lines, {:.0}k lines/s",
                     p.bytes as f64 / 1e6,
@@ -209,7 +213,7 @@ fn yuan(cents: u64) -> String {
     let s = (cents / 100).to_string();
     let mut out = String::new();
     for (i, ch) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(ch);
@@ -226,11 +230,8 @@ fn summary_line(s: &Snapshot) -> String {
         .as_ref()
         .map(|p| format!(" phase={} pace={:.0}% progress={:.1}%", p.phase, p.pace * 100.0, p.progress * 100.0))
         .unwrap_or_default();
-    let leaders: Vec<String> = s
-        .venues
-        .iter()
-        .filter_map(|v| v.race.ranking.first().map(|e| format!("{}:{}", v.venue, e.slot)))
-        .collect();
+    let leaders: Vec<String> =
+        s.venues.iter().filter_map(|v| v.race.ranking.first().map(|e| format!("{}:{}", v.venue, e.slot))).collect();
     let age = if s.last_event_at_ms > 0 {
         format!("{:.1}s", (s.published_at_ms - s.last_event_at_ms).max(0) as f64 / 1000.0)
     } else {

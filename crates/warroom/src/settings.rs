@@ -62,8 +62,9 @@ impl Settings {
     pub fn load(path: Option<&Path>) -> anyhow::Result<Settings> {
         let (text, origin) = match path {
             Some(p) => (
-                std::fs::read_to_string(p)
-                    .with_context(|| format!("cannot read config file {} (check the path given to --config)", p.display()))?,
+                std::fs::read_to_string(p).with_context(|| {
+                    format!("cannot read config file {} (check the path given to --config)", p.display())
+                })?,
                 p.display().to_string(),
             ),
             None => (EMBEDDED.to_string(), "the embedded config/warroom.toml".to_string()),
@@ -83,7 +84,10 @@ impl Settings {
     }
 
     pub fn limits(&self) -> warroom_model::Limits {
-        warroom_model::Limits::with_future_skew(self.limits.max_message_bytes, self.limits.max_future.as_millis() as i64)
+        warroom_model::Limits::with_future_skew(
+            self.limits.max_message_bytes,
+            self.limits.max_future.as_millis() as i64,
+        )
     }
 }
 
@@ -101,7 +105,11 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("warroom-cfg-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let p = dir.join("bad.toml");
-        std::fs::write(&p, "[engine]\nwindows=[\"1m\"]\ndedupe_horizon=\"10s\"\n[race]\ndefault_rule=\"nope\"\nhysteresis=2.0\n").unwrap();
+        std::fs::write(
+            &p,
+            "[engine]\nwindows=[\"1m\"]\ndedupe_horizon=\"10s\"\n[race]\ndefault_rule=\"nope\"\nhysteresis=2.0\n",
+        )
+        .unwrap();
         let err = format!("{:#}", Settings::load(Some(&p)).unwrap_err());
         assert!(err.contains("dedupe_horizon") && err.contains("nope") && err.contains("hysteresis"), "{err}");
         std::fs::write(&p, "[engine]\nwindowz=[]\n").unwrap();

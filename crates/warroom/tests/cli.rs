@@ -21,7 +21,12 @@ fn tmp(name: &str) -> PathBuf {
 }
 
 fn show(out: &std::process::Output) -> String {
-    format!("status {:?}\nstdout:\n{}\nstderr:\n{}", out.status, String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }
 
 #[test]
@@ -36,7 +41,8 @@ fn replay_writes_the_contract_snapshot() {
         .unwrap();
     assert!(out.status.success(), "{}", show(&out));
     let got: serde_json::Value = serde_json::from_slice(&std::fs::read(&snap).unwrap()).unwrap();
-    let want: serde_json::Value = serde_json::from_slice(&std::fs::read(samples().join("valid.snapshot.json")).unwrap()).unwrap();
+    let want: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(samples().join("valid.snapshot.json")).unwrap()).unwrap();
     for k in ["gmv_cents", "paid_orders", "refund_cents", "accepted", "rejected", "duplicates"] {
         assert_eq!(got["totals"][k], want["totals"][k], "totals.{k}\n{}", show(&out));
     }
