@@ -270,11 +270,20 @@ pub fn night_times(n: u64, start: i64, span_ms: i64) -> impl Iterator<Item = i64
 }
 
 /// Writes `n` generated events (plus the noise lines) over a night of `span_ms` from `start`.
-pub fn write_night(cfg: GenConfig, n: u64, start: i64, span_ms: i64, mut out: impl Write) -> std::io::Result<u64> {
+pub fn write_night(cfg: GenConfig, n: u64, start: i64, span_ms: i64, out: impl Write) -> std::io::Result<u64> {
+    write_times(cfg, night_times(n, start, span_ms), out)
+}
+
+/// Writes `n` events at a steady rate over `span_ms` (for memory and soak measurements).
+pub fn write_flat(cfg: GenConfig, n: u64, start: i64, span_ms: i64, out: impl Write) -> std::io::Result<u64> {
+    write_times(cfg, (0..n).map(move |i| start + (i as i128 * span_ms as i128 / n.max(1) as i128) as i64), out)
+}
+
+fn write_times(cfg: GenConfig, times: impl Iterator<Item = i64>, mut out: impl Write) -> std::io::Result<u64> {
     let mut g = Generator::new(cfg);
     let mut buf = Vec::with_capacity(1 << 20);
     let mut lines = 0u64;
-    for ts in night_times(n, start, span_ms) {
+    for ts in times {
         lines += g.emit(ts, &mut buf) as u64;
         if buf.len() >= 1 << 20 {
             out.write_all(&buf)?;

@@ -81,12 +81,21 @@ enum Cmd {
         /// Distinct users.
         #[arg(long, default_value_t = 200_000)]
         users: u64,
+        /// Traffic shape: the Double-11 night, or a steady rate (memory and soak runs).
+        #[arg(long, value_enum, default_value_t = Profile::Night)]
+        profile: Profile,
     },
     /// Check a configuration file and print every problem found.
     CheckConfig {
         #[arg(long)]
         config: PathBuf,
     },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Profile {
+    Night,
+    Flat,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -111,7 +120,9 @@ fn main() {
             replay(&input, &snapshot_out, rejects_out.as_deref(), config.as_deref(), quiet)
         }
         Cmd::Run { source, input, config, duration, speed, rate } => run(source, input, config, duration, speed, rate),
-        Cmd::Gen { out, events, seed, span, start_ms, users } => generate(&out, events, seed, span, start_ms, users),
+        Cmd::Gen { out, events, seed, span, start_ms, users, profile } => {
+            generate(&out, events, seed, span, start_ms, users, profile)
+        }
         Cmd::CheckConfig { config } => Settings::load(Some(&config)).map(|_| println!("{}: ok", config.display())),
     };
     if let Err(e) = res {
@@ -201,10 +212,22 @@ fn replay(input: &Path, out: &Path, rejects: Option<&Path>, config: Option<&Path
     Ok(())
 }
 
-fn generate(out: &Path, events: u64, seed: u64, span: Duration, start_ms: i64, users: u64) -> anyhow::Result<()> {
+fn generate(
+    out: &Path,
+    events: u64,
+    seed: u64,
+    span: Duration,
+    start_ms: i64,
+    users: u64,
+    profile: Profile,
+) -> anyhow::Result<()> {
     let f = BufWriter::new(File::create(out).with_context(|| format!("cannot create --out {}", out.display()))?);
     let cfg = gen::GenConfig { seed, users, ..Default::default() };
-    let n = gen::write_night(cfg, events, start_ms, span.as_millis() as i64, f)?;
+    let span = span.as_millis() as i64;
+    let n = match profile {
+        Profile::Night => gen::write_night(cfg, events, start_ms, span, f)?,
+        Profile::Flat => gen::write_flat(cfg, events, start_ms, span, f)?,
+    };
     eprintln!("gen: wrote {n} lines to {}", out.display());
     Ok(())
 }

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# The engine issue's speed bar and memory check, measured in one run on this machine:
+#  1. `warroom replay` over a 2M-event file (~340 MB) against the decode floor (a plain
+#     single-threaded serde_json loop: parse, check required fields, sum paid amounts),
+#     alternating runs, reporting each run and the median ratio;
+#  2. peak RSS of replay for 1M, 2M and 4M events at the same event rate over a growing span,
+#     with the same users and slots: it must not grow with the number of events.
+# Usage: scripts/bench-replay.sh [WORKDIR]   (files are generated there once and reused)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+work=${1:-target/bench-data}
+mkdir -p "$work"
+cargo build --release -q -p warroom -p warroom-benches --bin warroom --bin decode-floor
+bin=target/release
+gen() { # events span file
+  [ -s "$3" ] || { echo "generating $3 ($1 events over $2)" >&2; "$bin/warroom" gen --events "$1" --span "$2" --users 200000 --out "$3"; }
+}
+gen 2000000 6h "$work/2m.jsonl"
+echo "file: $(du -m "$work/2m.jsonl" | cut -f1) MB, $(wc -l < "$work/2m.jsonl") lines"
+ratios=()
+for i in 1 2 3 4 5; do
+  f=$("$bin/decode-floor" "$work/2m.jsonl" | sed -E 's/.*"seconds":([0-9.]+).*/\1/')
+  s=$( { /usr/bin/time -f "%e %M" "$bin/warroom" replay --quiet --input "$work/2m.jsonl" --snapshot-out "$work/2m.snapshot.json"; } 2>&1 | tail -1)
+  r=${s% *}
+  ratio=$(python3 -c "print(f'{$r/$f:.3f}')")
+  ratios+=("$ratio")
+  echo "run $i: floor ${f}s  replay ${r}s  ratio $ratio  (replay max RSS ${s#* } KB)"
+done
+echo "median ratio replay/floor: $(printf '%s\n' "${ratios[@]}" | sort -n | sed -n 3p)"
+echo
+echo "peak RSS vs number of events: a steady 333k events per hour of event time, 200k users, 32 slots"
+printf '[engine]\norder_horizon = "1h"\n' > "$work/order-1h.toml"
+for n in 1 2 4 8; do
+  f="$work/flat-$n.jsonl"
+  [ -s "$f" ] || "$bin/warroom" gen --profile flat --events "${n}000000" --span "$((n * 3))h" --users 200000 --out "$f" 2>/dev/null
+  a=$( { /usr/bin/time -f "%M" "$bin/warroom" replay --quiet --input "$f" --snapshot-out "$work/x.json"; } 2>&1 | tail -1)
+  b=$( { /usr/bin/time -f "%M" "$bin/warroom" replay --quiet --input "$f" --snapshot-out "$work/x.json" --config "$work/order-1h.toml"; } 2>&1 | tail -1)
+  echo "${n}M events over $((n * 3))h: max RSS ${a} KB (default: orders kept 24 h), ${b} KB (orders kept 1 h)"
+done
