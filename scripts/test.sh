@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The one test command (README): format, lints, and every test of the workspace.
+# It installs what the tests need by itself; for now that is only the Rust toolchain the
+# machine has. (The Kafka broker and the headless browser join with their issues.)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
+# The contract samples live in shared/, beside the project root.
+if [ -z "${WARROOM_SHARED:-}" ] && [ -d ../shared ]; then
+  WARROOM_SHARED=$(cd ../shared && pwd)
+  export WARROOM_SHARED
+fi
+if [ ! -f "${WARROOM_SHARED:-../shared}/contract/samples/valid.jsonl" ]; then
+  echo "error: contract samples not found; put shared/ beside the project or set WARROOM_SHARED" >&2
+  exit 1
+fi
+step() { echo; echo "== $* ($(date +%T))"; }
+step "cargo fmt --check"
+cargo fmt --all -- --check
+step "cargo clippy (all targets, -D warnings)"
+cargo clippy --release --all-targets -- -D warnings
+step "cargo test (release: the proptests and the large reference stream run at full speed)"
+cargo test --release --workspace
