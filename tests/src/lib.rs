@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde_json::Value;
-use warroom_engine::snapshot::{RankEntry, SlotStats, Snapshot, WindowStats};
+use warroom_engine::snapshot::{MoneyWindow, RankEntry, SlotStats, Snapshot, WindowStats};
 
 #[derive(Debug, Clone)]
 struct Ev {
@@ -178,14 +178,28 @@ pub fn reference(lines: &[&[u8]], windows: &[i64], race_window: i64) -> Snapshot
         }
     }
     s.slots = slots.values().map(|(st, _)| st.clone()).collect();
+    let money = |keep: &dyn Fn(&Ev) -> bool| -> Vec<MoneyWindow> {
+        windows
+            .iter()
+            .map(|&l| {
+                let w: Vec<&&Ev> = pays.iter().filter(|e| keep(e) && e.ts > as_of - l && e.ts <= as_of).collect();
+                MoneyWindow { length_ms: l, gmv_cents: w.iter().map(|e| e.amount).sum(), paid_orders: w.len() as u64 }
+            })
+            .collect()
+    };
+    for st in &mut s.slots {
+        st.windows = money(&|e: &Ev| e.slot.as_deref() == Some(st.slot.as_str()));
+    }
+    let venue_of = |e: &Ev| -> Option<String> {
+        match &e.slot {
+            Some(sl) => Some(slot_venue[sl].clone()),
+            None => e.venue.clone(),
+        }
+    };
     // Venues: GMV by the slot's venue when the event names a slot, else by its own venue.
     let mut venues: BTreeMap<String, (u64, u64)> = BTreeMap::new();
     for e in &acc {
-        let v = match &e.slot {
-            Some(sl) => Some(slot_venue[sl].clone()),
-            None => e.venue.clone(),
-        };
-        if let Some(v) = v.filter(|v| !v.is_empty()) {
+        if let Some(v) = venue_of(e).filter(|v| !v.is_empty()) {
             let x = venues.entry(v).or_default();
             if e.counted {
                 x.0 += e.amount;
@@ -230,8 +244,14 @@ pub fn reference(lines: &[&[u8]], windows: &[i64], race_window: i64) -> Snapshot
         for (k, r) in ranking.iter_mut().enumerate() {
             r.rank = k as u32 + 1;
         }
-        let mut vs =
-            warroom_engine::snapshot::VenueStats { venue, gmv_cents: gmv, paid_orders: orders, ..Default::default() };
+        let windows = money(&|e: &Ev| venue_of(e).as_deref() == Some(venue.as_str()));
+        let mut vs = warroom_engine::snapshot::VenueStats {
+            venue,
+            gmv_cents: gmv,
+            paid_orders: orders,
+            windows,
+            ..Default::default()
+        };
         vs.race.window_ms = race_window;
         vs.race.rule = "gmv".into();
         vs.race.ranking = ranking;
@@ -304,6 +324,7 @@ pub fn differences(got: &Snapshot, want: &Snapshot) -> Vec<String> {
         exact!(format!("venue {} gmv_cents", b.venue), a.gmv_cents, b.gmv_cents);
         exact!(format!("venue {} paid_orders", b.venue), a.paid_orders, b.paid_orders);
         exact!(format!("venue {} race.window_ms", b.venue), a.race.window_ms, b.race.window_ms);
+        exact!(format!("venue {} windows", b.venue), a.windows, b.windows);
         let key = |r: &RankEntry| {
             (
                 r.rank,

@@ -22,7 +22,7 @@ use crate::intern::{Interner, NameCache, SlotInterner, NONE};
 use crate::race::{self, RaceInputs, RankChange, Rule, RuleSpec};
 use crate::shard::{Ctx, Outcome, Prepared, Shard, ShardCounters, ShardSummary, SlotWin};
 use crate::snapshot::{
-    decompose, Counters, Funnel, Race, RankEntry, SlotStats, Snapshot, Totals, VenueStats, WindowStats,
+    decompose, Counters, Funnel, MoneyWindow, Race, RankEntry, SlotStats, Snapshot, Totals, VenueStats, WindowStats,
 };
 
 const DAY_MS: i64 = 86_400_000;
@@ -425,9 +425,24 @@ impl Engine {
                 }
             }
         }
+        let money = |tables: &dyn Fn(&ShardSummary) -> Option<&Vec<crate::shard::MoneyAgg>>| -> Vec<MoneyWindow> {
+            cx.windows
+                .iter()
+                .enumerate()
+                .map(|(k, &len)| {
+                    let mut m = MoneyWindow { length_ms: len, ..Default::default() };
+                    for t in sums.iter().filter_map(tables) {
+                        m.gmv_cents += t[k].gmv;
+                        m.paid_orders += t[k].orders;
+                    }
+                    m
+                })
+                .collect()
+        };
         let mut slots: Vec<SlotStats> = (0..n_slots)
             .filter(|&i| cum[i].seen)
             .map(|i| SlotStats {
+                windows: money(&|s: &ShardSummary| s.slot_windows.get(i)),
                 slot: slot_names[i].to_string(),
                 venue: name_of(&venue_names, slot_venues.get(i).copied().unwrap_or(NONE)),
                 merchant_id: name_of(&merchant_names, cum[i].merchant),
@@ -520,6 +535,7 @@ impl Engine {
             }
             state.previous.insert(vname.to_string(), order.into_iter().map(|(n, _)| n).collect());
             venues.push(VenueStats {
+                windows: money(&|s: &ShardSummary| s.venue_windows.get(vi)),
                 venue: vname.to_string(),
                 gmv_cents: gmv,
                 paid_orders: orders,

@@ -72,6 +72,8 @@ impl Ctx {
 #[derive(Debug, Clone, Copy)]
 struct PayRec {
     ms: u16,
+    venue: u32,
+    slot: u32,
     amount: u64,
 }
 
@@ -229,6 +231,9 @@ pub struct Shard {
     /// Site payments; windows [L0, 2*L0, L1, 2*L1, ...].
     site_ring: Ring<PayRec>,
     site: Vec<MoneyAgg>,
+    /// The same windows per venue and per slot (money only: payments are few).
+    venue_money: Vec<Vec<MoneyAgg>>,
+    slot_money: Vec<Vec<MoneyAgg>>,
     /// Slot traffic and payments; windows [race, 2*race].
     traffic_ring: Ring<TrafficRec>,
     pay_ring: Ring<SlotPayRec>,
@@ -262,6 +267,9 @@ pub struct ShardSummary {
     pub slot_win: Vec<[SlotWin; 2]>,
     /// Per venue: seen, gmv, orders, [uv, ipv, buyers].
     pub venues: Vec<(bool, u64, u64, [u64; 3])>,
+    /// Per venue and per slot: money in each reported window.
+    pub venue_windows: Vec<Vec<MoneyAgg>>,
+    pub slot_windows: Vec<Vec<MoneyAgg>>,
     pub phase_gmv: Vec<u64>,
     pub plan_gmv: u64,
     pub dedupe_ids: u64,
@@ -279,6 +287,8 @@ impl Shard {
             ids: GenSet::new(dedupe_horizon),
             orders: GenSet::new(order_horizon),
             site: vec![MoneyAgg::default(); site_lengths.len()],
+            venue_money: Vec::new(),
+            slot_money: Vec::new(),
             site_ring: Ring::new(site_lengths),
             traffic_ring: Ring::new(race.clone()),
             pay_ring: Ring::new(race),
@@ -426,10 +436,25 @@ impl Shard {
         for p in &mut self.prev_sketches {
             p[2].insert(ev.user, ev.ts);
         }
-        let site = &mut self.site;
-        self.site_ring.insert(ev.ts, PayRec { ms, amount }, |w| {
-            site[w].gmv += amount;
-            site[w].orders += 1;
+        let n = self.site.len();
+        for (table, i) in [(&mut self.venue_money, ev.venue), (&mut self.slot_money, ev.slot)] {
+            if i != NONE && table.len() <= i as usize {
+                table.resize(i as usize + 1, vec![MoneyAgg::default(); n]);
+            }
+        }
+        let (site, venues, slots) = (&mut self.site, &mut self.venue_money, &mut self.slot_money);
+        self.site_ring.insert(ev.ts, PayRec { ms, venue: ev.venue, slot: ev.slot, amount }, |w| {
+            for m in [
+                Some(&mut site[w]),
+                venues.get_mut(ev.venue as usize).map(|v| &mut v[w]),
+                slots.get_mut(ev.slot as usize).map(|v| &mut v[w]),
+            ]
+            .into_iter()
+            .flatten()
+            {
+                m.gmv += amount;
+                m.orders += 1;
+            }
         });
         if let Some(i) = cx.phases.iter().position(|&(s, e)| s <= ev.ts && ev.ts < e) {
             self.phase_gmv[i] += amount;
@@ -468,10 +493,19 @@ impl Shard {
 
     /// Expires window records up to `wm`.
     fn advance(&mut self, wm: i64) {
-        let site = &mut self.site;
+        let (site, venues, slots) = (&mut self.site, &mut self.venue_money, &mut self.slot_money);
         self.site_ring.advance(wm, |w, r| {
-            site[w].gmv -= r.amount;
-            site[w].orders -= 1;
+            for m in [
+                Some(&mut site[w]),
+                venues.get_mut(r.venue as usize).map(|v| &mut v[w]),
+                slots.get_mut(r.slot as usize).map(|v| &mut v[w]),
+            ]
+            .into_iter()
+            .flatten()
+            {
+                m.gmv -= r.amount;
+                m.orders -= 1;
+            }
         });
         let slot_win = &mut self.slot_win;
         self.traffic_ring.advance(wm, |w, r| {
@@ -547,6 +581,8 @@ impl Shard {
             formula,
             slot_cum: self.slot_cum.clone(),
             slot_win: self.slot_win.clone(),
+            venue_windows: self.venue_money.iter().map(|v| v.iter().step_by(2).copied().collect()).collect(),
+            slot_windows: self.slot_money.iter().map(|v| v.iter().step_by(2).copied().collect()).collect(),
             venues,
             phase_gmv: self.phase_gmv.clone(),
             plan_gmv: self.plan_gmv,

@@ -69,6 +69,8 @@ pub struct VenueStats {
     pub venue: String,
     pub gmv_cents: u64,
     pub paid_orders: u64,
+    /// Money of this venue in each reported window.
+    pub windows: Vec<MoneyWindow>,
     pub uv: u64,
     pub ipv_uv: u64,
     pub buyers: u64,
@@ -106,6 +108,16 @@ pub struct SlotStats {
     pub paid_orders: u64,
     pub impressions: u64,
     pub clicks: u64,
+    /// Money of this slot in each reported window.
+    pub windows: Vec<MoneyWindow>,
+}
+
+/// Money in one sliding window (per venue, per slot).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MoneyWindow {
+    pub length_ms: i64,
+    pub gmv_cents: u64,
+    pub paid_orders: u64,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
