@@ -243,7 +243,7 @@ pub struct Shard {
     venues: Vec<VenueState>,
     sketches: [SlidingHll; 3],
     totals: [Hll; 3],
-    /// Per reported window: uv, ipv, buyers per bucket of L/60, for the previous window.
+    /// Per reported window: uv, ipv, buyers per bucket of L/30, for the previous window.
     prev_sketches: Vec<[BucketHll; 3]>,
     phase_gmv: Vec<u64>,
     plan_gmv: u64,
@@ -302,8 +302,9 @@ impl Shard {
                 .windows
                 .iter()
                 .map(|&l| {
-                    let w = (l / 60).max(1);
-                    [BucketHll::new(w, 121), BucketHll::new(w, 121), BucketHll::new(w, 121)]
+                    // 30 buckets per window: the previous window's edges are rounded to L/30.
+                    let w = (l / 30).max(1);
+                    [BucketHll::new(w, 61), BucketHll::new(w, 61), BucketHll::new(w, 61)]
                 })
                 .collect(),
             phase_gmv: vec![0; cx.phases.len()],

@@ -177,33 +177,37 @@ pub fn replay(
 ) -> io::Result<ReplayStats> {
     let started = Instant::now();
     let max_line = proc.limits.max_message_bytes + 1;
-    let (full_tx, full_rx) = crossbeam_channel::bounded::<io::Result<Vec<u8>>>(2);
+    let (full_tx, full_rx) = crossbeam_channel::bounded::<io::Result<(Vec<u8>, usize, usize)>>(2);
     let (empty_tx, empty_rx) = crossbeam_channel::bounded::<Vec<u8>>(4);
     for _ in 0..3 {
-        let _ = empty_tx.send(Vec::with_capacity(CHUNK + max_line));
+        let _ = empty_tx.send(Vec::new());
     }
     let mut stats = ReplayStats::default();
     let mut line = 1u64;
     let mut last_progress = Instant::now();
     std::thread::scope(|scope| -> io::Result<()> {
         scope.spawn(move || {
+            // Each buffer is zeroed once (at its first use) and then read into directly:
+            // `filled` bytes of it are data; the tail of a partial line moves to the next one.
+            let size = CHUNK + max_line + 1;
             let mut carry: Vec<u8> = Vec::new();
-            let mut scratch = vec![0u8; 256 * 1024];
             let mut skipping = false;
             loop {
                 let Ok(mut buf) = empty_rx.recv() else { return };
-                buf.clear();
-                buf.append(&mut carry);
+                if buf.len() < size {
+                    buf.resize(size, 0);
+                }
+                let mut filled = carry.len();
+                buf[..filled].copy_from_slice(&carry);
+                carry.clear();
                 let mut eof = false;
-                while buf.len() < CHUNK {
-                    // Read through a reused scratch buffer: no zeroing of the chunk each time.
-                    let want = (CHUNK - buf.len()).min(scratch.len());
-                    match input.read(&mut scratch[..want]) {
+                while filled < CHUNK {
+                    match input.read(&mut buf[filled..CHUNK]) {
                         Ok(0) => {
                             eof = true;
                             break;
                         }
-                        Ok(k) => buf.extend_from_slice(&scratch[..k]),
+                        Ok(k) => filled += k,
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                         Err(e) => {
                             let _ = full_tx.send(Err(e));
@@ -211,34 +215,32 @@ pub fn replay(
                         }
                     }
                 }
+                let mut start = 0;
                 if skipping {
                     // Inside an over-long line: drop bytes up to its end.
-                    match memchr::memchr(b'\n', &buf) {
+                    match memchr::memchr(b'\n', &buf[..filled]) {
                         Some(p) => {
-                            buf.drain(..=p);
+                            start = p + 1;
                             skipping = false;
                         }
-                        None => buf.clear(),
+                        None => start = filled,
                     }
                 }
+                let mut end = filled;
                 if !eof {
-                    match memchr::memrchr(b'\n', &buf) {
-                        Some(p) => carry.extend_from_slice(&buf[p + 1..]),
-                        None => carry.extend_from_slice(&buf),
-                    }
-                    let keep = memchr::memrchr(b'\n', &buf).map_or(0, |p| p + 1);
-                    buf.truncate(keep);
+                    end = memchr::memrchr(b'\n', &buf[start..filled]).map_or(start, |p| start + p + 1);
+                    carry.extend_from_slice(&buf[end..filled]);
                     if carry.len() > max_line {
                         // Keep a too-large prefix so the decoder rejects it with its reason
                         // (and counts it once), then skip the rest of that line.
-                        carry.truncate(max_line);
-                        buf.extend_from_slice(&carry);
-                        buf.push(b'\n');
+                        buf[end..end + max_line].copy_from_slice(&carry[..max_line]);
+                        buf[end + max_line] = b'\n';
+                        end += max_line + 1;
                         carry.clear();
                         skipping = true;
                     }
                 }
-                if full_tx.send(Ok(buf)).is_err() || eof {
+                if full_tx.send(Ok((buf, start, end))).is_err() || eof {
                     return;
                 }
             }
@@ -246,9 +248,9 @@ pub fn replay(
         // Owned here so that an early error return drops them and unblocks the reader.
         let (full_rx, empty_tx) = (full_rx, empty_tx);
         for msg in full_rx.iter() {
-            let buf = msg?;
-            stats.bytes += buf.len() as u64;
-            let res = proc.process(&buf, line);
+            let (buf, start, end) = msg?;
+            stats.bytes += (end - start) as u64;
+            let res = proc.process(&buf[start..end], line);
             line += res.lines;
             stats.lines += res.lines;
             for r in res.rejected {
@@ -274,6 +276,43 @@ pub fn replay(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use warroom_engine::{Config, Engine};
+
+    fn ev(id: u32) -> String {
+        format!(
+            r#"{{"event_id":"e{id}","type":"pay","ts":{},"user_id":"u{id}","order_id":"o{id}","amount_cents":100}}"#,
+            1_000 + id
+        )
+    }
+
+    #[test]
+    fn an_over_long_line_across_chunks_is_rejected_once_and_the_rest_flows() {
+        let mut input = String::new();
+        for i in 0..1000 {
+            input += &ev(i);
+            input.push('\n');
+        }
+        input += &"x".repeat(10 << 20); // 10 MiB without a newline: spans three chunks
+        input.push('\n');
+        for i in 1000..2000 {
+            input += &ev(i);
+            input.push('\n');
+        }
+        input += &ev(2000); // last line without a newline
+        let engine = Arc::new(Engine::new(Config::default()));
+        let mut proc = ChunkProcessor::new(engine.clone(), Limits::default());
+        proc.keep_rejected = true;
+        let mut rejected = Vec::new();
+        let stats = replay(std::io::Cursor::new(input.into_bytes()), None, &mut proc, |r| Ok(rejected.push(r)), |_| {})
+            .unwrap();
+        let (snap, _) = engine.publish();
+        assert_eq!(snap.totals.accepted, 2001);
+        assert_eq!(snap.totals.gmv_cents, 200_100);
+        assert_eq!(rejected.len(), 1);
+        assert_eq!(rejected[0].rejection.reason, warroom_model::Reason::TooLarge);
+        assert_eq!(rejected[0].line, 1001);
+        assert_eq!(stats.lines, 2002);
+    }
 
     #[test]
     fn lines_are_split_and_counted_alike() {
