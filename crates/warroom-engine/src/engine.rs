@@ -228,11 +228,22 @@ impl Engine {
 
     /// Applies the events of `batch` that belong to shard `s`, in order.
     pub fn apply_shard(&self, s: usize, batch: &[Prepared]) {
-        let Some(first) = batch.first() else { return };
+        self.apply_filtered(s, batch.iter().filter(|e| self.shard_of(e) == s));
+    }
+
+    /// Applies `batch`, all of whose events the caller has routed to shard `s` with
+    /// [`Engine::shard_of`] (the pipeline does so while decoding).
+    pub fn apply_routed(&self, s: usize, batch: &[Prepared]) {
+        debug_assert!(batch.iter().all(|e| self.shard_of(e) == s), "events routed to the wrong shard");
+        self.apply_filtered(s, batch.iter());
+    }
+
+    fn apply_filtered<'a>(&self, s: usize, mut events: impl Iterator<Item = &'a Prepared>) {
+        let Some(first) = events.next() else { return };
         let cx = self.ctx_for(first.ts);
         let mut shard = lock(&self.shards[s]);
         let mut newest = i64::MIN;
-        for ev in batch.iter().filter(|e| self.shard_of(e) == s) {
+        for ev in std::iter::once(first).chain(events) {
             match shard.apply(ev, cx) {
                 Outcome::Accepted => newest = newest.max(ev.ts),
                 Outcome::Duplicate => {}

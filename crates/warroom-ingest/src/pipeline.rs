@@ -26,7 +26,8 @@ pub struct RejectedLine {
 
 #[derive(Debug, Default)]
 struct Part {
-    events: Vec<Prepared>,
+    /// Decoded events, already routed: `by_shard[s]` holds shard `s`'s, in input order.
+    by_shard: Vec<Vec<Prepared>>,
     names: NameCache,
     rejected: Vec<RejectedLine>,
 }
@@ -58,64 +59,87 @@ impl ChunkProcessor {
         &self.engine
     }
 
-    /// Processes whole lines in `chunk` (a trailing line without `\n` counts as a line);
-    /// `first_line` is the 1-based number of the first one.
+    /// Decodes and applies the whole lines of `chunk` now (a trailing line without `\n`
+    /// counts as a line); `first_line` is the 1-based number of the first one.
+    ///
+    /// Two phases: all parts decode in parallel, then every shard applies them. (Applying one
+    /// chunk while decoding the next was measured 9% slower: the phases then fight over the
+    /// caches. See BENCHMARKS.md.)
     pub fn process(&mut self, chunk: &[u8], first_line: u64) -> ChunkResult {
-        if chunk.is_empty() {
-            return ChunkResult::default();
+        let (res, used) =
+            decode_into(&self.engine, &self.limits, self.keep_rejected, &mut self.parts, chunk, first_line);
+        apply_parts(&self.engine, &self.parts[..used]);
+        res
+    }
+}
+
+/// Decodes `chunk` into `parts`, in parallel; returns the result and how many parts hold it.
+fn decode_into(
+    engine: &Engine,
+    limits: &Limits,
+    keep: bool,
+    parts: &mut [Part],
+    chunk: &[u8],
+    first_line: u64,
+) -> (ChunkResult, usize) {
+    if chunk.is_empty() {
+        return (ChunkResult::default(), 0);
+    }
+    // Cut at line boundaries into up to parts.len() ranges, with their first line numbers.
+    let n = parts.len();
+    let mut ranges = Vec::with_capacity(n);
+    let mut start = 0usize;
+    let mut line = first_line;
+    for k in 1..=n {
+        if start >= chunk.len() {
+            break;
         }
-        // Cut at line boundaries into up to parts.len() ranges, with their first line numbers.
-        let n = self.parts.len();
-        let mut ranges = Vec::with_capacity(n);
-        let mut start = 0usize;
-        let mut line = first_line;
-        for k in 1..=n {
-            if start >= chunk.len() {
-                break;
-            }
-            let mut end = if k == n { chunk.len() } else { (chunk.len() * k / n).max(start) };
-            if end < chunk.len() {
-                end = match memchr::memchr(b'\n', &chunk[end..]) {
-                    Some(p) => end + p + 1,
-                    None => chunk.len(),
-                };
-            }
-            ranges.push((start, end, line));
-            line += count_lines(&chunk[start..end]);
-            start = end;
+        let mut end = if k == n { chunk.len() } else { (chunk.len() * k / n).max(start) };
+        if end < chunk.len() {
+            end = match memchr::memchr(b'\n', &chunk[end..]) {
+                Some(p) => end + p + 1,
+                None => chunk.len(),
+            };
         }
-        let total_lines = line - first_line;
-        let engine = &*self.engine;
-        let limits = &self.limits;
-        let keep = self.keep_rejected;
-        self.parts[..ranges.len()].par_iter_mut().zip(ranges.par_iter()).for_each(|(part, &(s, e, first))| {
-            part.events.clear();
-            part.rejected.clear();
-            for (seq, msg) in (first..).zip(split_lines(&chunk[s..e])) {
-                match engine.decode_prepare(msg, seq, limits, &mut part.names) {
-                    Ok(p) => part.events.push(p),
-                    Err(rejection) => {
-                        if keep {
-                            part.rejected.push(RejectedLine { line: seq, rejection, raw: msg.to_vec() });
-                        }
+        ranges.push((start, end, line));
+        line += count_lines(&chunk[start..end]);
+        start = end;
+    }
+    let shards = engine.shard_count();
+    parts[..ranges.len()].par_iter_mut().zip(ranges.par_iter()).for_each(|(part, &(s, e, first))| {
+        part.by_shard.resize_with(shards, Vec::new);
+        part.by_shard.iter_mut().for_each(Vec::clear);
+        part.rejected.clear();
+        for (seq, msg) in (first..).zip(split_lines(&chunk[s..e])) {
+            match engine.decode_prepare(msg, seq, limits, &mut part.names) {
+                Ok(p) => part.by_shard[engine.shard_of(&p)].push(p),
+                Err(rejection) => {
+                    if keep {
+                        part.rejected.push(RejectedLine { line: seq, rejection, raw: msg.to_vec() });
                     }
                 }
             }
-        });
-        let used = &self.parts[..ranges.len()];
-        (0..engine.shard_count()).into_par_iter().for_each(|s| {
-            for part in used {
-                engine.apply_shard(s, &part.events);
-            }
-        });
-        let mut rejected = Vec::new();
-        if keep {
-            for part in &mut self.parts[..ranges.len()] {
-                rejected.append(&mut part.rejected);
-            }
         }
-        ChunkResult { lines: total_lines, rejected }
+    });
+    let mut rejected = Vec::new();
+    if keep {
+        for part in &mut parts[..ranges.len()] {
+            rejected.append(&mut part.rejected);
+        }
     }
+    (ChunkResult { lines: line - first_line, rejected }, ranges.len())
+}
+
+/// Every shard applies its events from all parts in part order; shards in parallel.
+fn apply_parts(engine: &Engine, parts: &[Part]) {
+    if parts.is_empty() {
+        return;
+    }
+    (0..engine.shard_count()).into_par_iter().for_each(|s| {
+        for part in parts {
+            engine.apply_routed(s, &part.by_shard[s]);
+        }
+    });
 }
 
 /// Lines of a chunk: split at `\n`, a trailing `\r` dropped, the final piece only if non-empty.
