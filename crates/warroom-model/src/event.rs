@@ -406,6 +406,27 @@ macro_rules! not_string {
 }
 use not_string;
 
+/// The visits that make a numeric field the wrong type (strings, booleans, containers).
+macro_rules! numeric_wrong_types {
+    ($v:ty) => {
+        fn visit_str<E: de::Error>(self, _v: &str) -> Result<$v, E> {
+            Err(self.fail(Reason::WrongType))
+        }
+
+        fn visit_bool<E: de::Error>(self, _v: bool) -> Result<$v, E> {
+            Err(self.fail(Reason::WrongType))
+        }
+
+        fn visit_seq<A: de::SeqAccess<'de>>(self, _s: A) -> Result<$v, A::Error> {
+            Err(self.fail(Reason::WrongType))
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, _m: A) -> Result<$v, A::Error> {
+            Err(self.fail(Reason::WrongType))
+        }
+    };
+}
+
 /// `ts`: an integer; floats and strings are the wrong type.
 #[derive(Clone, Copy)]
 struct TsSeed<'f> {
@@ -446,21 +467,7 @@ impl<'de, 'f> Visitor<'de> for TsSeed<'f> {
         Err(self.fail(Reason::WrongType))
     }
 
-    fn visit_str<E: de::Error>(self, _v: &str) -> Result<i64, E> {
-        Err(self.fail(Reason::WrongType))
-    }
-
-    fn visit_bool<E: de::Error>(self, _v: bool) -> Result<i64, E> {
-        Err(self.fail(Reason::WrongType))
-    }
-
-    fn visit_seq<A: de::SeqAccess<'de>>(self, _s: A) -> Result<i64, A::Error> {
-        Err(self.fail(Reason::WrongType))
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, _m: A) -> Result<i64, A::Error> {
-        Err(self.fail(Reason::WrongType))
-    }
+    numeric_wrong_types!(i64);
 }
 
 /// Money: a non-negative integer of cents up to 10^12. Fractions and negatives are
@@ -513,21 +520,7 @@ impl<'de, 'f> Visitor<'de> for AmountSeed<'f> {
         Err(self.fail(Reason::BadAmount))
     }
 
-    fn visit_str<E: de::Error>(self, _v: &str) -> Result<u64, E> {
-        Err(self.fail(Reason::WrongType))
-    }
-
-    fn visit_bool<E: de::Error>(self, _v: bool) -> Result<u64, E> {
-        Err(self.fail(Reason::WrongType))
-    }
-
-    fn visit_seq<A: de::SeqAccess<'de>>(self, _s: A) -> Result<u64, A::Error> {
-        Err(self.fail(Reason::WrongType))
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, _m: A) -> Result<u64, A::Error> {
-        Err(self.fail(Reason::WrongType))
-    }
+    numeric_wrong_types!(u64);
 }
 
 #[cfg(test)]
