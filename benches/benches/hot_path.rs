@@ -123,6 +123,21 @@ fn snapshot(c: &mut Criterion) {
     g.finish();
 }
 
+fn checkpoint(c: &mut Criterion) {
+    let input = generate(&Input { name: "night", lines: 200_000, slots_per_venue: 8 });
+    let engine = Engine::new(Config::default());
+    engine.apply(&prepared(&engine, &input));
+    let bytes = engine.checkpoint(b"");
+    eprintln!("checkpoint of 200k events: {} bytes", bytes.len());
+    let mut g = c.benchmark_group("checkpoint");
+    g.throughput(Throughput::Bytes(bytes.len() as u64));
+    g.bench_function("encode_200k_events", |b| b.iter(|| engine.checkpoint(b"")));
+    g.bench_function("restore_200k_events", |b| {
+        b.iter(|| Engine::restore(Config::default(), &bytes, "bench".as_ref()).expect("restores"))
+    });
+    g.finish();
+}
+
 fn pipeline(c: &mut Criterion) {
     let input = generate(&Input { name: "chunk", lines: 24_000, slots_per_venue: 8 });
     let mut g = c.benchmark_group("pipeline");
@@ -143,6 +158,6 @@ fn pipeline(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default().measurement_time(Duration::from_secs(4)).warm_up_time(Duration::from_secs(1)).sample_size(20);
-    targets = decode, engine_apply, snapshot, pipeline
+    targets = decode, engine_apply, snapshot, checkpoint, pipeline
 }
 criterion_main!(benches);

@@ -11,6 +11,7 @@
 use std::hash::{BuildHasherDefault, Hasher};
 
 use hashbrown::HashSet;
+use serde::{Deserialize, Serialize};
 
 /// The fingerprints are already uniform hashes: use their low bits as the hash.
 #[derive(Default)]
@@ -39,14 +40,14 @@ pub type FpSet = HashSet<u128, BuildHasherDefault<IdHasher>>;
 
 const GENERATIONS: usize = 9; // covers horizon/7 * 7 plus the partial ones at both ends
 
-#[derive(Debug)]
+#[derive(Debug, Serialize, Deserialize)]
 struct Gen {
     number: i64,
     set: FpSet,
 }
 
 /// Fingerprints split into event-time generations.
-#[derive(Debug)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct GenSet {
     width: i64,
     gens: Vec<Gen>,

@@ -302,6 +302,104 @@ impl Engine {
         rules.venues.get(venue).unwrap_or(&rules.default_rule).0.clone()
     }
 
+    fn shape(&self) -> crate::checkpoint::Shape {
+        let base = self.base_ctx(0);
+        crate::checkpoint::Shape {
+            shards: self.shards.len(),
+            windows: base.windows,
+            race_window: base.race_window,
+            dedupe_horizon: self.shard_ctx_template.0,
+            order_horizon: self.shard_ctx_template.1,
+            phases: base.phases,
+        }
+    }
+
+    /// The whole state as checkpoint bytes, with the caller's position (`extra`, e.g. source
+    /// offsets) stored alongside. All shards are locked for the copy: call it when no events
+    /// are in flight, so that the state and the position describe the same instant.
+    pub fn checkpoint(&self, extra: &[u8]) -> Vec<u8> {
+        let guards: Vec<_> = self.shards.iter().map(|s| lock(s)).collect();
+        let names = |i: &Interner| i.names().iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let rules = self.rules.load();
+        let saved = rules
+            .venues
+            .iter()
+            .map(|(venue, (name, rule))| crate::checkpoint::SavedRule {
+                venue: venue.clone(),
+                name: name.clone(),
+                spec: match rule {
+                    Rule::Gmv => None,
+                    Rule::Composite(s) => Some(s.clone()),
+                },
+            })
+            .collect();
+        let image = crate::checkpoint::ImageRef {
+            shape: self.shape(),
+            epoch: self.ctx.get().map(|c| c.epoch),
+            watermark: self.watermark(),
+            last_event_at: self.last_event_at.load(Ordering::Relaxed),
+            venues: names(&self.venues),
+            slots: names(&self.slots.names),
+            slot_venues: self.slots.venues(),
+            merchants: names(&self.merchants),
+            overflow: [
+                self.venues.overflow.load(Ordering::Relaxed),
+                self.slots.names.overflow.load(Ordering::Relaxed),
+                self.merchants.overflow.load(Ordering::Relaxed),
+                self.slots.venue_conflicts.load(Ordering::Relaxed),
+            ],
+            rejects: self.rejects.nonzero().into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+            rules: saved,
+            shards: guards.iter().map(|g| &**g).collect(),
+            extra,
+        };
+        crate::checkpoint::encode(&image)
+    }
+
+    /// An engine restored from checkpoint bytes (read from `path`, named in errors), and the
+    /// caller's position stored with it. `cfg` must give the same shape (shards, windows,
+    /// horizons, phases); rules changed at runtime are restored over `cfg`'s.
+    pub fn restore(
+        cfg: Config,
+        bytes: &[u8],
+        path: &std::path::Path,
+    ) -> Result<(Engine, Vec<u8>), crate::checkpoint::CheckpointError> {
+        let image = crate::checkpoint::decode(bytes, path)?;
+        let fresh = Engine::new(cfg);
+        let shape = fresh.shape();
+        if image.shape != shape || image.shards.len() != shape.shards {
+            return Err(crate::checkpoint::CheckpointError::Shape(format!(
+                "saved {:?}, configured {:?}",
+                image.shape, shape
+            )));
+        }
+        let e = &fresh.cfg.engine;
+        let (max_venues, max_slots, max_merchants) = (e.max_venues, e.max_slots, e.max_merchants);
+        let [vo, so, mo, conflicts] = image.overflow;
+        let engine = Engine {
+            shards: image.shards.into_iter().map(Mutex::new).collect(),
+            venues: Interner::from_names(max_venues, &image.venues, vo),
+            slots: SlotInterner::from_parts(max_slots, &image.slots, image.slot_venues, so, conflicts),
+            merchants: Interner::from_names(max_merchants, &image.merchants, mo),
+            watermark: AtomicI64::new(image.watermark),
+            last_event_at: AtomicI64::new(image.last_event_at),
+            ..fresh
+        };
+        if let Some(epoch) = image.epoch {
+            let _ = engine.ctx.set(engine.base_ctx(epoch));
+        }
+        for (name, n) in image.rejects {
+            if let Some(r) = Reason::from_name(&name) {
+                engine.rejects.add(r, n);
+            }
+        }
+        for r in image.rules {
+            // Validated when first set; a rule that no longer validates keeps the configured one.
+            let _ = engine.set_rule(&r.venue, &r.name, r.spec);
+        }
+        Ok((engine, image.extra))
+    }
+
     /// Merges all shards at the global watermark into a new snapshot, stores it for readers
     /// and returns it with the rank changes since the previous publish.
     pub fn publish(&self) -> (Arc<Snapshot>, Vec<RankChange>) {

@@ -15,6 +15,8 @@
 //! Both estimate with Ertl's improved estimator ("New cardinality estimation algorithms for
 //! HyperLogLog sketches", 2017), which needs no bias tables and is accurate from 0 upwards.
 
+use serde::{Deserialize, Serialize};
+
 /// Precision of the sliding sketches: 2^14 registers, standard error 0.81%.
 pub const SLIDING_P: u32 = 14;
 /// Ranks above this are stored as this (probability 2^-31 per insert: never, in practice).
@@ -85,7 +87,7 @@ pub const LPFM: usize = 6;
 /// One register of a sliding sketch: its "list of possible future maxima", newest first,
 /// ranks strictly increasing towards the past (an older pair survives only with a higher
 /// rank). 32 bytes: half a cache line.
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Copy, Default, Serialize, Deserialize)]
 #[repr(C, align(32))]
 struct Reg {
     ts: [u32; LPFM],
@@ -177,7 +179,7 @@ impl Reg {
 /// highest rank) is dropped, which can only lower estimates of windows reaching back before
 /// it. Six pairs hold a register's records of well over a million distinct items per hour
 /// per shard; totals since start use a plain [`Hll`] beside it, which never drops anything.
-#[derive(Clone)]
+#[derive(Clone, Serialize, Deserialize)]
 pub struct SlidingHll {
     regs: Box<[Reg]>,
     p: u32,
@@ -236,7 +238,7 @@ impl SlidingHll {
 }
 
 /// A plain HyperLogLog (one byte per register): distinct counts since start.
-#[derive(Clone)]
+#[derive(Clone, Serialize, Deserialize)]
 pub struct Hll {
     regs: Box<[u8]>,
     p: u32,
@@ -280,7 +282,7 @@ impl Hll {
 pub const BUCKET_P: u32 = 11;
 
 /// A ring of plain HyperLogLogs, one per `width_ms` bucket, covering `buckets` buckets.
-#[derive(Clone)]
+#[derive(Clone, Serialize, Deserialize)]
 pub struct BucketHll {
     width_ms: i64,
     /// The bucket of the previous insert and its time range: skips a division per insert.

@@ -55,6 +55,20 @@ impl Interner {
         })
     }
 
+    /// An interner holding `names` at their indices (restoring a checkpoint).
+    pub fn from_names(limit: usize, names: &[String], overflow: u64) -> Self {
+        let i = Interner::new(limit);
+        {
+            let mut list = i.names.write().unwrap_or_else(|p| p.into_inner());
+            for (k, n) in names.iter().enumerate() {
+                i.map.insert(n.as_str().into(), k as u32);
+                list.push(Arc::from(n.as_str()));
+            }
+        }
+        i.overflow.store(overflow, Ordering::Relaxed);
+        i
+    }
+
     pub fn len(&self) -> usize {
         self.names.read().unwrap_or_else(|p| p.into_inner()).len()
     }
@@ -111,6 +125,15 @@ impl SlotInterner {
             self.venue_conflicts.fetch_add(1, Ordering::Relaxed);
         }
         (idx, v)
+    }
+
+    /// Restores names, their venues and the counters from a checkpoint.
+    pub fn from_parts(limit: usize, names: &[String], venues: Vec<u32>, overflow: u64, conflicts: u64) -> Self {
+        SlotInterner {
+            names: Interner::from_names(limit, names, overflow),
+            venues: RwLock::new(venues),
+            venue_conflicts: AtomicU64::new(conflicts),
+        }
     }
 
     pub fn venues(&self) -> Vec<u32> {

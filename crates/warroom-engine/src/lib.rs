@@ -13,6 +13,7 @@
 //! Modules: [`config`] (settings), [`intern`] (names to indices), [`snapshot`] (the reported
 //! document and the first-formula decomposition).
 
+pub mod checkpoint;
 pub mod config;
 pub mod dedupe;
 pub mod engine;

@@ -11,6 +11,7 @@
 //! reached their steady-state sizes.
 
 use hashbrown::HashMap;
+use serde::{Deserialize, Serialize};
 use warroom_model::EventKind;
 
 use crate::dedupe::GenSet;
@@ -69,7 +70,7 @@ impl Ctx {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 struct PayRec {
     ms: u16,
     venue: u32,
@@ -83,7 +84,7 @@ impl Record for PayRec {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 struct TrafficRec {
     slot: u32,
     ms: u16,
@@ -96,7 +97,7 @@ impl Record for TrafficRec {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 struct SlotPayRec {
     slot: u32,
     ms: u16,
@@ -111,14 +112,14 @@ impl Record for SlotPayRec {
 }
 
 /// Site money in one window.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MoneyAgg {
     pub gmv: u64,
     pub orders: u64,
 }
 
 /// A slot's numbers in one race window.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SlotWin {
     pub gmv: u64,
     pub orders: u64,
@@ -128,7 +129,7 @@ pub struct SlotWin {
 }
 
 /// A slot's cumulative numbers and its newest merchant.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SlotCum {
     pub seen: bool,
     pub gmv: u64,
@@ -154,13 +155,13 @@ impl Default for SlotCum {
 }
 
 /// Which race windows a (slot, buyer) is counted in, and their newest payment.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 struct BuyerMark {
     latest: i64,
     mask: u8,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Serialize, Deserialize)]
 struct VenueState {
     seen: bool,
     gmv: u64,
@@ -171,7 +172,7 @@ struct VenueState {
 }
 
 /// Cumulative counters of a shard.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShardCounters {
     pub accepted: u64,
     pub duplicates: u64,
@@ -222,7 +223,7 @@ const UV: usize = 0;
 const IPV: usize = 1;
 const BUYERS: usize = 2;
 
-#[derive(Debug)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Shard {
     wm: i64,
     pub c: ShardCounters,

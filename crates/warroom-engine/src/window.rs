@@ -19,18 +19,20 @@
 
 use std::collections::VecDeque;
 
+use serde::{Deserialize, Serialize};
+
 /// A record kept for expiry. `ms` is the millisecond within its second.
 pub trait Record: Copy {
     fn ms(&self) -> u16;
 }
 
-#[derive(Debug)]
+#[derive(Debug, Serialize, Deserialize)]
 struct Bucket<T> {
     recs: Vec<T>,
     sorted: bool,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Ring<T> {
     lengths: Vec<i64>,
     longest: i64,
@@ -38,6 +40,8 @@ pub struct Ring<T> {
     applied: i64,
     base_sec: i64,
     buckets: VecDeque<Bucket<T>>,
+    /// Recycled buffers: capacity only, nothing to save.
+    #[serde(skip, default = "Vec::new")]
     pool: Vec<Vec<T>>,
 }
 

@@ -64,6 +64,11 @@ impl Reason {
         }
     }
 
+    /// The reason with this stable name.
+    pub fn from_name(name: &str) -> Option<Reason> {
+        Reason::ALL.into_iter().find(|r| r.as_str() == name)
+    }
+
     pub fn index(self) -> usize {
         self as usize
     }
