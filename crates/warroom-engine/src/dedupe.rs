@@ -2,10 +2,10 @@
 //! billion ids has probability ~1e-21, so counts stay exact in practice).
 //!
 //! Memory is bounded by event time: the sets are split into generations of `horizon / 7`
-//! and a generation is recycled (cleared, capacity kept: no allocation in steady state) once
-//! it is wholly older than `watermark - horizon`. The engine refuses events older than the
-//! event-id horizon (`beyond_dedupe_horizon`), so nothing it accepts can slip past a forgotten
-//! id. A re-sent `pay` for an order paid more than `order_horizon` earlier *is* counted again;
+//! and a generation is dropped (its set cleared and reused) once every lane of the shard is
+//! more than `horizon` past it. The engine refuses events older than their own lane's
+//! watermark minus the event-id horizon (`beyond_dedupe_horizon`), so nothing it accepts can
+//! slip past a forgotten id. A re-sent `pay` for an order paid more than `order_horizon` earlier *is* counted again;
 //! the horizon must cover the promotion (default 24 h).
 
 use std::hash::{BuildHasherDefault, Hasher};
@@ -38,52 +38,53 @@ impl Hasher for IdHasher {
 
 pub type FpSet = HashSet<u128, BuildHasherDefault<IdHasher>>;
 
-const GENERATIONS: usize = 9; // covers horizon/7 * 7 plus the partial ones at both ends
-
-#[derive(Debug, Serialize, Deserialize)]
-struct Gen {
-    number: i64,
-    set: FpSet,
-}
-
-/// Fingerprints split into event-time generations.
+/// Fingerprints split into event-time generations of `horizon / 7`, kept until
+/// [`GenSet::evict_before`] is told that no lane can still need them. A generation is a set of
+/// its own, so a lagging lane (a partition consumed behind the others) still finds the
+/// generations of its own times; memory grows only while lanes are that far apart.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct GenSet {
     width: i64,
-    gens: Vec<Gen>,
+    gens: std::collections::BTreeMap<i64, FpSet>,
+    /// Emptied generations, kept for reuse (capacity only).
+    #[serde(skip, default)]
+    spare: Vec<FpSet>,
 }
 
 impl GenSet {
     pub fn new(horizon_ms: i64) -> Self {
-        let width = (horizon_ms / 7).max(1);
-        GenSet { width, gens: (0..GENERATIONS).map(|_| Gen { number: i64::MIN, set: FpSet::default() }).collect() }
+        GenSet { width: (horizon_ms / 7).max(1), gens: Default::default(), spare: Vec::new() }
     }
 
-    fn slot(&mut self, ts: i64) -> Option<&mut FpSet> {
-        let n = ts.div_euclid(self.width);
-        let g = &mut self.gens[n.rem_euclid(GENERATIONS as i64) as usize];
-        if g.number < n {
-            g.number = n;
-            g.set.clear();
-        } else if g.number > n {
-            return None;
-        }
-        Some(&mut g.set)
-    }
-
-    /// Inserts `fp` in the generation of `ts`; false if it was there (a duplicate) or if that
-    /// generation is no longer kept (the caller refuses such events beforehand).
+    /// Inserts `fp` in the generation of `ts`; false if it was there (a duplicate).
     pub fn insert_at(&mut self, fp: u128, ts: i64) -> bool {
-        self.slot(ts).is_some_and(|s| s.insert(fp))
+        let n = ts.div_euclid(self.width);
+        let spare = &mut self.spare;
+        self.gens.entry(n).or_insert_with(|| spare.pop().unwrap_or_default()).insert(fp)
     }
 
     /// True if `fp` is in any kept generation.
     pub fn contains_any(&self, fp: u128) -> bool {
-        self.gens.iter().any(|g| g.number != i64::MIN && g.set.contains(&fp))
+        self.gens.values().any(|g| g.contains(&fp))
+    }
+
+    /// Drops the generations wholly before `ts` (their sets are cleared and reused).
+    pub fn evict_before(&mut self, ts: i64) {
+        let keep_from = ts.div_euclid(self.width);
+        while let Some(entry) = self.gens.first_entry() {
+            if *entry.key() >= keep_from {
+                break;
+            }
+            let mut set = entry.remove();
+            set.clear();
+            if self.spare.len() < 4 {
+                self.spare.push(set);
+            }
+        }
     }
 
     pub fn len(&self) -> usize {
-        self.gens.iter().map(|g| g.set.len()).sum()
+        self.gens.values().map(|g| g.len()).sum()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -106,11 +107,13 @@ mod tests {
     }
 
     #[test]
-    fn old_generations_are_recycled() {
-        let mut s = GenSet::new(7_000); // width 1000, 9 generations
+    fn generations_live_until_evicted() {
+        let mut s = GenSet::new(7_000); // width 1000
         assert!(s.insert_at(1, 500));
-        assert!(s.insert_at(2, 9_500)); // generation 9 reuses the slot of generation 0
-        assert!(!s.contains_any(1));
-        assert!(!s.insert_at(3, 500), "a recycled generation refuses its old times");
+        assert!(s.insert_at(2, 9_500));
+        assert!(s.contains_any(1), "kept until evicted, however far apart");
+        s.evict_before(1_000);
+        assert!(!s.contains_any(1) && s.contains_any(2));
+        assert!(s.insert_at(1, 500), "an evicted generation starts afresh");
     }
 }

@@ -133,6 +133,7 @@ impl Engine {
         Ctx {
             epoch,
             dedupe_horizon: self.shard_ctx_template.0,
+            order_horizon: self.shard_ctx_template.1,
             windows: self.cfg.engine.windows.iter().map(|d| d.as_millis() as i64).collect(),
             race_window: self.cfg.race.window.as_millis() as i64,
             phases: plan.map(|p| p.bounds()).unwrap_or_default(),
@@ -182,6 +183,7 @@ impl Engine {
             venue,
             merchant,
             kind: ev.kind,
+            lane: 0,
         }
     }
 
@@ -254,6 +256,13 @@ impl Engine {
         if newest != i64::MIN {
             self.watermark.fetch_max(newest, Ordering::Relaxed);
             self.last_event_at.fetch_max(wall_ms(), Ordering::Relaxed);
+        }
+    }
+
+    /// Stops holding old de-dup ids for `lane` (a partition this member gave up).
+    pub fn retire_lane(&self, lane: u16) {
+        for s in self.shards.iter() {
+            lock(s).retire_lane(lane);
         }
     }
 

@@ -37,6 +37,10 @@ pub struct Prepared {
     pub venue: u32,
     pub merchant: u32,
     pub kind: EventKind,
+    /// The ordered stream the event came from (a Kafka partition; 0 for a file). Lateness is
+    /// judged against the event's own lane, so a lane consumed behind the others (catch-up
+    /// after downtime) is not mistaken for hours-late data.
+    pub lane: u16,
 }
 
 /// What applying one event did.
@@ -52,6 +56,7 @@ pub enum Outcome {
 pub struct Ctx {
     pub epoch: i64,
     pub dedupe_horizon: i64,
+    pub order_horizon: i64,
     /// Reported windows (ms).
     pub windows: Vec<i64>,
     pub race_window: i64,
@@ -215,6 +220,9 @@ impl ShardCounters {
     }
 }
 
+/// Marks a lane given up (see [`Shard::retire_lane`]).
+const RETIRED: i64 = i64::MAX;
+
 fn venue_sketches() -> Box<[Hll; 3]> {
     Box::new([Hll::new(12), Hll::new(12), Hll::new(12)])
 }
@@ -226,6 +234,8 @@ const BUYERS: usize = 2;
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Shard {
     wm: i64,
+    /// Newest accepted `ts` per lane (`i64::MIN`: not seen; `RETIRED`: given up).
+    lanes: Vec<i64>,
     pub c: ShardCounters,
     ids: GenSet,
     orders: GenSet,
@@ -284,6 +294,7 @@ impl Shard {
         let race = vec![cx.race_window, 2 * cx.race_window];
         Shard {
             wm: i64::MIN,
+            lanes: Vec::new(),
             c: ShardCounters::default(),
             ids: GenSet::new(dedupe_horizon),
             orders: GenSet::new(order_horizon),
@@ -338,7 +349,12 @@ impl Shard {
 
     /// Applies one event.
     pub fn apply(&mut self, ev: &Prepared, cx: &Ctx) -> Outcome {
-        if self.wm != i64::MIN && ev.ts <= self.wm - cx.dedupe_horizon {
+        let lane = ev.lane as usize;
+        if self.lanes.len() <= lane {
+            self.lanes.resize(lane + 1, i64::MIN);
+        }
+        let lane_wm = self.lanes[lane];
+        if lane_wm != i64::MIN && lane_wm != RETIRED && ev.ts <= lane_wm - cx.dedupe_horizon {
             self.c.beyond_horizon += 1;
             return Outcome::BeyondHorizon;
         }
@@ -347,6 +363,7 @@ impl Shard {
             return Outcome::Duplicate;
         }
         self.c.accepted += 1;
+        self.lanes[lane] = if lane_wm == RETIRED { ev.ts } else { lane_wm.max(ev.ts) };
         if ev.ts < self.wm {
             self.c.late += 1;
             if ev.ts <= self.wm - cx.longest() {
@@ -355,6 +372,7 @@ impl Shard {
         } else if ev.ts.div_euclid(1000) != self.wm.div_euclid(1000) {
             // Expire lazily, once per new second: the insert rule tolerates a lagging ring.
             self.advance(ev.ts);
+            self.evict_ids(cx);
         }
         self.wm = self.wm.max(ev.ts);
 
@@ -490,6 +508,22 @@ impl Shard {
             if mark.mask == 0 {
                 self.buyer_marks.remove(&key);
             }
+        }
+    }
+
+    /// Forgets ids no lane can still see again: those more than the horizon behind the slowest
+    /// active lane.
+    fn evict_ids(&mut self, cx: &Ctx) {
+        let Some(low) = self.lanes.iter().copied().filter(|&w| w != i64::MIN && w != RETIRED).min() else { return };
+        self.ids.evict_before(low.saturating_sub(cx.dedupe_horizon));
+        self.orders.evict_before(low.saturating_sub(cx.order_horizon));
+    }
+
+    /// Stops waiting for `lane` (its partition went to another member): it no longer holds
+    /// back the eviction of old ids. It comes back by itself if events arrive on it again.
+    pub fn retire_lane(&mut self, lane: u16) {
+        if let Some(w) = self.lanes.get_mut(lane as usize) {
+            *w = RETIRED;
         }
     }
 

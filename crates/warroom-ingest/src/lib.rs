@@ -10,6 +10,7 @@
 //! The Kafka source comes with its own issue and will feed the same processor.
 
 pub mod gen;
+pub mod kafka;
 pub mod pipeline;
 pub mod sim;
 

@@ -73,6 +73,41 @@ impl ChunkProcessor {
     }
 }
 
+impl ChunkProcessor {
+    /// Decodes and applies a batch of separate messages (Kafka payloads: one event each, which
+    /// may legally contain newlines). `seqs[i]` orders ties of message `i` (its offset). A
+    /// rejected message comes back with `line` = its index in `msgs`.
+    pub fn process_messages(&mut self, msgs: &[&[u8]], seqs: &[u64], lanes: &[u16]) -> Vec<RejectedLine> {
+        debug_assert!(msgs.len() == seqs.len() && msgs.len() == lanes.len());
+        let (engine, limits, keep) = (&*self.engine, &self.limits, self.keep_rejected);
+        let n = self.parts.len().min(msgs.len().max(1));
+        let per = msgs.len().div_ceil(n).max(1);
+        let shards = engine.shard_count();
+        self.parts[..n].par_iter_mut().enumerate().for_each(|(k, part)| {
+            part.by_shard.resize_with(shards, Vec::new);
+            part.by_shard.iter_mut().for_each(Vec::clear);
+            part.rejected.clear();
+            let lo = (k * per).min(msgs.len());
+            let hi = ((k + 1) * per).min(msgs.len());
+            for i in lo..hi {
+                match engine.decode_prepare(msgs[i], seqs[i], limits, &mut part.names) {
+                    Ok(mut p) => {
+                        p.lane = lanes[i];
+                        part.by_shard[engine.shard_of(&p)].push(p)
+                    }
+                    Err(rejection) => {
+                        if keep {
+                            part.rejected.push(RejectedLine { line: i as u64, rejection, raw: Vec::new() });
+                        }
+                    }
+                }
+            }
+        });
+        apply_parts(engine, &self.parts[..n]);
+        self.parts[..n].iter_mut().flat_map(|p| p.rejected.drain(..)).collect()
+    }
+}
+
 /// Decodes `chunk` into `parts`, in parallel; returns the result and how many parts hold it.
 fn decode_into(
     engine: &Engine,

@@ -1,0 +1,206 @@
+//! The Kafka source against a real broker (Tansu over TCP), started by scripts/test.sh and
+//! named by WARROOM_KAFKA_BROKERS. Random topic and group names; short group timeouts.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use warroom_engine::Config;
+use warroom_ingest::gen::{write_night, GenConfig};
+use warroom_ingest::kafka::{open_engine, KafkaConfig, KafkaSource};
+use warroom_model::Limits;
+
+fn brokers() -> String {
+    std::env::var("WARROOM_KAFKA_BROKERS")
+        .expect("WARROOM_KAFKA_BROKERS is not set: run the tests with scripts/test.sh, which starts a broker")
+}
+
+fn unique(prefix: &str) -> String {
+    let n = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    format!("{prefix}-{}-{n}", std::process::id())
+}
+
+fn create_topic(topic: &str, partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", brokers()).create().expect("admin client");
+    let rt = block_on(
+        admin.create_topics(&[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))], &AdminOptions::new()),
+    );
+    for r in rt.expect("create_topics") {
+        r.unwrap_or_else(|(t, e)| panic!("creating topic {t}: {e}"));
+    }
+}
+
+/// Polls the admin client's future to completion (the tests need no async runtime otherwise;
+/// rdkafka completes it from its own thread, so polling with a no-op waker suffices).
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    let mut f = std::pin::pin!(f);
+    loop {
+        if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+            return v;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Produces every line, keyed by its user (so a user's events share a partition).
+fn produce(topic: &str, lines: &[&[u8]]) {
+    let producer: ThreadedProducer<DefaultProducerContext> =
+        ClientConfig::new().set("bootstrap.servers", brokers()).set("linger.ms", "5").create().expect("producer");
+    for l in lines {
+        let key = serde_json::from_slice::<serde_json::Value>(l)
+            .ok()
+            .and_then(|v| v.get("user_id").and_then(|u| u.as_str()).map(str::to_owned));
+        let mut rec = BaseRecord::<str, [u8]>::to(topic).payload(*l);
+        if let Some(k) = &key {
+            rec = rec.key(k.as_str());
+        }
+        let mut rec = Some(rec);
+        while let Some(r) = rec.take() {
+            if let Err((_, r)) = producer.send(r) {
+                std::thread::sleep(Duration::from_millis(5));
+                rec = Some(r);
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(30)).expect("flush");
+}
+
+fn kafka_cfg(topic: &str, group: &str, state: &std::path::Path) -> KafkaConfig {
+    let mut props = BTreeMap::new();
+    props.insert("session.timeout.ms".into(), "6000".into());
+    props.insert("max.poll.interval.ms".into(), "7000".into());
+    KafkaConfig {
+        brokers: brokers(),
+        topic: topic.into(),
+        group: group.into(),
+        state_dir: state.to_path_buf(),
+        checkpoint_interval: Duration::from_millis(500),
+        properties: props,
+        ..KafkaConfig::default()
+    }
+}
+
+fn input(events: u64, seed: u64) -> Vec<u8> {
+    let mut buf = Vec::new();
+    let cfg = GenConfig {
+        seed,
+        merchant_change_share: 0.0,
+        duplicate_share: 0.02,
+        resend_share: 0.01,
+        late_share: 0.02,
+        bad_share: 0.01,
+        ..GenConfig::default()
+    };
+    write_night(cfg, events, 1_794_312_000_000, 3_600_000, &mut buf).unwrap();
+    buf
+}
+
+#[test]
+fn a_consumer_group_counts_exactly_what_replay_counts_and_dead_letters_the_bad() {
+    let buf = input(20_000, 21);
+    let lines = warroom_tests::lines(&buf);
+    let topic = unique("events");
+    create_topic(&topic, 4);
+    produce(&topic, &lines);
+
+    let state = tempfile::tempdir().unwrap();
+    let group = unique("group");
+    let kcfg = kafka_cfg(&topic, &group, state.path());
+    let (engine, positions) = open_engine(Config::default(), &kcfg).unwrap();
+    let engine = Arc::new(engine);
+    let source = Arc::new(KafkaSource::new(engine.clone(), positions, kcfg.clone(), Limits::default()).unwrap());
+    let stop = Arc::new(AtomicBool::new(false));
+    let runner = {
+        let (source, stop) = (source.clone(), stop.clone());
+        std::thread::spawn(move || source.run(&stop))
+    };
+    let started = Instant::now();
+    while source.stats.messages.load(Ordering::Relaxed) < lines.len() as u64 {
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "consumed {} of {} messages in 90 s",
+            source.stats.messages.load(Ordering::Relaxed),
+            lines.len()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    stop.store(true, Ordering::Relaxed);
+    runner.join().unwrap();
+
+    let (snap, _) = engine.publish();
+    let want = warroom_tests::reference(&lines, &[60_000, 300_000, 3_600_000], 300_000);
+    warroom_tests::assert_matches_reference(&snap, &want, "kafka source, 4 partitions");
+
+    // What the broker recorded: the group's committed offset of every partition is one past
+    // the last message the broker holds there. (Read back independently: Tansu reports the
+    // base offset of the last record batch as the high watermark, so that is no reference.)
+    let reader: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", unique("reader"))
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut all = TopicPartitionList::new();
+    for p in 0..4 {
+        all.add_partition_offset(&topic, p, Offset::Beginning).unwrap();
+    }
+    reader.assign(&all).unwrap();
+    let mut last: BTreeMap<i32, i64> = BTreeMap::new();
+    let mut read = 0usize;
+    let started = Instant::now();
+    while read < lines.len() && started.elapsed() < Duration::from_secs(60) {
+        if let Some(Ok(m)) = reader.poll(Duration::from_millis(200)) {
+            read += 1;
+            let e = last.entry(m.partition()).or_insert(-1);
+            *e = (*e).max(m.offset());
+        }
+    }
+    assert_eq!(read, lines.len(), "messages the broker holds");
+    let check: BaseConsumer =
+        ClientConfig::new().set("bootstrap.servers", brokers()).set("group.id", &group).create().unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..4 {
+        tpl.add_partition(&topic, p);
+    }
+    let committed = check.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
+    for e in committed.elements() {
+        assert_eq!(e.offset(), Offset::Offset(last[&e.partition()] + 1), "partition {} committed", e.partition());
+    }
+
+    // Every rejected message is in the DLQ, with its reason and origin.
+    let dlq: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", unique("dlq-reader"))
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", "6000")
+        .set("max.poll.interval.ms", "7000")
+        .create()
+        .unwrap();
+    dlq.subscribe(&[&kcfg.dlq()]).unwrap();
+    let mut reasons = BTreeMap::new();
+    let started = Instant::now();
+    while (reasons.values().sum::<u64>()) < snap.totals.rejected && started.elapsed() < Duration::from_secs(60) {
+        if let Some(Ok(m)) = dlq.poll(Duration::from_millis(200)) {
+            let h = m.headers().expect("dead letters carry headers");
+            let get = |k: &str| {
+                h.iter().find(|x| x.key == k).and_then(|x| x.value).map(|v| String::from_utf8_lossy(v).to_string())
+            };
+            assert_eq!(get("warroom-source-topic").as_deref(), Some(topic.as_str()));
+            assert!(get("warroom-source-offset").is_some() && get("warroom-source-partition").is_some());
+            *reasons.entry(get("warroom-reason").unwrap()).or_insert(0u64) += 1;
+        }
+    }
+    let want_reasons: BTreeMap<String, u64> = snap.rejections.clone().into_iter().collect();
+    assert_eq!(reasons, want_reasons, "dead letters by reason");
+    assert!(snap.totals.rejected > 0);
+}
