@@ -6,6 +6,8 @@
 //! `HashSet<String>` and computes windows, distinct counts (exact sets) and races by brute
 //! force at the end. It is slow on purpose and obviously right.
 
+pub mod kafka;
+
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde_json::Value;

@@ -138,6 +138,8 @@ pub struct SourceStats {
     pub rejected: AtomicU64,
     pub dead_lettered: AtomicU64,
     pub checkpoints: AtomicU64,
+    /// Partition assignments received (each sets the partitions' start offsets).
+    pub assignments: AtomicU64,
     pub last_checkpoint_ms: AtomicU64,
     pub last_checkpoint_duration_us: AtomicU64,
     health: AtomicU8,
@@ -316,6 +318,7 @@ impl ConsumerContext for Ctx {
         let mut inner = shared.inner.lock().unwrap_or_else(|p| p.into_inner());
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                self.stats.assignments.fetch_add(1, Ordering::Relaxed);
                 let committed = consumer.committed_offsets(tpl.clone(), Duration::from_secs(10)).ok();
                 let topic = shared.cfg.topic.clone();
                 for e in tpl.clone().elements_for_topic(&topic) {
@@ -326,11 +329,7 @@ impl ConsumerContext for Ctx {
                             Offset::Offset(o) => Some(o),
                             _ => None,
                         });
-                    let start = match (mine, theirs) {
-                        (Some(a), Some(b)) => Offset::Offset(a.max(b)),
-                        (Some(a), None) | (None, Some(a)) => Offset::Offset(a),
-                        (None, None) => Offset::Beginning,
-                    };
+                    let start = start_offset(mine, theirs);
                     if let Offset::Offset(o) = start {
                         inner.positions.next.insert(p, o);
                     }
@@ -354,6 +353,18 @@ impl ConsumerContext for Ctx {
                 let _ = consumer.unassign();
             }
         }
+    }
+}
+
+/// Where an assigned partition starts: this member's own position (its checkpoint may be
+/// newer than the last commit, after a crash between the two) or the group's committed offset
+/// (another member consumed the partition meanwhile: those events are in its state), whichever
+/// is further; the beginning when neither exists.
+pub fn start_offset(own: Option<i64>, committed: Option<i64>) -> Offset {
+    match (own, committed) {
+        (Some(a), Some(b)) => Offset::Offset(a.max(b)),
+        (Some(a), None) | (None, Some(a)) => Offset::Offset(a),
+        (None, None) => Offset::Beginning,
     }
 }
 
@@ -447,5 +458,21 @@ impl KafkaSource {
     /// The positions the engine state covers now.
     pub fn positions(&self) -> Positions {
         self.shared.inner.lock().unwrap_or_else(|p| p.into_inner()).positions.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_partition_starts_at_the_further_of_own_position_and_commit() {
+        // Crash after the checkpoint, before the commit: own position is newer.
+        assert_eq!(start_offset(Some(120), Some(100)), Offset::Offset(120));
+        // Another member consumed the partition meanwhile: its commit is newer.
+        assert_eq!(start_offset(Some(100), Some(150)), Offset::Offset(150));
+        assert_eq!(start_offset(None, Some(7)), Offset::Offset(7));
+        assert_eq!(start_offset(Some(7), None), Offset::Offset(7));
+        assert_eq!(start_offset(None, None), Offset::Beginning);
     }
 }

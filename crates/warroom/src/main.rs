@@ -62,6 +62,21 @@ enum Cmd {
         /// Simulator: events per second at base intensity.
         #[arg(long)]
         rate: Option<f64>,
+        /// Kafka: bootstrap servers (also `[kafka] brokers`).
+        #[arg(long, env = "WARROOM_BROKERS")]
+        brokers: Option<String>,
+        /// Kafka: the events topic.
+        #[arg(long, env = "WARROOM_TOPIC")]
+        topic: Option<String>,
+        /// Kafka: the consumer group (instances sharing it split the partitions).
+        #[arg(long, env = "WARROOM_GROUP")]
+        group: Option<String>,
+        /// Kafka: where checkpoints (state + offsets) are kept; one per instance.
+        #[arg(long, env = "WARROOM_STATE_DIR")]
+        state_dir: Option<PathBuf>,
+        /// Write the snapshot here every second (atomically), and on exit.
+        #[arg(long)]
+        snapshot_out: Option<PathBuf>,
     },
     /// Generate a Double-11-shaped event file with duplicates, re-sent payments, late and bad lines.
     Gen {
@@ -104,6 +119,22 @@ enum Source {
     Sim,
     /// An event file played once (then the monitor keeps serving its state).
     File,
+    /// A Kafka topic, in a consumer group, counting exactly once across restarts.
+    Kafka,
+}
+
+struct RunOpts {
+    source: Source,
+    input: Option<PathBuf>,
+    config: Option<PathBuf>,
+    duration: Option<Duration>,
+    speed: Option<f64>,
+    rate: Option<f64>,
+    brokers: Option<String>,
+    topic: Option<String>,
+    group: Option<String>,
+    state_dir: Option<PathBuf>,
+    snapshot_out: Option<PathBuf>,
 }
 
 fn main() {
@@ -119,7 +150,22 @@ fn main() {
         Cmd::Replay { input, snapshot_out, rejects_out, config, quiet } => {
             replay(&input, &snapshot_out, rejects_out.as_deref(), config.as_deref(), quiet)
         }
-        Cmd::Run { source, input, config, duration, speed, rate } => run(source, input, config, duration, speed, rate),
+        Cmd::Run { source, input, config, duration, speed, rate, brokers, topic, group, state_dir, snapshot_out } => {
+            let opts = RunOpts {
+                source,
+                input,
+                config,
+                duration,
+                speed,
+                rate,
+                brokers,
+                topic,
+                group,
+                state_dir,
+                snapshot_out,
+            };
+            run(opts)
+        }
         Cmd::Gen { out, events, seed, span, start_ms, users, profile } => {
             generate(&out, events, seed, span, start_ms, users, profile)
         }
@@ -281,15 +327,22 @@ fn summary_line(s: &Snapshot) -> String {
     )
 }
 
-fn run(
-    source: Source,
-    input: Option<PathBuf>,
-    config: Option<PathBuf>,
-    duration: Option<Duration>,
-    speed: Option<f64>,
-    rate: Option<f64>,
-) -> anyhow::Result<()> {
+fn run(o: RunOpts) -> anyhow::Result<()> {
+    let RunOpts { source, input, config, duration, speed, rate, .. } = o;
     let mut settings = Settings::load(config.as_deref())?;
+    let mut kcfg = settings.kafka.clone();
+    if let Some(b) = o.brokers {
+        kcfg.brokers = b;
+    }
+    if let Some(t) = o.topic {
+        kcfg.topic = t;
+    }
+    if let Some(g) = o.group {
+        kcfg.group = g;
+    }
+    if let Some(d) = o.state_dir {
+        kcfg.state_dir = d;
+    }
     let sim_cfg = SimConfig {
         gen: gen::GenConfig { seed: settings.sim.seed, ..Default::default() },
         base_rate: rate.unwrap_or(settings.sim.base_rate),
@@ -300,9 +353,34 @@ fn run(
     if matches!(source, Source::Sim) && settings.plan.is_none() {
         settings.plan = Some(night.plan(&sim_cfg));
     }
-    let engine = Arc::new(Engine::new(settings.engine_config()));
+    let (engine, positions) = match source {
+        Source::Kafka => {
+            let (e, p) = warroom_ingest::kafka::open_engine(settings.engine_config(), &kcfg)
+                .with_context(|| format!("opening the state in {}", kcfg.state_dir.display()))?;
+            (Arc::new(e), Some(p))
+        }
+        _ => (Arc::new(Engine::new(settings.engine_config())), None),
+    };
     let stop = Arc::new(AtomicBool::new(false));
+    {
+        // First Ctrl-C / SIGTERM: stop cleanly (final checkpoint); a second one: exit at once.
+        let stop = stop.clone();
+        ctrlc::set_handler(move || {
+            if stop.swap(true, Ordering::Relaxed) {
+                std::process::exit(130);
+            }
+            eprintln!("stopping: writing a final checkpoint (press Ctrl-C again to exit at once)");
+        })
+        .context("installing the signal handler")?;
+    }
     let mut proc = ChunkProcessor::new(engine.clone(), settings.limits());
+    let kafka = match (source, positions) {
+        (Source::Kafka, Some(p)) => Some(Arc::new(
+            warroom_ingest::kafka::KafkaSource::new(engine.clone(), p, kcfg.clone(), settings.limits())
+                .context("starting the Kafka consumer (check --brokers)")?,
+        )),
+        _ => None,
+    };
     tracing::info!(
         source = ?source,
         shards = engine.shard_count(),
@@ -312,6 +390,11 @@ fn run(
         let stop = stop.clone();
         std::thread::Builder::new().name("source".into()).spawn(move || -> anyhow::Result<()> {
             match source {
+                Source::Kafka => {
+                    if let Some(k) = kafka {
+                        k.run(&stop);
+                    }
+                }
                 Source::Sim => {
                     warroom_ingest::sim::run(&sim_cfg, night, &mut proc, &stop);
                 }
@@ -340,6 +423,14 @@ fn run(
             last_line = Instant::now();
             println!("{} | rank moves {moves}", summary_line(&snap));
             moves = 0;
+            if let Some(p) = &o.snapshot_out {
+                if let Err(e) = write_json_atomically(p, &snap) {
+                    tracing::warn!(error = %e, "could not write --snapshot-out");
+                }
+            }
+        }
+        if stop.load(Ordering::Relaxed) && feeder.is_finished() {
+            break;
         }
         if feeder.is_finished() && matches!(source, Source::Sim) {
             break;
@@ -355,5 +446,8 @@ fn run(
     }
     let (snap, _) = engine.publish();
     println!("{}", summary_line(&snap));
+    if let Some(p) = &o.snapshot_out {
+        write_json_atomically(p, &snap)?;
+    }
     Ok(())
 }

@@ -21,6 +21,8 @@ pub struct Settings {
     pub plan: Option<PlanConfig>,
     pub limits: LimitsConfig,
     pub sim: SimSettings,
+    /// The Kafka source (`run --source kafka`).
+    pub kafka: warroom_ingest::kafka::KafkaConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
