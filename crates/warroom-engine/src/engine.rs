@@ -266,6 +266,13 @@ impl Engine {
         }
     }
 
+    /// Moves the watermark to at least `ts`: the newest event time seen elsewhere (other
+    /// members of a consumer group), so that this member's windows end where the group's do and
+    /// its snapshot can be summed with theirs.
+    pub fn observe_watermark(&self, ts: i64) {
+        self.watermark.fetch_max(ts, Ordering::Relaxed);
+    }
+
     /// Newest accepted event time (i64::MIN before any).
     pub fn watermark(&self) -> i64 {
         self.watermark.load(Ordering::Relaxed)
