@@ -259,6 +259,17 @@ impl Engine {
         }
     }
 
+    /// Declares lanes (partitions just assigned) open before their first events; see
+    /// [`crate::shard::Shard::open_lane`].
+    pub fn open_lanes(&self, lanes: &[u16]) {
+        for s in self.shards.iter() {
+            let mut shard = lock(s);
+            for &l in lanes {
+                shard.open_lane(l);
+            }
+        }
+    }
+
     /// Stops holding old de-dup ids for `lane` (a partition this member gave up).
     pub fn retire_lane(&self, lane: u16) {
         for s in self.shards.iter() {

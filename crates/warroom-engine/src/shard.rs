@@ -222,6 +222,8 @@ impl ShardCounters {
 
 /// Marks a lane given up (see [`Shard::retire_lane`]).
 const RETIRED: i64 = i64::MAX;
+/// Marks a lane open but without events yet (see [`Shard::open_lane`]): below every time.
+const OPEN: i64 = i64::MIN + 1;
 
 fn venue_sketches() -> Box<[Hll; 3]> {
     Box::new([Hll::new(12), Hll::new(12), Hll::new(12)])
@@ -354,7 +356,7 @@ impl Shard {
             self.lanes.resize(lane + 1, i64::MIN);
         }
         let lane_wm = self.lanes[lane];
-        if lane_wm != i64::MIN && lane_wm != RETIRED && ev.ts <= lane_wm - cx.dedupe_horizon {
+        if lane_wm != i64::MIN && lane_wm != RETIRED && ev.ts <= lane_wm.saturating_sub(cx.dedupe_horizon) {
             self.c.beyond_horizon += 1;
             return Outcome::BeyondHorizon;
         }
@@ -517,6 +519,19 @@ impl Shard {
         let Some(low) = self.lanes.iter().copied().filter(|&w| w != i64::MIN && w != RETIRED).min() else { return };
         self.ids.evict_before(low.saturating_sub(cx.dedupe_horizon));
         self.orders.evict_before(low.saturating_sub(cx.order_horizon));
+    }
+
+    /// Declares `lane` open before its first event (a partition just assigned): until it has
+    /// delivered, it holds back the eviction of old ids, so that a re-delivery arriving on it
+    /// late still finds its original, whichever lane that came through.
+    pub fn open_lane(&mut self, lane: u16) {
+        let l = lane as usize;
+        if self.lanes.len() <= l {
+            self.lanes.resize(l + 1, i64::MIN);
+        }
+        if self.lanes[l] == i64::MIN || self.lanes[l] == RETIRED {
+            self.lanes[l] = OPEN;
+        }
     }
 
     /// Stops waiting for `lane` (its partition went to another member): it no longer holds

@@ -336,6 +336,8 @@ impl ConsumerContext for Ctx {
                     let _ = tpl.set_partition_offset(&topic, p, start);
                     tracing::info!(partition = p, own = ?mine, committed = ?theirs, start = ?start, "partition assigned");
                 }
+                let lanes: Vec<u16> = tpl.elements_for_topic(&topic).iter().map(|e| e.partition() as u16).collect();
+                shared.engine.open_lanes(&lanes);
                 if let Err(e) = consumer.assign(tpl) {
                     tracing::error!(error = %e, "could not take the assigned partitions");
                 }
