@@ -43,11 +43,21 @@ pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
 
 /// Produces every line, keyed by its user (so a user's events share a partition).
 pub fn produce(topic: &str, lines: &[&[u8]]) {
+    produce_with(topic, lines, true)
+}
+
+/// Produces every line without a key: events (and re-deliveries) spread over partitions.
+pub fn produce_unkeyed(topic: &str, lines: &[&[u8]]) {
+    produce_with(topic, lines, false)
+}
+
+fn produce_with(topic: &str, lines: &[&[u8]], keyed: bool) {
     let producer: ThreadedProducer<DefaultProducerContext> =
         ClientConfig::new().set("bootstrap.servers", brokers()).set("linger.ms", "5").create().expect("producer");
     for l in lines {
         let key = serde_json::from_slice::<serde_json::Value>(l)
             .ok()
+            .filter(|_| keyed)
             .and_then(|v| v.get("user_id").and_then(|u| u.as_str()).map(str::to_owned));
         let mut rec = BaseRecord::<str, [u8]>::to(topic).payload(*l);
         if let Some(k) = &key {

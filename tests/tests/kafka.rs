@@ -14,7 +14,7 @@ use warroom_engine::Config;
 use warroom_ingest::gen::{write_night, GenConfig};
 use warroom_ingest::kafka::{open_engine, KafkaConfig, KafkaSource};
 use warroom_model::Limits;
-use warroom_tests::kafka::{brokers, create_topic, produce, unique};
+use warroom_tests::kafka::{brokers, create_topic, produce, produce_unkeyed, unique};
 
 fn kafka_cfg(topic: &str, group: &str, state: &std::path::Path) -> KafkaConfig {
     let mut props = BTreeMap::new();
@@ -346,4 +346,32 @@ fn a_broker_lost_and_replaced_does_not_crash_or_wedge_the_monitor() {
     assert_eq!(read, (first_lines.len() + second_lines.len()) as u64);
     assert!(engine.publish().0.totals.accepted > before.accepted);
     broker.kill();
+}
+
+#[test]
+fn re_deliveries_on_other_partitions_are_still_caught() {
+    // Unkeyed: an event and its exact re-delivery may sit in different partitions, delivered
+    // at different times. (No re-sent payments: which delivery counts first would then depend
+    // on partition timing, and with it the window a payment falls in.)
+    let mut buf = Vec::new();
+    let cfg = GenConfig {
+        seed: 77,
+        merchant_change_share: 0.0,
+        duplicate_share: 0.05,
+        resend_share: 0.0,
+        ..GenConfig::default()
+    };
+    write_night(cfg, 30_000, 1_794_312_000_000, 6 * 3_600_000, &mut buf).unwrap();
+    let lines = warroom_tests::lines(&buf);
+    let topic = unique("unkeyed");
+    create_topic(&topic, 4);
+    produce_unkeyed(&topic, &lines);
+    let state = tempfile::tempdir().unwrap();
+    let member = Member::start(kafka_cfg(&topic, &unique("unkeyed-group"), state.path()));
+    wait_until("all read", || member.read() >= lines.len() as u64);
+    let (engine, _, read) = member.stop();
+    assert_eq!(read, lines.len() as u64);
+    let (snap, _) = engine.publish();
+    let want = warroom_tests::reference(&lines, &[60_000, 300_000, 3_600_000], 300_000);
+    warroom_tests::assert_matches_reference(&snap, &want, "unkeyed partitions");
 }
