@@ -61,8 +61,10 @@ pub struct SavedRule {
     pub spec: Option<RuleSpec>,
 }
 
-#[derive(Debug, Serialize)]
-pub(crate) struct ImageRef<'a> {
+/// The checkpoint payload. Written as `Image<&Shard, &[u8]>` straight from the locked
+/// shards, read back as `Image<Shard, Vec<u8>>`: one field list for both directions.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Image<S, E> {
     pub shape: Shape,
     pub epoch: Option<i64>,
     pub watermark: i64,
@@ -74,28 +76,14 @@ pub(crate) struct ImageRef<'a> {
     pub overflow: [u64; 4],
     pub rejects: Vec<(String, u64)>,
     pub rules: Vec<SavedRule>,
-    pub shards: Vec<&'a Shard>,
-    pub extra: &'a [u8],
+    pub shards: Vec<S>,
+    pub extra: E,
 }
 
-#[derive(Debug, Deserialize)]
-pub(crate) struct Image {
-    pub shape: Shape,
-    pub epoch: Option<i64>,
-    pub watermark: i64,
-    pub last_event_at: i64,
-    pub venues: Vec<String>,
-    pub slots: Vec<String>,
-    pub slot_venues: Vec<u32>,
-    pub merchants: Vec<String>,
-    pub overflow: [u64; 4],
-    pub rejects: Vec<(String, u64)>,
-    pub rules: Vec<SavedRule>,
-    pub shards: Vec<Shard>,
-    pub extra: Vec<u8>,
-}
+/// What restoring reads.
+pub(crate) type Loaded = Image<Shard, Vec<u8>>;
 
-pub(crate) fn encode(image: &ImageRef<'_>) -> Vec<u8> {
+pub(crate) fn encode(image: &Image<&Shard, &[u8]>) -> Vec<u8> {
     let payload = bincode::serialize(image).expect("engine state serialises");
     let mut out = Vec::with_capacity(HEADER + payload.len());
     out.extend_from_slice(MAGIC);
@@ -106,7 +94,7 @@ pub(crate) fn encode(image: &ImageRef<'_>) -> Vec<u8> {
     out
 }
 
-pub(crate) fn decode(bytes: &[u8], path: &Path) -> Result<Image, CheckpointError> {
+pub(crate) fn decode(bytes: &[u8], path: &Path) -> Result<Loaded, CheckpointError> {
     if bytes.len() < HEADER || &bytes[..8] != MAGIC {
         return Err(CheckpointError::NotACheckpoint(path.to_path_buf()));
     }

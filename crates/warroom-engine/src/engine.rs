@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use arc_swap::ArcSwap;
-use warroom_model::{Event, EventKind, Reason, RejectCounts, Rejection};
+use warroom_model::{Event, Reason, RejectCounts, Rejection};
 use xxhash_rust::xxh3::{xxh3_128, xxh3_64};
 
 use crate::config::Config;
@@ -65,7 +65,6 @@ pub struct Engine {
     cfg: Config,
     shards: Box<[Mutex<Shard>]>,
     ctx: OnceLock<Ctx>,
-    shard_ctx_template: (i64, i64),
     venues: Interner,
     slots: SlotInterner,
     merchants: Interner,
@@ -77,6 +76,20 @@ pub struct Engine {
     published: ArcSwap<Snapshot>,
     publish_state: Mutex<PublishState>,
     publishes: AtomicU64,
+}
+
+/// The shard context of `cfg` with the sketch epoch `epoch`.
+fn base_ctx(cfg: &Config, epoch: i64) -> Ctx {
+    let plan = cfg.plan.as_ref();
+    Ctx {
+        epoch,
+        dedupe_horizon: cfg.engine.dedupe_horizon.as_millis() as i64,
+        order_horizon: cfg.engine.order_horizon.as_millis() as i64,
+        windows: cfg.engine.windows.iter().map(|d| d.as_millis() as i64).collect(),
+        race_window: cfg.race.window.as_millis() as i64,
+        phases: plan.map(|p| p.bounds()).unwrap_or_default(),
+        plan_range: plan.map(|p| (p.start_ms(), p.end_ms())),
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -93,8 +106,6 @@ impl Engine {
         } else {
             cfg.engine.shards
         };
-        let dh = cfg.engine.dedupe_horizon.as_millis() as i64;
-        let oh = cfg.engine.order_horizon.as_millis() as i64;
         let resolve = |name: &str| -> (String, Rule) {
             if name == "gmv" {
                 ("gmv".into(), Rule::Gmv)
@@ -107,11 +118,10 @@ impl Engine {
             default_rule: resolve(&cfg.race.default_rule),
             venues: cfg.race.venues.iter().map(|(v, r)| (v.clone(), resolve(r))).collect(),
         };
-        let ctx = OnceLock::new();
-        let engine = Engine {
-            shards: Vec::new().into_boxed_slice(),
-            ctx,
-            shard_ctx_template: (dh, oh),
+        let base = base_ctx(&cfg, 0);
+        Engine {
+            shards: (0..n).map(|_| Mutex::new(Shard::new(&base))).collect(),
+            ctx: OnceLock::new(),
             venues: Interner::new(cfg.engine.max_venues),
             slots: SlotInterner::new(cfg.engine.max_slots),
             merchants: Interner::new(cfg.engine.max_merchants),
@@ -124,20 +134,6 @@ impl Engine {
             publish_state: Mutex::new(PublishState::default()),
             publishes: AtomicU64::new(0),
             cfg,
-        };
-        Engine { shards: (0..n).map(|_| Mutex::new(Shard::new(&engine.base_ctx(0), dh, oh))).collect(), ..engine }
-    }
-
-    fn base_ctx(&self, epoch: i64) -> Ctx {
-        let plan = self.cfg.plan.as_ref();
-        Ctx {
-            epoch,
-            dedupe_horizon: self.shard_ctx_template.0,
-            order_horizon: self.shard_ctx_template.1,
-            windows: self.cfg.engine.windows.iter().map(|d| d.as_millis() as i64).collect(),
-            race_window: self.cfg.race.window.as_millis() as i64,
-            phases: plan.map(|p| p.bounds()).unwrap_or_default(),
-            plan_range: plan.map(|p| (p.start_ms(), p.end_ms())),
         }
     }
 
@@ -145,7 +141,7 @@ impl Engine {
     fn ctx_for(&self, ts: i64) -> &Ctx {
         self.ctx.get_or_init(|| {
             let epoch = self.cfg.engine.epoch_ms.unwrap_or_else(|| ts.div_euclid(DAY_MS) * DAY_MS - 7 * DAY_MS);
-            self.base_ctx(epoch)
+            base_ctx(&self.cfg, epoch)
         })
     }
 
@@ -294,7 +290,7 @@ impl Engine {
         self.published.load_full()
     }
 
-    /// Rank changes found by publishes; see [`Engine::publish`].
+    /// How many snapshots have been published.
     pub fn publishes(&self) -> u64 {
         self.publishes.load(Ordering::Relaxed)
     }
@@ -330,13 +326,13 @@ impl Engine {
     }
 
     fn shape(&self) -> crate::checkpoint::Shape {
-        let base = self.base_ctx(0);
+        let base = base_ctx(&self.cfg, 0);
         crate::checkpoint::Shape {
             shards: self.shards.len(),
             windows: base.windows,
             race_window: base.race_window,
-            dedupe_horizon: self.shard_ctx_template.0,
-            order_horizon: self.shard_ctx_template.1,
+            dedupe_horizon: base.dedupe_horizon,
+            order_horizon: base.order_horizon,
             phases: base.phases,
         }
     }
@@ -360,7 +356,7 @@ impl Engine {
                 },
             })
             .collect();
-        let image = crate::checkpoint::ImageRef {
+        let image = crate::checkpoint::Image {
             shape: self.shape(),
             epoch: self.ctx.get().map(|c| c.epoch),
             watermark: self.watermark(),
@@ -413,7 +409,7 @@ impl Engine {
             ..fresh
         };
         if let Some(epoch) = image.epoch {
-            let _ = engine.ctx.set(engine.base_ctx(epoch));
+            let _ = engine.ctx.set(base_ctx(&engine.cfg, epoch));
         }
         for (name, n) in image.rejects {
             if let Some(r) = Reason::from_name(&name) {
@@ -723,6 +719,3 @@ impl Engine {
         (snap, changes)
     }
 }
-
-/// Kinds, re-exported for sources that build events by hand.
-pub type Kind = EventKind;

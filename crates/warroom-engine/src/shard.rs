@@ -291,15 +291,15 @@ pub struct ShardSummary {
 }
 
 impl Shard {
-    pub fn new(cx: &Ctx, dedupe_horizon: i64, order_horizon: i64) -> Self {
+    pub fn new(cx: &Ctx) -> Self {
         let site_lengths = cx.windows.iter().flat_map(|&l| [l, 2 * l]).collect::<Vec<_>>();
         let race = vec![cx.race_window, 2 * cx.race_window];
         Shard {
             wm: i64::MIN,
             lanes: Vec::new(),
             c: ShardCounters::default(),
-            ids: GenSet::new(dedupe_horizon),
-            orders: GenSet::new(order_horizon),
+            ids: GenSet::new(cx.dedupe_horizon),
+            orders: GenSet::new(cx.order_horizon),
             site: vec![MoneyAgg::default(); site_lengths.len()],
             venue_money: Vec::new(),
             slot_money: Vec::new(),
@@ -324,10 +324,6 @@ impl Shard {
             phase_gmv: vec![0; cx.phases.len()],
             plan_gmv: 0,
         }
-    }
-
-    pub fn watermark(&self) -> i64 {
-        self.wm
     }
 
     fn slot_mut(&mut self, slot: u32) -> usize {

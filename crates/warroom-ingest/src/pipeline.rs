@@ -32,6 +32,32 @@ struct Part {
     rejected: Vec<RejectedLine>,
 }
 
+impl Part {
+    fn reset(&mut self, shards: usize) {
+        self.by_shard.resize_with(shards, Vec::new);
+        self.by_shard.iter_mut().for_each(Vec::clear);
+        self.rejected.clear();
+    }
+
+    #[inline]
+    /// Decodes one message and routes it to its shard. A rejection is kept when `keep` gives
+    /// its number, with a copy of the bytes if asked (counts are kept by the engine anyway).
+    fn take(&mut self, engine: &Engine, limits: &Limits, msg: &[u8], seq: u64, lane: u16, keep: Option<(u64, bool)>) {
+        match engine.decode_prepare(msg, seq, limits, &mut self.names) {
+            Ok(mut p) => {
+                p.lane = lane;
+                self.by_shard[engine.shard_of(&p)].push(p);
+            }
+            Err(rejection) => {
+                if let Some((line, copy)) = keep {
+                    let raw = if copy { msg.to_vec() } else { Vec::new() };
+                    self.rejected.push(RejectedLine { line, rejection, raw });
+                }
+            }
+        }
+    }
+}
+
 /// Decodes and applies chunks of newline-delimited messages.
 #[derive(Debug)]
 pub struct ChunkProcessor {
@@ -53,10 +79,6 @@ impl ChunkProcessor {
     pub fn new(engine: Arc<Engine>, limits: Limits) -> Self {
         let n = rayon::current_num_threads().max(1) * 2;
         ChunkProcessor { engine, limits, parts: (0..n).map(|_| Part::default()).collect(), keep_rejected: false }
-    }
-
-    pub fn engine(&self) -> &Arc<Engine> {
-        &self.engine
     }
 
     /// Decodes and applies the whole lines of `chunk` now (a trailing line without `\n`
@@ -84,23 +106,12 @@ impl ChunkProcessor {
         let per = msgs.len().div_ceil(n).max(1);
         let shards = engine.shard_count();
         self.parts[..n].par_iter_mut().enumerate().for_each(|(k, part)| {
-            part.by_shard.resize_with(shards, Vec::new);
-            part.by_shard.iter_mut().for_each(Vec::clear);
-            part.rejected.clear();
+            part.reset(shards);
             let lo = (k * per).min(msgs.len());
             let hi = ((k + 1) * per).min(msgs.len());
             for i in lo..hi {
-                match engine.decode_prepare(msgs[i], seqs[i], limits, &mut part.names) {
-                    Ok(mut p) => {
-                        p.lane = lanes[i];
-                        part.by_shard[engine.shard_of(&p)].push(p)
-                    }
-                    Err(rejection) => {
-                        if keep {
-                            part.rejected.push(RejectedLine { line: i as u64, rejection, raw: Vec::new() });
-                        }
-                    }
-                }
+                // A rejection is numbered by its index; no raw copy: the caller holds the bytes.
+                part.take(engine, limits, msgs[i], seqs[i], lanes[i], keep.then_some((i as u64, false)));
             }
         });
         apply_parts(engine, &self.parts[..n]);
@@ -142,18 +153,9 @@ fn decode_into(
     }
     let shards = engine.shard_count();
     parts[..ranges.len()].par_iter_mut().zip(ranges.par_iter()).for_each(|(part, &(s, e, first))| {
-        part.by_shard.resize_with(shards, Vec::new);
-        part.by_shard.iter_mut().for_each(Vec::clear);
-        part.rejected.clear();
+        part.reset(shards);
         for (seq, msg) in (first..).zip(split_lines(&chunk[s..e])) {
-            match engine.decode_prepare(msg, seq, limits, &mut part.names) {
-                Ok(p) => part.by_shard[engine.shard_of(&p)].push(p),
-                Err(rejection) => {
-                    if keep {
-                        part.rejected.push(RejectedLine { line: seq, rejection, raw: msg.to_vec() });
-                    }
-                }
-            }
+            part.take(engine, limits, msg, seq, 0, keep.then_some((seq, true)));
         }
     });
     let mut rejected = Vec::new();
