@@ -3,7 +3,9 @@
 //! 1. a bare rdkafka consumer that only reads the messages (assigned partitions, no work);
 //! 2. the monitor's Kafka source (consumer group, decode, engine, DLQ, checkpoints).
 //! Each is timed from its first message to its last, so the group join is not counted.
-//! Prints both rates and the ratio as one JSON line.
+//! Prints both rates, the ratio and each one's CPU time per message (this process only; the
+//! broker's is not included) as one JSON line. Extra consumer properties for experiments:
+//! `DRAIN_PROPS=key=value,...`; the monitor's batch size: `DRAIN_BATCH=N`.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -46,14 +48,19 @@ fn main() {
     }
     bare.assign(&tpl).unwrap();
     let (mut read, mut bytes, mut first) = (0u64, 0usize, None);
+    let mut bare_cpu0 = 0.0;
     while read < n {
         if let Some(Ok(m)) = bare.poll(Duration::from_millis(100)) {
-            first.get_or_insert_with(Instant::now);
+            if first.is_none() {
+                first = Some(Instant::now());
+                bare_cpu0 = cpu_s();
+            }
             bytes += m.payload().map_or(0, <[u8]>::len);
             read += 1;
         }
     }
     let bare_s = first.unwrap().elapsed().as_secs_f64();
+    let bare_cpu = cpu_s() - bare_cpu0;
     drop(bare);
 
     // 2. The monitor's source.
@@ -61,12 +68,17 @@ fn main() {
     let mut props = std::collections::BTreeMap::new();
     props.insert("session.timeout.ms".to_string(), "6000".to_string());
     props.insert("max.poll.interval.ms".to_string(), "7000".to_string());
+    for kv in std::env::var("DRAIN_PROPS").unwrap_or_default().split(',').filter(|s| !s.is_empty()) {
+        let (k, v) = kv.split_once('=').unwrap();
+        props.insert(k.to_string(), v.to_string());
+    }
     let kcfg = KafkaConfig {
         brokers: brokers.clone(),
         topic: topic.clone(),
         group: format!("monitor-{}", std::process::id()),
         state_dir: state.clone(),
         properties: props,
+        batch_max: std::env::var("DRAIN_BATCH").map_or(20_000, |b| b.parse().unwrap()),
         ..KafkaConfig::default()
     };
     let engine = Arc::new(Engine::new(Config::default()));
@@ -88,19 +100,29 @@ fn main() {
         std::thread::sleep(Duration::from_millis(1));
     }
     let first = Instant::now();
+    let cpu0 = cpu_s();
     while source.stats.messages.load(Ordering::Relaxed) < n {
         std::thread::sleep(Duration::from_millis(1));
     }
     let monitor_s = first.elapsed().as_secs_f64();
+    let monitor_cpu = cpu_s() - cpu0;
     stop.store(true, Ordering::Relaxed);
     runner.join().unwrap();
     let _ = std::fs::remove_dir_all(&state);
     let (bare_rate, mon_rate) = (n as f64 / bare_s, n as f64 / monitor_s);
     println!(
-        "{{\"messages\":{n},\"bytes\":{bytes},\"bare_seconds\":{bare_s:.3},\"bare_per_s\":{bare_rate:.0},\"monitor_seconds\":{monitor_s:.3},\"monitor_per_s\":{mon_rate:.0},\"monitor_over_bare\":{:.3},\"accepted\":{}}}",
+        "{{\"messages\":{n},\"bytes\":{bytes},\"bare_seconds\":{bare_s:.3},\"bare_per_s\":{bare_rate:.0},\"monitor_seconds\":{monitor_s:.3},\"monitor_per_s\":{mon_rate:.0},\"monitor_over_bare\":{:.3},\"bare_cpu_us_per_msg\":{:.2},\"monitor_cpu_us_per_msg\":{:.2},\"accepted\":{}}}",
         mon_rate / bare_rate,
+        bare_cpu * 1e6 / n as f64,
+        monitor_cpu * 1e6 / n as f64,
         engine.publish().0.totals.accepted
     );
+}
+
+fn cpu_s() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    let f: Vec<&str> = stat.rsplit(')').next().unwrap().split_whitespace().collect();
+    (f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap()) / 100.0
 }
 
 /// Topic creation and producing, without the test crate.
