@@ -43,17 +43,22 @@ pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
 
 /// Produces every line, keyed by its user (so a user's events share a partition).
 pub fn produce(topic: &str, lines: &[&[u8]]) {
-    produce_with(topic, lines, true)
+    produce_with(&brokers(), topic, lines, true)
+}
+
+/// Like [`produce`], to the given brokers.
+pub fn produce_to(brokers: &str, topic: &str, lines: &[&[u8]]) {
+    produce_with(brokers, topic, lines, true)
 }
 
 /// Produces every line without a key: events (and re-deliveries) spread over partitions.
 pub fn produce_unkeyed(topic: &str, lines: &[&[u8]]) {
-    produce_with(topic, lines, false)
+    produce_with(&brokers(), topic, lines, false)
 }
 
-fn produce_with(topic: &str, lines: &[&[u8]], keyed: bool) {
+fn produce_with(brokers: &str, topic: &str, lines: &[&[u8]], keyed: bool) {
     let producer: ThreadedProducer<DefaultProducerContext> =
-        ClientConfig::new().set("bootstrap.servers", brokers()).set("linger.ms", "5").create().expect("producer");
+        ClientConfig::new().set("bootstrap.servers", brokers).set("linger.ms", "5").create().expect("producer");
     for l in lines {
         let key = serde_json::from_slice::<serde_json::Value>(l)
             .ok()

@@ -251,22 +251,31 @@ fn two_members_one_stopped_nothing_lost_or_counted_twice() {
     assert_eq!(pos_b.next.values().sum::<i64>(), lines.len() as i64, "{pos_b:?}");
 }
 
-/// A private broker on a fixed port, for tests that stop and restart it.
+/// A private broker for tests that stop and replace it: it listens on its own port and
+/// advertises the relay's, so clients only ever see the relay's address.
 struct PrivateBroker {
     child: std::process::Child,
+    port: u16,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn tansu() -> String {
+    std::env::var("WARROOM_TANSU").expect("WARROOM_TANSU is not set: run the tests with scripts/test.sh")
 }
 
 impl PrivateBroker {
-    fn start(port: u16) -> PrivateBroker {
-        let bin = std::env::var("WARROOM_TANSU").expect("WARROOM_TANSU is not set: run the tests with scripts/test.sh");
-        let url = format!("tcp://127.0.0.1:{port}");
-        let child = std::process::Command::new(bin)
+    fn start(advertised: u16) -> PrivateBroker {
+        let port = free_port();
+        let child = std::process::Command::new(tansu())
             .args([
                 "broker",
                 "--listener-url",
-                &url,
+                &format!("tcp://127.0.0.1:{port}"),
                 "--advertised-listener-url",
-                &url,
+                &format!("tcp://127.0.0.1:{advertised}"),
                 "--storage-engine",
                 "memory://tansu/",
             ])
@@ -279,7 +288,17 @@ impl PrivateBroker {
             assert!(started.elapsed() < Duration::from_secs(10), "private broker did not listen");
             std::thread::sleep(Duration::from_millis(50));
         }
-        PrivateBroker { child }
+        PrivateBroker { child, port }
+    }
+
+    /// Creates a topic on this broker directly (with Tansu's own CLI, not through the relay).
+    fn create_topic(&self, topic: &str, partitions: u32) {
+        let out = std::process::Command::new(tansu())
+            .args(["topic", "create", "--broker", &format!("tcp://127.0.0.1:{}", self.port)])
+            .args(["--partitions", &partitions.to_string(), topic])
+            .output()
+            .expect("tansu topic create");
+        assert!(out.status.success(), "tansu topic create: {}", String::from_utf8_lossy(&out.stderr));
     }
 
     fn kill(mut self) {
@@ -288,36 +307,132 @@ impl PrivateBroker {
     }
 }
 
-/// Blocked upstream: with the broker killed and a new empty Tansu started on the same port,
-/// librdkafka 2.12.1 (bundled by rdkafka-sys 4.10) segfaults in its own thread while updating
-/// its metadata cache (rd_kafka_metadata_update_op -> rd_kafka_metadata_cache_find -> strcmp),
-/// the family of confluentinc/librdkafka#4907 and #5280. Run it with `--ignored` to see it.
-/// Until fixed, run the monitor under a supervisor: a crash loses and double-counts nothing
-/// (see crates/warroom/tests/kafka_crash.rs), so a restart recovers exactly.
-#[test]
-#[ignore = "librdkafka 2.12.1 segfaults on this broker replacement (metadata cache); see the doc comment"]
-fn a_broker_lost_and_replaced_does_not_crash_or_wedge_the_monitor() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let addr = format!("127.0.0.1:{port}");
-    let broker = PrivateBroker::start(port);
-    let topic = unique("outage");
-    let first = input(3_000, 41);
-    let first_lines = warroom_tests::lines(&first);
-    let produce_here = |lines: &[&[u8]]| {
-        let producer: rdkafka::producer::ThreadedProducer<rdkafka::producer::DefaultProducerContext> =
-            ClientConfig::new().set("bootstrap.servers", &addr).set("linger.ms", "5").create().unwrap();
-        for l in lines {
-            let mut rec = Some(rdkafka::producer::BaseRecord::<str, [u8]>::to(&topic).payload(*l));
-            while let Some(r) = rec.take() {
-                if let Err((_, r)) = producer.send(r) {
-                    std::thread::sleep(Duration::from_millis(5));
-                    rec = Some(r);
+/// A TCP relay on a fixed port in front of the current broker. `cut` drops every connection
+/// and refuses new ones (the broker is gone for the clients); `point_to` sends new
+/// connections to a broker.
+struct Relay {
+    port: u16,
+    backend: Arc<std::sync::Mutex<Option<u16>>>,
+    conns: Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl Relay {
+    fn start() -> Relay {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let backend: Arc<std::sync::Mutex<Option<u16>>> = Arc::default();
+        let conns: Arc<std::sync::Mutex<Vec<std::net::TcpStream>>> = Arc::default();
+        let (b, c) = (backend.clone(), conns.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let Some(port) = *b.lock().unwrap() else { continue };
+                let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", port)) else { continue };
+                let mut conns = c.lock().unwrap();
+                conns.push(client.try_clone().unwrap());
+                conns.push(server.try_clone().unwrap());
+                for (mut from, mut to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server.try_clone().unwrap(), client.try_clone().unwrap()),
+                ] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
                 }
             }
+        });
+        Relay { port, backend, conns }
+    }
+
+    fn point_to(&self, broker: &PrivateBroker) {
+        *self.backend.lock().unwrap() = Some(broker.port);
+    }
+
+    fn cut(&self) {
+        *self.backend.lock().unwrap() = None;
+        for c in self.conns.lock().unwrap().drain(..) {
+            let _ = c.shutdown(std::net::Shutdown::Both);
         }
-        rdkafka::producer::Producer::flush(&producer, Duration::from_secs(30)).unwrap();
-    };
-    produce_here(&first_lines);
+    }
+}
+
+/// The broker is unreachable when the monitor starts, then reachable, then lost mid-run for a
+/// while, then back: the monitor starts anyway and says it is degraded, keeps serving its last
+/// state through the outage, reconnects by itself and ends with exactly the reference's
+/// totals and windows: nothing lost, nothing counted twice.
+#[test]
+fn a_broker_unreachable_at_start_and_lost_mid_run_degrades_then_resumes_exactly() {
+    let relay = Relay::start();
+    let addr = format!("127.0.0.1:{}", relay.port);
+    let topic = unique("outage");
+    let broker = PrivateBroker::start(relay.port);
+    broker.create_topic(&topic, 4);
+    let buf = input(6_000, 43);
+    let lines = warroom_tests::lines(&buf);
+    let half = lines.len() / 2;
+    relay.point_to(&broker);
+    warroom_tests::kafka::produce_to(&addr, &topic, &lines[..half]);
+    relay.cut();
+
+    let state = tempfile::tempdir().unwrap();
+    let mut kcfg = kafka_cfg(&topic, &unique("outage-group"), state.path());
+    kcfg.brokers = addr.clone();
+    kcfg.properties.insert("reconnect.backoff.max.ms".into(), "1000".into());
+    let member = Member::start(kcfg);
+    wait_until("degraded while the broker is unreachable at start", || {
+        member.source.stats.health() == warroom_ingest::kafka::Health::Degraded
+    });
+    assert_eq!(member.read(), 0);
+
+    relay.point_to(&broker);
+    wait_until("first half read once the broker is reachable", || member.read() >= half as u64);
+    wait_until("healthy", || member.source.stats.health() == warroom_ingest::kafka::Health::Ok);
+    let before = member.engine.publish().0.totals;
+
+    relay.cut();
+    wait_until("degraded when the broker is lost", || {
+        member.source.stats.health() == warroom_ingest::kafka::Health::Degraded
+    });
+    // Still serving the last state, a while into the outage.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(member.engine.publish().0.totals, before);
+
+    relay.point_to(&broker);
+    warroom_tests::kafka::produce_to(&addr, &topic, &lines[half..]);
+    wait_until("second half read after the outage", || member.read() >= lines.len() as u64);
+    wait_until("healthy again", || member.source.stats.health() == warroom_ingest::kafka::Health::Ok);
+    // A little longer: a double read would show as more messages than were produced.
+    std::thread::sleep(Duration::from_secs(1));
+    let (engine, _, read) = member.stop();
+    assert_eq!(read, lines.len() as u64, "each message read once");
+    let want = warroom_tests::reference(&lines, &[60_000, 300_000, 3_600_000], 300_000);
+    warroom_tests::assert_matches_reference(&engine.publish().0, &want, "across the outages");
+    broker.kill();
+}
+
+/// Blocked upstream: the broker dies and a new, empty one comes up at the same address (here
+/// with the topic created on it before clients can reach it). librdkafka 2.12.1 (bundled by
+/// rdkafka-sys 4.10, the newest on crates.io) then segfaults in its own thread: a Fetch reply
+/// carrying leader-change tags for a topic with a zero topic id makes
+/// `rd_kafka_handle_Fetch_metadata_update` queue a metadata update with a NULL topic name,
+/// and `rd_kafka_metadata_update_op` -> `rd_kafka_metadata_cache_find` -> `strcmp(NULL)`
+/// crashes (rdkafka_fetcher.c passes `NULL` as the name; the family of
+/// confluentinc/librdkafka#4907 and #5280). A restarted Kafka broker keeps its topics and ids,
+/// which the test above covers (outage, same broker back). Until fixed, run the monitor under
+/// a supervisor (deploy/): a crash loses and double-counts nothing
+/// (crates/warroom/tests/kafka_crash.rs). Run it with `--ignored` to see the crash.
+#[test]
+#[ignore = "librdkafka 2.12.1 segfaults (strcmp on a NULL topic name) when a new empty broker replaces the old; see the doc comment"]
+fn a_broker_lost_and_replaced_does_not_crash_or_wedge_the_monitor() {
+    let relay = Relay::start();
+    let addr = format!("127.0.0.1:{}", relay.port);
+    let topic = unique("outage");
+    let broker = PrivateBroker::start(relay.port);
+    broker.create_topic(&topic, 4);
+    relay.point_to(&broker);
+    let first = input(3_000, 41);
+    let first_lines = warroom_tests::lines(&first);
+    warroom_tests::kafka::produce_to(&addr, &topic, &first_lines);
 
     let state = tempfile::tempdir().unwrap();
     let mut kcfg = kafka_cfg(&topic, &unique("outage-group"), state.path());
@@ -326,25 +441,37 @@ fn a_broker_lost_and_replaced_does_not_crash_or_wedge_the_monitor() {
     let member = Member::start(kcfg);
     wait_until("first events read", || member.read() >= first_lines.len() as u64);
     let before = member.engine.publish().0.totals;
+    let positions = member.source.positions();
 
+    relay.cut();
     broker.kill();
     wait_until("the source reports itself degraded", || {
         member.source.stats.health() == warroom_ingest::kafka::Health::Degraded
     });
-    // Still serving the last state.
+    // Still serving the last state, a while into the outage.
+    std::thread::sleep(Duration::from_secs(3));
     assert_eq!(member.engine.publish().0.totals, before);
 
-    // A new, empty broker on the same address; new events arrive on it.
-    let broker = PrivateBroker::start(port);
-    // Other event ids than the first batch (the generator numbers them from 0 each time).
-    let second_text = String::from_utf8(input(2_000, 42)).unwrap().replace("\"e-", "\"second-e-");
+    let broker = PrivateBroker::start(relay.port);
+    broker.create_topic(&topic, 4);
+    relay.point_to(&broker);
+    // Fewer new events per partition than the old positions: each partition's old position is
+    // past the new log's end, so the consumer resets to the new log's start and reads it all.
+    // (Other event ids than the first batch: the generator numbers them from 0 each time.)
+    let second_text = String::from_utf8(input(400, 42)).unwrap().replace("\"e-", "\"second-e-");
     let second_lines: Vec<&[u8]> = second_text.lines().map(str::as_bytes).collect();
-    produce_here(&second_lines);
+    let smallest_old = positions.next.values().min().copied().unwrap_or(0);
+    assert!(second_lines.len() / 4 * 2 < smallest_old as usize, "old positions {positions:?}");
+    warroom_tests::kafka::produce_to(&addr, &topic, &second_lines);
     wait_until("events of the new broker read", || member.read() >= (first_lines.len() + second_lines.len()) as u64);
-    assert_eq!(member.source.stats.health(), warroom_ingest::kafka::Health::Ok);
+    wait_until("healthy again", || member.source.stats.health() == warroom_ingest::kafka::Health::Ok);
     let (engine, _, read) = member.stop();
     assert_eq!(read, (first_lines.len() + second_lines.len()) as u64);
-    assert!(engine.publish().0.totals.accepted > before.accepted);
+    let mut both = first_lines.clone();
+    both.extend(&second_lines);
+    let want = warroom_tests::reference(&both, &[60_000, 300_000, 3_600_000], 300_000);
+    assert_eq!(engine.publish().0.totals.gmv_cents, want.totals.gmv_cents, "GMV of both brokers' events");
+    assert_eq!(engine.publish().0.totals.accepted, want.totals.accepted);
     broker.kill();
 }
 
