@@ -144,6 +144,10 @@ pub struct SourceStats {
     pub last_checkpoint_ms: AtomicU64,
     pub last_checkpoint_duration_us: AtomicU64,
     health: AtomicU8,
+    /// Messages per second over the last measuring period, times 1000.
+    rate_milli: AtomicU64,
+    /// Per partition, the end of its log (high watermark) from librdkafka's statistics.
+    ends: Mutex<BTreeMap<i32, i64>>,
 }
 
 impl SourceStats {
@@ -153,6 +157,18 @@ impl SourceStats {
             2 => Health::Degraded,
             _ => Health::Starting,
         }
+    }
+
+    /// Messages applied per second, measured over the last second or so.
+    pub fn rate(&self) -> f64 {
+        self.rate_milli.load(Ordering::Relaxed) as f64 / 1000.0
+    }
+
+    /// Each partition's log end, as of librdkafka's last statistics (every second). Lag is
+    /// this minus the position. (Tansu reports the base offset of the last batch as the high
+    /// watermark, so there lag reads slightly low.)
+    pub fn partition_ends(&self) -> BTreeMap<i32, i64> {
+        self.ends.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     fn set_health(&self, h: Health) {
@@ -293,6 +309,7 @@ impl Shared {
         if pending.meta.is_empty() {
             return;
         }
+        let _span = tracing::debug_span!("kafka_batch", messages = pending.meta.len()).entered();
         let msgs: Vec<&[u8]> = pending.meta.iter().map(|m| &pending.bytes[m.payload.clone()]).collect();
         let seqs: Vec<u64> = pending.meta.iter().map(|m| m.offset as u64).collect();
         let lanes: Vec<u16> = pending.meta.iter().map(|m| m.partition as u16).collect();
@@ -392,6 +409,19 @@ struct Ctx {
 }
 
 impl ClientContext for Ctx {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let mut ends = self.stats.ends.lock().unwrap_or_else(|p| p.into_inner());
+        ends.clear();
+        for topic in statistics.topics.values() {
+            for (p, part) in &topic.partitions {
+                // librdkafka lists an internal partition -1; only assigned ones have an end.
+                if *p >= 0 && part.hi_offset >= 0 {
+                    ends.insert(*p, part.hi_offset);
+                }
+            }
+        }
+    }
+
     fn error(&self, error: KafkaError, reason: &str) {
         tracing::warn!(error = %error, reason, "kafka client error");
         self.stats.set_health(Health::Degraded);
@@ -484,7 +514,9 @@ impl KafkaSource {
             // librdkafka's default (1 s) idles the fetcher for a whole second whenever its
             // queue is full, which a monitor busy applying a batch often lets happen: drain
             // rate 0.38-0.47 of a bare consumer with it, 0.54-0.74 with 10 ms (BENCHMARKS.md).
-            .set("fetch.queue.backoff.ms", "10");
+            .set("fetch.queue.backoff.ms", "10")
+            // Partition ends for the lag metric (the `stats` callback).
+            .set("statistics.interval.ms", "1000");
         for (k, v) in &cfg.properties {
             cc.set(k, v);
         }
@@ -542,7 +574,15 @@ impl KafkaSource {
 
     fn poll_until(&self, stop: &AtomicBool) {
         let batch_max = self.shared.cfg.batch_max.max(1);
+        let mut rate_since = (Instant::now(), self.stats.messages.load(Ordering::Relaxed));
         while !stop.load(Ordering::Relaxed) {
+            let elapsed = rate_since.0.elapsed();
+            if elapsed >= Duration::from_secs(1) {
+                let now = self.stats.messages.load(Ordering::Relaxed);
+                let rate = (now - rate_since.1) as f64 / elapsed.as_secs_f64();
+                self.stats.rate_milli.store((rate * 1000.0) as u64, Ordering::Relaxed);
+                rate_since = (Instant::now(), now);
+            }
             let deadline = Instant::now() + Duration::from_millis(50);
             let mut taken = 0usize;
             while taken < batch_max {

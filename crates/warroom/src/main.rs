@@ -77,6 +77,12 @@ enum Cmd {
         /// Write the snapshot here every second (atomically), and on exit.
         #[arg(long)]
         snapshot_out: Option<PathBuf>,
+        /// Where the API and the screen listen (port 0: any free port, printed at start).
+        #[arg(long, env = "WARROOM_LISTEN", default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+        /// Tokens and roles (TOML, see config/auth.demo.toml); default: the demo tokens.
+        #[arg(long, env = "WARROOM_AUTH_FILE")]
+        auth_file: Option<PathBuf>,
     },
     /// Generate a Double-11-shaped event file with duplicates, re-sent payments, late and bad lines.
     Gen {
@@ -135,6 +141,8 @@ struct RunOpts {
     group: Option<String>,
     state_dir: Option<PathBuf>,
     snapshot_out: Option<PathBuf>,
+    listen: std::net::SocketAddr,
+    auth_file: Option<PathBuf>,
 }
 
 fn main() {
@@ -150,7 +158,21 @@ fn main() {
         Cmd::Replay { input, snapshot_out, rejects_out, config, quiet } => {
             replay(&input, &snapshot_out, rejects_out.as_deref(), config.as_deref(), quiet)
         }
-        Cmd::Run { source, input, config, duration, speed, rate, brokers, topic, group, state_dir, snapshot_out } => {
+        Cmd::Run {
+            source,
+            input,
+            config,
+            duration,
+            speed,
+            rate,
+            brokers,
+            topic,
+            group,
+            state_dir,
+            snapshot_out,
+            listen,
+            auth_file,
+        } => {
             let opts = RunOpts {
                 source,
                 input,
@@ -163,6 +185,8 @@ fn main() {
                 group,
                 state_dir,
                 snapshot_out,
+                listen,
+                auth_file,
             };
             run(opts)
         }
@@ -381,10 +405,29 @@ fn run(o: RunOpts) -> anyhow::Result<()> {
         )),
         _ => None,
     };
+    let auth = warroom_api::Auth::load(o.auth_file.as_deref())?;
+    let hub = Arc::new(warroom_api::Hub::new());
+    let api_source = match &kafka {
+        Some(k) => warroom_api::Source::Kafka(k.clone()),
+        None if matches!(source, Source::File) => warroom_api::Source::File,
+        None => warroom_api::Source::Sim,
+    };
+    let api = Arc::new(warroom_api::AppState::new(engine.clone(), auth, hub.clone(), api_source));
+    let server = serve_api(o.listen, api, stop.clone())?;
+    let base = format!("http://{}", server.addr);
+    if o.auth_file.is_none() {
+        println!("screen (ops):      {base}/#token=demo-ops-token-0001");
+        println!("screen (merchant): {base}/#token=demo-merchant-m3-token");
+        println!("API:               curl -H 'Authorization: Bearer demo-ops-token-0001' {base}/api/v1/snapshot");
+        println!("(demo tokens from config/auth.demo.toml; use --auth-file for your own)");
+    } else {
+        println!("screen: {base}/#token=YOUR_TOKEN   API: {base}/api/v1/openapi.json");
+    }
     tracing::info!(
         source = ?source,
         shards = engine.shard_count(),
-        "warroom running; one summary line per second. The live screen and API come with the API issue; stop with Ctrl-C"
+        listen = %server.addr,
+        "warroom running; one summary line per second; stop with Ctrl-C"
     );
     let feeder = {
         let stop = stop.clone();
@@ -419,6 +462,7 @@ fn run(o: RunOpts) -> anyhow::Result<()> {
         for c in &changes {
             tracing::debug!(venue = %c.venue, slot = %c.slot, from = ?c.from, to = c.to, "race: rank change");
         }
+        hub.publish(snap.clone(), changes);
         if last_line.elapsed() >= Duration::from_secs(1) {
             last_line = Instant::now();
             println!("{} | rank moves {moves}", summary_line(&snap));
@@ -440,6 +484,7 @@ fn run(o: RunOpts) -> anyhow::Result<()> {
         }
     }
     stop.store(true, Ordering::Relaxed);
+    server.stop();
     match feeder.join() {
         Ok(r) => r?,
         Err(_) => anyhow::bail!("the source thread panicked; see the log above"),
@@ -450,4 +495,51 @@ fn run(o: RunOpts) -> anyhow::Result<()> {
         write_json_atomically(p, &snap)?;
     }
     Ok(())
+}
+
+/// The API server, on its own tokio runtime thread.
+struct ApiServer {
+    addr: std::net::SocketAddr,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ApiServer {
+    fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn serve_api(
+    listen: std::net::SocketAddr,
+    state: Arc<warroom_api::AppState>,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<ApiServer> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("api")
+        .enable_all()
+        .build()
+        .context("starting the API runtime")?;
+    let listener = rt.block_on(tokio::net::TcpListener::bind(listen)).with_context(|| {
+        format!("cannot listen on {listen}: is another monitor running? Pass --listen 127.0.0.1:PORT")
+    })?;
+    let addr = listener.local_addr()?;
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let thread = std::thread::Builder::new().name("api".into()).spawn(move || {
+        let shutdown = async move {
+            let _ = rx.await;
+        };
+        if let Err(e) = rt.block_on(warroom_api::serve(listener, state, shutdown)) {
+            tracing::error!(error = %e, "the API server stopped; the monitor stops too");
+            stop.store(true, Ordering::Relaxed);
+        }
+        rt.shutdown_timeout(Duration::from_secs(2));
+    })?;
+    Ok(ApiServer { addr, shutdown: Some(tx), thread: Some(thread) })
 }

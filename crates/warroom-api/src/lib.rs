@@ -1,0 +1,342 @@
+//! The live API and the war-room screen (axum): REST reads, race-rule changes with an audit
+//! trail, WebSocket push, Prometheus metrics, and the screen itself at `/`.
+//!
+//! Every endpoint but `/healthz` and `/readyz` needs `Authorization: Bearer TOKEN` (the
+//! WebSocket may instead offer the token as a subprotocol `bearer.TOKEN`, or as `?token=`).
+//! The screen's page at `/` holds no data and loads without a token; it takes the token from
+//! the URL fragment (never sent to the server) and uses it for the WebSocket.
+
+pub mod auth;
+pub mod hub;
+pub mod metrics;
+pub mod scope;
+mod ws;
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, put};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use warroom_engine::{Engine, RuleSpec};
+use warroom_ingest::kafka::{Health, KafkaSource};
+
+pub use auth::{Auth, Caller, Role};
+pub use hub::Hub;
+use scope::{merchant_view, venue_view, Scope};
+
+/// Where the events come from, for readiness and metrics.
+pub enum Source {
+    Sim,
+    File,
+    Kafka(Arc<KafkaSource>),
+}
+
+/// A race-rule change, as kept in the audit trail.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AuditEntry {
+    pub at_ms: i64,
+    /// The caller's name from the auth file (never its token).
+    pub by: String,
+    pub action: String,
+    pub venue: String,
+    pub old_rule: String,
+    pub new_rule: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub weights: Option<RuleSpec>,
+}
+
+pub struct AppState {
+    pub engine: Arc<Engine>,
+    pub auth: Auth,
+    pub hub: Arc<Hub>,
+    pub source: Source,
+    pub audit: Mutex<VecDeque<AuditEntry>>,
+    pub started: Instant,
+    pub http: metrics::HttpStats,
+    /// Data older than this (wall clock since the last applied event) is stale.
+    pub stale_after_ms: i64,
+}
+
+impl AppState {
+    pub fn new(engine: Arc<Engine>, auth: Auth, hub: Arc<Hub>, source: Source) -> AppState {
+        AppState {
+            engine,
+            auth,
+            hub,
+            source,
+            audit: Mutex::default(),
+            started: Instant::now(),
+            http: metrics::HttpStats::default(),
+            stale_after_ms: 10_000,
+        }
+    }
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+/// An error as the API returns it: a status and a JSON body whose message says what to fix.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError { status, code, message: message.into() }
+    }
+    fn unauthorized() -> ApiError {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "send `Authorization: Bearer TOKEN` with a token from the auth file (--auth-file)",
+        )
+    }
+    fn forbidden(what: &str) -> ApiError {
+        ApiError::new(StatusCode::FORBIDDEN, "forbidden", format!("this token's role may not {what}"))
+    }
+    fn not_found(what: String) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", what)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({ "error": self.code, "message": self.message });
+        let mut r = (self.status, Json(body)).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            r.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+        }
+        r
+    }
+}
+
+/// The bearer token of a request, if any.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+impl AppState {
+    fn authorize(&self, token: Option<&str>) -> Result<Caller, ApiError> {
+        let caller = token.and_then(|t| self.auth.check(t));
+        match caller {
+            Some(c) => Ok(c),
+            None => {
+                self.http.auth_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Err(ApiError::unauthorized())
+            }
+        }
+    }
+
+    fn caller(&self, headers: &HeaderMap) -> Result<Caller, ApiError> {
+        self.authorize(bearer(headers))
+    }
+}
+
+type Shared = Arc<AppState>;
+
+pub fn router(state: Shared) -> Router {
+    Router::new()
+        .route("/", get(screen))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics::handler))
+        .route("/api/v1/snapshot", get(snapshot))
+        .route("/api/v1/venues/{venue}/race", get(race))
+        .route("/api/v1/venues/{venue}/rule", put(put_rule).get(get_rule))
+        .route("/api/v1/slots/{slot}", get(slot))
+        .route("/api/v1/audit", get(audit))
+        .route("/api/v1/openapi.json", get(openapi))
+        .route("/api/v1/stream", get(ws::upgrade))
+        .fallback(|| async { ApiError::not_found("no such endpoint; see /api/v1/openapi.json".into()) })
+        .layer(axum::middleware::from_fn_with_state(state.clone(), metrics::count_requests))
+        .with_state(state)
+}
+
+/// Serves until `shutdown` completes.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: Shared,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+}
+
+async fn screen() -> Html<&'static str> {
+    Html(include_str!("../assets/screen.html"))
+}
+
+async fn openapi() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], include_str!("../assets/openapi.json"))
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// Ready when a snapshot has been published and the source is not degraded.
+async fn readyz(State(st): State<Shared>) -> Response {
+    let published = st.engine.publishes() > 0;
+    let source = match &st.source {
+        Source::Kafka(k) => match k.stats.health() {
+            Health::Ok => Ok(()),
+            Health::Starting => Err("kafka source starting: waiting for the group assignment"),
+            Health::Degraded => Err("kafka source degraded: brokers unreachable; serving the last state"),
+        },
+        _ => Ok(()),
+    };
+    match (published, source) {
+        (true, Ok(())) => (StatusCode::OK, "ready\n").into_response(),
+        (false, _) => (StatusCode::SERVICE_UNAVAILABLE, "not ready: nothing published yet\n").into_response(),
+        (_, Err(why)) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")).into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+struct VenueQuery {
+    venue: Option<String>,
+}
+
+async fn snapshot(
+    State(st): State<Shared>,
+    headers: HeaderMap,
+    Query(q): Query<VenueQuery>,
+) -> Result<Response, ApiError> {
+    let caller = st.caller(&headers)?;
+    let snap = st.engine.snapshot();
+    Ok(match (&caller.merchant_id, caller.role) {
+        (Some(m), Role::Merchant) => Json(merchant_view(&snap, m, q.venue.as_deref())).into_response(),
+        _ => match q.venue {
+            Some(v) => Json(venue_view(&snap, &v)).into_response(),
+            None => Json(&*snap).into_response(),
+        },
+    })
+}
+
+async fn race(State(st): State<Shared>, headers: HeaderMap, Path(venue): Path<String>) -> Result<Response, ApiError> {
+    let caller = st.caller(&headers)?;
+    let snap = st.engine.snapshot();
+    let v = snap.venues.iter().find(|v| v.venue == venue);
+    match (&caller.merchant_id, v) {
+        (_, None) => {
+            Err(ApiError::not_found(format!("no venue `{venue}` has been seen; GET /api/v1/snapshot lists them")))
+        }
+        (Some(m), Some(_)) => {
+            let view = merchant_view(&snap, m, Some(&venue));
+            match view.venues.into_iter().next() {
+                Some(mv) => Ok(Json(mv).into_response()),
+                None => Err(ApiError::not_found(format!("merchant {m} has no slot in venue `{venue}`"))),
+            }
+        }
+        (None, Some(v)) => Ok(Json(serde_json::json!({ "venue": v.venue, "race": v.race })).into_response()),
+    }
+}
+
+async fn slot(State(st): State<Shared>, headers: HeaderMap, Path(slot): Path<String>) -> Result<Response, ApiError> {
+    let caller = st.caller(&headers)?;
+    let snap = st.engine.snapshot();
+    let found = snap.slots.iter().find(|s| s.slot == slot);
+    let visible = found.filter(|s| caller.can_read_all() || caller.merchant_id.as_deref() == Some(&s.merchant_id));
+    // A merchant asking for another merchant's slot gets the same answer as for a slot that
+    // does not exist: its existence is not revealed.
+    let Some(s) = visible else {
+        return Err(ApiError::not_found(format!("no slot `{slot}` visible to this token")));
+    };
+    let place = snap
+        .venues
+        .iter()
+        .find(|v| v.venue == s.venue)
+        .and_then(|v| v.race.ranking.iter().find(|e| e.slot == slot).map(|e| (v.race.rule.clone(), e.clone())));
+    Ok(Json(serde_json::json!({
+        "as_of_ms": snap.as_of_ms,
+        "slot": s,
+        "race": place.map(|(rule, e)| serde_json::json!({ "rule": rule, "entry": e })),
+    }))
+    .into_response())
+}
+
+async fn get_rule(
+    State(st): State<Shared>,
+    headers: HeaderMap,
+    Path(venue): Path<String>,
+) -> Result<Response, ApiError> {
+    st.caller(&headers)?;
+    Ok(Json(serde_json::json!({ "venue": venue, "rule": st.engine.rule_of(&venue) })).into_response())
+}
+
+/// Body of `PUT /api/v1/venues/{venue}/rule`: a named rule, or a composite rule's weights.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RuleBody {
+    rule: String,
+    #[serde(default)]
+    weights: Option<std::collections::BTreeMap<warroom_engine::race::Input, f64>>,
+    #[serde(default)]
+    description: String,
+}
+
+async fn put_rule(
+    State(st): State<Shared>,
+    headers: HeaderMap,
+    Path(venue): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let caller = st.caller(&headers)?;
+    if caller.role != Role::Admin {
+        return Err(ApiError::forbidden("change race rules (admin only)"));
+    }
+    let body: RuleBody = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_rule",
+            format!("{e}; send {{\"rule\": \"gmv\"}}, a rule named in [race.rules], or {{\"rule\": \"my-rule\", \"weights\": {{\"gmv\": 0.7, \"gmv_rise\": 0.3}}}}"),
+        )
+    })?;
+    let spec = body.weights.map(|weights| RuleSpec { weights, description: body.description });
+    let change = st
+        .engine
+        .set_rule(&venue, &body.rule, spec.clone())
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_rule", e.to_string()))?;
+    let entry = AuditEntry {
+        at_ms: now_ms(),
+        by: caller.name.clone(),
+        action: "set_rule".into(),
+        venue: change.venue,
+        old_rule: change.old_rule,
+        new_rule: change.new_rule,
+        weights: spec,
+    };
+    tracing::info!(target: "audit", by = %entry.by, venue = %entry.venue, old = %entry.old_rule, new = %entry.new_rule, "race rule changed");
+    {
+        let mut audit = st.audit.lock().unwrap_or_else(|p| p.into_inner());
+        audit.push_back(entry.clone());
+        while audit.len() > 10_000 {
+            audit.pop_front();
+        }
+    }
+    Ok(Json(entry).into_response())
+}
+
+async fn audit(State(st): State<Shared>, headers: HeaderMap) -> Result<Response, ApiError> {
+    let caller = st.caller(&headers)?;
+    if !caller.can_read_all() {
+        return Err(ApiError::forbidden("read the audit trail"));
+    }
+    let entries: Vec<AuditEntry> = st.audit.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned().collect();
+    Ok(Json(entries).into_response())
+}
+
+/// The scope a caller may see, narrowed by what it asked for.
+pub fn scope_for(caller: &Caller, venue: Option<String>) -> Scope {
+    Scope { merchant: if caller.role == Role::Merchant { caller.merchant_id.clone() } else { None }, venue }
+}

@@ -1,0 +1,119 @@
+//! What a caller may see of a snapshot. A merchant gets the document cut down to its own
+//! slots (SNAPSHOT.md): its slots, totals and windows summed from them, and its slots' places
+//! in each race. Nothing names or measures another merchant. Site-wide figures (site totals,
+//! funnel, decomposition, plan, rejections) all measure other merchants, so they are left out.
+//! A subscription narrows further to one venue.
+
+use serde::Serialize;
+use warroom_engine::snapshot::{MoneyWindow, RankEntry, SlotStats};
+use warroom_engine::{RankChange, Snapshot};
+
+/// What a client asked to see (it can only narrow what its role allows).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Scope {
+    /// Set for merchant callers (from the token, not from the client).
+    pub merchant: Option<String>,
+    pub venue: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct MerchantSnapshot {
+    pub as_of_ms: i64,
+    pub published_at_ms: i64,
+    pub last_event_at_ms: i64,
+    pub merchant_id: String,
+    pub totals: MerchantTotals,
+    pub windows: Vec<MoneyWindow>,
+    pub venues: Vec<MerchantVenue>,
+    pub slots: Vec<SlotStats>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct MerchantTotals {
+    pub gmv_cents: u64,
+    pub paid_orders: u64,
+    pub impressions: u64,
+    pub clicks: u64,
+    pub slots: u64,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct MerchantVenue {
+    pub venue: String,
+    pub race: MerchantRace,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct MerchantRace {
+    pub window_ms: i64,
+    pub rule: String,
+    /// Only this merchant's entries, with their true ranks.
+    pub ranking: Vec<RankEntry>,
+}
+
+/// The merchant's cut of a snapshot.
+pub fn merchant_view(snap: &Snapshot, merchant: &str, venue: Option<&str>) -> MerchantSnapshot {
+    let in_venue = |v: &str| venue.is_none_or(|want| want == v);
+    let slots: Vec<SlotStats> =
+        snap.slots.iter().filter(|s| s.merchant_id == merchant && in_venue(&s.venue)).cloned().collect();
+    let mut totals = MerchantTotals::default();
+    let mut windows: Vec<MoneyWindow> =
+        snap.windows.iter().map(|w| MoneyWindow { length_ms: w.length_ms, ..Default::default() }).collect();
+    for s in &slots {
+        totals.gmv_cents += s.gmv_cents;
+        totals.paid_orders += s.paid_orders;
+        totals.impressions += s.impressions;
+        totals.clicks += s.clicks;
+        totals.slots += 1;
+        for w in &s.windows {
+            if let Some(t) = windows.iter_mut().find(|t| t.length_ms == w.length_ms) {
+                t.gmv_cents += w.gmv_cents;
+                t.paid_orders += w.paid_orders;
+            }
+        }
+    }
+    let venues = snap
+        .venues
+        .iter()
+        .filter(|v| in_venue(&v.venue))
+        .filter_map(|v| {
+            let ranking: Vec<RankEntry> =
+                v.race.ranking.iter().filter(|e| e.merchant_id == merchant).cloned().collect();
+            let has_slots = slots.iter().any(|s| s.venue == v.venue);
+            (has_slots || !ranking.is_empty()).then(|| MerchantVenue {
+                venue: v.venue.clone(),
+                race: MerchantRace { window_ms: v.race.window_ms, rule: v.race.rule.clone(), ranking },
+            })
+        })
+        .collect();
+    MerchantSnapshot {
+        as_of_ms: snap.as_of_ms,
+        published_at_ms: snap.published_at_ms,
+        last_event_at_ms: snap.last_event_at_ms,
+        merchant_id: merchant.to_string(),
+        totals,
+        windows,
+        venues,
+        slots,
+    }
+}
+
+/// An ops view narrowed to one venue: that venue's entry and slots; site-wide parts stay.
+pub fn venue_view(snap: &Snapshot, venue: &str) -> Snapshot {
+    let mut s = snap.clone();
+    s.venues.retain(|v| v.venue == venue);
+    s.slots.retain(|x| x.venue == venue);
+    s
+}
+
+/// Whether a rank change may be shown in a scope. Rank changes carry no merchant, so the
+/// snapshot they came with says whose slot it is.
+pub fn change_visible(change: &RankChange, scope: &Scope, snap: &Snapshot) -> bool {
+    if scope.venue.as_deref().is_some_and(|v| v != change.venue) {
+        return false;
+    }
+    match &scope.merchant {
+        None => true,
+        Some(m) => snap.slots.iter().any(|s| s.slot == change.slot && &s.merchant_id == m),
+    }
+}

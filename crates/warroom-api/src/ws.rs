@@ -1,0 +1,132 @@
+//! `/api/v1/stream`: a full snapshot on connect, then every newly published state, plus
+//! `race_change` and `alert` messages. Clients may narrow what they get by sending
+//! `{"subscribe": {"venue": "main"}}` (or `{"subscribe": {}}` to widen again); a merchant's
+//! scope is fixed by its token.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::http::HeaderMap;
+use axum::response::Response;
+use futures_util::{SinkExt, StreamExt};
+use serde::Deserialize;
+use tokio::sync::broadcast::error::RecvError;
+
+use crate::{bearer, scope_for, ApiError, AppState, Caller};
+
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+const PING_EVERY: Duration = Duration::from_secs(15);
+const PONG_WITHIN: Duration = Duration::from_secs(45);
+
+#[derive(Deserialize)]
+pub(crate) struct StreamQuery {
+    token: Option<String>,
+    venue: Option<String>,
+}
+
+pub(crate) async fn upgrade(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Query(q): Query<StreamQuery>,
+    ws: WebSocketUpgrade,
+) -> Result<Response, ApiError> {
+    // The token: Authorization header, else a `bearer.TOKEN` subprotocol, else `?token=`.
+    let offered: Vec<String> = headers
+        .get_all(axum::http::header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(',').map(|p| p.trim().to_string()))
+        .collect();
+    let token = bearer(&headers)
+        .map(str::to_string)
+        .or_else(|| offered.iter().find_map(|p| p.strip_prefix("bearer.").map(str::to_string)))
+        .or(q.token);
+    let caller = st.authorize(token.as_deref())?;
+    let venue = q.venue;
+    Ok(ws.protocols(["warroom.v1"]).on_upgrade(move |socket| client(socket, st, caller, venue)))
+}
+
+#[derive(Deserialize)]
+struct ClientMsg {
+    subscribe: Option<Subscribe>,
+}
+
+#[derive(Deserialize)]
+struct Subscribe {
+    venue: Option<String>,
+}
+
+async fn client(socket: WebSocket, st: Arc<AppState>, caller: Caller, venue: Option<String>) {
+    let stats = &st.hub.stats;
+    stats.clients.fetch_add(1, Ordering::Relaxed);
+    stats.connections.fetch_add(1, Ordering::Relaxed);
+    let mut scope = scope_for(&caller, venue);
+    let (mut tx, mut rx) = socket.split();
+    let (mut frames, mut events) = st.hub.subscribe();
+    frames.mark_changed(); // the newest state at once
+    let mut last_seq = 0u64;
+    let mut ping = tokio::time::interval(PING_EVERY);
+    let mut last_pong = Instant::now();
+    loop {
+        let out = tokio::select! {
+            changed = frames.changed() => {
+                if changed.is_err() { break; }
+                let frame = frames.borrow_and_update().clone();
+                if last_seq > 0 && frame.seq > last_seq + 1 {
+                    stats.frames_skipped.fetch_add(frame.seq - last_seq - 1, Ordering::Relaxed);
+                }
+                last_seq = frame.seq;
+                stats.frames_sent.fetch_add(1, Ordering::Relaxed);
+                Message::Text(frame.encoded(&scope))
+            }
+            ev = events.recv() => match ev {
+                Ok(ev) if ev.visible(&scope) => {
+                    stats.events_sent.fetch_add(1, Ordering::Relaxed);
+                    Message::Text(ev.encoded().clone())
+                }
+                Ok(_) => continue,
+                Err(RecvError::Lagged(n)) => { stats.events_lagged.fetch_add(n, Ordering::Relaxed); continue }
+                Err(RecvError::Closed) => break,
+            },
+            _ = ping.tick() => {
+                if last_pong.elapsed() > PONG_WITHIN { break; }
+                Message::Ping(Default::default())
+            }
+            msg = rx.next() => match msg {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break,
+                Some(Ok(Message::Pong(_))) => { last_pong = Instant::now(); continue }
+                Some(Ok(Message::Text(t))) => {
+                    match serde_json::from_str::<ClientMsg>(&t) {
+                        Ok(ClientMsg { subscribe: Some(s) }) => {
+                            scope = scope_for(&caller, s.venue);
+                            frames.mark_changed(); // the newest state in the new scope
+                            continue
+                        }
+                        _ => Message::Text(
+                            r#"{"type":"error","message":"send {\"subscribe\": {\"venue\": \"NAME\"}} or {\"subscribe\": {}}"}"#.into(),
+                        ),
+                    }
+                }
+                Some(Ok(_)) => continue,
+            },
+        };
+        let len = match &out {
+            Message::Text(t) => t.len() as u64,
+            _ => 0,
+        };
+        match tokio::time::timeout(SEND_TIMEOUT, tx.send(out)).await {
+            Ok(Ok(())) => {
+                stats.bytes_sent.fetch_add(len, Ordering::Relaxed);
+            }
+            Ok(Err(_)) => break,
+            Err(_) => {
+                stats.send_timeouts.fetch_add(1, Ordering::Relaxed);
+                break;
+            }
+        }
+    }
+    stats.clients.fetch_sub(1, Ordering::Relaxed);
+}
