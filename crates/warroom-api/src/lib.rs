@@ -176,8 +176,9 @@ async fn screen() -> Html<&'static str> {
     Html(include_str!("../assets/screen.html"))
 }
 
-async fn openapi() -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "application/json")], include_str!("../assets/openapi.json"))
+async fn openapi(State(st): State<Shared>, headers: HeaderMap) -> Result<Response, ApiError> {
+    st.caller(&headers)?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], include_str!("../assets/openapi.json")).into_response())
 }
 
 async fn healthz() -> &'static str {

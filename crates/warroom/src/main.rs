@@ -417,7 +417,7 @@ fn run(o: RunOpts) -> anyhow::Result<()> {
     let base = format!("http://{}", server.addr);
     if o.auth_file.is_none() {
         println!("screen (ops):      {base}/#token=demo-ops-token-0001");
-        println!("screen (merchant): {base}/#token=demo-merchant-m3-token");
+        println!("screen (merchant): {base}/#token=demo-merchant-m4-token");
         println!("API:               curl -H 'Authorization: Bearer demo-ops-token-0001' {base}/api/v1/snapshot");
         println!("(demo tokens from config/auth.demo.toml; use --auth-file for your own)");
     } else {

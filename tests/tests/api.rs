@@ -1,0 +1,340 @@
+//! The API through the real router on a real socket: auth and roles, merchant scoping
+//! (checked against the naive reference), rule hot-swap reaching the next push, reconnects,
+//! and slow WebSocket clients.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use reqwest::StatusCode;
+use serde_json::Value;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+use warroom_api::{AppState, Auth, Hub, Source};
+use warroom_engine::{Config, Engine};
+use warroom_ingest::gen::{write_night, GenConfig};
+use warroom_ingest::ChunkProcessor;
+use warroom_model::Limits;
+
+const OPS: &str = "demo-ops-token-0001";
+const ADMIN: &str = "demo-admin-token-0001";
+
+struct Server {
+    base: String,
+    engine: Arc<Engine>,
+    hub: Arc<Hub>,
+    proc: ChunkProcessor,
+}
+
+impl Server {
+    async fn start(cfg: Config) -> Server {
+        let engine = Arc::new(Engine::new(cfg));
+        let hub = Arc::new(Hub::new());
+        let state = Arc::new(AppState::new(engine.clone(), Auth::load(None).unwrap(), hub.clone(), Source::Sim));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("127.0.0.1:{}", listener.local_addr().unwrap().port());
+        tokio::spawn(warroom_api::serve(listener, state, std::future::pending()));
+        let proc = ChunkProcessor::new(engine.clone(), Limits::default());
+        Server { base, engine, hub, proc }
+    }
+
+    /// Applies events and publishes, as the monitor's publish loop does.
+    fn feed(&mut self, lines: &[u8]) {
+        self.proc.process(lines, 1);
+        self.publish();
+    }
+
+    fn publish(&self) {
+        let (snap, changes) = self.engine.publish();
+        self.hub.publish(snap, changes);
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.base)
+    }
+
+    async fn get(&self, path: &str, token: Option<&str>) -> (StatusCode, String) {
+        let mut req = reqwest::Client::new().get(self.url(path));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let r = req.send().await.unwrap();
+        (r.status(), r.text().await.unwrap())
+    }
+
+    async fn put(&self, path: &str, token: &str, body: &str) -> (StatusCode, String) {
+        let r =
+            reqwest::Client::new().put(self.url(path)).bearer_auth(token).body(body.to_string()).send().await.unwrap();
+        (r.status(), r.text().await.unwrap())
+    }
+
+    async fn ws(&self, token: &str, query: &str) -> Ws {
+        let mut req = format!("ws://{}/api/v1/stream{query}", self.base).into_client_request().unwrap();
+        req.headers_mut().insert("sec-websocket-protocol", format!("warroom.v1, bearer.{token}").parse().unwrap());
+        let (ws, resp) = tokio_tungstenite::connect_async(req).await.expect("websocket upgrade");
+        assert_eq!(resp.headers().get("sec-websocket-protocol").unwrap(), "warroom.v1");
+        ws
+    }
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// The next JSON text message of a given type (pings and other types are skipped).
+async fn next_of(ws: &mut Ws, kind: &str) -> Value {
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .unwrap_or_else(|_| panic!("no `{kind}` message within 10 s"))
+            .expect("stream open")
+            .expect("frame");
+        if let Message::Text(t) = msg {
+            let v: Value = serde_json::from_str(&t).unwrap();
+            if v["type"] == kind {
+                return v;
+            }
+        }
+    }
+}
+
+fn night(events: u64, seed: u64) -> Vec<u8> {
+    let mut buf = Vec::new();
+    let cfg = GenConfig { seed, merchant_change_share: 0.0, ..GenConfig::default() };
+    write_night(cfg, events, 1_794_312_000_000, 3_600_000, &mut buf).unwrap();
+    buf
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_and_roles_are_enforced_with_errors_that_say_what_to_do() {
+    let mut s = Server::start(Config::default()).await;
+    s.feed(&night(2_000, 1));
+    // Health checks need no token.
+    assert_eq!(s.get("/healthz", None).await.0, StatusCode::OK);
+    assert_eq!(s.get("/readyz", None).await.0, StatusCode::OK);
+    // Everything else does.
+    for path in ["/api/v1/snapshot", "/metrics", "/api/v1/venues/main/race", "/api/v1/audit", "/api/v1/openapi.json"] {
+        let (code, body) = s.get(path, None).await;
+        assert_eq!(code, StatusCode::UNAUTHORIZED, "{path}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["error"], "unauthorized");
+        assert!(v["message"].as_str().unwrap().contains("Authorization: Bearer"), "{body}");
+        assert_eq!(s.get(path, Some("not-a-known-token-at-all")).await.0, StatusCode::UNAUTHORIZED, "{path}");
+    }
+    let (code, _) = s.get("/api/v1/snapshot", Some(OPS)).await;
+    assert_eq!(code, StatusCode::OK);
+    // A WebSocket without a token is refused before the upgrade.
+    let err = tokio_tungstenite::connect_async(format!("ws://{}/api/v1/stream", s.base)).await.unwrap_err();
+    assert!(err.to_string().contains("401"), "{err}");
+    // Role checks.
+    assert_eq!(s.get("/metrics", Some("demo-merchant-m4-token")).await.0, StatusCode::FORBIDDEN);
+    assert_eq!(s.get("/api/v1/audit", Some("demo-merchant-m4-token")).await.0, StatusCode::FORBIDDEN);
+    let (code, metrics) = s.get("/metrics", Some(OPS)).await;
+    assert_eq!(code, StatusCode::OK);
+    assert!(metrics.contains("warroom_gmv_cents_total"), "{metrics}");
+    let (code, body) = s.put("/api/v1/venues/main/rule", OPS, r#"{"rule":"gmv"}"#).await;
+    assert_eq!(code, StatusCode::FORBIDDEN, "{body}");
+    // Validation: 400 with what to fix; nothing changed, nothing audited.
+    for bad in [r#"{"rule":"x","weights":{"gmv":-1}}"#, r#"{"rule":"nope"}"#, r#"{"weights":{}}"#, "not json"] {
+        let (code, body) = s.put("/api/v1/venues/main/rule", ADMIN, bad).await;
+        assert_eq!(code, StatusCode::BAD_REQUEST, "{bad}: {body}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert!(!v["message"].as_str().unwrap().is_empty());
+    }
+    assert_eq!(s.engine.rule_of("main"), "gmv");
+    let (code, body) = s.put("/api/v1/venues/main/rule", ADMIN, r#"{"rule":"by-clicks","weights":{"clicks":1}}"#).await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    assert_eq!(s.engine.rule_of("main"), "by-clicks");
+    let (_, audit) = s.get("/api/v1/audit", Some(OPS)).await;
+    let audit: Value = serde_json::from_str(&audit).unwrap();
+    assert_eq!(audit.as_array().unwrap().len(), 1);
+    let e = &audit[0];
+    assert_eq!((e["by"].as_str(), e["venue"].as_str()), (Some("demo-admin"), Some("main")));
+    assert_eq!((e["old_rule"].as_str(), e["new_rule"].as_str()), (Some("gmv"), Some("by-clicks")));
+    assert!(e["at_ms"].as_i64().unwrap() > 0);
+    assert!(!audit.to_string().contains(ADMIN), "the audit trail must not hold tokens");
+    // Unknown endpoints: JSON 404 naming the API description.
+    let (code, body) = s.get("/api/v1/nope", Some(OPS)).await;
+    assert_eq!(code, StatusCode::NOT_FOUND);
+    assert!(body.contains("openapi"), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_merchant_sees_only_its_own_slots_and_numbers() {
+    let buf = night(20_000, 5);
+    let mut s = Server::start(Config::default()).await;
+    s.feed(&buf);
+    let lines = warroom_tests::lines(&buf);
+    let want = warroom_tests::reference(&lines, &[60_000, 300_000, 3_600_000], 300_000);
+    let merchants: BTreeSet<&str> = want.slots.iter().map(|x| x.merchant_id.as_str()).collect();
+    assert!(merchants.len() >= 3, "the test needs several merchants: {merchants:?}");
+    assert!(merchants.contains("m-4"), "{merchants:?}");
+    let (ops_code, full) = s.get("/api/v1/snapshot", Some(OPS)).await;
+    assert_eq!(ops_code, StatusCode::OK);
+    let full: Value = serde_json::from_str(&full).unwrap();
+
+    let (code, body) = s.get("/api/v1/snapshot", Some("demo-merchant-m4-token")).await;
+    assert_eq!(code, StatusCode::OK);
+    let v: Value = serde_json::from_str(&body).unwrap();
+    // Its own slots, exactly those of the reference, with the reference's numbers.
+    let own: Vec<_> = want.slots.iter().filter(|x| x.merchant_id == "m-4").collect();
+    let got: BTreeSet<&str> = v["slots"].as_array().unwrap().iter().map(|x| x["slot"].as_str().unwrap()).collect();
+    assert_eq!(got, own.iter().map(|x| x.slot.as_str()).collect::<BTreeSet<_>>());
+    assert_eq!(v["totals"]["gmv_cents"].as_u64().unwrap(), own.iter().map(|x| x.gmv_cents).sum::<u64>());
+    assert_eq!(v["totals"]["paid_orders"].as_u64().unwrap(), own.iter().map(|x| x.paid_orders).sum::<u64>());
+    assert_eq!(v["totals"]["clicks"].as_u64().unwrap(), own.iter().map(|x| x.clicks).sum::<u64>());
+    for w in v["windows"].as_array().unwrap() {
+        let len = w["length_ms"].as_i64().unwrap();
+        let sum: u64 =
+            own.iter().flat_map(|x| x.windows.iter()).filter(|x| x.length_ms == len).map(|x| x.gmv_cents).sum();
+        assert_eq!(w["gmv_cents"].as_u64().unwrap(), sum, "window {len}");
+    }
+    // Its places in each race: its own entries, at the ranks the full ranking gives them.
+    for venue in v["venues"].as_array().unwrap() {
+        let name = venue["venue"].as_str().unwrap();
+        let full_rank =
+            &full["venues"].as_array().unwrap().iter().find(|x| x["venue"] == name).unwrap()["race"]["ranking"];
+        for e in venue["race"]["ranking"].as_array().unwrap() {
+            assert_eq!(e["merchant_id"], "m-4");
+            let theirs = full_rank.as_array().unwrap().iter().find(|x| x["slot"] == e["slot"]).unwrap();
+            assert_eq!(theirs["rank"], e["rank"]);
+        }
+    }
+    // Nothing that names another merchant or its slots, nor the site's totals.
+    for other in want.slots.iter().filter(|x| x.merchant_id != "m-4") {
+        assert!(!body.contains(&format!("\"{}\"", other.slot)), "another merchant's slot {} leaked", other.slot);
+        assert!(!body.contains(&format!("\"{}\"", other.merchant_id)), "merchant {} named", other.merchant_id);
+    }
+    assert!(!body.contains(&format!(":{},", want.totals.gmv_cents)), "the site's GMV leaked");
+    assert!(v.get("funnel").is_none() && v.get("decomposition").is_none() && v.get("rejections").is_none());
+    // Per-slot and per-race endpoints: another merchant's slot is not found; its own is.
+    let theirs = want.slots.iter().find(|x| x.merchant_id != "m-4").unwrap();
+    assert_eq!(
+        s.get(&format!("/api/v1/slots/{}", theirs.slot), Some("demo-merchant-m4-token")).await.0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        s.get(&format!("/api/v1/slots/{}", own[0].slot), Some("demo-merchant-m4-token")).await.0,
+        StatusCode::OK
+    );
+    let (_, race) = s.get(&format!("/api/v1/venues/{}/race", own[0].venue), Some("demo-merchant-m4-token")).await;
+    for other in want.slots.iter().filter(|x| x.merchant_id != "m-4") {
+        assert!(!race.contains(&format!("\"{}\"", other.slot)), "race leaked {}", other.slot);
+    }
+    // The WebSocket gives a merchant the same cut, and no other merchant's rank changes.
+    let mut ws = s.ws("demo-merchant-m4-token", "").await;
+    let first = next_of(&mut ws, "snapshot").await;
+    assert_eq!(first["data"], v);
+    s.feed(&night(3_000, 6));
+    let next = next_of(&mut ws, "snapshot").await;
+    let text = next.to_string();
+    assert_eq!(next["data"]["merchant_id"], "m-4");
+    for x in next["data"]["slots"].as_array().unwrap() {
+        assert_eq!(x["merchant_id"], "m-4", "{text}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rule_change_reorders_the_race_in_the_next_push_and_reconnects_get_a_fresh_snapshot() {
+    let mut s = Server::start(Config::default()).await;
+    s.feed(&night(20_000, 9));
+    let mut ws = s.ws(OPS, "").await;
+    let first = next_of(&mut ws, "snapshot").await;
+    let ranking = |v: &Value| -> Vec<(String, u64)> {
+        let main = v["data"]["venues"].as_array().unwrap().iter().find(|x| x["venue"] == "main").unwrap();
+        main["race"]["ranking"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| (e["slot"].as_str().unwrap().to_string(), e["clicks"].as_u64().unwrap()))
+            .collect()
+    };
+    let before = ranking(&first);
+    assert!(before.len() >= 3);
+    let (code, body) = s.put("/api/v1/venues/main/rule", ADMIN, r#"{"rule":"by-clicks","weights":{"clicks":1}}"#).await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    s.publish();
+    let next = next_of(&mut ws, "snapshot").await;
+    assert_eq!(next["seq"].as_u64().unwrap(), first["seq"].as_u64().unwrap() + 1, "the very next push");
+    let main = next["data"]["venues"].as_array().unwrap().iter().find(|x| x["venue"] == "main").unwrap().clone();
+    assert_eq!(main["race"]["rule"], "by-clicks");
+    // Ranked by clicks in the race window (highest first, ties by slot): computed here from the
+    // entries' own numbers.
+    let after = ranking(&next);
+    let mut expected = after.clone();
+    expected.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    assert_eq!(after, expected);
+    assert_ne!(
+        before.iter().map(|x| &x.0).collect::<Vec<_>>(),
+        after.iter().map(|x| &x.0).collect::<Vec<_>>(),
+        "the order changed"
+    );
+    // Rank changes are pushed too.
+    let change = next_of(&mut ws, "race_change").await;
+    assert_eq!(change["data"]["venue"], "main");
+    // Reconnect: the first message is the newest state at once.
+    drop(ws);
+    let mut again = s.ws(OPS, "").await;
+    let fresh = next_of(&mut again, "snapshot").await;
+    assert_eq!(fresh["seq"], next["seq"]);
+    assert_eq!(fresh["data"], next["data"]);
+    // A venue subscription narrows to that venue.
+    again.send(Message::Text(r#"{"subscribe":{"venue":"main"}}"#.into())).await.unwrap();
+    let narrowed = next_of(&mut again, "snapshot").await;
+    let venues: Vec<&str> =
+        narrowed["data"]["venues"].as_array().unwrap().iter().map(|v| v["venue"].as_str().unwrap()).collect();
+    assert_eq!(venues, ["main"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_client_skips_to_the_newest_state_and_never_holds_up_the_others() {
+    let mut s = Server::start(Config::default()).await;
+    let buf = night(40_000, 13);
+    let lines = warroom_tests::lines(&buf);
+    s.feed(&buf[..lines[..100].iter().map(|l| l.len() + 1).sum()]);
+    // The slow client connects and then reads nothing for a while.
+    let mut slow = s.ws(OPS, "").await;
+    let mut fast = s.ws(OPS, "").await;
+    let fast_reader = tokio::spawn(async move {
+        let mut seqs = Vec::new();
+        loop {
+            let v = next_of(&mut fast, "snapshot").await;
+            let seq = v["seq"].as_u64().unwrap();
+            seqs.push(seq);
+            if v["data"]["totals"]["accepted"].as_u64().unwrap()
+                + v["data"]["totals"]["rejected"].as_u64().unwrap()
+                + v["data"]["totals"]["duplicates"].as_u64().unwrap()
+                >= 40_000
+            {
+                return seqs;
+            }
+        }
+    });
+    // 400 publishes of ~20-100 kB frames: megabytes the slow client does not read.
+    let mut at = lines[..100].iter().map(|l| l.len() + 1).sum::<usize>();
+    for chunk in lines[100..].chunks(100) {
+        let len: usize = chunk.iter().map(|l| l.len() + 1).sum();
+        s.feed(&buf[at..at + len]);
+        at += len;
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let published = s.hub.latest().seq;
+    let seqs = tokio::time::timeout(Duration::from_secs(20), fast_reader)
+        .await
+        .expect("the fast client got the final state while the slow one read nothing")
+        .unwrap();
+    assert_eq!(*seqs.last().unwrap(), published);
+    // Now the slow client reads: it gets to the newest state without every frame in between.
+    let mut got = 0u64;
+    loop {
+        let v = next_of(&mut slow, "snapshot").await;
+        got += 1;
+        if v["seq"].as_u64().unwrap() == published {
+            break;
+        }
+    }
+    assert!(got < published, "the slow client skipped frames: got {got} of {published}");
+    assert!(s.hub.stats.frames_skipped.load(std::sync::atomic::Ordering::Relaxed) > 0);
+    let (_, metrics) = s.get("/metrics", Some(OPS)).await;
+    let skipped = metrics.lines().find(|l| l.starts_with("warroom_ws_frames_skipped_total ")).unwrap();
+    assert_ne!(skipped, "warroom_ws_frames_skipped_total 0");
+}
