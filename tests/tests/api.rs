@@ -24,6 +24,7 @@ struct Server {
     base: String,
     engine: Arc<Engine>,
     hub: Arc<Hub>,
+    state: Arc<AppState>,
     proc: ChunkProcessor,
 }
 
@@ -34,9 +35,9 @@ impl Server {
         let state = Arc::new(AppState::new(engine.clone(), Auth::load(None).unwrap(), hub.clone(), Source::Sim));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("127.0.0.1:{}", listener.local_addr().unwrap().port());
-        tokio::spawn(warroom_api::serve(listener, state, std::future::pending()));
+        tokio::spawn(warroom_api::serve(listener, state.clone(), std::future::pending()));
         let proc = ChunkProcessor::new(engine.clone(), Limits::default());
-        Server { base, engine, hub, proc }
+        Server { base, engine, hub, state, proc }
     }
 
     /// Applies events and publishes, as the monitor's publish loop does.
@@ -47,7 +48,12 @@ impl Server {
 
     fn publish(&self) {
         let (snap, changes) = self.engine.publish();
-        self.hub.publish(snap, changes);
+        self.state.on_publish(snap, changes);
+    }
+
+    async fn post(&self, path: &str, token: &str) -> (StatusCode, String) {
+        let r = reqwest::Client::new().post(self.url(path)).bearer_auth(token).send().await.unwrap();
+        (r.status(), r.text().await.unwrap())
     }
 
     fn url(&self, path: &str) -> String {
@@ -337,4 +343,223 @@ async fn a_slow_client_skips_to_the_newest_state_and_never_holds_up_the_others()
     let (_, metrics) = s.get("/metrics", Some(OPS)).await;
     let skipped = metrics.lines().find(|l| l.starts_with("warroom_ws_frames_skipped_total ")).unwrap();
     assert_ne!(skipped, "warroom_ws_frames_skipped_total 0");
+}
+
+/// A snapshot whose 1-minute GMV is `gmv` and whose last event was applied at `fresh_at`.
+fn shaped(seq: i64, gmv: u64, fresh_at: i64) -> Arc<warroom_engine::Snapshot> {
+    let mut s = warroom_engine::Snapshot {
+        as_of_ms: 1_000_000 + seq,
+        published_at_ms: fresh_at,
+        last_event_at_ms: fresh_at,
+        ..Default::default()
+    };
+    s.windows.push(warroom_engine::snapshot::WindowStats { length_ms: 60_000, gmv_cents: gmv, ..Default::default() });
+    Arc::new(s)
+}
+
+fn alert_rules() -> warroom_api::alerts::AlertsConfig {
+    toml::from_str(
+        r#"
+        [[rules]]
+        name = "gmv-1m-low"
+        kind = "threshold"
+        metric = "gmv_cents"
+        window = "1m"
+        below = true
+        fire = 1000.0
+        clear = 2000.0
+        pending = "10s"
+        severity = "critical"
+
+        [[rules]]
+        name = "stale"
+        kind = "freshness"
+        fire = 10000.0
+        clear = 3000.0
+        "#,
+    )
+    .unwrap()
+}
+
+/// Alert messages received within `wait` (their `data`).
+async fn alerts_within(ws: &mut Ws, wait: Duration) -> Vec<Value> {
+    let mut out = Vec::new();
+    let deadline = tokio::time::Instant::now() + wait;
+    while let Ok(Some(Ok(msg))) = tokio::time::timeout_at(deadline, ws.next()).await {
+        if let Message::Text(t) = msg {
+            let v: Value = serde_json::from_str(&t).unwrap();
+            if v["type"] == "alert" {
+                out.push(v["data"].clone());
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alert_goes_pending_firing_resolved_without_flapping_and_can_be_acknowledged() {
+    let s = Server::start(Config::default()).await;
+    s.state.reload_alerts(alert_rules()).unwrap();
+    let mut ws = s.ws(OPS, "").await;
+    let _ = next_of(&mut ws, "snapshot").await;
+    let t0 = 1_800_000_000_000i64;
+    let at = |sec: i64| t0 + sec * 1000;
+    let mut seq = 0;
+    let mut publish = |gmv: u64, sec: i64| {
+        seq += 1;
+        s.state.on_publish_at(shaped(seq, gmv, at(sec)), Vec::new(), at(sec));
+    };
+    publish(5_000, 0); // fine
+    publish(500, 1); // breach: pending
+    publish(1_500, 5); // back above fire before the pending period: dropped, no message
+    publish(500, 6); // pending again
+    publish(500, 12); // held 6 s of 10: still pending
+    publish(500, 16); // held 10 s: firing
+                      // A noisy signal that keeps crossing the fire level but never reaches the clear level.
+    let mut rng = 12345u64;
+    for k in 17..60 {
+        rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        publish(600 + (rng >> 33) % 1_300, k); // 600..1899: above and below fire, below clear
+    }
+    let got = alerts_within(&mut ws, Duration::from_secs(2)).await;
+    let states: Vec<&str> = got.iter().map(|a| a["state"].as_str().unwrap()).collect();
+    // The first pending is withdrawn (resolved without having fired) when the value recovers.
+    assert_eq!(states, ["pending", "resolved", "pending", "firing"], "{got:?}");
+    assert!(got[1]["fired_at_ms"].is_null());
+    assert_eq!(got[3]["id"], "gmv-1m-low:site");
+    assert_eq!(got[3]["since_ms"].as_i64(), Some(at(6)));
+    assert_eq!(got[3]["fired_at_ms"].as_i64(), Some(at(16)));
+
+    // Acknowledge: admin only; the change is pushed; the alert stays firing.
+    assert_eq!(s.post("/api/v1/alerts/gmv-1m-low:site/ack", OPS).await.0, StatusCode::FORBIDDEN);
+    assert_eq!(s.post("/api/v1/alerts/nope:site/ack", ADMIN).await.0, StatusCode::NOT_FOUND);
+    let (code, body) = s.post("/api/v1/alerts/gmv-1m-low:site/ack", ADMIN).await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    let acked = alerts_within(&mut ws, Duration::from_secs(1)).await;
+    assert_eq!(acked.len(), 1);
+    assert_eq!((acked[0]["state"].as_str(), acked[0]["acked_by"].as_str()), (Some("firing"), Some("demo-admin")));
+
+    // Clears only at the clear level.
+    publish(2_100, 61);
+    let got = alerts_within(&mut ws, Duration::from_secs(1)).await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0]["state"], "resolved");
+    assert_eq!(got[0]["resolved_at_ms"].as_i64(), Some(at(61)));
+    let (_, list) = s.get("/api/v1/alerts", Some(OPS)).await;
+    let list: Value = serde_json::from_str(&list).unwrap();
+    assert_eq!(list[0]["state"], "resolved");
+    // Merchants see no site-wide alerts.
+    let (_, mine) = s.get("/api/v1/alerts", Some("demo-merchant-m4-token")).await;
+    assert_eq!(mine, "[]");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_data_fires_and_holds_back_the_business_alerts_it_would_cause() {
+    let s = Server::start(Config::default()).await;
+    s.state.reload_alerts(alert_rules()).unwrap();
+    let t0 = 1_800_000_000_000i64;
+    // The pipeline stops at t0: the last event stays at t0 while the wall clock runs on, and
+    // the 1-minute GMV looks low.
+    for sec in [0, 5, 12, 20, 30, 40] {
+        s.state.on_publish_at(shaped(1, 100, t0), Vec::new(), t0 + sec * 1000);
+    }
+    let (_, list) = s.get("/api/v1/alerts", Some(OPS)).await;
+    let list: Value = serde_json::from_str(&list).unwrap();
+    let ids: Vec<&str> = list.as_array().unwrap().iter().map(|a| a["id"].as_str().unwrap()).collect();
+    // The first evaluation (data 0 s old) saw the low GMV and started it pending; once the
+    // data went stale the pending alert was withdrawn and the rule held: it never fired.
+    assert!(ids.contains(&"stale:site"), "{list}");
+    // (Withdrawn alerts are not kept in the list's history.)
+    assert!(!ids.contains(&"gmv-1m-low:site"), "{list}");
+    let (_, metrics) = s.get("/metrics", Some(OPS)).await;
+    let suppressed = metrics.lines().find(|l| l.starts_with("warroom_alert_suppressed_total ")).unwrap();
+    assert_ne!(suppressed, "warroom_alert_suppressed_total 0", "{metrics}");
+    // Data flows again: stale resolves, and the business rule runs (and fires) again.
+    for sec in [41, 46, 52] {
+        s.state.on_publish_at(shaped(2 + sec, 100, t0 + sec * 1000), Vec::new(), t0 + sec * 1000);
+    }
+    let (_, list) = s.get("/api/v1/alerts", Some(OPS)).await;
+    let list: Value = serde_json::from_str(&list).unwrap();
+    let state_of = |id: &str| list.as_array().unwrap().iter().find(|a| a["id"] == id).map(|a| a["state"].clone());
+    assert_eq!(state_of("stale:site"), Some(Value::from("resolved")), "{list}");
+    assert_eq!(state_of("gmv-1m-low:site"), Some(Value::from("firing")), "{list}");
+    // Its pending period restarted when the data flowed again (41 s), so it fired at 52 s.
+    let low = list.as_array().unwrap().iter().find(|a| a["id"] == "gmv-1m-low:site" && a["state"] == "firing").unwrap();
+    assert_eq!(low["since_ms"].as_i64(), Some(t0 + 41_000), "{list}");
+    assert_eq!(low["fired_at_ms"].as_i64(), Some(t0 + 52_000), "{list}");
+}
+
+/// A webhook receiver that answers 500 to the first `failures` requests, then 200; returns the
+/// JSON bodies it accepted.
+async fn flaky_receiver(failures: usize) -> (String, tokio::sync::mpsc::UnboundedReceiver<Value>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut seen = 0usize;
+        loop {
+            let (mut sock, _) = listener.accept().await.unwrap();
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            let body = loop {
+                let n = sock.read(&mut chunk).await.unwrap();
+                if n == 0 {
+                    break None;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+                let text = String::from_utf8_lossy(&buf).to_string();
+                if let Some(end) = text.find("\r\n\r\n") {
+                    let len: usize = text[..end]
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap())
+                        })
+                        .unwrap_or(0);
+                    if buf.len() >= end + 4 + len {
+                        break Some(buf[end + 4..end + 4 + len].to_vec());
+                    }
+                }
+            };
+            let Some(body) = body else { continue };
+            seen += 1;
+            let status = if seen <= failures { "500 Internal Server Error" } else { "200 OK" };
+            let _ = sock
+                .write_all(format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").as_bytes())
+                .await;
+            if seen > failures {
+                let _ = tx.send(serde_json::from_slice::<Value>(&body).unwrap());
+            }
+        }
+    });
+    (url, rx)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_webhook_hears_fired_and_resolved_alerts_with_retries() {
+    let s = Server::start(Config::default()).await;
+    let (url, mut received) = flaky_receiver(2).await;
+    let mut rules = alert_rules();
+    rules.webhook = Some(url);
+    s.state.reload_alerts(rules).unwrap();
+    let t0 = 1_800_000_000_000i64;
+    let mut seq = 0;
+    for (sec, gmv) in [(0, 500), (3, 5_000), (4, 500), (15, 500), (20, 5_000)] {
+        seq += 1;
+        s.state.on_publish_at(shaped(seq, gmv, t0 + sec * 1000), Vec::new(), t0 + sec * 1000);
+    }
+    // Withdrawn pending (0-3 s) and the pending at 4 s are not sent; firing at 15 s and its
+    // resolution at 20 s are, in order, the first one after two failed attempts.
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        let v =
+            tokio::time::timeout(Duration::from_secs(10), received.recv()).await.expect("webhook delivery").unwrap();
+        got.push(v);
+    }
+    assert_eq!((got[0]["id"].as_str(), got[0]["state"].as_str()), (Some("gmv-1m-low:site"), Some("firing")));
+    assert_eq!(got[1]["state"], "resolved");
+    assert!(tokio::time::timeout(Duration::from_millis(500), received.recv()).await.is_err(), "nothing else sent");
+    let (_, metrics) = s.get("/metrics", Some(OPS)).await;
+    assert!(metrics.contains("warroom_alert_webhook_retries_total 2"), "{metrics}");
+    assert!(metrics.contains("warroom_alert_webhook_sent_total 2"), "{metrics}");
 }

@@ -6,6 +6,7 @@
 //! The screen's page at `/` holds no data and loads without a token; it takes the token from
 //! the URL fragment (never sent to the server) and uses it for the WebSocket.
 
+pub mod alerts;
 pub mod auth;
 pub mod hub;
 pub mod metrics;
@@ -19,7 +20,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::{get, put};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use warroom_engine::{Engine, RuleSpec};
@@ -60,11 +61,20 @@ pub struct AppState {
     pub http: metrics::HttpStats,
     /// Data older than this (wall clock since the last applied event) is stale.
     pub stale_after_ms: i64,
+    pub alerts: Mutex<alerts::AlertEngine>,
+    webhook_tx: tokio::sync::mpsc::UnboundedSender<alerts::Alert>,
+    webhook_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<alerts::Alert>>>,
+    pub webhook_stats: metrics::WebhookStats,
 }
 
 impl AppState {
     pub fn new(engine: Arc<Engine>, auth: Auth, hub: Arc<Hub>, source: Source) -> AppState {
+        let (webhook_tx, webhook_rx) = tokio::sync::mpsc::unbounded_channel();
         AppState {
+            alerts: Mutex::default(),
+            webhook_tx,
+            webhook_rx: Mutex::new(Some(webhook_rx)),
+            webhook_stats: metrics::WebhookStats::default(),
             engine,
             auth,
             hub,
@@ -75,6 +85,56 @@ impl AppState {
             stale_after_ms: 10_000,
         }
     }
+}
+
+impl AppState {
+    /// Pushes a newly published snapshot and its rank changes, and evaluates the alert rules
+    /// on it (at wall-clock time now).
+    pub fn on_publish(&self, snap: Arc<warroom_engine::Snapshot>, changes: Vec<warroom_engine::RankChange>) {
+        self.on_publish_at(snap, changes, now_ms());
+    }
+
+    /// [`Self::on_publish`] at a given wall-clock time (tests drive the alert clock with it).
+    pub fn on_publish_at(
+        &self,
+        snap: Arc<warroom_engine::Snapshot>,
+        changes: Vec<warroom_engine::RankChange>,
+        now: i64,
+    ) {
+        let lag = self.ingest_lag();
+        let changed = lock(&self.alerts).evaluate(&snap, &changes, now, lag);
+        self.hub.publish(snap, changes);
+        for a in changed {
+            tracing::info!(target: "alert", id = %a.id, state = ?a.state, severity = ?a.severity, value = a.value, "{}", a.message);
+            self.hub.alert(&a, a.merchant_id.clone(), a.venue.clone());
+            // The webhook hears of alerts that fired and of their end, not of pending ones.
+            if a.fired_at_ms.is_some() && lock(&self.alerts).config().webhook.is_some() {
+                let _ = self.webhook_tx.send(a);
+            }
+        }
+    }
+
+    /// New alert rules (hot reload); invalid ones are refused with every problem listed.
+    pub fn reload_alerts(&self, cfg: alerts::AlertsConfig) -> Result<(), Vec<String>> {
+        cfg.validate()?;
+        lock(&self.alerts).reload(cfg);
+        Ok(())
+    }
+
+    /// Messages behind the Kafka partitions' ends, when the source is Kafka.
+    pub fn ingest_lag(&self) -> Option<u64> {
+        let Source::Kafka(k) = &self.source else { return None };
+        let positions = k.positions();
+        let ends = k.stats.partition_ends();
+        if ends.is_empty() {
+            return None;
+        }
+        Some(ends.iter().map(|(p, end)| (end - positions.next.get(p).copied().unwrap_or(0)).max(0) as u64).sum())
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 pub fn now_ms() -> i64 {
@@ -156,6 +216,8 @@ pub fn router(state: Shared) -> Router {
         .route("/api/v1/venues/{venue}/rule", put(put_rule).get(get_rule))
         .route("/api/v1/slots/{slot}", get(slot))
         .route("/api/v1/audit", get(audit))
+        .route("/api/v1/alerts", get(list_alerts))
+        .route("/api/v1/alerts/{id}/ack", post(ack_alert))
         .route("/api/v1/openapi.json", get(openapi))
         .route("/api/v1/stream", get(ws::upgrade))
         .fallback(|| async { ApiError::not_found("no such endpoint; see /api/v1/openapi.json".into()) })
@@ -169,7 +231,70 @@ pub async fn serve(
     state: Shared,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    if let Some(rx) = lock(&state.webhook_rx).take() {
+        tokio::spawn(webhook(state.clone(), rx));
+    }
     axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+}
+
+/// Sends alert changes to the configured webhook, in order, retrying each up to 5 times with
+/// backoff (0.5, 1, 2, 4 s); one that still fails is dropped, logged and counted.
+async fn webhook(st: Shared, mut rx: tokio::sync::mpsc::UnboundedReceiver<alerts::Alert>) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let client = reqwest::Client::builder().timeout(std::time::Duration::from_secs(5)).build().expect("http client");
+    while let Some(alert) = rx.recv().await {
+        let Some(url) = lock(&st.alerts).config().webhook.clone() else { continue };
+        let mut delay = std::time::Duration::from_millis(500);
+        for attempt in 1..=5 {
+            match client.post(&url).json(&alert).send().await {
+                Ok(r) if r.status().is_success() => {
+                    st.webhook_stats.sent.fetch_add(1, Relaxed);
+                    break;
+                }
+                outcome => {
+                    let why = match outcome {
+                        Ok(r) => format!("status {}", r.status()),
+                        Err(e) => e.to_string(),
+                    };
+                    st.webhook_stats.retries.fetch_add(1, Relaxed);
+                    if attempt == 5 {
+                        st.webhook_stats.failed.fetch_add(1, Relaxed);
+                        tracing::error!(alert = %alert.id, error = %why, "alert webhook failed 5 times; dropped. Check [alerts] webhook");
+                    } else {
+                        tracing::warn!(alert = %alert.id, attempt, error = %why, "alert webhook failed; retrying");
+                        tokio::time::sleep(delay).await;
+                        delay *= 2;
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn list_alerts(State(st): State<Shared>, headers: HeaderMap) -> Result<Response, ApiError> {
+    let caller = st.caller(&headers)?;
+    let mut list = lock(&st.alerts).list();
+    if caller.role == Role::Merchant {
+        // A merchant sees the alerts about its own slots only.
+        list.retain(|a| a.merchant_id.is_some() && a.merchant_id == caller.merchant_id);
+    }
+    Ok(Json(list).into_response())
+}
+
+async fn ack_alert(State(st): State<Shared>, headers: HeaderMap, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let caller = st.caller(&headers)?;
+    if caller.role != Role::Admin {
+        return Err(ApiError::forbidden("acknowledge alerts (admin only)"));
+    }
+    let acked = lock(&st.alerts).acknowledge(&id, &caller.name, now_ms());
+    match acked {
+        Some(a) => {
+            tracing::info!(target: "audit", by = %caller.name, alert = %a.id, "alert acknowledged");
+            st.hub.alert(&a, a.merchant_id.clone(), a.venue.clone());
+            Ok(Json(a).into_response())
+        }
+        None => Err(ApiError::not_found(format!("no active alert `{id}`; GET /api/v1/alerts lists them"))),
+    }
 }
 
 async fn screen() -> Html<&'static str> {

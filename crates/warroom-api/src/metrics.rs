@@ -20,6 +20,13 @@ pub struct HttpStats {
     pub auth_failures: AtomicU64,
 }
 
+#[derive(Debug, Default)]
+pub struct WebhookStats {
+    pub sent: AtomicU64,
+    pub retries: AtomicU64,
+    pub failed: AtomicU64,
+}
+
 pub(crate) async fn count_requests(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     let resp = next.run(req).await;
     st.http.requests.fetch_add(1, Ordering::Relaxed);
@@ -131,5 +138,30 @@ pub fn render(st: &AppState) -> String {
     p.one("ws_send_timeouts_total", "counter", "Clients dropped for not reading.", r(&h.send_timeouts));
     p.one("ws_bytes_sent_total", "counter", "Bytes of text frames sent.", r(&h.bytes_sent));
     p.one("ws_last_frame_bytes", "gauge", "Size of the last full snapshot frame.", r(&h.last_frame_bytes));
+    // Alerts.
+    let (stats, active) = {
+        let a = st.alerts.lock().unwrap_or_else(|p| p.into_inner());
+        let active: Vec<(String, String)> = a
+            .list()
+            .into_iter()
+            .filter(|x| x.state != crate::alerts::State::Resolved)
+            .map(|x| (format!("{:?}", x.state).to_lowercase(), format!("{:?}", x.severity).to_lowercase()))
+            .collect();
+        (a.stats, active)
+    };
+    p.one("alert_evaluations_total", "counter", "Alert rule evaluations (one per publish).", stats.evaluations);
+    p.one("alert_suppressed_total", "counter", "Business rule evaluations held back by stale data.", stats.suppressed);
+    p.one("alerts_fired_total", "counter", "Alerts that fired.", stats.fired);
+    p.one("alerts_resolved_total", "counter", "Alerts that resolved.", stats.resolved);
+    p.head("alerts_active", "gauge", "Pending and firing alerts.");
+    for state in ["pending", "firing"] {
+        for sev in ["info", "warning", "critical"] {
+            let n = active.iter().filter(|(a, b)| a == state && b == sev).count();
+            p.labelled("alerts_active", &format!("state=\"{state}\",severity=\"{sev}\""), n);
+        }
+    }
+    p.one("alert_webhook_sent_total", "counter", "Alert webhook deliveries.", r(&st.webhook_stats.sent));
+    p.one("alert_webhook_retries_total", "counter", "Alert webhook retries.", r(&st.webhook_stats.retries));
+    p.one("alert_webhook_failed_total", "counter", "Alert webhook deliveries given up.", r(&st.webhook_stats.failed));
     p.0
 }

@@ -412,8 +412,13 @@ fn run(o: RunOpts) -> anyhow::Result<()> {
         None if matches!(source, Source::File) => warroom_api::Source::File,
         None => warroom_api::Source::Sim,
     };
-    let api = Arc::new(warroom_api::AppState::new(engine.clone(), auth, hub.clone(), api_source));
-    let server = serve_api(o.listen, api, stop.clone())?;
+    let api = Arc::new(warroom_api::AppState::new(engine.clone(), auth, hub, api_source));
+    api.reload_alerts(settings.alerts.clone())
+        .map_err(|e| anyhow::anyhow!("invalid alert rules:\n  - {}", e.join("\n  - ")))?;
+    if let Some(path) = config.clone() {
+        watch_alert_rules(path, api.clone(), stop.clone());
+    }
+    let server = serve_api(o.listen, api.clone(), stop.clone())?;
     let base = format!("http://{}", server.addr);
     if o.auth_file.is_none() {
         println!("screen (ops):      {base}/#token=demo-ops-token-0001");
@@ -462,7 +467,7 @@ fn run(o: RunOpts) -> anyhow::Result<()> {
         for c in &changes {
             tracing::debug!(venue = %c.venue, slot = %c.slot, from = ?c.from, to = c.to, "race: rank change");
         }
-        hub.publish(snap.clone(), changes);
+        api.on_publish(snap.clone(), changes);
         if last_line.elapsed() >= Duration::from_secs(1) {
             last_line = Instant::now();
             println!("{} | rank moves {moves}", summary_line(&snap));
@@ -542,4 +547,32 @@ fn serve_api(
         rt.shutdown_timeout(Duration::from_secs(2));
     })?;
     Ok(ApiServer { addr, shutdown: Some(tx), thread: Some(thread) })
+}
+
+/// Reloads the alert rules when the config file changes (checked every 2 s). Invalid rules are
+/// refused, with every problem logged, and the previous rules stay in force.
+fn watch_alert_rules(path: PathBuf, api: Arc<warroom_api::AppState>, stop: Arc<AtomicBool>) {
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let mut seen = modified(&path);
+    let _ = std::thread::Builder::new().name("config-watch".into()).spawn(move || {
+        while !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_secs(2));
+            let now = modified(&path);
+            if now == seen {
+                continue;
+            }
+            seen = now;
+            match Settings::load(Some(&path)) {
+                Ok(s) => match api.reload_alerts(s.alerts) {
+                    Ok(()) => tracing::info!(path = %path.display(), "alert rules reloaded"),
+                    Err(e) => {
+                        tracing::error!(problems = %e.join("; "), "alert rules not reloaded; the previous ones stay")
+                    }
+                },
+                Err(e) => {
+                    tracing::error!(error = %format!("{e:#}"), "config not reloaded; the previous alert rules stay")
+                }
+            }
+        }
+    });
 }

@@ -23,6 +23,8 @@ pub struct Settings {
     pub sim: SimSettings,
     /// The Kafka source (`run --source kafka`).
     pub kafka: warroom_ingest::kafka::KafkaConfig,
+    /// Alert rules (reloaded when the --config file changes).
+    pub alerts: warroom_api::alerts::AlertsConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -72,7 +74,9 @@ impl Settings {
             None => (EMBEDDED.to_string(), "the embedded config/warroom.toml".to_string()),
         };
         let s: Settings = toml::from_str(&text).with_context(|| format!("invalid config in {origin}"))?;
-        if let Err(errs) = s.engine_config().validate() {
+        let mut errs = s.engine_config().validate().err().unwrap_or_default();
+        errs.extend(s.alerts.validate().err().unwrap_or_default());
+        if !errs.is_empty() {
             bail!("invalid config in {origin}:\n  - {}", errs.join("\n  - "));
         }
         if s.sim.speed < 1.0 || s.sim.base_rate <= 0.0 {
