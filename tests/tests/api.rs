@@ -289,6 +289,11 @@ async fn a_rule_change_reorders_the_race_in_the_next_push_and_reconnects_get_a_f
     let venues: Vec<&str> =
         narrowed["data"]["venues"].as_array().unwrap().iter().map(|v| v["venue"].as_str().unwrap()).collect();
     assert_eq!(venues, ["main"]);
+    // Ops may narrow to one merchant's cut.
+    again.send(Message::Text(r#"{"subscribe":{"merchant":"m-4"}}"#.into())).await.unwrap();
+    let cut = next_of(&mut again, "snapshot").await;
+    assert_eq!(cut["data"]["merchant_id"], "m-4");
+    assert!(cut["data"]["slots"].as_array().unwrap().iter().all(|x| x["merchant_id"] == "m-4"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,7 +1,7 @@
 //! `/api/v1/stream`: a full snapshot on connect, then every newly published state, plus
 //! `race_change` and `alert` messages. Clients may narrow what they get by sending
-//! `{"subscribe": {"venue": "main"}}` (or `{"subscribe": {}}` to widen again); a merchant's
-//! scope is fixed by its token.
+//! `{"subscribe": {"venue": "main"}}`, `{"subscribe": {"merchant": "m-4"}}` (ops and admin),
+//! or `{"subscribe": {}}` to widen again; a merchant's scope is fixed by its token.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -57,6 +57,8 @@ struct ClientMsg {
 #[derive(Deserialize)]
 struct Subscribe {
     venue: Option<String>,
+    /// Ops and admins may narrow to one merchant's cut (a merchant's own is fixed).
+    merchant: Option<String>,
 }
 
 async fn client(socket: WebSocket, st: Arc<AppState>, caller: Caller, venue: Option<String>) {
@@ -102,11 +104,14 @@ async fn client(socket: WebSocket, st: Arc<AppState>, caller: Caller, venue: Opt
                     match serde_json::from_str::<ClientMsg>(&t) {
                         Ok(ClientMsg { subscribe: Some(s) }) => {
                             scope = scope_for(&caller, s.venue);
+                            if scope.merchant.is_none() {
+                                scope.merchant = s.merchant;
+                            }
                             frames.mark_changed(); // the newest state in the new scope
                             continue
                         }
                         _ => Message::Text(
-                            r#"{"type":"error","message":"send {\"subscribe\": {\"venue\": \"NAME\"}} or {\"subscribe\": {}}"}"#.into(),
+                            r#"{"type":"error","message":"send {\"subscribe\": {\"venue\": \"NAME\", \"merchant\": \"ID\"}} (both optional)"}"#.into(),
                         ),
                     }
                 }
