@@ -75,6 +75,36 @@ fn a_consumer_group_counts_exactly_what_replay_counts_and_dead_letters_the_bad()
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    // The source's metrics as /metrics exposes them: per-partition positions and lag (from
+    // librdkafka's statistics, every second), checkpoints, health.
+    let state = warroom_api::AppState::new(
+        engine.clone(),
+        warroom_api::Auth::load(None).unwrap(),
+        Arc::new(warroom_api::Hub::new()),
+        warroom_api::Source::Kafka(source.clone()),
+    );
+    let started = Instant::now();
+    while source.stats.partition_ends().len() < 4 || source.stats.last_checkpoint_ms.load(Ordering::Relaxed) == 0 {
+        assert!(started.elapsed() < Duration::from_secs(20), "no partition ends or checkpoint: {:?}", source.stats);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let metrics = warroom_api::metrics::render(&state);
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing:\n{metrics}"))
+    };
+    let positions: f64 =
+        (0..4).map(|p| value(&format!("warroom_kafka_partition_position{{partition=\"{p}\"}} "))).sum();
+    assert_eq!(positions, lines.len() as f64, "positions end every partition");
+    for p in 0..4 {
+        assert_eq!(value(&format!("warroom_kafka_partition_lag{{partition=\"{p}\"}} ")), 0.0, "all consumed");
+    }
+    assert_eq!(value("warroom_kafka_messages_total "), lines.len() as f64);
+    assert_eq!(value("warroom_kafka_health "), 1.0);
+    assert!(value("warroom_kafka_checkpoint_age_seconds ") >= 0.0);
+    assert!(value("warroom_kafka_checkpoints_total ") >= 1.0);
     stop.store(true, Ordering::Relaxed);
     runner.join().unwrap();
     assert!(source.stats.assignments.load(Ordering::Relaxed) > 0, "the rebalance callback set the start offsets");

@@ -92,7 +92,7 @@ fn errors_say_what_to_do() {
 
 #[test]
 fn run_with_the_embedded_simulator_reports_live_numbers() {
-    let out = bin().args(["run", "--duration", "3s", "--rate", "3000"]).output().unwrap();
+    let out = bin().args(["run", "--duration", "3s", "--rate", "3000", "--listen", "127.0.0.1:0"]).output().unwrap();
     assert!(out.status.success(), "{}", show(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
     let last = stdout.lines().last().unwrap_or_default();

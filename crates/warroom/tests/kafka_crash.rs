@@ -11,7 +11,19 @@ use warroom_tests::kafka::{brokers, create_topic, produce, unique};
 
 fn start(topic: &str, group: &str, dir: &Path) -> Child {
     Command::new(env!("CARGO_BIN_EXE_warroom"))
-        .args(["run", "--source", "kafka", "--brokers", &brokers(), "--topic", topic, "--group", group])
+        .args([
+            "run",
+            "--source",
+            "kafka",
+            "--listen",
+            "127.0.0.1:0",
+            "--brokers",
+            &brokers(),
+            "--topic",
+            topic,
+            "--group",
+            group,
+        ])
         .arg("--state-dir")
         .arg(dir.join("state"))
         .arg("--snapshot-out")
