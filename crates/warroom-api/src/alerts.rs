@@ -149,7 +149,10 @@ impl AlertsConfig {
                 Kind::Threshold | Kind::Change if r.metric.is_none() && r.baseline.is_none() => {
                     errs.push(format!("{at}: kind {:?} needs metric = \"gmv_cents\" (or paid_orders, uv, ipv_uv, buyers, conversion, aov_cents)", r.kind));
                 }
-                Kind::Threshold | Kind::Change | Kind::ConversionDrop | Kind::PaymentRate if r.window.is_none() => {
+                Kind::Change if r.window.is_none() && r.baseline.is_none() => {
+                    errs.push(format!("{at}: kind Change needs window = \"5m\" (against the window before) or a baseline"));
+                }
+                Kind::Threshold | Kind::ConversionDrop | Kind::PaymentRate if r.window.is_none() => {
                     errs.push(format!("{at}: kind {:?} needs window = \"5m\" (or another window)", r.kind));
                 }
                 _ => {}
@@ -617,5 +620,75 @@ fn describe(r: &RuleConfig, v: f64) -> String {
         }
         Kind::PaymentRate => format!("{:.1}% of placed orders paid, {dir} {:.1}%", v * 100.0, r.fire * 100.0),
         _ => format!("value {v:.2} {dir} {:.2}", r.fire),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn baseline_curves_interpolate_linearly_and_do_not_extrapolate() {
+        let curve = [(0, 0), (60_000, 600), (120_000, 1800)];
+        assert_eq!(interpolate(&curve, 30_000), Some(300.0));
+        assert_eq!(interpolate(&curve, 90_000), Some(1200.0));
+        assert_eq!(interpolate(&curve, 120_000), Some(1800.0));
+        assert_eq!(interpolate(&curve, 130_000), None);
+        assert_eq!(interpolate(&curve, -1), None);
+    }
+
+    #[test]
+    fn a_change_against_a_baseline_fires_when_behind_the_past_promotion() {
+        let rules: AlertsConfig = toml::from_str(
+            r#"
+            [[rules]]
+            name = "vs-last-year"
+            kind = "change"
+            below = true
+            fire = 0.8
+            clear = 0.9
+            baseline = [[0, 0], [3600000, 1000000]]
+            "#,
+        )
+        .unwrap();
+        rules.validate().unwrap();
+        let mut e = AlertEngine::new(rules);
+        let mut snap = Snapshot { as_of_ms: 1_800_000, last_event_at_ms: 1, ..Default::default() };
+        snap.plan = Some(warroom_engine::plan::PlanStatus { start_ms: 0, ..Default::default() });
+        snap.totals.gmv_cents = 450_000; // baseline at 30 min: 500_000 -> 0.9: fine
+        assert!(e.evaluate(&snap, &[], 0, None).is_empty());
+        snap.totals.gmv_cents = 350_000; // 0.7: fires (no pending)
+        let out = e.evaluate(&snap, &[], 0, None);
+        assert_eq!(out.len(), 1);
+        assert_eq!((out[0].state, out[0].value), (State::Firing, 0.7));
+        snap.totals.gmv_cents = 425_000; // 0.85: between fire and clear, stays firing
+        assert!(e.evaluate(&snap, &[], 0, None).is_empty());
+        snap.totals.gmv_cents = 460_000; // 0.92: clears
+        assert_eq!(e.evaluate(&snap, &[], 0, None)[0].state, State::Resolved);
+    }
+
+    #[test]
+    fn invalid_rules_are_refused_with_what_to_fix() {
+        let rules: AlertsConfig = toml::from_str(
+            r#"
+            webhook = "https://example.com/x"
+            [[rules]]
+            name = "a"
+            kind = "pace"
+            below = true
+            fire = 0.9
+            clear = 0.8
+            [[rules]]
+            name = "a"
+            kind = "threshold"
+            fire = 1.0
+            "#,
+        )
+        .unwrap();
+        let errs = rules.validate().unwrap_err().join("\n");
+        assert!(errs.contains("clear (0.8) must be >= fire"), "{errs}");
+        assert!(errs.contains("duplicate name"), "{errs}");
+        assert!(errs.contains("needs metric"), "{errs}");
+        assert!(errs.contains("only http://"), "{errs}");
     }
 }

@@ -129,7 +129,7 @@ pub fn interpolate(target: u64, start: i64, end: i64, now: i64) -> u64 {
 }
 
 /// Where the promotion stands, as reported in the snapshot.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct PlanStatus {
     pub name: String,
     pub start_ms: i64,

@@ -100,3 +100,59 @@ fn run_with_the_embedded_simulator_reports_live_numbers() {
     assert!(last.contains("GMV ¥") && last.contains("phase=warmup"), "{}", show(&out));
     assert!(!last.contains("accepted=0 "), "the simulator should have produced events\n{}", show(&out));
 }
+
+/// GET `path` from the monitor with the demo ops token, without an HTTP client crate.
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\nAuthorization: Bearer demo-ops-token-0001\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    text
+}
+
+#[test]
+fn alert_rules_are_reloaded_when_the_config_file_changes() {
+    use std::io::BufRead;
+    let cfg = tmp("reload.toml");
+    let base =
+        std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../config/warroom.toml")).unwrap();
+    std::fs::write(&cfg, &base).unwrap();
+    let mut child = bin()
+        .args(["run", "--rate", "2000", "--duration", "60s", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&cfg)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let addr = loop {
+        let mut line = String::new();
+        assert!(out.read_line(&mut line).unwrap() > 0, "no URL printed");
+        if let Some(rest) = line.strip_prefix("screen (ops):") {
+            break rest.trim().trim_start_matches("http://").split('/').next().unwrap().to_string();
+        }
+    };
+    std::thread::spawn(move || for _ in out.lines() {});
+    let has_rule = |name: &str| http_get(&addr, "/api/v1/alerts").contains(&format!("\"rule\":\"{name}\""));
+    // A rule that fires at once on any GMV, added to the running monitor's config file.
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    assert!(!has_rule("any-gmv"));
+    // First an invalid version: refused, nothing changes.
+    std::fs::write(&cfg, format!("{base}\n[[alerts.rules]]\nname = \"any-gmv\"\nkind = \"threshold\"\nfire = 0.0\n"))
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(5));
+    assert!(!has_rule("any-gmv"), "an invalid rule (no metric, no window) must not load");
+    std::fs::write(
+        &cfg,
+        format!("{base}\n[[alerts.rules]]\nname = \"any-gmv\"\nkind = \"threshold\"\nmetric = \"gmv_cents\"\nwindow = \"1h\"\nfire = 0.0\n"),
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    while !has_rule("any-gmv") {
+        assert!(started.elapsed() < std::time::Duration::from_secs(20), "the new rule never fired");
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
