@@ -150,7 +150,9 @@ impl AlertsConfig {
                     errs.push(format!("{at}: kind {:?} needs metric = \"gmv_cents\" (or paid_orders, uv, ipv_uv, buyers, conversion, aov_cents)", r.kind));
                 }
                 Kind::Change if r.window.is_none() && r.baseline.is_none() => {
-                    errs.push(format!("{at}: kind Change needs window = \"5m\" (against the window before) or a baseline"));
+                    errs.push(format!(
+                        "{at}: kind Change needs window = \"5m\" (against the window before) or a baseline"
+                    ));
                 }
                 Kind::Threshold | Kind::ConversionDrop | Kind::PaymentRate if r.window.is_none() => {
                     errs.push(format!("{at}: kind {:?} needs window = \"5m\" (or another window)", r.kind));
