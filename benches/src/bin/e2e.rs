@@ -13,6 +13,9 @@
 //! probe was handed to the producer. These latencies go into an HDR histogram across all
 //! clients.
 //!
+//! `--monitor-config FILE` runs the monitor with another config (e.g. the soak's shorter
+//! horizons, `benches/soak.toml`); `--every N` sets the progress interval (RSS, CPU, lag).
+//!
 //! Reports p50/p90/p99/p99.9/max, the achieved produce and consume rates, frames and bytes
 //! received, and the monitor's RSS and CPU. Prints a table and one JSON line. Exits 2 when
 //! p99 misses `--slo-p99-ms`.
@@ -39,6 +42,10 @@ struct Args {
     clients: usize,
     slo_p99_ms: u64,
     json_out: Option<String>,
+    /// The monitor's config (default: the shipped one); group timeouts are appended.
+    monitor_config: Option<String>,
+    /// Seconds between progress lines (RSS, lag, frames).
+    every: u64,
 }
 
 fn args() -> Args {
@@ -50,6 +57,8 @@ fn args() -> Args {
         clients: 100,
         slo_p99_ms: 1000,
         json_out: None,
+        monitor_config: None,
+        every: 5,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -62,6 +71,8 @@ fn args() -> Args {
             "--clients" => a.clients = v().parse().expect("--clients N"),
             "--slo-p99-ms" => a.slo_p99_ms = v().parse().expect("--slo-p99-ms N"),
             "--json-out" => a.json_out = Some(v()),
+            "--monitor-config" => a.monitor_config = Some(v()),
+            "--every" => a.every = v().parse().expect("--every SECONDS"),
             other => panic!("unknown argument {other}; see the doc comment of benches/src/bin/e2e.rs"),
         }
     }
@@ -126,7 +137,10 @@ fn main() {
         &config,
         format!(
             "{}\n[kafka.properties]\n\"session.timeout.ms\" = \"6000\"\n\"max.poll.interval.ms\" = \"7000\"\n",
-            include_str!("../../../config/warroom.toml")
+            match &a.monitor_config {
+                Some(p) => std::fs::read_to_string(p).unwrap_or_else(|e| panic!("--monitor-config {p}: {e}")),
+                None => include_str!("../../../config/warroom.toml").to_string(),
+            }
         ),
     )
     .unwrap();
@@ -272,12 +286,18 @@ fn main() {
                 rec = Some(r);
             }
         }
-        if last_report.elapsed() >= Duration::from_secs(5) {
+        if last_report.elapsed() >= Duration::from_secs(a.every) {
             last_report = Instant::now();
-            let (rss, _) = proc_usage(pid);
+            let (rss, cpu) = proc_usage(pid);
             rss_max = rss_max.max(rss);
+            let lag: f64 = metrics_text(&base)
+                .lines()
+                .filter(|l| l.starts_with("warroom_kafka_partition_lag{"))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum();
+            let p99 = hist.lock().unwrap().value_at_quantile(0.99) as f64 / 1000.0;
             eprintln!(
-                "{:>4.0} s: produced {next} events, {probe} probes; monitor RSS {rss:.0} MB; frames received {}",
+                "{:>5.0} s: produced {next} events, {probe} probes; monitor RSS {rss:.1} MB, CPU {cpu:.1} s; lag {lag:.0}; frames received {}; p99 so far {p99:.0} ms",
                 started.elapsed().as_secs_f64(),
                 frames.load(Ordering::Relaxed),
             );
@@ -362,14 +382,19 @@ fn main() {
     }
 }
 
+/// The monitor's /metrics text (empty when unreachable).
+fn metrics_text(base: &str) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(base) else { return String::new() };
+    let _ = write!(s, "GET /metrics HTTP/1.0\r\nHost: {base}\r\nAuthorization: Bearer demo-ops-token-0001\r\n\r\n");
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    text
+}
+
 /// One value from the monitor's /metrics.
 fn metric(base: &str, name: &str) -> Option<f64> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(base).ok()?;
-    write!(s, "GET /metrics HTTP/1.0\r\nHost: {base}\r\nAuthorization: Bearer demo-ops-token-0001\r\n\r\n").ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    text.lines().find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+    metrics_text(base).lines().find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
 }
 
 fn create_topic(brokers: &str, topic: &str) {
