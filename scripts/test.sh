@@ -28,8 +28,8 @@ fi
 chromium --version 2>/dev/null | grep -v '^$' || { echo "error: chromium is not usable; install Debian's chromium" >&2; exit 1; }
 step "cargo fmt --check"
 cargo fmt --all -- --check
-step "cargo clippy (all targets, -D warnings)"
-cargo clippy --release --all-targets -- -D warnings
+step "cargo clippy (every crate, all targets, -D warnings)"
+cargo clippy --release --workspace --all-targets -- -D warnings
 step "start a Kafka-protocol broker (Tansu) for the integration tests"
 WARROOM_KAFKA_BROKERS=$(scripts/kafka-broker.sh start)
 export WARROOM_KAFKA_BROKERS

@@ -125,28 +125,30 @@ fn rank_changes_are_reported_and_hysteresis_damps_near_ties() {
 #[test]
 fn plan_phase_and_pace_in_the_snapshot() {
     let ts = |ms| jiff::Timestamp::from_millisecond(ms).unwrap();
-    let mut cfg = Config::default();
-    cfg.plan = Some(PlanConfig {
-        name: "t".into(),
-        phases: vec![
-            PhaseConfig {
-                kind: PhaseKind::Warmup,
-                name: "预热".into(),
-                start: ts(T0),
-                end: ts(T0 + 1_000_000),
-                target_gmv_cents: 1_000,
-            },
-            PhaseConfig {
-                kind: PhaseKind::Official,
-                name: "正式".into(),
-                start: ts(T0 + 1_000_000),
-                end: ts(T0 + 2_000_000),
-                target_gmv_cents: 9_000,
-            },
-        ],
-        target_gmv_cents: None,
-        hourly_target_gmv_cents: vec![],
-    });
+    let cfg = Config {
+        plan: Some(PlanConfig {
+            name: "t".into(),
+            phases: vec![
+                PhaseConfig {
+                    kind: PhaseKind::Warmup,
+                    name: "预热".into(),
+                    start: ts(T0),
+                    end: ts(T0 + 1_000_000),
+                    target_gmv_cents: 1_000,
+                },
+                PhaseConfig {
+                    kind: PhaseKind::Official,
+                    name: "正式".into(),
+                    start: ts(T0 + 1_000_000),
+                    end: ts(T0 + 2_000_000),
+                    target_gmv_cents: 9_000,
+                },
+            ],
+            target_gmv_cents: None,
+            hourly_target_gmv_cents: vec![],
+        }),
+        ..Config::default()
+    };
     let engine = Engine::new(cfg);
     feed(
         &engine,

@@ -95,14 +95,14 @@ fn a_consumer_group_counts_exactly_what_replay_counts_and_dead_letters_the_bad()
             .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
             .unwrap_or_else(|| panic!("{name} missing:\n{metrics}"))
     };
-    let positions: f64 =
-        (0..4).map(|p| value(&format!("warroom_kafka_partition_position{{partition=\"{p}\"}} "))).sum();
-    assert_eq!(positions, lines.len() as f64, "positions end every partition");
+    let positions: i64 =
+        (0..4).map(|p| value(&format!("warroom_kafka_partition_position{{partition=\"{p}\"}} ")) as i64).sum();
+    assert_eq!(positions, lines.len() as i64, "positions end every partition");
     for p in 0..4 {
-        assert_eq!(value(&format!("warroom_kafka_partition_lag{{partition=\"{p}\"}} ")), 0.0, "all consumed");
+        assert_eq!(value(&format!("warroom_kafka_partition_lag{{partition=\"{p}\"}} ")) as i64, 0, "all consumed");
     }
-    assert_eq!(value("warroom_kafka_messages_total "), lines.len() as f64);
-    assert_eq!(value("warroom_kafka_health "), 1.0);
+    assert_eq!(value("warroom_kafka_messages_total ") as u64, lines.len() as u64);
+    assert_eq!(value("warroom_kafka_health ") as u8, 1);
     assert!(value("warroom_kafka_checkpoint_age_seconds ") >= 0.0);
     assert!(value("warroom_kafka_checkpoints_total ") >= 1.0);
     stop.store(true, Ordering::Relaxed);

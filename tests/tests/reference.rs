@@ -33,6 +33,8 @@ fn large_generated_stream_matches_reference() {
 }
 
 /// One random event line. Users own their orders (an order's payments come from its buyer).
+/// The arguments are the proptest tuple's fields, one each.
+#[allow(clippy::too_many_arguments)]
 fn event_line(id: u32, kind: u8, ts: i64, user: u8, slot: Option<u8>, merchant: u8, order: u8, amount: u32) -> String {
     let kind = ["impression", "click", "favorite", "cart", "order", "pay", "refund"][kind as usize % 7];
     let mut s = format!(r#"{{"event_id":"e{id}","type":"{kind}","ts":{ts},"user_id":"u{user}""#);

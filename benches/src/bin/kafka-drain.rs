@@ -2,6 +2,7 @@
 //! with generated events, then drains it twice in one run:
 //! 1. a bare rdkafka consumer that only reads the messages (assigned partitions, no work);
 //! 2. the monitor's Kafka source (consumer group, decode, engine, DLQ, checkpoints).
+//!
 //! Each is timed from its first message to its last, so the group join is not counted.
 //! Prints both rates, the ratio and each one's CPU time per message (this process only; the
 //! broker's is not included) as one JSON line. Extra consumer properties for experiments:

@@ -364,8 +364,11 @@ mod tests {
         let mut proc = ChunkProcessor::new(engine.clone(), Limits::default());
         proc.keep_rejected = true;
         let mut rejected = Vec::new();
-        let stats = replay(std::io::Cursor::new(input.into_bytes()), None, &mut proc, |r| Ok(rejected.push(r)), |_| {})
-            .unwrap();
+        let keep = |r| {
+            rejected.push(r);
+            Ok(())
+        };
+        let stats = replay(std::io::Cursor::new(input.into_bytes()), None, &mut proc, keep, |_| {}).unwrap();
         let (snap, _) = engine.publish();
         assert_eq!(snap.totals.accepted, 2001);
         assert_eq!(snap.totals.gmv_cents, 200_100);
