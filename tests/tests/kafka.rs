@@ -331,7 +331,14 @@ impl PrivateBroker {
         assert!(out.status.success(), "tansu topic create: {}", String::from_utf8_lossy(&out.stderr));
     }
 
-    fn kill(mut self) {
+    fn kill(self) {
+        drop(self);
+    }
+}
+
+/// A test that fails half-way must not leave its broker running.
+impl Drop for PrivateBroker {
+    fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
