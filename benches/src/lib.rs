@@ -58,3 +58,17 @@ pub fn floor_sum(mut input: impl BufRead) -> std::io::Result<FloorResult> {
         floor_line(l, &mut r);
     }
 }
+
+/// Creates a topic with `partitions` partitions (the Kafka benches' setup).
+pub fn create_topic(brokers: &str, topic: &str, partitions: i32) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::config::ClientConfig;
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", brokers).create().expect("admin client");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let topics = [NewTopic::new(topic, partitions, TopicReplication::Fixed(1))];
+    for r in rt.block_on(admin.create_topics(&topics, &AdminOptions::new())).expect("create_topics") {
+        r.unwrap_or_else(|(t, e)| panic!("creating topic {t}: {e}"));
+    }
+}

@@ -127,7 +127,7 @@ fn main() {
     let a = args();
     let run = format!("{}-{}", std::process::id(), now_ms());
     let topic = format!("e2e-{run}");
-    create_topic(&a.brokers, &topic);
+    warroom_benches::create_topic(&a.brokers, &topic, 4);
 
     // The monitor.
     let state = std::env::temp_dir().join(format!("warroom-e2e-{run}"));
@@ -395,18 +395,4 @@ fn metrics_text(base: &str) -> String {
 /// One value from the monitor's /metrics.
 fn metric(base: &str, name: &str) -> Option<f64> {
     metrics_text(base).lines().find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
-}
-
-fn create_topic(brokers: &str, topic: &str) {
-    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-    use rdkafka::client::DefaultClientContext;
-    let admin: AdminClient<DefaultClientContext> =
-        ClientConfig::new().set("bootstrap.servers", brokers).create().unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    rt.block_on(admin.create_topics(&[NewTopic::new(topic, 4, TopicReplication::Fixed(1))], &AdminOptions::new()))
-        .unwrap()
-        .into_iter()
-        .for_each(|r| {
-            r.unwrap();
-        });
 }

@@ -30,7 +30,7 @@ fn main() {
     let lines: Vec<&[u8]> = warroom_ingest::pipeline::split_lines(&buf).collect();
     let topic = format!("drain-{}", std::process::id());
     std::env::set_var("WARROOM_KAFKA_BROKERS", &brokers);
-    warroom_tests_free::create_topic(&brokers, &topic);
+    warroom_benches::create_topic(&brokers, &topic, 4);
     let t = Instant::now();
     warroom_tests_free::produce(&brokers, &topic, &lines);
     eprintln!("produced {} messages in {:.1} s", lines.len(), t.elapsed().as_secs_f64());
@@ -126,31 +126,12 @@ fn cpu_s() -> f64 {
     (f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap()) / 100.0
 }
 
-/// Topic creation and producing, without the test crate.
+/// Producing, without the test crate.
 mod warroom_tests_free {
-    use std::future::Future;
     use std::time::Duration;
 
-    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-    use rdkafka::client::DefaultClientContext;
     use rdkafka::config::ClientConfig;
     use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
-
-    pub fn create_topic(brokers: &str, topic: &str) {
-        let admin: AdminClient<DefaultClientContext> =
-            ClientConfig::new().set("bootstrap.servers", brokers).create().unwrap();
-        let (topics, opts) = ([NewTopic::new(topic, 4, TopicReplication::Fixed(1))], AdminOptions::new());
-        let fut = admin.create_topics(&topics, &opts);
-        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        let mut fut = std::pin::pin!(fut);
-        loop {
-            if let std::task::Poll::Ready(r) = fut.as_mut().poll(&mut cx) {
-                r.unwrap();
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
 
     pub fn produce(brokers: &str, topic: &str, lines: &[&[u8]]) {
         let p: ThreadedProducer<DefaultProducerContext> =

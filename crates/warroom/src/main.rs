@@ -45,45 +45,7 @@ enum Cmd {
         quiet: bool,
     },
     /// Run the monitor on a live source (default: the embedded Double-11 simulator).
-    Run {
-        #[arg(long, value_enum, default_value_t = Source::Sim, env = "WARROOM_SOURCE")]
-        source: Source,
-        /// For --source file: the events to play.
-        #[arg(long)]
-        input: Option<PathBuf>,
-        #[arg(long, env = "WARROOM_CONFIG")]
-        config: Option<PathBuf>,
-        /// Stop after this long (e.g. "30s"); default: until interrupted.
-        #[arg(long, value_parser = humantime_serde::re::humantime::parse_duration)]
-        duration: Option<Duration>,
-        /// Simulator: event time runs this many times faster than real time.
-        #[arg(long)]
-        speed: Option<f64>,
-        /// Simulator: events per second at base intensity.
-        #[arg(long)]
-        rate: Option<f64>,
-        /// Kafka: bootstrap servers (also `[kafka] brokers`).
-        #[arg(long, env = "WARROOM_BROKERS")]
-        brokers: Option<String>,
-        /// Kafka: the events topic.
-        #[arg(long, env = "WARROOM_TOPIC")]
-        topic: Option<String>,
-        /// Kafka: the consumer group (instances sharing it split the partitions).
-        #[arg(long, env = "WARROOM_GROUP")]
-        group: Option<String>,
-        /// Kafka: where checkpoints (state + offsets) are kept; one per instance.
-        #[arg(long, env = "WARROOM_STATE_DIR")]
-        state_dir: Option<PathBuf>,
-        /// Write the snapshot here every second (atomically), and on exit.
-        #[arg(long)]
-        snapshot_out: Option<PathBuf>,
-        /// Where the API and the screen listen (port 0: any free port, printed at start).
-        #[arg(long, env = "WARROOM_LISTEN", default_value = "127.0.0.1:8080")]
-        listen: std::net::SocketAddr,
-        /// Tokens and roles (TOML, see config/auth.demo.toml); default: the demo tokens.
-        #[arg(long, env = "WARROOM_AUTH_FILE")]
-        auth_file: Option<PathBuf>,
-    },
+    Run(RunOpts),
     /// Generate a Double-11-shaped event file with duplicates, re-sent payments, late and bad lines.
     Gen {
         #[arg(long)]
@@ -129,19 +91,45 @@ enum Source {
     Kafka,
 }
 
+/// `warroom run`'s options.
+#[derive(clap::Args, Debug)]
 struct RunOpts {
+    #[arg(long, value_enum, default_value_t = Source::Sim, env = "WARROOM_SOURCE")]
     source: Source,
+    /// For --source file: the events to play.
+    #[arg(long)]
     input: Option<PathBuf>,
+    #[arg(long, env = "WARROOM_CONFIG")]
     config: Option<PathBuf>,
+    /// Stop after this long (e.g. "30s"); default: until interrupted.
+    #[arg(long, value_parser = humantime_serde::re::humantime::parse_duration)]
     duration: Option<Duration>,
+    /// Simulator: event time runs this many times faster than real time.
+    #[arg(long)]
     speed: Option<f64>,
+    /// Simulator: events per second at base intensity.
+    #[arg(long)]
     rate: Option<f64>,
+    /// Kafka: bootstrap servers (also `[kafka] brokers`).
+    #[arg(long, env = "WARROOM_BROKERS")]
     brokers: Option<String>,
+    /// Kafka: the events topic.
+    #[arg(long, env = "WARROOM_TOPIC")]
     topic: Option<String>,
+    /// Kafka: the consumer group (instances sharing it split the partitions).
+    #[arg(long, env = "WARROOM_GROUP")]
     group: Option<String>,
+    /// Kafka: where checkpoints (state + offsets) are kept; one per instance.
+    #[arg(long, env = "WARROOM_STATE_DIR")]
     state_dir: Option<PathBuf>,
+    /// Write the snapshot here every second (atomically), and on exit.
+    #[arg(long)]
     snapshot_out: Option<PathBuf>,
+    /// Where the API and the screen listen (port 0: any free port, printed at start).
+    #[arg(long, env = "WARROOM_LISTEN", default_value = "127.0.0.1:8080")]
     listen: std::net::SocketAddr,
+    /// Tokens and roles (TOML, see config/auth.demo.toml); default: the demo tokens.
+    #[arg(long, env = "WARROOM_AUTH_FILE")]
     auth_file: Option<PathBuf>,
 }
 
@@ -158,38 +146,7 @@ fn main() {
         Cmd::Replay { input, snapshot_out, rejects_out, config, quiet } => {
             replay(&input, &snapshot_out, rejects_out.as_deref(), config.as_deref(), quiet)
         }
-        Cmd::Run {
-            source,
-            input,
-            config,
-            duration,
-            speed,
-            rate,
-            brokers,
-            topic,
-            group,
-            state_dir,
-            snapshot_out,
-            listen,
-            auth_file,
-        } => {
-            let opts = RunOpts {
-                source,
-                input,
-                config,
-                duration,
-                speed,
-                rate,
-                brokers,
-                topic,
-                group,
-                state_dir,
-                snapshot_out,
-                listen,
-                auth_file,
-            };
-            run(opts)
-        }
+        Cmd::Run(opts) => run(opts),
         Cmd::Gen { out, events, seed, span, start_ms, users, profile } => {
             generate(&out, events, seed, span, start_ms, users, profile)
         }
