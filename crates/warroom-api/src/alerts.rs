@@ -206,6 +206,10 @@ pub struct Alert {
     /// Set for alerts about one merchant's slot: that merchant sees them.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub merchant_id: Option<String>,
+    /// Raised during a rehearsal (演练): about replayed data, not live trade. Its title
+    /// starts with "[演练 REHEARSAL]".
+    #[serde(skip_serializing_if = "std::ops::Not::not", default)]
+    pub rehearsal: bool,
 }
 
 /// What one evaluation observed for one subject.
@@ -241,6 +245,8 @@ pub struct AlertEngine {
     history: VecDeque<Alert>,
     samples: VecDeque<Sample>,
     pub stats: AlertStats,
+    /// The snapshot being evaluated is a rehearsal's.
+    rehearsal: bool,
 }
 
 const HISTORY: usize = 500;
@@ -286,6 +292,7 @@ impl AlertEngine {
         ingest_lag: Option<u64>,
     ) -> Vec<Alert> {
         self.stats.evaluations += 1;
+        self.rehearsal = snap.rehearsal.is_some();
         if snap.as_of_ms > 0 {
             let s = Sample {
                 as_of_ms: snap.as_of_ms,
@@ -538,7 +545,11 @@ impl AlertEngine {
             value: o.value,
             fire: r.fire,
             clear,
-            title: title(r, &o.subject),
+            title: if self.rehearsal {
+                format!("[演练 REHEARSAL] {}", title(r, &o.subject))
+            } else {
+                title(r, &o.subject)
+            },
             message: describe(r, o.value),
             since_ms: now_ms,
             fired_at_ms: None,
@@ -547,6 +558,7 @@ impl AlertEngine {
             acked_at_ms: None,
             venue: o.venue.clone(),
             merchant_id: o.merchant.clone(),
+            rehearsal: self.rehearsal,
         }
     }
 

@@ -67,6 +67,12 @@ pub fn render(st: &AppState) -> String {
     let now = now_ms();
     let r = |a: &AtomicU64| a.load(Ordering::Relaxed);
     p.one("uptime_seconds", "gauge", "Seconds since the monitor started.", st.started.elapsed().as_secs());
+    p.one(
+        "rehearsal",
+        "gauge",
+        "1 during a rehearsal (演练): every number here is replayed data, not live trade.",
+        u8::from(st.engine.config().rehearsal.is_some()),
+    );
     // Engine.
     let t = &snap.totals;
     p.one("gmv_cents_total", "counter", "GMV since the start, in cents (exact).", t.gmv_cents);

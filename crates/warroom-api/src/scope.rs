@@ -26,6 +26,9 @@ pub struct MerchantSnapshot {
     pub windows: Vec<MoneyWindow>,
     pub venues: Vec<MerchantVenue>,
     pub slots: Vec<SlotStats>,
+    /// The rehearsal tag, as in the full snapshot (merchants see the banner too).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rehearsal: Option<warroom_engine::snapshot::Rehearsal>,
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
@@ -95,6 +98,7 @@ pub fn merchant_view(snap: &Snapshot, merchant: &str, venue: Option<&str>) -> Me
         windows,
         venues,
         slots,
+        rehearsal: snap.rehearsal.clone(),
     }
 }
 

@@ -95,6 +95,8 @@ pub struct Config {
     pub engine: EngineConfig,
     pub race: RaceConfig,
     pub plan: Option<PlanConfig>,
+    /// Set in a rehearsal: every snapshot carries this tag.
+    pub rehearsal: Option<crate::snapshot::Rehearsal>,
 }
 
 impl Config {

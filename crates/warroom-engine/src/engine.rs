@@ -442,7 +442,8 @@ impl Engine {
     }
 
     fn empty_snapshot(&self) -> Snapshot {
-        let mut s = Snapshot { published_at_ms: wall_ms(), ..Snapshot::default() };
+        let mut s =
+            Snapshot { published_at_ms: wall_ms(), rehearsal: self.cfg.rehearsal.clone(), ..Snapshot::default() };
         s.totals.rejected = self.rejects.total();
         s.rejections = self.rejects.nonzero().into_iter().map(|(k, v)| (k.to_string(), v)).collect();
         s.windows = self
@@ -715,6 +716,7 @@ impl Engine {
             plan,
             rejections: self.rejects.nonzero().into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
             counters,
+            rehearsal: self.cfg.rehearsal.clone(),
         };
         (snap, changes)
     }

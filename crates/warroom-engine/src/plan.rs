@@ -50,6 +50,21 @@ pub struct PlanConfig {
 }
 
 impl PlanConfig {
+    /// The same plan with every phase moved by `ms` (a rehearsal replays a recorded night
+    /// with its event times moved by the same amount, so phases and pace line up).
+    pub fn shifted(&self, ms: i64) -> Result<PlanConfig, String> {
+        let mv = |t: Timestamp| {
+            t.checked_add(jiff::SignedDuration::from_millis(ms))
+                .map_err(|e| format!("plan: shifting {t} by {ms} ms: {e}"))
+        };
+        let mut p = self.clone();
+        for ph in &mut p.phases {
+            ph.start = mv(ph.start)?;
+            ph.end = mv(ph.end)?;
+        }
+        Ok(p)
+    }
+
     pub fn validate(&self) -> Result<(), Vec<String>> {
         let mut errs = Vec::new();
         if self.phases.is_empty() {

@@ -29,6 +29,22 @@ pub struct Snapshot {
     /// Rejected messages by reason.
     pub rejections: BTreeMap<String, u64>,
     pub counters: Counters,
+    /// Present only in a rehearsal (演练): the data is a recorded night replayed with shifted
+    /// times, not live trade. Every view shows it (the screen's banner).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub rehearsal: Option<Rehearsal>,
+}
+
+/// The tag of a rehearsal run: a recorded night replayed through Kafka with its event times
+/// (and the plan's phases) moved by `shift_ms`, at `speed` times real time.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Rehearsal {
+    /// What the screens show, e.g. "REHEARSAL 演练 — not live data".
+    pub label: String,
+    /// Added to every recorded event time and to the plan's phases.
+    pub shift_ms: i64,
+    /// Replay speed (event time per real time), as given to `warroom rehearse`.
+    pub speed: f64,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -37,6 +37,9 @@ pub struct GenConfig {
     pub bad_share: f64,
     /// Share of slot events that name another merchant than the slot's usual one.
     pub merchant_change_share: f64,
+    /// Put into every event and order id (`e-{prefix}{n}`), so that several generators
+    /// (loadgen's threads, or two loadgen runs on one topic) never repeat an id.
+    pub id_prefix: String,
 }
 
 impl Default for GenConfig {
@@ -55,6 +58,7 @@ impl Default for GenConfig {
             late_max_ms: 90_000,
             bad_share: 0.001,
             merchant_change_share: 0.001,
+            id_prefix: String::new(),
         }
     }
 }
@@ -198,7 +202,8 @@ impl Generator {
         self.next_id += 1;
         let l = &mut self.line;
         l.clear();
-        let _ = write!(l, r#"{{"event_id":"e-{id}","type":"{kind}","ts":{ts},"user_id":"u-{user}""#);
+        let pre = &self.cfg.id_prefix;
+        let _ = write!(l, r#"{{"event_id":"e-{pre}{id}","type":"{kind}","ts":{ts},"user_id":"u-{user}""#);
         if let Some(s) = slot {
             let (name, venue, mut merchant) = self.slots[s].clone();
             if self.rng.gen::<f64>() < self.cfg.merchant_change_share {
@@ -210,7 +215,7 @@ impl Generator {
         let ch = CHANNELS[(user % CHANNELS.len() as u64) as usize];
         let _ = write!(l, r#","channel":"{ch}""#);
         if let Some((o, amount)) = order {
-            let _ = write!(l, r#","order_id":"o-{o}","amount_cents":{amount}"#);
+            let _ = write!(l, r#","order_id":"o-{pre}{o}","amount_cents":{amount}"#);
             if amount % 7 == 0 {
                 let _ = write!(l, r#","coupon_cents":{}"#, amount / 10);
             }
@@ -236,12 +241,22 @@ impl Generator {
 /// first two thirds, the midnight spike (about 8x) decaying into the official sale, and a
 /// calmer encore.
 pub fn night_intensity(u: f64) -> f64 {
+    intensity(u, 6.8)
+}
+
+/// [`night_intensity`] with the midnight spike reaching `peak` times the base rate (at least
+/// 1.5; the night's own is 8.3).
+pub fn night_intensity_peak(u: f64, peak: f64) -> f64 {
+    intensity(u, (peak - 1.5).max(0.0))
+}
+
+fn intensity(u: f64, spike: f64) -> f64 {
     let midnight = 2.0 / 3.0;
     if u < midnight {
         0.3 + 0.7 * (u / midnight)
     } else {
         let after = u - midnight;
-        1.2 + 6.8 * (-after * 40.0).exp() + 0.3 * (-after * 4.0).exp()
+        1.2 + spike * (-after * 40.0).exp() + 0.3 * (-after * 4.0).exp()
     }
 }
 

@@ -7,11 +7,20 @@
 //! - [`gen`]: a deterministic generator of Double-11-shaped traffic with noise.
 //! - [`sim`]: the embedded simulator that plays a compressed night in real time.
 //!
-//! The Kafka source comes with its own issue and will feed the same processor.
+//! - [`kafka`]: the Kafka source (consumer group, checkpoints, exactly-once counting).
+//! - [`loadgen`], [`rehearse`], [`produce`]: the producing side for load tests and rehearsals.
 
 pub mod gen;
 pub mod kafka;
+pub mod loadgen;
 pub mod pipeline;
+pub mod produce;
+pub mod rehearse;
 pub mod sim;
+
+/// Wall-clock milliseconds since the epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
 
 pub use pipeline::{replay, ChunkProcessor, RejectedLine, ReplayStats};

@@ -73,6 +73,113 @@ enum Cmd {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Load test: produce contract events to a Kafka topic at a target rate and shape.
+    Loadgen(LoadgenOpts),
+    /// Rehearsal (演练): replay a recorded event file through Kafka at N x speed, times moved to now.
+    Rehearse(RehearseOpts),
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LoadShape {
+    /// --rate events/s throughout (--rate 0: as fast as possible).
+    Steady,
+    /// From --from-rate up to --rate, linearly.
+    Ramp,
+    /// The Double-11 night squeezed into --seconds: warm-up ramp to --rate, the midnight
+    /// spike at --peak x --rate, decay into the official sale.
+    Double11,
+}
+
+/// `warroom loadgen`'s options.
+#[derive(clap::Args, Debug)]
+struct LoadgenOpts {
+    /// Bootstrap servers.
+    #[arg(long, env = "WARROOM_BROKERS", default_value = "127.0.0.1:9092")]
+    brokers: String,
+    #[arg(long, env = "WARROOM_TOPIC", default_value = "warroom-loadtest")]
+    topic: String,
+    #[arg(long, value_enum, default_value_t = LoadShape::Steady)]
+    profile: LoadShape,
+    /// Events per second (the base rate of double11, the final rate of ramp).
+    #[arg(long, default_value_t = 10_000.0)]
+    rate: f64,
+    /// Ramp: the starting rate.
+    #[arg(long, default_value_t = 0.0)]
+    from_rate: f64,
+    /// Double11: the midnight spike, as a multiple of --rate.
+    #[arg(long, default_value_t = 8.0)]
+    peak: f64,
+    /// Length of the run.
+    #[arg(long, default_value_t = 60.0)]
+    seconds: f64,
+    /// Producing threads (each with its own generator; one shared producer).
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+    #[arg(long, default_value_t = 11)]
+    seed: u64,
+    /// Goes into every event and order id (default: the start time), so runs never collide.
+    #[arg(long)]
+    run_id: Option<String>,
+    #[arg(long, default_value = "main,digital,beauty,food", value_delimiter = ',')]
+    venues: Vec<String>,
+    #[arg(long, default_value_t = 8)]
+    slots_per_venue: usize,
+    #[arg(long, default_value_t = 20)]
+    merchants: usize,
+    #[arg(long, default_value_t = 200_000)]
+    users: u64,
+    /// Zipf exponent of slot popularity.
+    #[arg(long, default_value_t = 1.1)]
+    zipf: f64,
+    /// Shares of the noise: exact re-deliveries, re-sent payments, late events, malformed lines.
+    #[arg(long, default_value_t = 0.01)]
+    duplicate_share: f64,
+    #[arg(long, default_value_t = 0.003)]
+    resend_share: f64,
+    #[arg(long, default_value_t = 0.01)]
+    late_share: f64,
+    /// How late a late event is, at most.
+    #[arg(long, default_value = "90s", value_parser = humantime_serde::re::humantime::parse_duration)]
+    late_max: Duration,
+    #[arg(long, default_value_t = 0.001)]
+    bad_share: f64,
+    /// Extra librdkafka producer settings, e.g. --producer-prop compression.type=lz4.
+    #[arg(long = "producer-prop")]
+    producer_props: Vec<String>,
+    /// Generate and drop the events (no Kafka): measures the generator's own cost.
+    #[arg(long)]
+    dry_run: bool,
+    /// Seconds between progress lines (0: none).
+    #[arg(long, default_value_t = 5.0)]
+    progress: f64,
+    /// Write the report as JSON here too.
+    #[arg(long)]
+    json_out: Option<PathBuf>,
+}
+
+/// `warroom rehearse`'s options.
+#[derive(clap::Args, Debug)]
+struct RehearseOpts {
+    /// The recorded events (JSON Lines in arrival order), e.g. last year's night.
+    #[arg(long)]
+    input: PathBuf,
+    /// Event time runs this many times faster than real time.
+    #[arg(long, default_value_t = 1.0)]
+    speed: f64,
+    /// Added to every ts (default: so the recording ends when the replay ends, rounded down
+    /// to a minute). Give the monitor the same value: --rehearsal-shift-ms.
+    #[arg(long, allow_hyphen_values = true)]
+    shift_ms: Option<i64>,
+    #[arg(long, env = "WARROOM_BROKERS", default_value = "127.0.0.1:9092")]
+    brokers: String,
+    /// Never the live topic: a rehearsal has its own.
+    #[arg(long, default_value = "warroom-rehearsal")]
+    topic: String,
+    /// Print the schedule and the monitor's command, produce nothing.
+    #[arg(long)]
+    dry_run: bool,
+    #[arg(long = "producer-prop")]
+    producer_props: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -131,6 +238,16 @@ struct RunOpts {
     /// Tokens and roles (TOML, see config/auth.demo.toml); default: the demo tokens.
     #[arg(long, env = "WARROOM_AUTH_FILE")]
     auth_file: Option<PathBuf>,
+    /// Rehearsal (演练): the events are a recording replayed by `warroom rehearse` with their
+    /// times moved by this many ms. The plan's phases move by the same amount, every snapshot,
+    /// alert, metric and summary line is tagged, the screens show a banner, and the consumer
+    /// group and state dir default to separate rehearsal ones (`<group>-rehearsal`,
+    /// `<state_dir>/rehearsal`), so the live group's offsets and state are never touched.
+    #[arg(long, allow_hyphen_values = true)]
+    rehearsal_shift_ms: Option<i64>,
+    /// Rehearsal: the replay speed, for the banner.
+    #[arg(long, default_value_t = 1.0)]
+    rehearsal_speed: f64,
 }
 
 fn main() {
@@ -151,6 +268,8 @@ fn main() {
             generate(&out, events, seed, span, start_ms, users, profile)
         }
         Cmd::CheckConfig { config } => Settings::load(Some(&config)).map(|_| println!("{}: ok", config.display())),
+        Cmd::Loadgen(o) => loadgen(o),
+        Cmd::Rehearse(o) => rehearse(o),
     };
     if let Err(e) = res {
         eprintln!("error: {e:#}");
@@ -318,11 +437,11 @@ fn run(o: RunOpts) -> anyhow::Result<()> {
     if let Some(t) = o.topic {
         kcfg.topic = t;
     }
-    if let Some(g) = o.group {
-        kcfg.group = g;
+    if let Some(g) = &o.group {
+        kcfg.group = g.clone();
     }
-    if let Some(d) = o.state_dir {
-        kcfg.state_dir = d;
+    if let Some(d) = &o.state_dir {
+        kcfg.state_dir = d.clone();
     }
     let sim_cfg = SimConfig {
         gen: gen::GenConfig { seed: settings.sim.seed, ..Default::default() },
@@ -334,13 +453,38 @@ fn run(o: RunOpts) -> anyhow::Result<()> {
     if matches!(source, Source::Sim) && settings.plan.is_none() {
         settings.plan = Some(night.plan(&sim_cfg));
     }
+    let rehearsal = o.rehearsal_shift_ms.map(|shift_ms| warroom_engine::snapshot::Rehearsal {
+        label: "演练 REHEARSAL: a recorded night replayed with shifted times, not live trade".into(),
+        shift_ms,
+        speed: o.rehearsal_speed,
+    });
+    if let Some(r) = &rehearsal {
+        if let Some(p) = &settings.plan {
+            settings.plan = Some(p.shifted(r.shift_ms).map_err(|e| anyhow::anyhow!(e))?);
+        }
+        if o.group.is_none() {
+            kcfg.group = format!("{}-rehearsal", kcfg.group);
+        }
+        if o.state_dir.is_none() {
+            kcfg.state_dir = kcfg.state_dir.join("rehearsal");
+        }
+        tracing::warn!(
+            shift_ms = r.shift_ms,
+            speed = r.speed,
+            group = %kcfg.group,
+            state_dir = %kcfg.state_dir.display(),
+            "REHEARSAL (演练): replayed data; every report is tagged"
+        );
+    }
+    let mut engine_cfg = settings.engine_config();
+    engine_cfg.rehearsal = rehearsal.clone();
     let (engine, positions) = match source {
         Source::Kafka => {
-            let (e, p) = warroom_ingest::kafka::open_engine(settings.engine_config(), &kcfg)
+            let (e, p) = warroom_ingest::kafka::open_engine(engine_cfg, &kcfg)
                 .with_context(|| format!("opening the state in {}", kcfg.state_dir.display()))?;
             (Arc::new(e), Some(p))
         }
-        _ => (Arc::new(Engine::new(settings.engine_config())), None),
+        _ => (Arc::new(Engine::new(engine_cfg)), None),
     };
     let stop = Arc::new(AtomicBool::new(false));
     {
@@ -427,7 +571,8 @@ fn run(o: RunOpts) -> anyhow::Result<()> {
         api.on_publish(snap.clone(), changes);
         if last_line.elapsed() >= Duration::from_secs(1) {
             last_line = Instant::now();
-            println!("{} | rank moves {moves}", summary_line(&snap));
+            let tag = if rehearsal.is_some() { "[演练 REHEARSAL] " } else { "" };
+            println!("{tag}{} | rank moves {moves}", summary_line(&snap));
             moves = 0;
             if let Some(p) = &o.snapshot_out {
                 if let Err(e) = write_json_atomically(p, &snap) {
@@ -456,6 +601,155 @@ fn run(o: RunOpts) -> anyhow::Result<()> {
     if let Some(p) = &o.snapshot_out {
         write_json_atomically(p, &snap)?;
     }
+    Ok(())
+}
+
+fn loadgen(o: LoadgenOpts) -> anyhow::Result<()> {
+    use warroom_ingest::loadgen::{self, LoadConfig, Shape};
+    anyhow::ensure!(o.seconds > 0.0, "--seconds must be above 0");
+    anyhow::ensure!(o.rate >= 0.0 && o.from_rate >= 0.0, "rates cannot be negative");
+    anyhow::ensure!(!o.venues.is_empty() && o.slots_per_venue > 0, "give at least one venue and one slot per venue");
+    let shape = match o.profile {
+        LoadShape::Steady => Shape::Steady,
+        LoadShape::Ramp => Shape::Ramp { from: o.from_rate },
+        LoadShape::Double11 => Shape::Double11 { peak: o.peak },
+    };
+    let cfg = LoadConfig {
+        gen: gen::GenConfig {
+            seed: o.seed,
+            venues: o.venues.clone(),
+            slots_per_venue: o.slots_per_venue,
+            merchants: o.merchants.max(1),
+            users: o.users.max(1),
+            zipf: o.zipf,
+            duplicate_share: o.duplicate_share,
+            resend_share: o.resend_share,
+            late_share: o.late_share,
+            late_max_ms: o.late_max.as_millis() as i64,
+            bad_share: o.bad_share,
+            ..Default::default()
+        },
+        shape,
+        rate: o.rate,
+        seconds: o.seconds,
+        threads: o.threads.max(1),
+        run_id: o.run_id.clone().unwrap_or_else(|| format!("r{}", warroom_ingest::now_ms())),
+        progress_every: o.progress,
+    };
+    let producer = if o.dry_run {
+        None
+    } else {
+        let props = warroom_ingest::produce::parse_props(&o.producer_props).map_err(anyhow::Error::msg)?;
+        Some(Arc::new(
+            warroom_ingest::produce::EventProducer::new(&o.brokers, &o.topic, &props)
+                .with_context(|| format!("creating the producer for {} (check --brokers)", o.brokers))?,
+        ))
+    };
+    let sched = loadgen::Schedule::new(shape, o.rate, o.seconds);
+    eprintln!(
+        "loadgen: {} to {} topic {}: {:?} at {} events/s (peak {:.0}/s) for {} s, {} threads, seed {}, run id {}",
+        if o.dry_run { "dry run (nothing sent)" } else { "producing" },
+        o.brokers,
+        o.topic,
+        o.profile,
+        o.rate,
+        sched.peak_rate(),
+        o.seconds,
+        cfg.threads,
+        o.seed,
+        cfg.run_id
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        ctrlc::set_handler(move || {
+            if stop.swap(true, Ordering::Relaxed) {
+                std::process::exit(130);
+            }
+            eprintln!("stopping: flushing what was produced (press Ctrl-C again to exit at once)");
+        })
+        .context("installing the signal handler")?;
+    }
+    let r = loadgen::run(&cfg, producer, &stop);
+    println!(
+        "loadgen: {} events in {:.1} s = {:.0}/s (target {} /s, peak {:.0}/s); delivered {}, failed {}, queue-full waits {}, most behind schedule {}; own CPU {:.1} s = {:.2} cores, {:.2} µs/event, RSS {:.0} MB",
+        r.events,
+        r.seconds,
+        r.rate_achieved,
+        r.rate_target,
+        r.rate_peak_target,
+        r.delivered,
+        r.failed,
+        r.queue_full_waits,
+        r.max_behind,
+        r.cpu_s,
+        r.cores,
+        r.cpu_us_per_event,
+        r.rss_mb
+    );
+    let json = serde_json::to_string(&r)?;
+    println!("{json}");
+    if let Some(p) = &o.json_out {
+        std::fs::write(p, &json).with_context(|| format!("cannot write --json-out {}", p.display()))?;
+    }
+    anyhow::ensure!(r.failed == 0, "{} messages were not delivered; check the broker and the topic", r.failed);
+    Ok(())
+}
+
+fn rehearse(o: RehearseOpts) -> anyhow::Result<()> {
+    use warroom_ingest::rehearse;
+    anyhow::ensure!(o.speed > 0.0, "--speed must be above 0");
+    let open = || File::open(&o.input).with_context(|| format!("cannot open --input {}", o.input.display()));
+    let rec = rehearse::scan(open()?).with_context(|| format!("reading {}", o.input.display()))?;
+    anyhow::ensure!(rec.first_ms != i64::MIN, "{} has no event with a ts; is it an event file?", o.input.display());
+    let start = warroom_ingest::now_ms();
+    let shift = o.shift_ms.unwrap_or_else(|| rehearse::default_shift(&rec, o.speed, start));
+    let len_s = (rec.last_ms - rec.first_ms) as f64 / 1000.0;
+    let at = |ms: i64| jiff::Timestamp::from_millisecond(ms).map(|t| t.to_string()).unwrap_or_default();
+    eprintln!(
+        "rehearse: {} lines, recorded {} .. {} ({:.0} s), at {}x: about {:.0} s; shift {} ms: event times {} .. {}",
+        rec.lines,
+        at(rec.first_ms),
+        at(rec.last_ms),
+        len_s,
+        o.speed,
+        len_s / o.speed,
+        shift,
+        at(rec.first_ms + shift),
+        at(rec.last_ms + shift)
+    );
+    println!(
+        "monitor: warroom run --source kafka --brokers {} --topic {} --rehearsal-shift-ms {shift} --rehearsal-speed {}",
+        o.brokers, o.topic, o.speed
+    );
+    if o.dry_run {
+        return Ok(());
+    }
+    let props = warroom_ingest::produce::parse_props(&o.producer_props).map_err(anyhow::Error::msg)?;
+    let producer = warroom_ingest::produce::EventProducer::new(&o.brokers, &o.topic, &props)
+        .with_context(|| format!("creating the producer for {} (check --brokers)", o.brokers))?
+        .with_header(rehearse::HEADER, &format!("shift_ms={shift};speed={}", o.speed));
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        ctrlc::set_handler(move || {
+            if stop.swap(true, Ordering::Relaxed) {
+                std::process::exit(130);
+            }
+            eprintln!("stopping the rehearsal (press Ctrl-C again to exit at once)");
+        })
+        .context("installing the signal handler")?;
+    }
+    let total = rec.lines.max(1);
+    let r = rehearse::play(open()?, &rec, shift, o.speed, &producer, &stop, |n, t| {
+        eprintln!("rehearse: {:5.1}% ({n} lines), event time {}", 100.0 * n as f64 / total as f64, at(t))
+    })?;
+    println!(
+        "rehearse: {} lines in {:.1} s ({} with ts moved, {} sent as recorded); delivered {}, failed {}; own CPU {:.1} s",
+        r.lines, r.seconds, r.shifted, r.unshifted, r.delivered, r.failed, r.cpu_s
+    );
+    println!("{}", serde_json::to_string(&r)?);
+    anyhow::ensure!(r.failed == 0, "{} messages were not delivered; check the broker and the topic", r.failed);
     Ok(())
 }
 

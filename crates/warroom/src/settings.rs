@@ -86,7 +86,7 @@ impl Settings {
     }
 
     pub fn engine_config(&self) -> Config {
-        Config { engine: self.engine.clone(), race: self.race.clone(), plan: self.plan.clone() }
+        Config { engine: self.engine.clone(), race: self.race.clone(), plan: self.plan.clone(), rehearsal: None }
     }
 
     pub fn limits(&self) -> warroom_model::Limits {
