@@ -72,3 +72,17 @@ pub fn create_topic(brokers: &str, topic: &str, partitions: i32) {
         r.unwrap_or_else(|(t, e)| panic!("creating topic {t}: {e}"));
     }
 }
+
+/// Deletes a topic (the capacity search frees the broker's memory between steps); errors are
+/// ignored, as not every broker supports it.
+pub fn delete_topic(brokers: &str, topic: &str) {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::config::ClientConfig;
+    let Ok(admin) = ClientConfig::new().set("bootstrap.servers", brokers).create::<AdminClient<DefaultClientContext>>()
+    else {
+        return;
+    };
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+    let _ = rt.block_on(admin.delete_topics(&[topic], &AdminOptions::new()));
+}

@@ -78,3 +78,110 @@ fn produce_with(brokers: &str, topic: &str, lines: &[&[u8]], keyed: bool) {
     }
     producer.flush(Duration::from_secs(30)).expect("flush");
 }
+
+/// Starts `warroom run --source kafka` (the binary at `bin`) on `topic` with `dir` holding its
+/// config (`warroom.toml`), state, snapshot file (`snapshot.json`, written every second),
+/// stdout (`out-*.txt`) and log (`log-*.txt`); `extra` arguments are added.
+pub fn start_monitor(bin: &str, topic: &str, dir: &std::path::Path, extra: &[&str]) -> std::process::Child {
+    use std::process::{Command, Stdio};
+    let tag = unique("run");
+    Command::new(bin)
+        .args(["run", "--source", "kafka", "--listen", "127.0.0.1:0", "--brokers", &brokers(), "--topic", topic])
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .arg("--snapshot-out")
+        .arg(dir.join("snapshot.json"))
+        .arg("--config")
+        .arg(dir.join("warroom.toml"))
+        .args(extra)
+        .stdout(Stdio::from(std::fs::File::create(dir.join(format!("out-{tag}.txt"))).expect("stdout file")))
+        .stderr(Stdio::from(std::fs::File::create(dir.join(format!("log-{tag}.txt"))).expect("log file")))
+        .spawn()
+        .expect("start warroom")
+}
+
+/// Messages the running monitor has read (accepted + rejected + duplicates), per its snapshot.
+pub fn read_so_far(dir: &std::path::Path) -> u64 {
+    let Ok(b) = std::fs::read(dir.join("snapshot.json")) else { return 0 };
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(&b) else { return 0 };
+    let t = &v["totals"];
+    ["accepted", "rejected", "duplicates"].iter().map(|k| t[k].as_u64().unwrap_or(0)).sum()
+}
+
+/// The text of the files in `dir` whose names start with `prefix` (the monitors' logs).
+pub fn files_starting(dir: &std::path::Path, prefix: &str) -> String {
+    let mut out: Vec<String> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .filter(|e| e.file_name().to_string_lossy().starts_with(prefix))
+                .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out.join("\n---\n")
+}
+
+/// Waits (at most 90 s) until the monitor writing into `dir` has read `n` messages.
+pub fn wait_for_read(dir: &std::path::Path, n: u64, what: &str) {
+    let started = std::time::Instant::now();
+    while read_so_far(dir) < n {
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "{what}: read {} of {n} in 90 s; logs:\n{}",
+            read_so_far(dir),
+            files_starting(dir, "log-")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// One message as read back from the broker.
+#[derive(Debug, Clone)]
+pub struct Consumed {
+    pub partition: i32,
+    pub key: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
+    /// The message's CreateTime (ms): when the producer was handed it.
+    pub timestamp_ms: Option<i64>,
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+/// Reads partitions `0..partitions` of `topic` from the start until `n` messages are in
+/// (at most 60 s), in partition then offset order.
+pub fn consume_all(topic: &str, partitions: i32, n: usize) -> Vec<Consumed> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::{Headers, Message};
+    use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", unique("reader"))
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning).expect("partition");
+    }
+    c.assign(&tpl).expect("assign");
+    let mut out = Vec::with_capacity(n);
+    let started = std::time::Instant::now();
+    while out.len() < n {
+        assert!(started.elapsed() < Duration::from_secs(60), "read {} of {n} messages of {topic} in 60 s", out.len());
+        let Some(m) = c.poll(Duration::from_millis(200)) else { continue };
+        let m = m.expect("consume");
+        let headers = m
+            .headers()
+            .map(|h| h.iter().map(|x| (x.key.to_string(), x.value.unwrap_or_default().to_vec())).collect())
+            .unwrap_or_default();
+        out.push(Consumed {
+            partition: m.partition(),
+            key: m.key().map(<[u8]>::to_vec),
+            payload: m.payload().unwrap_or_default().to_vec(),
+            timestamp_ms: m.timestamp().to_millis(),
+            headers,
+        });
+    }
+    out.sort_by_key(|m| m.partition);
+    out
+}

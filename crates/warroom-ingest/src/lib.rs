@@ -24,3 +24,10 @@ pub fn now_ms() -> i64 {
 }
 
 pub use pipeline::{replay, ChunkProcessor, RejectedLine, ReplayStats};
+
+/// Names the worker threads that decode and apply events (rayon's global pool) `wr-engine-N`,
+/// so per-thread CPU (`top -H`, the e2e bench) tells them from the publisher and the API.
+/// Call once at start, before any event is processed; later calls do nothing.
+pub fn name_engine_threads() {
+    let _ = rayon::ThreadPoolBuilder::new().thread_name(|i| format!("wr-engine-{i}")).build_global();
+}

@@ -259,6 +259,7 @@ fn main() {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    warroom_ingest::name_engine_threads();
     let res = match cli.cmd {
         Cmd::Replay { input, snapshot_out, rejects_out, config, quiet } => {
             replay(&input, &snapshot_out, rejects_out.as_deref(), config.as_deref(), quiet)
@@ -597,7 +598,8 @@ fn run(o: RunOpts) -> anyhow::Result<()> {
         Err(_) => anyhow::bail!("the source thread panicked; see the log above"),
     }
     let (snap, _) = engine.publish();
-    println!("{}", summary_line(&snap));
+    let tag = if rehearsal.is_some() { "[演练 REHEARSAL] " } else { "" };
+    println!("{tag}{}", summary_line(&snap));
     if let Some(p) = &o.snapshot_out {
         write_json_atomically(p, &snap)?;
     }

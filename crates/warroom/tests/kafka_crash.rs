@@ -3,64 +3,18 @@
 //! Needs the broker that scripts/test.sh starts (WARROOM_KAFKA_BROKERS).
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use warroom_ingest::gen::{write_night, GenConfig};
-use warroom_tests::kafka::{brokers, create_topic, produce, unique};
+use warroom_tests::kafka::{create_topic, produce, start_monitor, unique, wait_for_read};
 
 fn start(topic: &str, group: &str, dir: &Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_warroom"))
-        .args([
-            "run",
-            "--source",
-            "kafka",
-            "--listen",
-            "127.0.0.1:0",
-            "--brokers",
-            &brokers(),
-            "--topic",
-            topic,
-            "--group",
-            group,
-        ])
-        .arg("--state-dir")
-        .arg(dir.join("state"))
-        .arg("--snapshot-out")
-        .arg(dir.join("snapshot.json"))
-        .arg("--config")
-        .arg(dir.join("warroom.toml"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(std::fs::File::create(dir.join(format!("log-{}.txt", unique("run")))).unwrap()))
-        .spawn()
-        .expect("start warroom")
-}
-
-/// Messages the running monitor has read (accepted + rejected + duplicates), per its snapshot.
-fn read_so_far(dir: &Path) -> u64 {
-    let Ok(b) = std::fs::read(dir.join("snapshot.json")) else { return 0 };
-    let Ok(v) = serde_json::from_slice::<serde_json::Value>(&b) else { return 0 };
-    let t = &v["totals"];
-    ["accepted", "rejected", "duplicates"].iter().map(|k| t[k].as_u64().unwrap_or(0)).sum()
+    start_monitor(env!("CARGO_BIN_EXE_warroom"), topic, dir, &["--group", group])
 }
 
 fn wait_for(dir: &Path, n: u64, what: &str) {
-    let started = Instant::now();
-    while read_so_far(dir) < n {
-        let logs: Vec<String> = std::fs::read_dir(dir)
-            .unwrap()
-            .filter_map(|e| e.ok())
-            .filter(|e| e.file_name().to_string_lossy().starts_with("log-"))
-            .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
-            .collect();
-        assert!(
-            started.elapsed() < Duration::from_secs(90),
-            "{what}: read {} of {n} in 90 s; logs:\n{}",
-            read_so_far(dir),
-            logs.join("\n---\n")
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_for_read(dir, n, what)
 }
 
 #[test]

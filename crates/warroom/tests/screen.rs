@@ -28,7 +28,7 @@ fn artifacts() -> PathBuf {
 }
 
 /// Starts the monitor on a generated event file; returns it and the screen's base URL.
-fn start_monitor(dir: &std::path::Path) -> (Killed, String) {
+fn start_monitor(dir: &std::path::Path, extra: &[&str]) -> (Killed, String) {
     let input = dir.join("night.jsonl");
     let st = Command::new(env!("CARGO_BIN_EXE_warroom"))
         .args(["gen", "--events", "60000", "--seed", "3", "--out"])
@@ -40,6 +40,7 @@ fn start_monitor(dir: &std::path::Path) -> (Killed, String) {
         Command::new(env!("CARGO_BIN_EXE_warroom"))
             .args(["run", "--source", "file", "--listen", "127.0.0.1:0", "--input"])
             .arg(&input)
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -168,7 +169,7 @@ async fn api_snapshot(base: &str, token: &str) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_screen_shows_the_api_gmv_exactly_in_a_real_browser() {
     let dir = tempfile::tempdir().unwrap();
-    let (_monitor, base) = start_monitor(dir.path());
+    let (_monitor, base) = start_monitor(dir.path(), &[]);
     let (_chromium, port) = start_chromium(dir.path());
     for (token, name, what) in [
         ("demo-ops-token-0001", "screen-ops.png", "ops"),
@@ -206,6 +207,8 @@ async fn the_screen_shows_the_api_gmv_exactly_in_a_real_browser() {
         };
         assert!(api["totals"]["gmv_cents"].as_u64().unwrap() > 0, "{what}: {api}");
         assert_eq!(shown.parse::<u64>().ok(), api["totals"]["gmv_cents"].as_u64());
+        let banner = page.eval("getComputedStyle(document.getElementById('banner')).display").await;
+        assert_eq!(banner, "none", "{what}: no rehearsal banner on live data");
         if what == "merchant" {
             let label = page.eval("document.getElementById('gmv-label').textContent").await;
             assert!(label.as_str().unwrap().contains("m-4"), "{label}");
@@ -213,5 +216,38 @@ async fn the_screen_shows_the_api_gmv_exactly_in_a_real_browser() {
         tokio::time::sleep(Duration::from_millis(800)).await; // let the curve and races draw
         let shot = page.screenshot(name).await;
         eprintln!("{what} screenshot: {}", shot.display());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rehearsal_shows_its_banner_on_every_screen() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_monitor, base) = start_monitor(dir.path(), &["--rehearsal-shift-ms", "0", "--rehearsal-speed", "60"]);
+    let (_chromium, port) = start_chromium(dir.path());
+    for (token, what) in [("demo-ops-token-0001", "ops"), ("demo-merchant-m4-token", "merchant")] {
+        let mut page = Page::open(&port, &format!("{base}/healthz")).await;
+        page.call("Page.navigate", json!({"url": format!("{base}/#token={token}")})).await;
+        let started = Instant::now();
+        loop {
+            let shown = page.eval("getComputedStyle(document.getElementById('banner')).display").await;
+            let text = page.eval("document.getElementById('banner').textContent").await;
+            let text = text.as_str().unwrap_or("");
+            if shown != "none" && text.contains("演练") && text.contains("60x") {
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(30), "{what}: no rehearsal banner: {shown} {text:?}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let snap = api_snapshot(&base, token).await;
+        assert_eq!(snap["rehearsal"]["speed"], 60.0, "{what}: the API's snapshot is tagged too");
+        if what == "ops" {
+            page.call(
+                "Emulation.setDeviceMetricsOverride",
+                json!({"width": 1920, "height": 1080, "deviceScaleFactor": 1, "mobile": false}),
+            )
+            .await;
+            tokio::time::sleep(Duration::from_millis(800)).await;
+            eprintln!("rehearsal screenshot: {}", page.screenshot("screen-rehearsal.png").await.display());
+        }
     }
 }
