@@ -40,3 +40,10 @@ trap 'scripts/kafka-broker.sh stop' EXIT
 echo "broker at $WARROOM_KAFKA_BROKERS"
 step "cargo test (release: the proptests and the large reference stream run at full speed)"
 cargo test --release --workspace
+step "end-to-end bench, smoke run (loadgen -> broker -> monitor -> 10 WebSocket clients, 15 s)"
+# It proves the SREs' bench works from this checkout; the SLO is loose because CI machines are
+# shared. The measured numbers (and the one-hour soak, which does not fit CI) are in BENCHMARKS.md.
+cargo build --release -q -p warroom-benches --bin e2e
+target/release/e2e --brokers "$WARROOM_KAFKA_BROKERS" --broker-pid "$(cat target/tansu.pid)" \
+  --warroom target/release/warroom --rate 5000 --seconds 15 --clients 10 --slo-p99-ms 5000 --every 5 \
+  | grep -v '^{'

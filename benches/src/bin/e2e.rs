@@ -3,7 +3,8 @@
 //! Usage: `e2e --brokers HOST:PORT --warroom PATH [--rate 20000] [--seconds 60] [--clients 100]
 //!         [--profile steady|ramp|double11] [--peak 8] [--threads 2] [--slo-p99-ms 1000]
 //!         [--broker-pid PID] [--json-out FILE] [--monitor-config FILE] [--every 5]
-//!         [--search [--search-start 10000] [--search-factor 1.5] [--search-max 400000]]`
+//!         [--search [--search-start 10000] [--search-factor 1.5] [--search-max 400000]]
+//!         [--probe-every-ms 10] [--loadgen-prop linger.ms=200 ...]`
 //!
 //! One run: it creates a 4-partition topic, starts the real monitor (`warroom run --source
 //! kafka`) and connects `--clients` WebSocket clients, then runs the real load generator
@@ -13,6 +14,12 @@
 //! showing `clicks = k` on that slot includes probes 1..k. Each client takes a probe's latency
 //! as the moment the first frame showing it arrived minus the moment the probe was handed to
 //! the producer. The latencies of all clients go into one HDR histogram.
+//!
+//! Long runs on Tansu: its in-memory store keeps every produced batch as an object and lists
+//! them on each fetch, so its CPU grows with the number of batches held (measured: a full
+//! core after 20 minutes at 2k events/s with 5 ms linger and a probe every 10 ms). The soak
+//! therefore produces fewer, larger batches (`--loadgen-prop linger.ms=200`, a probe every
+//! 100 ms); see BENCHMARKS.md.
 //!
 //! Measured besides: consumer lag over time (from the monitor's `/metrics`), the rates
 //! produced and consumed, and the CPU of every part: the broker (`--broker-pid`), the load
@@ -51,6 +58,10 @@ struct Args {
     search_start: u64,
     search_factor: f64,
     search_max: u64,
+    /// Milliseconds between probes.
+    probe_every_ms: u64,
+    /// Extra producer settings passed to loadgen (`--producer-prop`), e.g. linger.ms=200.
+    loadgen_props: Vec<String>,
     warroom: String,
     rate: u64,
     seconds: u64,
@@ -74,6 +85,8 @@ fn args() -> Args {
         search_start: 10_000,
         search_factor: 1.5,
         search_max: 400_000,
+        probe_every_ms: 10,
+        loadgen_props: Vec::new(),
         warroom: "target/release/warroom".into(),
         rate: 20_000,
         seconds: 60,
@@ -104,6 +117,8 @@ fn args() -> Args {
             "--search-start" => a.search_start = v().parse().expect("--search-start RATE"),
             "--search-factor" => a.search_factor = v().parse().expect("--search-factor X"),
             "--search-max" => a.search_max = v().parse().expect("--search-max RATE"),
+            "--probe-every-ms" => a.probe_every_ms = v().parse().expect("--probe-every-ms N"),
+            "--loadgen-prop" => a.loadgen_props.push(v()),
             other => panic!("unknown argument {other}; see the doc comment of benches/src/bin/e2e.rs"),
         }
     }
@@ -373,6 +388,7 @@ fn step(a: &Args, rate: u64) -> Value {
         .args(["--threads", &a.threads.to_string(), "--peak", &a.peak.to_string(), "--seed", "5"])
         .args(["--run-id", &run, "--progress", "0", "--json-out"])
         .arg(&lg_json)
+        .args(a.loadgen_props.iter().flat_map(|p| ["--producer-prop", p.as_str()]))
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
@@ -443,7 +459,7 @@ fn step(a: &Args, rate: u64) -> Value {
                 frames.load(Ordering::Relaxed),
             );
         }
-        std::thread::sleep(Duration::from_millis(10));
+        std::thread::sleep(Duration::from_millis(a.probe_every_ms.max(1)));
         if started.elapsed() > Duration::from_secs(a.seconds + 120) {
             eprintln!("loadgen did not finish 120 s after its end; stopping it");
             let _ = lg.kill();

@@ -682,6 +682,32 @@ mod tests {
     }
 
     #[test]
+    fn alerts_raised_in_a_rehearsal_say_so() {
+        let rules: AlertsConfig = toml::from_str(
+            r#"
+            [[rules]]
+            name = "pace"
+            kind = "pace"
+            below = true
+            fire = 0.9
+            clear = 0.95
+            "#,
+        )
+        .unwrap();
+        let mut snap = Snapshot { as_of_ms: 1_800_000, last_event_at_ms: 1, ..Default::default() };
+        snap.plan =
+            Some(warroom_engine::plan::PlanStatus { pace: 0.5, expected_by_now_cents: 100, ..Default::default() });
+        let live = AlertEngine::new(rules.clone()).evaluate(&snap, &[], 0, None);
+        assert_eq!(live.len(), 1);
+        assert!(!live[0].rehearsal && !live[0].title.contains("REHEARSAL"));
+        assert!(!serde_json::to_string(&live[0]).unwrap().contains("rehearsal"));
+        snap.rehearsal = Some(warroom_engine::snapshot::Rehearsal { label: "r".into(), shift_ms: 0, speed: 1.0 });
+        let drill = AlertEngine::new(rules).evaluate(&snap, &[], 0, None);
+        assert!(drill[0].rehearsal && drill[0].title.starts_with("[演练 REHEARSAL] "), "{:?}", drill[0]);
+        assert!(serde_json::to_string(&drill[0]).unwrap().contains("\"rehearsal\":true"));
+    }
+
+    #[test]
     fn invalid_rules_are_refused_with_what_to_fix() {
         let rules: AlertsConfig = toml::from_str(
             r#"
