@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use reqwest::StatusCode;
-use serde_json::Value;
+use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 use warroom_api::{AppState, Auth, Hub, Source};
@@ -19,6 +19,7 @@ use warroom_model::Limits;
 
 const OPS: &str = "demo-ops-token-0001";
 const ADMIN: &str = "demo-admin-token-0001";
+const MERCHANT: &str = "demo-merchant-m4-token";
 
 struct Server {
     base: String,
@@ -256,6 +257,7 @@ async fn a_rule_change_reorders_the_race_in_the_next_push_and_reconnects_get_a_f
     };
     let before = ranking(&first);
     assert!(before.len() >= 3);
+    assert!(first.get("rehearsal").is_none() && first["data"].get("rehearsal").is_none(), "live data is not tagged");
     let (code, body) = s.put("/api/v1/venues/main/rule", ADMIN, r#"{"rule":"by-clicks","weights":{"clicks":1}}"#).await;
     assert_eq!(code, StatusCode::OK, "{body}");
     s.publish();
@@ -294,6 +296,28 @@ async fn a_rule_change_reorders_the_race_in_the_next_push_and_reconnects_get_a_f
     let cut = next_of(&mut again, "snapshot").await;
     assert_eq!(cut["data"]["merchant_id"], "m-4");
     assert!(cut["data"]["slots"].as_array().unwrap().iter().all(|x| x["merchant_id"] == "m-4"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_rehearsal_every_pushed_message_and_every_view_is_tagged() {
+    let tag = warroom_engine::snapshot::Rehearsal { label: "drill".into(), shift_ms: 3_600_000, speed: 60.0 };
+    let mut s = Server::start(Config { rehearsal: Some(tag), ..Config::default() }).await;
+    s.feed(&night(20_000, 9));
+    let mut ws = s.ws(OPS, "").await;
+    let first = next_of(&mut ws, "snapshot").await;
+    assert_eq!(first["rehearsal"], true, "the envelope");
+    assert_eq!(first["data"]["rehearsal"]["shift_ms"], 3_600_000, "the snapshot");
+    let (code, body) = s.put("/api/v1/venues/main/rule", ADMIN, r#"{"rule":"by-clicks","weights":{"clicks":1}}"#).await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    s.publish();
+    let change = next_of(&mut ws, "race_change").await;
+    assert_eq!(change["rehearsal"], true, "rank changes too");
+    let mut m = s.ws(MERCHANT, "").await;
+    let cut = next_of(&mut m, "snapshot").await;
+    assert_eq!((&cut["rehearsal"], &cut["data"]["rehearsal"]["speed"]), (&json!(true), &json!(60.0)), "merchants too");
+    let (code, body) = s.get("/api/v1/snapshot", Some(MERCHANT)).await;
+    assert_eq!(code, StatusCode::OK);
+    assert!(body.contains("\"rehearsal\""), "the REST views too: {body:.200}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -31,10 +31,13 @@ struct Envelope<'a, T: Serialize> {
     kind: &'a str,
     seq: u64,
     data: &'a T,
+    /// Every message of a rehearsal (演练) says so, not only the snapshot inside it.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    rehearsal: bool,
 }
 
-fn envelope<T: Serialize>(kind: &str, seq: u64, data: &T) -> Utf8Bytes {
-    serde_json::to_string(&Envelope { kind, seq, data }).expect("frames serialise").into()
+fn envelope<T: Serialize>(kind: &str, seq: u64, data: &T, rehearsal: bool) -> Utf8Bytes {
+    serde_json::to_string(&Envelope { kind, seq, data, rehearsal }).expect("frames serialise").into()
 }
 
 impl Frame {
@@ -44,10 +47,11 @@ impl Frame {
         if let Some(b) = cache.get(scope) {
             return b.clone();
         }
+        let r = self.snap.rehearsal.is_some();
         let bytes = match (&scope.merchant, &scope.venue) {
-            (Some(m), v) => envelope("snapshot", self.seq, &merchant_view(&self.snap, m, v.as_deref())),
-            (None, Some(v)) => envelope("snapshot", self.seq, &venue_view(&self.snap, v)),
-            (None, None) => envelope("snapshot", self.seq, &*self.snap),
+            (Some(m), v) => envelope("snapshot", self.seq, &merchant_view(&self.snap, m, v.as_deref()), r),
+            (None, Some(v)) => envelope("snapshot", self.seq, &venue_view(&self.snap, v), r),
+            (None, None) => envelope("snapshot", self.seq, &*self.snap, r),
         };
         cache.insert(scope.clone(), bytes.clone());
         bytes
@@ -142,14 +146,14 @@ impl Hub {
         }
         for change in changes {
             let seq = self.seq.load(Ordering::Relaxed);
-            let encoded = envelope("race_change", seq, &change);
+            let encoded = envelope("race_change", seq, &change, snap.rehearsal.is_some());
             let _ = self.events.send(Arc::new(Event::RaceChange { change, snap: snap.clone(), encoded }));
         }
     }
 
     /// Pushes an alert (any serialisable alert document) to the clients allowed to see it.
-    pub fn alert<T: Serialize>(&self, alert: &T, merchant: Option<String>, venue: Option<String>) {
-        let encoded = envelope("alert", self.seq.load(Ordering::Relaxed), alert);
+    pub fn alert<T: Serialize>(&self, alert: &T, merchant: Option<String>, venue: Option<String>, rehearsal: bool) {
+        let encoded = envelope("alert", self.seq.load(Ordering::Relaxed), alert, rehearsal);
         let _ = self.events.send(Arc::new(Event::Alert { merchant, venue, encoded }));
     }
 

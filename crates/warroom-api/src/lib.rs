@@ -106,7 +106,7 @@ impl AppState {
         self.hub.publish(snap, changes);
         for a in changed {
             tracing::info!(target: "alert", id = %a.id, state = ?a.state, severity = ?a.severity, value = a.value, "{}", a.message);
-            self.hub.alert(&a, a.merchant_id.clone(), a.venue.clone());
+            self.hub.alert(&a, a.merchant_id.clone(), a.venue.clone(), a.rehearsal);
             // The webhook hears of alerts that fired and of their end, not of pending ones.
             if a.fired_at_ms.is_some() && lock(&self.alerts).config().webhook.is_some() {
                 let _ = self.webhook_tx.send(a);
@@ -290,7 +290,7 @@ async fn ack_alert(State(st): State<Shared>, headers: HeaderMap, Path(id): Path<
     match acked {
         Some(a) => {
             tracing::info!(target: "audit", by = %caller.name, alert = %a.id, "alert acknowledged");
-            st.hub.alert(&a, a.merchant_id.clone(), a.venue.clone());
+            st.hub.alert(&a, a.merchant_id.clone(), a.venue.clone(), a.rehearsal);
             Ok(Json(a).into_response())
         }
         None => Err(ApiError::not_found(format!("no active alert `{id}`; GET /api/v1/alerts lists them"))),
