@@ -17,9 +17,10 @@
 //!
 //! Long runs on Tansu: its in-memory store keeps every produced batch as an object and lists
 //! them on each fetch, so its CPU grows with the number of batches held (measured: a full
-//! core after 20 minutes at 2k events/s with 5 ms linger and a probe every 10 ms). The soak
-//! therefore produces fewer, larger batches (`--loadgen-prop linger.ms=200`, a probe every
-//! 100 ms); see BENCHMARKS.md.
+//! core after 15 minutes at 2k events/s with 5 ms linger and a probe every 10 ms), and it has
+//! no retention (DeleteRecords is `todo!()` in its store, which panics). The soak therefore
+//! produces fewer, larger batches (`--loadgen-prop linger.ms=1000 --probe-every-ms 500`); see
+//! BENCHMARKS.md.
 //!
 //! Measured besides: consumer lag over time (from the monitor's `/metrics`), the rates
 //! produced and consumed, and the CPU of every part: the broker (`--broker-pid`), the load
