@@ -241,10 +241,11 @@ fn main() {
     });
     match (&held, &broke) {
         (Some(h), Some(b)) => println!(
-            "  => held up to {h} events/s; broke at {} events/s: {}\n     bottleneck: {}",
+            "  => held up to {h} events/s; broke at {} events/s: {}\n     bottleneck: {}\n     CPU per event at the break (µs): {}",
             b["rate_target"],
             b["failed"].as_str().unwrap_or(""),
-            b["bottleneck"].as_str().unwrap_or("")
+            b["bottleneck"].as_str().unwrap_or(""),
+            b["cpu_us_per_event"]
         ),
         (Some(h), None) => println!("  => held at every step up to {h} events/s (--search-max {})", a.search_max),
         (None, _) => println!("  => the first step ({} events/s) already broke; start lower", a.search_start),
@@ -540,6 +541,13 @@ fn step(a: &Args, rate: u64) -> Value {
             "loadgen": lg_cores,
             "bench_clients": clients_cores,
             "total": total,
+        },
+        // CPU per event (µs), each part: what must shrink, or move to other cores, for more.
+        "cpu_us_per_event": {
+            "monitor": mon_cores * 1e6 / rate_produced.max(1.0),
+            "broker": broker_cores.map(|b| b * 1e6 / rate_produced.max(1.0)),
+            "loadgen": lg_cores * 1e6 / rate_produced.max(1.0),
+            "bench_clients": clients_cores * 1e6 / rate_produced.max(1.0),
         },
         "loadgen": lg_report,
         "slo_p99_ms": a.slo_p99_ms,
