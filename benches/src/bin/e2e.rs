@@ -472,7 +472,6 @@ fn step(a: &Args, rate: u64) -> Value {
     producer.flush(Duration::from_secs(30)).unwrap();
     // Let the last probes arrive.
     std::thread::sleep(Duration::from_secs(3));
-    let elapsed = started.elapsed().as_secs_f64();
     let mon1 = usage(Some(pid));
     let parts1 = monitor_parts(pid);
     let broker_cpu = a.broker_pid.map(|p| usage(Some(p)).cpu_s - broker0);
@@ -504,7 +503,8 @@ fn step(a: &Args, rate: u64) -> Value {
     let h = hist.lock().unwrap();
     let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
     let probes_expected = probe * a.clients as u64;
-    let cores = |s: f64| s / elapsed;
+    // Cores while the load ran (CPU over the whole step, which adds only the short drain).
+    let cores = |s: f64| s / produce_s;
     let part = |k: usize| cores(parts1[k] - parts0[k]);
     let mon_cores = cores(mon1.cpu_s - mon0.cpu_s);
     let lg_cores = lg_report["cpu_s"].as_f64().map_or(cores(lg_cpu), cores);
@@ -585,6 +585,11 @@ fn step(a: &Args, rate: u64) -> Value {
         let skipped = r["server"]["frames_skipped"].as_f64().unwrap_or(0.0);
         let why = if busiest_single.1 >= 0.9 {
             format!("{} at {:.2} of one core (single-threaded)", busiest_single.0, busiest_single.1)
+        } else if broker_cores.unwrap_or(0.0) >= 0.9 && biggest.0 == "the broker" {
+            format!(
+                "the broker at {:.2} cores, more than any other part (total {total:.2} of {cores_avail:.0} cores)",
+                broker_cores.unwrap_or(0.0)
+            )
         } else if total >= 0.9 * cores_avail {
             format!(
                 "CPU: all {cores_avail:.0} cores busy ({total:.2}); the biggest user is {} at {:.2} cores",
