@@ -108,20 +108,26 @@ pub struct Recording {
     pub last_ms: i64,
 }
 
-/// Reads a recording once to learn its span.
-pub fn scan(input: impl Read) -> std::io::Result<Recording> {
+/// Calls `f` with every non-empty line (without its `\n`) until input ends or `f` says stop.
+fn each_line(input: impl Read, mut f: impl FnMut(&[u8]) -> bool) -> std::io::Result<()> {
     let mut r = BufReader::with_capacity(1 << 20, input);
     let mut line = Vec::new();
-    let mut rec = Recording { lines: 0, first_ms: i64::MIN, last_ms: i64::MIN };
     loop {
         line.clear();
         if r.read_until(b'\n', &mut line)? == 0 {
-            break;
+            return Ok(());
         }
         let l = line.strip_suffix(b"\n").unwrap_or(&line);
-        if l.is_empty() {
-            continue;
+        if !l.is_empty() && !f(l) {
+            return Ok(());
         }
+    }
+}
+
+/// Reads a recording once to learn its span.
+pub fn scan(input: impl Read) -> std::io::Result<Recording> {
+    let mut rec = Recording { lines: 0, first_ms: i64::MIN, last_ms: i64::MIN };
+    each_line(input, |l| {
         rec.lines += 1;
         if let Some((_, _, ts)) = find_ts(l) {
             if rec.first_ms == i64::MIN {
@@ -129,7 +135,8 @@ pub fn scan(input: impl Read) -> std::io::Result<Recording> {
             }
             rec.last_ms = rec.last_ms.max(ts);
         }
-    }
+        true
+    })?;
     Ok(rec)
 }
 
@@ -167,8 +174,6 @@ pub fn play(
     mut progress: impl FnMut(u64, i64),
 ) -> std::io::Result<RehearseReport> {
     let cpu0 = usage(None).cpu_s;
-    let mut r = BufReader::with_capacity(1 << 20, input);
-    let (mut line, mut out) = (Vec::new(), Vec::with_capacity(1024));
     let started = Instant::now();
     let mut last_progress = Instant::now();
     let mut clock = rec.first_ms;
@@ -183,15 +188,8 @@ pub fn play(
         failed: 0,
         cpu_s: 0.0,
     };
-    while !stop.load(Ordering::Relaxed) {
-        line.clear();
-        if r.read_until(b'\n', &mut line)? == 0 {
-            break;
-        }
-        let l = line.strip_suffix(b"\n").unwrap_or(&line);
-        if l.is_empty() {
-            continue;
-        }
+    let mut out = Vec::with_capacity(1024);
+    each_line(input, |l| {
         match shift_line(l, shift_ms, &mut out) {
             Some(t) => {
                 rep.shifted += 1;
@@ -223,7 +221,8 @@ pub fn play(
             last_progress = Instant::now();
             progress(rep.lines, clock + shift_ms);
         }
-    }
+        !stop.load(Ordering::Relaxed)
+    })?;
     if let Err(e) = producer.flush(Duration::from_secs(60)) {
         tracing::warn!(error = %e, "rehearse: not every message was acknowledged within 60 s");
     }

@@ -487,18 +487,7 @@ fn run(o: RunOpts) -> anyhow::Result<()> {
         }
         _ => (Arc::new(Engine::new(engine_cfg)), None),
     };
-    let stop = Arc::new(AtomicBool::new(false));
-    {
-        // First Ctrl-C / SIGTERM: stop cleanly (final checkpoint); a second one: exit at once.
-        let stop = stop.clone();
-        ctrlc::set_handler(move || {
-            if stop.swap(true, Ordering::Relaxed) {
-                std::process::exit(130);
-            }
-            eprintln!("stopping: writing a final checkpoint (press Ctrl-C again to exit at once)");
-        })
-        .context("installing the signal handler")?;
-    }
+    let stop = stop_on_ctrl_c("stopping: writing a final checkpoint (press Ctrl-C again to exit at once)")?;
     let mut proc = ChunkProcessor::new(engine.clone(), settings.limits());
     let kafka = match (source, positions) {
         (Source::Kafka, Some(p)) => Some(Arc::new(
@@ -661,17 +650,7 @@ fn loadgen(o: LoadgenOpts) -> anyhow::Result<()> {
         o.seed,
         cfg.run_id
     );
-    let stop = Arc::new(AtomicBool::new(false));
-    {
-        let stop = stop.clone();
-        ctrlc::set_handler(move || {
-            if stop.swap(true, Ordering::Relaxed) {
-                std::process::exit(130);
-            }
-            eprintln!("stopping: flushing what was produced (press Ctrl-C again to exit at once)");
-        })
-        .context("installing the signal handler")?;
-    }
+    let stop = stop_on_ctrl_c("stopping: flushing what was produced (press Ctrl-C again to exit at once)")?;
     let r = loadgen::run(&cfg, producer, &stop);
     println!(
         "loadgen: {} events in {:.1} s = {:.0}/s (target {} /s, peak {:.0}/s); delivered {}, failed {}, queue-full waits {}, most behind schedule {}; own CPU {:.1} s = {:.2} cores, {:.2} µs/event, RSS {:.0} MB",
@@ -731,17 +710,7 @@ fn rehearse(o: RehearseOpts) -> anyhow::Result<()> {
     let producer = warroom_ingest::produce::EventProducer::new(&o.brokers, &o.topic, &props)
         .with_context(|| format!("creating the producer for {} (check --brokers)", o.brokers))?
         .with_header(rehearse::HEADER, &format!("shift_ms={shift};speed={}", o.speed));
-    let stop = Arc::new(AtomicBool::new(false));
-    {
-        let stop = stop.clone();
-        ctrlc::set_handler(move || {
-            if stop.swap(true, Ordering::Relaxed) {
-                std::process::exit(130);
-            }
-            eprintln!("stopping the rehearsal (press Ctrl-C again to exit at once)");
-        })
-        .context("installing the signal handler")?;
-    }
+    let stop = stop_on_ctrl_c("stopping the rehearsal (press Ctrl-C again to exit at once)")?;
     let total = rec.lines.max(1);
     let r = rehearse::play(open()?, &rec, shift, o.speed, &producer, &stop, |n, t| {
         eprintln!("rehearse: {:5.1}% ({n} lines), event time {}", 100.0 * n as f64 / total as f64, at(t))
@@ -753,6 +722,21 @@ fn rehearse(o: RehearseOpts) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string(&r)?);
     anyhow::ensure!(r.failed == 0, "{} messages were not delivered; check the broker and the topic", r.failed);
     Ok(())
+}
+
+/// A stop flag for Ctrl-C / SIGTERM: the first signal sets it (and prints `what`, so the user
+/// knows a clean stop is under way); a second one exits at once.
+fn stop_on_ctrl_c(what: &'static str) -> anyhow::Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::Relaxed) {
+            std::process::exit(130);
+        }
+        eprintln!("{what}");
+    })
+    .context("installing the signal handler")?;
+    Ok(stop)
 }
 
 /// The API server, on its own tokio runtime thread.
