@@ -87,6 +87,18 @@ pub fn render(st: &AppState) -> String {
     p.one("resent_pays_total", "counter", "Re-sent payments (accepted, no GMV).", snap.counters.resent_pays);
     p.one("dedupe_ids", "gauge", "Event ids remembered for de-duplication.", snap.counters.dedupe_ids);
     p.one("window_records", "gauge", "Records kept for exact windows.", snap.counters.window_records);
+    p.one(
+        "buyer_marks",
+        "gauge",
+        "(slot, buyer) pairs kept to count race-window buyers once.",
+        snap.counters.buyer_marks,
+    );
+    p.one(
+        "state_bytes",
+        "gauge",
+        "Bytes allocated by the event-driven state (dedupe sets, window records, buyer marks).",
+        snap.counters.state_bytes,
+    );
     p.one("publishes_total", "counter", "Snapshots published.", st.engine.publishes());
     p.one("event_time_ms", "gauge", "Event time the snapshot stands at (as_of_ms).", snap.as_of_ms);
     let age = if snap.last_event_at_ms > 0 { (now - snap.last_event_at_ms).max(0) } else { -1 };

@@ -90,6 +90,11 @@ impl GenSet {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// Bytes the sets hold allocated (kept and spare), for memory accounting.
+    pub fn allocated_bytes(&self) -> u64 {
+        self.gens.values().chain(&self.spare).map(|g| g.allocation_size() as u64).sum()
+    }
 }
 
 #[cfg(test)]

@@ -702,6 +702,8 @@ impl Engine {
             dedupe_ids: sums.iter().map(|s| s.dedupe_ids).sum(),
             dedupe_orders: sums.iter().map(|s| s.dedupe_orders).sum(),
             window_records: sums.iter().map(|s| s.window_records).sum(),
+            buyer_marks: sums.iter().map(|s| s.buyer_marks).sum(),
+            state_bytes: sums.iter().map(|s| s.state_bytes).sum(),
         };
         let snap = Snapshot {
             as_of_ms: if as_of == i64::MIN { 0 } else { as_of },

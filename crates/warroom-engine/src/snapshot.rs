@@ -247,6 +247,13 @@ pub struct Counters {
     pub dedupe_orders: u64,
     /// Records kept for exact windows.
     pub window_records: u64,
+    /// (slot, buyer) pairs remembered to count each race window's buyers once.
+    #[serde(default)]
+    pub buyer_marks: u64,
+    /// Bytes allocated by the state that grows with events (dedupe sets, window records,
+    /// buyer marks): the part of RSS the horizons and windows control.
+    #[serde(default)]
+    pub state_bytes: u64,
 }
 
 #[cfg(test)]

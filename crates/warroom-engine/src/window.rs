@@ -159,6 +159,13 @@ impl<T: Record> Ring<T> {
         }
     }
 
+    /// Bytes the record buffers hold allocated, kept and recycled (for memory accounting).
+    pub fn allocated_bytes(&self) -> u64 {
+        let recs: usize =
+            self.buckets.iter().map(|b| b.recs.capacity()).chain(self.pool.iter().map(Vec::capacity)).sum();
+        (recs * std::mem::size_of::<T>()) as u64
+    }
+
     /// Records currently kept (for memory accounting).
     pub fn kept(&self) -> usize {
         self.buckets.iter().map(|b| b.recs.len()).sum()
