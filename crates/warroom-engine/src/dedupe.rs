@@ -49,11 +49,15 @@ pub struct GenSet {
     /// Emptied generations, kept for reuse (capacity only).
     #[serde(skip, default)]
     spare: Vec<FpSet>,
+    /// Ids per evicted generation, smoothed: a set far larger (a traffic spike's generation)
+    /// is freed rather than kept as a spare at the spike's size.
+    #[serde(skip, default)]
+    typical: usize,
 }
 
 impl GenSet {
     pub fn new(horizon_ms: i64) -> Self {
-        GenSet { width: (horizon_ms / 7).max(1), gens: Default::default(), spare: Vec::new() }
+        GenSet { width: (horizon_ms / 7).max(1), gens: Default::default(), spare: Vec::new(), typical: 0 }
     }
 
     /// Inserts `fp` in the generation of `ts`; false if it was there (a duplicate).
@@ -76,8 +80,9 @@ impl GenSet {
                 break;
             }
             let mut set = entry.remove();
+            self.typical = (self.typical * 3 + set.len()) / 4;
             set.clear();
-            if self.spare.len() < 4 {
+            if self.spare.len() < 4 && set.capacity() <= 4 * self.typical + 1024 {
                 self.spare.push(set);
             }
         }
@@ -120,5 +125,26 @@ mod tests {
         s.evict_before(1_000);
         assert!(!s.contains_any(1) && s.contains_any(2));
         assert!(s.insert_at(1, 500), "an evicted generation starts afresh");
+    }
+
+    #[test]
+    fn a_spike_generation_is_not_kept_as_a_spare() {
+        let mut s = GenSet::new(7_000); // generations of 1 s
+        let mut id = 0u128;
+        let mut run = |s: &mut GenSet, from: i64, gens: i64, per_gen: u128| {
+            for g in from..from + gens {
+                for _ in 0..per_gen {
+                    id += 1;
+                    s.insert_at(id.wrapping_mul(0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C835), g * 1000);
+                }
+                s.evict_before((g - 7) * 1000);
+            }
+            s.allocated_bytes()
+        };
+        let before = run(&mut s, 0, 30, 100);
+        let spike = run(&mut s, 30, 1, 100_000);
+        let after = run(&mut s, 31, 30, 100);
+        assert!(spike > 100 * before, "{before} -> {spike}");
+        assert!(after <= 2 * before, "the spike's set is freed once evicted: {before} -> {spike} -> {after}");
     }
 }

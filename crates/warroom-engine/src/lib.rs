@@ -19,6 +19,7 @@ pub mod dedupe;
 pub mod engine;
 pub mod hll;
 pub mod intern;
+pub mod mem;
 pub mod plan;
 pub mod race;
 pub mod shard;

@@ -17,6 +17,7 @@ use warroom_model::EventKind;
 use crate::dedupe::GenSet;
 use crate::hll::{BucketHll, Hll, SlidingHll, SLIDING_P};
 use crate::intern::NONE;
+use crate::mem::keep_half_free;
 use crate::window::{Record, Ring};
 
 /// An event reduced to what the engine needs: fixed size, no borrowed strings.
@@ -164,40 +165,6 @@ impl Default for SlotCum {
 struct BuyerMark {
     latest: i64,
     mask: u8,
-}
-
-/// Keeps a table whose entries come and go all the time (the buyer marks) at most half full,
-/// doubling it as soon as it reaches half.
-///
-/// hashbrown marks a removed entry's bucket as a tombstone whenever its probe group was ever
-/// full; tombstones use up the room left, and when that runs out the table is rehashed in
-/// place only if it is at most half full, else it doubles. A table holding between half and
-/// 7/8 of its buckets under churn therefore doubles sooner or later, at a moment set by how
-/// fast tombstones pile up: in the one-hour soak that was 53 and 55 minutes in, 2 MB each
-/// (one per shard), long after the state had stopped growing. Doubling at half instead moves
-/// that growth to where the live count grows (the warm-up), and a table at most half full is
-/// always rehashed in place afterwards: its size then follows the peak count, never the clock.
-fn keep_half_free<K: Eq + std::hash::Hash, V, S: std::hash::BuildHasher>(m: &mut HashMap<K, V, S>) {
-    // Buckets from the allocation: data (buckets x entry, padded to 16) + control bytes
-    // (buckets + 16); the division can only overshoot by the padding, well under a bucket.
-    let entry = std::mem::size_of::<(K, V)>() + 1;
-    let buckets = m.allocation_size().saturating_sub(16) / entry;
-    let full = match buckets {
-        0 => 0,
-        b => {
-            let b = 1usize << (usize::BITS - 1 - b.leading_zeros());
-            if b < 8 {
-                b - 1
-            } else {
-                b / 8 * 7
-            }
-        }
-    };
-    if m.len() >= full / 2 {
-        // More than the room left (tombstones included), so hashbrown really resizes: to the
-        // next power of two above len + full, which is twice the buckets.
-        m.reserve(full.max(m.len()).max(8));
-    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -683,48 +650,5 @@ impl Shard {
                 + self.pay_ring.allocated_bytes()
                 + self.buyer_marks.allocation_size() as u64,
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Live keys in a FIFO: each step inserts a new key and removes the oldest, so the count
-    /// stays at `live` (like the buyer marks at a steady rate). Returns the allocation after
-    /// warm-up and at the end, and the highest fill seen.
-    fn churn(live: usize, steps: usize, guard: bool) -> (usize, usize, f64) {
-        let mut m: HashMap<u64, u64> = HashMap::new();
-        let key = |i: usize| (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        let mut after_warmup = 0;
-        let mut fill: f64 = 0.0;
-        for i in 0..live + steps {
-            if guard {
-                keep_half_free(&mut m);
-            }
-            m.insert(key(i), i as u64);
-            if i >= live {
-                m.remove(&key(i - live));
-            }
-            if i == live {
-                after_warmup = m.allocation_size();
-            }
-            if i > live {
-                let buckets = m.allocation_size() / 17;
-                fill = fill.max(m.len() as f64 / buckets as f64);
-            }
-        }
-        (after_warmup, m.allocation_size(), fill)
-    }
-
-    #[test]
-    fn a_churning_table_between_half_and_full_doubles_late_unless_kept_half_free() {
-        // 18,000 live keys sit between half (14,336) and all (28,672) of a 32,768-bucket
-        // table's room: the situation of each shard's buyer marks in the one-hour soak.
-        let (warm, end, _) = churn(18_000, 600_000, false);
-        assert!(end > warm, "without the guard, tombstones make the table double after warm-up ({warm} -> {end})");
-        let (warm, end, fill) = churn(18_000, 600_000, true);
-        assert_eq!(warm, end, "with the guard the table keeps its size after warm-up");
-        assert!(fill <= 0.5 + 1e-9, "and is never more than half full ({fill})");
     }
 }

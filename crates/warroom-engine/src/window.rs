@@ -43,6 +43,20 @@ pub struct Ring<T> {
     /// Recycled buffers: capacity only, nothing to save.
     #[serde(skip, default = "Vec::new")]
     pool: Vec<Vec<T>>,
+    /// Records per recycled bucket, smoothed over about 16 seconds: recycled buffers are
+    /// sized by it (see `advance`), so the pool keeps neither a spike's size nor the slow
+    /// creep of buffers doubling one by one on busier seconds.
+    #[serde(skip, default)]
+    typical: usize,
+}
+
+/// Capacity for a second of `t` records: 8 standard deviations of a Poisson count above it.
+fn headroom(t: usize) -> usize {
+    t + 8 * isqrt(t) + 64
+}
+
+fn isqrt(t: usize) -> usize {
+    (t as f64).sqrt() as usize
 }
 
 /// Start value of `applied`: nothing expired yet.
@@ -52,7 +66,7 @@ impl<T: Record> Ring<T> {
     /// `lengths` in ms (whole seconds), any order; indices into it name the windows.
     pub fn new(lengths: Vec<i64>) -> Self {
         let longest = lengths.iter().copied().max().unwrap_or(0);
-        Ring { lengths, longest, applied: NEVER, base_sec: 0, buckets: VecDeque::new(), pool: Vec::new() }
+        Ring { lengths, longest, applied: NEVER, base_sec: 0, buckets: VecDeque::new(), pool: Vec::new(), typical: 0 }
     }
 
     pub fn lengths(&self) -> &[i64] {
@@ -91,7 +105,12 @@ impl<T: Record> Ring<T> {
         }
         let idx = (sec - self.base_sec) as usize;
         while self.buckets.len() <= idx {
-            let recs = self.pool.pop().unwrap_or_default();
+            let recs = self.pool.pop().unwrap_or_else(|| {
+                // A new buffer (the ring is still filling): sized like the recycled ones
+                // will be, from the second before, so it does not double its way up.
+                let last = self.buckets.back().map_or(0, |b| b.recs.len());
+                Vec::with_capacity(if last == 0 { 0 } else { headroom(last) })
+            });
             self.buckets.push_back(Bucket { recs, sorted: true });
         }
         let b = &mut self.buckets[idx];
@@ -151,7 +170,19 @@ impl<T: Record> Ring<T> {
                 break;
             }
             let mut b = self.buckets.pop_front().expect("front exists");
+            let n = b.recs.len();
+            self.typical = if self.typical == 0 { n } else { (self.typical * 15 + n) / 16 };
             b.recs.clear();
+            // Each recycled buffer is kept between the typical second + 4 standard deviations
+            // (Poisson: 4 sqrt(t)) and 3x the typical second, else resized to + 8 standard
+            // deviations. Steady traffic then never grows a buffer, so the pool does not
+            // creep upwards one doubling at a time over the hours; a buffer a burst doubled
+            // stays inside the band; after a spike the buffers return to the traffic's size.
+            let (t, cap) = (self.typical, b.recs.capacity());
+            if cap > 3 * t + 128 || cap < t + 4 * isqrt(t) + 32 {
+                b.recs.shrink_to(0);
+                b.recs.reserve_exact(headroom(t));
+            }
             if b.recs.capacity() > 0 {
                 self.pool.push(b.recs);
             }
@@ -229,6 +260,29 @@ mod tests {
             (120_500, 128),
         ];
         check(&ev, &[60_000, 5_000]);
+    }
+
+    #[test]
+    fn a_spike_does_not_leave_its_buffers_behind() {
+        // A 10 s window at 100 records/s, a 10 s spike at 10,000/s, then 100/s again.
+        let mut ring = Ring::<R>::new(vec![10_000]);
+        let mut ts = 0i64;
+        let mut run = |ring: &mut Ring<R>, secs: i64, per_sec: i64| {
+            for _ in 0..secs {
+                for k in 0..per_sec {
+                    let t = ts + k * 1000 / per_sec;
+                    ring.insert(t, R { ts: t, v: 1 }, |_| {});
+                }
+                ts += 1000;
+                ring.advance(ts - 1, |_, _| {});
+            }
+            ring.allocated_bytes()
+        };
+        let before = run(&mut ring, 60, 100);
+        let spike = run(&mut ring, 10, 10_000);
+        let after = run(&mut ring, 120, 100);
+        assert!(spike > 20 * before, "the spike's records are kept while in the window: {before} -> {spike}");
+        assert!(after <= 3 * before, "after the spike the buffers shrink back: {before} -> {spike} -> {after}");
     }
 
     proptest! {

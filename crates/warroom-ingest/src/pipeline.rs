@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use rayon::prelude::*;
 use warroom_engine::intern::NameCache;
+use warroom_engine::mem::recycle;
 use warroom_engine::{Engine, Prepared};
 use warroom_model::{Limits, Rejection};
 
@@ -35,8 +36,8 @@ struct Part {
 impl Part {
     fn reset(&mut self, shards: usize) {
         self.by_shard.resize_with(shards, Vec::new);
-        self.by_shard.iter_mut().for_each(Vec::clear);
-        self.rejected.clear();
+        self.by_shard.iter_mut().for_each(recycle);
+        recycle(&mut self.rejected);
     }
 
     #[inline]
