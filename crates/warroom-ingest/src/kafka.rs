@@ -32,7 +32,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
+use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
@@ -40,7 +40,7 @@ use rdkafka::ClientContext;
 use serde::{Deserialize, Serialize};
 use warroom_engine::mem::recycle;
 use warroom_engine::{checkpoint, Config, Engine};
-use warroom_model::Limits;
+use warroom_model::{Limits, Reason, Rejection};
 
 use crate::pipeline::ChunkProcessor;
 
@@ -63,6 +63,10 @@ pub struct KafkaConfig {
     pub dlq_topic: Option<String>,
     /// Any librdkafka property, passed through (e.g. `session.timeout.ms`).
     pub properties: BTreeMap<String, String>,
+    /// This monitor runs a rehearsal (`warroom run --rehearsal-shift-ms`). A live one
+    /// rejects messages carrying the rehearsal header as `rehearsal_on_live`.
+    #[serde(skip)]
+    pub rehearsal: bool,
 }
 
 impl Default for KafkaConfig {
@@ -76,6 +80,7 @@ impl Default for KafkaConfig {
             batch_max: 20_000,
             dlq_topic: None,
             properties: BTreeMap::new(),
+            rehearsal: false,
         }
     }
 }
@@ -204,7 +209,8 @@ impl Pending {
             self.bytes.extend_from_slice(k);
             s..self.bytes.len()
         });
-        self.meta.push(Taken { payload, key, partition: m.partition(), offset: m.offset() });
+        let rehearsal = m.headers().is_some_and(|h| h.iter().any(|h| h.key == crate::rehearse::HEADER));
+        self.meta.push(Taken { payload, key, partition: m.partition(), offset: m.offset(), rehearsal });
     }
 }
 
@@ -213,6 +219,8 @@ struct Taken {
     key: Option<std::ops::Range<usize>>,
     partition: i32,
     offset: i64,
+    /// Carries the `warroom-rehearsal` header.
+    rehearsal: bool,
 }
 
 /// The applying side: the engine's decode-and-apply pipeline and the positions it covers.
@@ -311,21 +319,35 @@ impl Shared {
             return;
         }
         let _span = tracing::debug_span!("kafka_batch", messages = pending.meta.len()).entered();
-        let msgs: Vec<&[u8]> = pending.meta.iter().map(|m| &pending.bytes[m.payload.clone()]).collect();
-        let seqs: Vec<u64> = pending.meta.iter().map(|m| m.offset as u64).collect();
-        let lanes: Vec<u16> = pending.meta.iter().map(|m| m.partition as u16).collect();
-        let rejected = proc.process_messages(&msgs, &seqs, &lanes);
-        self.stats.messages.fetch_add(msgs.len() as u64, Ordering::Relaxed);
+        // A live monitor refuses a rehearsal's messages before decoding them.
+        let refuse = |m: &Taken| m.rehearsal && !self.cfg.rehearsal;
+        let mut rejected = Vec::new();
+        let mut taken: Vec<usize> = Vec::with_capacity(pending.meta.len());
+        for (i, m) in pending.meta.iter().enumerate() {
+            if refuse(m) {
+                self.engine.record_rejection(Reason::RehearsalOnLive);
+                rejected.push((i, Rejection::new(Reason::RehearsalOnLive, None)));
+            } else {
+                taken.push(i);
+            }
+        }
+        let meta = &pending.meta;
+        let msgs: Vec<&[u8]> = taken.iter().map(|&i| &pending.bytes[meta[i].payload.clone()]).collect();
+        let seqs: Vec<u64> = taken.iter().map(|&i| meta[i].offset as u64).collect();
+        let lanes: Vec<u16> = taken.iter().map(|&i| meta[i].partition as u16).collect();
+        let decoded = proc.process_messages(&msgs, &seqs, &lanes);
+        rejected.extend(decoded.into_iter().map(|r| (taken[r.line as usize], r.rejection)));
+        self.stats.messages.fetch_add(meta.len() as u64, Ordering::Relaxed);
         self.stats.rejected.fetch_add(rejected.len() as u64, Ordering::Relaxed);
         let dlq = self.cfg.dlq();
-        for r in rejected {
-            let Taken { payload, key, partition, offset } = &pending.meta[r.line as usize];
+        for (i, rejection) in rejected {
+            let Taken { payload, key, partition, offset, .. } = &pending.meta[i];
             let (p, o) = (partition.to_string(), offset.to_string());
             let at = now_ms().to_string();
-            let detail = r.rejection.to_string();
+            let detail = rejection.to_string();
             let headers = OwnedHeaders::new()
-                .insert(Header { key: "warroom-reason", value: Some(r.rejection.reason.as_str()) })
-                .insert(Header { key: "warroom-field", value: Some(r.rejection.field.unwrap_or("")) })
+                .insert(Header { key: "warroom-reason", value: Some(rejection.reason.as_str()) })
+                .insert(Header { key: "warroom-field", value: Some(rejection.field.unwrap_or("")) })
                 .insert(Header { key: "warroom-detail", value: Some(detail.as_str()) })
                 .insert(Header { key: "warroom-source-topic", value: Some(self.cfg.topic.as_str()) })
                 .insert(Header { key: "warroom-source-partition", value: Some(p.as_str()) })

@@ -30,10 +30,14 @@ pub enum Reason {
     /// Older than the de-duplication horizon: it cannot be checked against earlier
     /// deliveries, so it is refused rather than risk counting it twice.
     BeyondDedupeHorizon,
+    /// A rehearsal's message (it carries the `warroom-rehearsal` Kafka header that
+    /// `warroom rehearse` puts on every message) reached a live monitor: a recording with
+    /// shifted times must never be counted as the night's data.
+    RehearsalOnLive,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 11] = [
+    pub const ALL: [Reason; 12] = [
         Reason::NotJson,
         Reason::NotObject,
         Reason::MissingField,
@@ -45,6 +49,7 @@ impl Reason {
         Reason::TsOutOfRange,
         Reason::DuplicateField,
         Reason::BeyondDedupeHorizon,
+        Reason::RehearsalOnLive,
     ];
 
     /// The stable name used in metrics, DLQ headers and snapshots.
@@ -61,6 +66,7 @@ impl Reason {
             Reason::TsOutOfRange => "ts_out_of_range",
             Reason::DuplicateField => "duplicate_field",
             Reason::BeyondDedupeHorizon => "beyond_dedupe_horizon",
+            Reason::RehearsalOnLive => "rehearsal_on_live",
         }
     }
 
@@ -116,6 +122,9 @@ impl fmt::Display for Rejection {
             (Reason::TsOutOfRange, _) => "`ts` is negative or too far in the future".to_string(),
             (Reason::DuplicateField, Some(f)) => format!("field `{f}` appears twice"),
             (Reason::BeyondDedupeHorizon, _) => "`ts` is older than the de-duplication horizon".to_string(),
+            (Reason::RehearsalOnLive, _) => {
+                "a rehearsal message (warroom-rehearsal header) on a live monitor: rehearse on a topic of its own, read by `warroom run --rehearsal-shift-ms`".to_string()
+            }
             (r, None) => r.as_str().to_string(),
         };
         write!(f, "{}: {what}", self.reason)?;
