@@ -83,14 +83,19 @@ pub(crate) struct Image<S, E> {
 /// What restoring reads.
 pub(crate) type Loaded = Image<Shard, Vec<u8>>;
 
+/// The checkpoint bytes, built in one buffer of the exact size (the state is tens of MB at
+/// long horizons: no second copy of it, even for a moment).
 pub(crate) fn encode(image: &Image<&Shard, &[u8]>) -> Vec<u8> {
-    let payload = bincode::serialize(image).expect("engine state serialises");
-    let mut out = Vec::with_capacity(HEADER + payload.len());
+    let len = bincode::serialized_size(image).expect("engine state serialises") as usize;
+    let mut out = Vec::with_capacity(HEADER + len);
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&FORMAT.to_le_bytes());
-    out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-    out.extend_from_slice(&xxhash_rust::xxh3::xxh3_64(&payload).to_le_bytes());
-    out.extend_from_slice(&payload);
+    out.extend_from_slice(&(len as u64).to_le_bytes());
+    out.extend_from_slice(&[0; 8]);
+    bincode::serialize_into(&mut out, image).expect("engine state serialises");
+    debug_assert_eq!(out.len(), HEADER + len);
+    let hash = xxhash_rust::xxh3::xxh3_64(&out[HEADER..]);
+    out[HEADER - 8..HEADER].copy_from_slice(&hash.to_le_bytes());
     out
 }
 

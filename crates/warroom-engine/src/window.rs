@@ -50,9 +50,9 @@ pub struct Ring<T> {
     typical: usize,
 }
 
-/// Capacity for a second of `t` records: 8 standard deviations of a Poisson count above it.
+/// Capacity for a second of `t` records: 4 standard deviations of a Poisson count above it.
 fn headroom(t: usize) -> usize {
-    t + 8 * isqrt(t) + 64
+    t + 4 * isqrt(t) + 32
 }
 
 fn isqrt(t: usize) -> usize {
@@ -173,13 +173,14 @@ impl<T: Record> Ring<T> {
             let n = b.recs.len();
             self.typical = if self.typical == 0 { n } else { (self.typical * 15 + n) / 16 };
             b.recs.clear();
-            // Each recycled buffer is kept between the typical second + 4 standard deviations
-            // (Poisson: 4 sqrt(t)) and 3x the typical second, else resized to + 8 standard
-            // deviations. Steady traffic then never grows a buffer, so the pool does not
-            // creep upwards one doubling at a time over the hours; a buffer a burst doubled
-            // stays inside the band; after a spike the buffers return to the traffic's size.
+            // Each recycled buffer is kept between the typical second + 2 standard deviations
+            // (Poisson: 2 sqrt(t)) and 3x the typical second, else resized to + 4 standard
+            // deviations. Steady traffic then (almost) never grows a buffer, so the pool does
+            // not creep upwards one doubling at a time over the hours; a buffer a busy second
+            // doubled stays inside the band; after a spike the buffers return to the traffic's
+            // size.
             let (t, cap) = (self.typical, b.recs.capacity());
-            if cap > 3 * t + 128 || cap < t + 4 * isqrt(t) + 32 {
+            if cap > 3 * t + 128 || cap < t + 2 * isqrt(t) + 16 {
                 b.recs.shrink_to(0);
                 b.recs.reserve_exact(headroom(t));
             }
