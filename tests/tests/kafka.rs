@@ -539,3 +539,97 @@ fn re_deliveries_on_other_partitions_are_still_caught() {
     let want = warroom_tests::reference(&lines, &[60_000, 300_000, 3_600_000], 300_000);
     warroom_tests::assert_matches_reference(&snap, &want, "unkeyed partitions");
 }
+
+/// Produces `lines` with the `warroom-rehearsal` header, as `warroom rehearse` does.
+fn produce_rehearsal(topic: &str, lines: &[&[u8]]) {
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+    let producer: ThreadedProducer<DefaultProducerContext> =
+        ClientConfig::new().set("bootstrap.servers", brokers()).create().expect("producer");
+    for l in lines {
+        let headers = OwnedHeaders::new().insert(Header { key: warroom_ingest::rehearse::HEADER, value: Some("60") });
+        let mut rec = Some(BaseRecord::<str, [u8]>::to(topic).payload(*l).headers(headers));
+        while let Some(r) = rec.take() {
+            if let Err((_, r)) = producer.send(r) {
+                std::thread::sleep(Duration::from_millis(5));
+                rec = Some(r);
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(30)).expect("flush");
+}
+
+#[test]
+fn a_live_monitor_refuses_a_rehearsals_messages_and_a_rehearsal_monitor_takes_them() {
+    // A live stream, then a rehearsal's messages (other ids, tagged) on the same topic: the
+    // mistake the guard is for (a rehearsal pointed at the live topic).
+    let live_buf = input(3_000, 31);
+    let live = warroom_tests::lines(&live_buf);
+    let mut reh_buf = Vec::new();
+    let cfg = GenConfig { seed: 32, merchant_change_share: 0.0, id_prefix: "reh.".into(), ..GenConfig::default() };
+    write_night(cfg, 1_000, 1_794_312_000_000, 3_600_000, &mut reh_buf).unwrap();
+    let rehearsal = warroom_tests::lines(&reh_buf);
+    let topic = unique("guard");
+    create_topic(&topic, 1);
+    produce(&topic, &live);
+    produce_rehearsal(&topic, &rehearsal);
+    let all = live.len() + rehearsal.len();
+
+    // Live: counts exactly the live stream; every rehearsal message is a counted rejection
+    // with its reason, dead-lettered.
+    let state = tempfile::tempdir().unwrap();
+    let kcfg = kafka_cfg(&topic, &unique("live"), state.path());
+    let member = Member::start(kcfg.clone());
+    wait_until("all read by the live monitor", || member.read() >= all as u64);
+    let (engine, _, _) = member.stop();
+    let (snap, _) = engine.publish();
+    let mut want = warroom_tests::reference(&live, &[60_000, 300_000, 3_600_000], 300_000);
+    want.totals.rejected += rehearsal.len() as u64;
+    warroom_tests::assert_matches_reference(&snap, &want, "live monitor, rehearsal messages refused");
+    assert_eq!(snap.rejections.get("rehearsal_on_live"), Some(&(rehearsal.len() as u64)), "{:?}", snap.rejections);
+    let dlq: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", unique("guard-dlq"))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    dlq.subscribe(&[&kcfg.dlq()]).unwrap();
+    let (mut seen, mut payloads) = (0u64, Vec::new());
+    let started = Instant::now();
+    while seen < snap.totals.rejected && started.elapsed() < Duration::from_secs(60) {
+        if let Some(Ok(m)) = dlq.poll(Duration::from_millis(200)) {
+            seen += 1;
+            let h = m.headers().expect("dead letters carry headers");
+            let reason = h.iter().find(|x| x.key == "warroom-reason").and_then(|x| x.value).unwrap_or_default();
+            if reason == b"rehearsal_on_live" {
+                payloads.push(m.payload().unwrap_or_default().to_vec());
+            }
+        }
+    }
+    // Dead letters are keyed like their originals, so they spread over the DLQ's partitions:
+    // compare as sorted lists.
+    let mut want_payloads: Vec<Vec<u8>> = rehearsal.iter().map(|l| l.to_vec()).collect();
+    want_payloads.sort();
+    payloads.sort();
+    let missing = want_payloads.iter().filter(|p| payloads.binary_search(p).is_err()).count();
+    assert_eq!(
+        (payloads.len(), missing),
+        (want_payloads.len(), 0),
+        "every rehearsal message is in the DLQ as sent (seen {seen} dead letters)"
+    );
+    assert_eq!(payloads, want_payloads);
+
+    // A rehearsal monitor on the same topic takes both (the live ones carry no header; its
+    // tagging is tested elsewhere): nothing refused.
+    let state = tempfile::tempdir().unwrap();
+    let mut kcfg = kafka_cfg(&topic, &unique("rehearsal"), state.path());
+    kcfg.rehearsal = true;
+    let member = Member::start(kcfg);
+    wait_until("all read by the rehearsal monitor", || member.read() >= all as u64);
+    let (engine, _, _) = member.stop();
+    let (snap, _) = engine.publish();
+    let both: Vec<&[u8]> = live.iter().chain(&rehearsal).copied().collect();
+    let want = warroom_tests::reference(&both, &[60_000, 300_000, 3_600_000], 300_000);
+    warroom_tests::assert_matches_reference(&snap, &want, "rehearsal monitor");
+    assert!(!snap.rejections.contains_key("rehearsal_on_live"), "{:?}", snap.rejections);
+}
