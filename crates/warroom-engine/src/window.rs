@@ -52,7 +52,7 @@ pub struct Ring<T> {
 
 /// Capacity for a second of `t` records: 4 standard deviations of a Poisson count above it.
 fn headroom(t: usize) -> usize {
-    t + 4 * isqrt(t) + 32
+    t + 4 * isqrt(t) + 4
 }
 
 fn isqrt(t: usize) -> usize {
@@ -109,7 +109,7 @@ impl<T: Record> Ring<T> {
                 // A new buffer (the ring is still filling): sized like the recycled ones
                 // will be, from the second before, so it does not double its way up.
                 let last = self.buckets.back().map_or(0, |b| b.recs.len());
-                Vec::with_capacity(if last == 0 { 0 } else { headroom(last) })
+                Vec::with_capacity(if last < 16 { 0 } else { headroom(last) })
             });
             self.buckets.push_back(Bucket { recs, sorted: true });
         }
@@ -173,14 +173,15 @@ impl<T: Record> Ring<T> {
             let n = b.recs.len();
             self.typical = if self.typical == 0 { n } else { (self.typical * 15 + n) / 16 };
             b.recs.clear();
-            // Each recycled buffer is kept between the typical second + 2 standard deviations
-            // (Poisson: 2 sqrt(t)) and 3x the typical second, else resized to + 4 standard
-            // deviations. Steady traffic then (almost) never grows a buffer, so the pool does
-            // not creep upwards one doubling at a time over the hours; a buffer a busy second
-            // doubled stays inside the band; after a spike the buffers return to the traffic's
-            // size.
+            // A recycled buffer above 3x the typical second (+ 16) is shrunk, so a spike's
+            // buffers return to the traffic's size. For busy seconds (16 records or more) one
+            // below the typical second + 2 standard deviations (Poisson: 2 sqrt(t)) is grown
+            // to + 4 standard deviations: steady traffic then (almost) never grows a buffer,
+            // so the pool does not creep upwards one doubling at a time over the hours.
+            // Sparse seconds keep Vec's own growth: a fixed slack on each of the thousands of
+            // one-second buckets of a 2-hour ring would cost more than any creep.
             let (t, cap) = (self.typical, b.recs.capacity());
-            if cap > 3 * t + 128 || cap < t + 2 * isqrt(t) + 16 {
+            if cap > 3 * t + 16 || (t >= 16 && cap < t + 2 * isqrt(t)) {
                 b.recs.shrink_to(0);
                 b.recs.reserve_exact(headroom(t));
             }
