@@ -150,7 +150,27 @@ fn a_consumer_group_counts_exactly_what_replay_counts_and_dead_letters_the_bad()
     }
 
     // Every rejected message is in the DLQ, with its reason and origin.
-    let dlq: BaseConsumer = ClientConfig::new()
+    let mut reasons = BTreeMap::new();
+    for letter in read_dead_letters(&kcfg.dlq(), snap.totals.rejected) {
+        let get = |k: &str| letter.headers.get(k).map(String::as_str);
+        assert_eq!(get("warroom-source-topic"), Some(topic.as_str()));
+        assert!(get("warroom-source-offset").is_some() && get("warroom-source-partition").is_some());
+        *reasons.entry(get("warroom-reason").unwrap().to_string()).or_insert(0u64) += 1;
+    }
+    let want_reasons: BTreeMap<String, u64> = snap.rejections.clone().into_iter().collect();
+    assert_eq!(reasons, want_reasons, "dead letters by reason");
+    assert!(snap.totals.rejected > 0);
+}
+
+/// A message read back from a dead-letter topic: its headers (as text) and payload.
+struct DeadLetter {
+    headers: BTreeMap<String, String>,
+    payload: Vec<u8>,
+}
+
+/// Reads `n` messages of the dead-letter topic `dlq` from its beginning (at most 60 s).
+fn read_dead_letters(dlq: &str, n: u64) -> Vec<DeadLetter> {
+    let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers())
         .set("group.id", unique("dlq-reader"))
         .set("auto.offset.reset", "earliest")
@@ -158,23 +178,20 @@ fn a_consumer_group_counts_exactly_what_replay_counts_and_dead_letters_the_bad()
         .set("max.poll.interval.ms", "7000")
         .create()
         .unwrap();
-    dlq.subscribe(&[&kcfg.dlq()]).unwrap();
-    let mut reasons = BTreeMap::new();
+    consumer.subscribe(&[dlq]).unwrap();
+    let mut out = Vec::new();
     let started = Instant::now();
-    while (reasons.values().sum::<u64>()) < snap.totals.rejected && started.elapsed() < Duration::from_secs(60) {
-        if let Some(Ok(m)) = dlq.poll(Duration::from_millis(200)) {
+    while (out.len() as u64) < n && started.elapsed() < Duration::from_secs(60) {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
             let h = m.headers().expect("dead letters carry headers");
-            let get = |k: &str| {
-                h.iter().find(|x| x.key == k).and_then(|x| x.value).map(|v| String::from_utf8_lossy(v).to_string())
-            };
-            assert_eq!(get("warroom-source-topic").as_deref(), Some(topic.as_str()));
-            assert!(get("warroom-source-offset").is_some() && get("warroom-source-partition").is_some());
-            *reasons.entry(get("warroom-reason").unwrap()).or_insert(0u64) += 1;
+            let headers = h
+                .iter()
+                .filter_map(|x| x.value.map(|v| (x.key.to_string(), String::from_utf8_lossy(v).to_string())))
+                .collect();
+            out.push(DeadLetter { headers, payload: m.payload().unwrap_or_default().to_vec() });
         }
     }
-    let want_reasons: BTreeMap<String, u64> = snap.rejections.clone().into_iter().collect();
-    assert_eq!(reasons, want_reasons, "dead letters by reason");
-    assert!(snap.totals.rejected > 0);
+    out
 }
 
 /// Runs a member of the group on its own engine and state directory.
@@ -587,25 +604,13 @@ fn a_live_monitor_refuses_a_rehearsals_messages_and_a_rehearsal_monitor_takes_th
     want.totals.rejected += rehearsal.len() as u64;
     warroom_tests::assert_matches_reference(&snap, &want, "live monitor, rehearsal messages refused");
     assert_eq!(snap.rejections.get("rehearsal_on_live"), Some(&(rehearsal.len() as u64)), "{:?}", snap.rejections);
-    let dlq: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .set("group.id", unique("guard-dlq"))
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .unwrap();
-    dlq.subscribe(&[&kcfg.dlq()]).unwrap();
-    let (mut seen, mut payloads) = (0u64, Vec::new());
-    let started = Instant::now();
-    while seen < snap.totals.rejected && started.elapsed() < Duration::from_secs(60) {
-        if let Some(Ok(m)) = dlq.poll(Duration::from_millis(200)) {
-            seen += 1;
-            let h = m.headers().expect("dead letters carry headers");
-            let reason = h.iter().find(|x| x.key == "warroom-reason").and_then(|x| x.value).unwrap_or_default();
-            if reason == b"rehearsal_on_live" {
-                payloads.push(m.payload().unwrap_or_default().to_vec());
-            }
-        }
-    }
+    let letters = read_dead_letters(&kcfg.dlq(), snap.totals.rejected);
+    let seen = letters.len();
+    let mut payloads: Vec<Vec<u8>> = letters
+        .into_iter()
+        .filter(|l| l.headers.get("warroom-reason").map(String::as_str) == Some("rehearsal_on_live"))
+        .map(|l| l.payload)
+        .collect();
     // Dead letters are keyed like their originals, so they spread over the DLQ's partitions:
     // compare as sorted lists.
     let mut want_payloads: Vec<Vec<u8>> = rehearsal.iter().map(|l| l.to_vec()).collect();
