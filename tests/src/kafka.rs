@@ -7,6 +7,11 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 
+/// Config lines that make a monitor rank races the way the naive reference does (strictly by
+/// GMV): a test's `--config` file is merged into the embedded one, which damps races with
+/// hysteresis and gives the `digital` venue a composite rule.
+pub const REFERENCE_RACES: &str = "[race]\nhysteresis = 0.0\n[race.venues]\ndigital = \"gmv\"\n";
+
 pub fn brokers() -> String {
     std::env::var("WARROOM_KAFKA_BROKERS")
         .expect("WARROOM_KAFKA_BROKERS is not set: run the tests with scripts/test.sh, which starts a broker")

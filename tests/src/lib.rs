@@ -11,7 +11,9 @@ pub mod kafka;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde_json::Value;
-use warroom_engine::snapshot::{MoneyWindow, RankEntry, SlotStats, Snapshot, WindowStats};
+use warroom_engine::snapshot::{
+    ChannelStats, MoneyWindow, PairRace, RankEntry, SlotMerchantStats, SlotStats, Snapshot, WindowStats,
+};
 
 #[derive(Debug, Clone)]
 struct Ev {
@@ -21,14 +23,17 @@ struct Ev {
     venue: Option<String>,
     slot: Option<String>,
     merchant: Option<String>,
+    channel: Option<String>,
     order: Option<String>,
-    amount: u64,
-    coupon: u64,
+    amount: u128,
+    coupon: u128,
     /// For `pay`: the first payment of its order (adds GMV).
     counted: bool,
 }
 
-/// Is this line a valid event per EVENTS.md? (Returns the parsed event.)
+/// Is this line a valid event per EVENTS.md (v1.1)? (Returns the parsed event.) No bound on
+/// `ts` here: tests that check the monitor's clock allowance leave out the events they expect
+/// it to refuse, and say so.
 fn validate(line: &[u8]) -> Option<Ev> {
     if line.len() > 64 * 1024 {
         return None;
@@ -51,10 +56,11 @@ fn validate(line: &[u8]) -> Option<Ev> {
     if ts < 0 {
         return None;
     }
+    // Names are 1..128 bytes too (v1.1).
     let opt_str = |k: &str| -> Result<Option<String>, ()> {
         match o.get(k) {
             None | Some(Value::Null) => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(Value::String(s)) if !s.is_empty() && s.len() <= 128 => Ok(Some(s.clone())),
             _ => Err(()),
         }
     };
@@ -63,7 +69,7 @@ fn validate(line: &[u8]) -> Option<Ev> {
     let merchant = opt_str("merchant_id").ok()?;
     let order = opt_str("order_id").ok()?;
     opt_str("item_id").ok()?;
-    opt_str("channel").ok()?;
+    let channel = opt_str("channel").ok()?;
     let money = |k: &str, max: u64| -> Result<Option<u64>, ()> {
         match o.get(k) {
             None | Some(Value::Null) => Ok(None),
@@ -72,7 +78,7 @@ fn validate(line: &[u8]) -> Option<Ev> {
         }
     };
     let amount = money("amount_cents", 1_000_000_000_000).ok()?;
-    let coupon = money("coupon_cents", u64::MAX).ok()?;
+    let coupon = money("coupon_cents", 1_000_000_000_000).ok()?;
     if ["order", "pay", "refund"].contains(&kind.as_str()) && (order.is_none() || amount.is_none()) {
         return None;
     }
@@ -83,16 +89,17 @@ fn validate(line: &[u8]) -> Option<Ev> {
         venue,
         slot,
         merchant,
+        channel,
         order,
-        amount: amount.unwrap_or(0),
-        coupon: coupon.unwrap_or(0),
+        amount: amount.unwrap_or(0) as u128,
+        coupon: coupon.unwrap_or(0) as u128,
         counted: false,
     })
 }
 
-/// The snapshot the contracts call for, computed naively. `lines` are the input messages in
-/// order; windows and the race window in ms.
-pub fn reference(lines: &[&[u8]], windows: &[i64], race_window: i64) -> Snapshot {
+/// The accepted events of `lines` in order (invalid and duplicate ones left out, each `pay`
+/// marked when it is its order's first), with the numbers of rejected and duplicate lines.
+fn accept(lines: &[&[u8]]) -> (Vec<Ev>, u64, u64) {
     let mut ids = HashSet::new();
     let mut paid = HashSet::new();
     let mut acc: Vec<Ev> = Vec::new();
@@ -113,6 +120,95 @@ pub fn reference(lines: &[&[u8]], windows: &[i64], race_window: i64) -> Snapshot
         }
         acc.push(ev);
     }
+    (acc, rejected, duplicates)
+}
+
+/// What a merchant's token must see (SNAPSHOT.md, contract v1.1), computed naively from the
+/// events naming that merchant: its slots (those with an event naming it) with the numbers of
+/// those events, totals and windows summed from them, and its places in each race (slots it
+/// holds now, i.e. whose newest event named it) with its own race-window numbers; the slot's
+/// score and buyers only when its numbers there are all its own. As JSON, in the shape of the
+/// API's merchant view, without its wall-clock fields.
+pub fn reference_merchant(lines: &[&[u8]], windows: &[i64], race_window: i64, merchant: &str) -> Value {
+    let full = reference(lines, windows, race_window);
+    let (acc, _, _) = accept(lines);
+    let as_of = full.as_of_ms;
+    let mine = |e: &Ev, slot: &str| e.slot.as_deref() == Some(slot) && e.merchant.as_deref() == Some(merchant);
+    let money = |slot: &str, lo: i64, hi: i64| -> (u128, u64) {
+        let w: Vec<&Ev> = acc.iter().filter(|e| mine(e, slot) && e.counted && e.ts > lo && e.ts <= hi).collect();
+        (w.iter().map(|e| e.amount).sum(), w.len() as u64)
+    };
+    let count = |slot: &str, k: &str, lo: i64, hi: i64| {
+        acc.iter().filter(|e| mine(e, slot) && e.kind == k && e.ts > lo && e.ts <= hi).count() as u64
+    };
+    let mut slots = Vec::new();
+    let (mut tg, mut to, mut ti, mut tc) = (0u128, 0u64, 0u64, 0u64);
+    let mut tw: Vec<(u128, u64)> = vec![(0, 0); windows.len()];
+    for st in &full.slots {
+        if !acc.iter().any(|e| mine(e, &st.slot)) {
+            continue;
+        }
+        let (g, o) = money(&st.slot, i64::MIN, i64::MAX);
+        let (i, c) = (count(&st.slot, "impression", i64::MIN, i64::MAX), count(&st.slot, "click", i64::MIN, i64::MAX));
+        let ws: Vec<Value> = windows
+            .iter()
+            .enumerate()
+            .map(|(k, &l)| {
+                let (g, o) = money(&st.slot, as_of - l, as_of);
+                tw[k].0 += g;
+                tw[k].1 += o;
+                serde_json::json!({ "length_ms": l, "gmv_cents": g as u64, "paid_orders": o })
+            })
+            .collect();
+        (tg, to, ti, tc) = (tg + g, to + o, ti + i, tc + c);
+        slots.push(serde_json::json!({
+            "slot": st.slot, "venue": st.venue, "merchant_id": merchant, "gmv_cents": g as u64,
+            "paid_orders": o, "impressions": i, "clicks": c, "windows": ws,
+        }));
+    }
+    let lo = as_of - race_window;
+    let mut venues = Vec::new();
+    for v in &full.venues {
+        let ranking: Vec<Value> = v
+            .race
+            .ranking
+            .iter()
+            .filter(|e| e.merchant_id == merchant)
+            .map(|e| {
+                let (g, o) = money(&e.slot, lo, as_of);
+                let (i, c) = (count(&e.slot, "impression", lo, as_of), count(&e.slot, "click", lo, as_of));
+                let prev = money(&e.slot, lo - race_window, lo).0;
+                let alone = (g, o, i, c, prev) == (e.gmv_cents, e.paid_orders, e.impressions, e.clicks, e.prev_gmv_cents);
+                serde_json::json!({
+                    "rank": e.rank, "slot": e.slot, "score": if alone { serde_json::json!(e.score) } else { Value::Null },
+                    "gmv_cents": g as u64, "paid_orders": o, "impressions": i, "clicks": c,
+                    "buyers": if alone { serde_json::json!(e.buyers) } else { Value::Null },
+                    "prev_gmv_cents": prev as u64, "merchant_id": merchant,
+                })
+            })
+            .collect();
+        let has_slots = slots.iter().any(|s| s["venue"] == v.venue.as_str());
+        if has_slots || !ranking.is_empty() {
+            venues.push(serde_json::json!({
+                "venue": v.venue,
+                "race": { "window_ms": v.race.window_ms, "rule": v.race.rule, "ranking": ranking },
+            }));
+        }
+    }
+    serde_json::json!({
+        "as_of_ms": as_of,
+        "merchant_id": merchant,
+        "totals": { "gmv_cents": tg as u64, "paid_orders": to, "impressions": ti, "clicks": tc, "slots": slots.len() },
+        "windows": windows.iter().zip(&tw).map(|(&l, &(g, o))| serde_json::json!({ "length_ms": l, "gmv_cents": g as u64, "paid_orders": o })).collect::<Vec<_>>(),
+        "venues": venues,
+        "slots": slots,
+    })
+}
+
+/// The snapshot the contracts call for, computed naively. `lines` are the input messages in
+/// order; windows and the race window in ms.
+pub fn reference(lines: &[&[u8]], windows: &[i64], race_window: i64) -> Snapshot {
+    let (acc, rejected, duplicates) = accept(lines);
     let as_of = acc.iter().map(|e| e.ts).max().unwrap_or(0);
     let pays: Vec<&Ev> = acc.iter().filter(|e| e.counted).collect();
     let distinct = |kind: &str, lo: i64| -> u64 {
@@ -123,6 +219,22 @@ pub fn reference(lines: &[&[u8]], windows: &[i64], race_window: i64) -> Snapshot
             .len() as u64
     };
     let mut s = Snapshot { as_of_ms: as_of, ..Default::default() };
+    // Channels: everything that came in through each one.
+    let mut channels: BTreeMap<String, ChannelStats> = BTreeMap::new();
+    for e in &acc {
+        let Some(c) = &e.channel else { continue };
+        let x = channels.entry(c.clone()).or_insert_with(|| ChannelStats { channel: c.clone(), ..Default::default() });
+        match e.kind.as_str() {
+            "impression" => x.impressions += 1,
+            "click" => x.clicks += 1,
+            "pay" if e.counted => {
+                x.paid_orders += 1;
+                x.gmv_cents += e.amount;
+            }
+            _ => {}
+        }
+    }
+    s.channels = channels.into_values().collect();
     let t = &mut s.totals;
     t.gmv_cents = pays.iter().map(|e| e.amount).sum();
     t.paid_orders = pays.len() as u64;
@@ -192,6 +304,45 @@ pub fn reference(lines: &[&[u8]], windows: &[i64], race_window: i64) -> Snapshot
     for st in &mut s.slots {
         st.windows = money(&|e: &Ev| e.slot.as_deref() == Some(st.slot.as_str()));
     }
+    // Slots more than one merchant (or none) named: each merchant's part, from its own events.
+    let lo_race = as_of - race_window;
+    for st in &s.slots {
+        let mine = |e: &&Ev| e.slot.as_deref() == Some(st.slot.as_str());
+        let merchants: std::collections::BTreeSet<Option<String>> =
+            acc.iter().filter(mine).map(|e| e.merchant.clone()).collect();
+        if merchants.len() < 2 {
+            continue;
+        }
+        for m in merchants {
+            let of = |e: &&Ev| mine(e) && e.merchant == m;
+            let evs: Vec<&Ev> = acc.iter().filter(of).collect();
+            let paid = |lo: i64, hi: i64| -> (u128, u64) {
+                let w: Vec<&&Ev> = evs.iter().filter(|e| e.counted && e.ts > lo && e.ts <= hi).collect();
+                (w.iter().map(|e| e.amount).sum(), w.len() as u64)
+            };
+            let count = |k: &str, lo: i64, hi: i64| {
+                evs.iter().filter(|e| e.kind == k && e.ts > lo && e.ts <= hi).count() as u64
+            };
+            let (rg, ro) = paid(lo_race, as_of);
+            s.slot_merchants.push(SlotMerchantStats {
+                slot: st.slot.clone(),
+                merchant_id: m.clone().unwrap_or_default(),
+                gmv_cents: paid(i64::MIN, i64::MAX).0,
+                paid_orders: paid(i64::MIN, i64::MAX).1,
+                impressions: count("impression", i64::MIN, i64::MAX),
+                clicks: count("click", i64::MIN, i64::MAX),
+                windows: money(&|e: &Ev| mine(&e) && e.merchant == m),
+                race: PairRace {
+                    gmv_cents: rg,
+                    paid_orders: ro,
+                    impressions: count("impression", lo_race, as_of),
+                    clicks: count("click", lo_race, as_of),
+                    prev_gmv_cents: paid(lo_race - race_window, lo_race).0,
+                },
+            });
+        }
+    }
+    s.slot_merchants.sort_by(|a, b| (&a.slot, &a.merchant_id).cmp(&(&b.slot, &b.merchant_id)));
     let venue_of = |e: &Ev| -> Option<String> {
         match &e.slot {
             Some(sl) => Some(slot_venue[sl].clone()),
@@ -199,7 +350,7 @@ pub fn reference(lines: &[&[u8]], windows: &[i64], race_window: i64) -> Snapshot
         }
     };
     // Venues: GMV by the slot's venue when the event names a slot, else by its own venue.
-    let mut venues: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    let mut venues: BTreeMap<String, (u128, u64)> = BTreeMap::new();
     for e in &acc {
         if let Some(v) = venue_of(e).filter(|v| !v.is_empty()) {
             let x = venues.entry(v).or_default();
@@ -218,7 +369,7 @@ pub fn reference(lines: &[&[u8]], windows: &[i64], race_window: i64) -> Snapshot
             .map(|st| {
                 let mine = |e: &&Ev| e.slot.as_deref() == Some(st.slot.as_str()) && e.ts > lo && e.ts <= as_of;
                 let w: Vec<&Ev> = acc.iter().filter(mine).collect();
-                let g: u64 = w.iter().filter(|e| e.counted).map(|e| e.amount).sum();
+                let g: u128 = w.iter().filter(|e| e.counted).map(|e| e.amount).sum();
                 RankEntry {
                     rank: 0,
                     slot: st.slot.clone(),
@@ -319,6 +470,8 @@ pub fn differences(got: &Snapshot, want: &Snapshot) -> Vec<String> {
         }
     }
     exact!("slots", got.slots, want.slots);
+    exact!("slot_merchants", got.slot_merchants, want.slot_merchants);
+    exact!("channels", got.channels, want.channels);
     let gv: Vec<&str> = got.venues.iter().map(|v| v.venue.as_str()).collect();
     let wv: Vec<&str> = want.venues.iter().map(|v| v.venue.as_str()).collect();
     exact!("venue names", gv, wv);

@@ -165,6 +165,67 @@ async fn tokens_and_roles_are_enforced_with_errors_that_say_what_to_do() {
     assert!(body.contains("openapi"), "{body}");
 }
 
+/// A night where slots change merchant (商品更换): 5% of slot events name another merchant,
+/// and slot main-000 goes from m-4 to m-8 outright half-way.
+fn night_with_merchant_changes() -> Vec<u8> {
+    let mut buf = Vec::new();
+    let cfg = GenConfig { seed: 77, merchant_change_share: 0.05, ..GenConfig::default() };
+    write_night(cfg, 20_000, 1_794_312_000_000, 3_600_000, &mut buf).unwrap();
+    let text = String::from_utf8(buf).unwrap();
+    let n = text.lines().count();
+    text.lines()
+        .enumerate()
+        .map(|(i, l)| {
+            let l = if l.contains(r#""slot":"main-000""#) {
+                let m = if i < n / 2 { "m-4" } else { "m-8" };
+                let at = l.find(r#""merchant_id":""#).map(|p| p + 15);
+                match at {
+                    Some(p) => {
+                        let end = p + l[p..].find('"').unwrap();
+                        format!("{}{}{}", &l[..p], m, &l[end..])
+                    }
+                    None => l.to_string(),
+                }
+            } else {
+                l.to_string()
+            };
+            l + "\n"
+        })
+        .collect::<String>()
+        .into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_merchant_sees_the_money_of_events_naming_it_when_slots_change_hands() {
+    let buf = night_with_merchant_changes();
+    let mut s = Server::start(Config::default()).await;
+    s.feed(&buf);
+    let lines = warroom_tests::lines(&buf);
+    let full = warroom_tests::reference(&lines, &[60_000, 300_000, 3_600_000], 300_000);
+    assert!(
+        full.slot_merchants.iter().any(|p| p.slot == "main-000" && p.merchant_id == "m-4"),
+        "the test needs main-000 shared"
+    );
+    assert!(full.slot_merchants.len() > 40, "many slots changed hands: {}", full.slot_merchants.len());
+    for (m, token) in [("m-4", MERCHANT), ("m-8", "demo-merchant-m8-token")] {
+        let want = warroom_tests::reference_merchant(&lines, &[60_000, 300_000, 3_600_000], 300_000, m);
+        let (code, body) = s.get("/api/v1/snapshot", Some(token)).await;
+        assert_eq!(code, StatusCode::OK);
+        let mut got: Value = serde_json::from_str(&body).unwrap();
+        let o = got.as_object_mut().unwrap();
+        o.remove("published_at_ms");
+        o.remove("last_event_at_ms");
+        assert_eq!(got, want, "merchant {m}: the view differs from the naive per-event reference");
+        // main-000 as this merchant sees it: only its own events' money.
+        let (_, slot) = s.get("/api/v1/slots/main-000", Some(token)).await;
+        let slot: Value = serde_json::from_str(&slot).unwrap();
+        let mine = want["slots"].as_array().unwrap().iter().find(|x| x["slot"] == "main-000").unwrap();
+        assert_eq!(slot["slot"], *mine, "merchant {m}: /slots/main-000");
+        let whole = full.slots.iter().find(|x| x.slot == "main-000").unwrap();
+        assert!(mine["gmv_cents"].as_u64().unwrap() as u128 != whole.gmv_cents, "the slot's whole GMV is not theirs");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_merchant_sees_only_its_own_slots_and_numbers() {
     let buf = night(20_000, 5);
@@ -186,14 +247,14 @@ async fn a_merchant_sees_only_its_own_slots_and_numbers() {
     let own: Vec<_> = want.slots.iter().filter(|x| x.merchant_id == "m-4").collect();
     let got: BTreeSet<&str> = v["slots"].as_array().unwrap().iter().map(|x| x["slot"].as_str().unwrap()).collect();
     assert_eq!(got, own.iter().map(|x| x.slot.as_str()).collect::<BTreeSet<_>>());
-    assert_eq!(v["totals"]["gmv_cents"].as_u64().unwrap(), own.iter().map(|x| x.gmv_cents).sum::<u64>());
+    assert_eq!(v["totals"]["gmv_cents"].as_u64().unwrap() as u128, own.iter().map(|x| x.gmv_cents).sum::<u128>());
     assert_eq!(v["totals"]["paid_orders"].as_u64().unwrap(), own.iter().map(|x| x.paid_orders).sum::<u64>());
     assert_eq!(v["totals"]["clicks"].as_u64().unwrap(), own.iter().map(|x| x.clicks).sum::<u64>());
     for w in v["windows"].as_array().unwrap() {
         let len = w["length_ms"].as_i64().unwrap();
-        let sum: u64 =
+        let sum: u128 =
             own.iter().flat_map(|x| x.windows.iter()).filter(|x| x.length_ms == len).map(|x| x.gmv_cents).sum();
-        assert_eq!(w["gmv_cents"].as_u64().unwrap(), sum, "window {len}");
+        assert_eq!(w["gmv_cents"].as_u64().unwrap() as u128, sum, "window {len}");
     }
     // Its places in each race: its own entries, at the ranks the full ranking gives them.
     for venue in v["venues"].as_array().unwrap() {
@@ -375,7 +436,7 @@ async fn a_slow_client_skips_to_the_newest_state_and_never_holds_up_the_others()
 }
 
 /// A snapshot whose 1-minute GMV is `gmv` and whose last event was applied at `fresh_at`.
-fn shaped(seq: i64, gmv: u64, fresh_at: i64) -> Arc<warroom_engine::Snapshot> {
+fn shaped(seq: i64, gmv: u128, fresh_at: i64) -> Arc<warroom_engine::Snapshot> {
     let mut s = warroom_engine::Snapshot {
         as_of_ms: 1_000_000 + seq,
         published_at_ms: fresh_at,
@@ -434,7 +495,7 @@ async fn an_alert_goes_pending_firing_resolved_without_flapping_and_can_be_ackno
     let t0 = 1_800_000_000_000i64;
     let at = |sec: i64| t0 + sec * 1000;
     let mut seq = 0;
-    let mut publish = |gmv: u64, sec: i64| {
+    let mut publish = |gmv: u128, sec: i64| {
         seq += 1;
         s.state.on_publish_at(shaped(seq, gmv, at(sec)), Vec::new(), at(sec));
     };
@@ -448,7 +509,7 @@ async fn an_alert_goes_pending_firing_resolved_without_flapping_and_can_be_ackno
     let mut rng = 12345u64;
     for k in 17..60 {
         rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        publish(600 + (rng >> 33) % 1_300, k); // 600..1899: above and below fire, below clear
+        publish(600 + ((rng >> 33) % 1_300) as u128, k); // 600..1899: above and below fire, below clear
     }
     let got = alerts_within(&mut ws, Duration::from_secs(2)).await;
     let states: Vec<&str> = got.iter().map(|a| a["state"].as_str().unwrap()).collect();

@@ -126,7 +126,13 @@ fn files_are_written_atomically_and_checked() {
     other.engine.windows.pop();
     let err = Engine::restore(other, &bytes, &path).unwrap_err();
     assert!(matches!(err, CheckpointError::Shape(_)), "{err}");
-    assert!(err.to_string().contains("empty --state-dir"), "the error says what to do: {err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("engine.windows: saved [60s, 300s, 3600s], configured [60s, 300s]"),
+        "names what differs: {msg}"
+    );
+    // It tells the truth about starting over: an empty state resumes at the group's offsets.
+    assert!(msg.contains("committed offsets") && msg.contains("lost"), "{msg}");
 }
 
 #[test]

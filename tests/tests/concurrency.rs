@@ -39,7 +39,7 @@ fn writers_and_readers_at_once() {
     let reader = {
         let (engine, done) = (engine.clone(), done.clone());
         std::thread::spawn(move || {
-            let mut last = (0u64, 0u64, 0u64);
+            let mut last = (0u128, 0u64, 0u64);
             let mut reads = 0u64;
             while !done.load(Ordering::Relaxed) {
                 let (snap, _) = engine.publish();
@@ -49,7 +49,7 @@ fn writers_and_readers_at_once() {
                     now.0 >= last.0 && now.1 >= last.1 && now.2 >= last.2,
                     "totals went backwards: {last:?} -> {now:?}"
                 );
-                let slot_gmv: u64 = snap.slots.iter().map(|s| s.gmv_cents).sum();
+                let slot_gmv: u128 = snap.slots.iter().map(|s| s.gmv_cents).sum();
                 assert!(slot_gmv <= t.gmv_cents, "slots hold more GMV than the total");
                 for w in &snap.windows {
                     assert!(w.gmv_cents <= t.gmv_cents, "window {} holds more than the total", w.length_ms);

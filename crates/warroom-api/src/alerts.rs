@@ -348,7 +348,7 @@ impl AlertEngine {
     ) -> Vec<Observation> {
         let site = |value: f64| vec![Observation { subject: "site".into(), value, venue: None, merchant: None }];
         let window_ms = r.window.map(|w| w.as_millis() as i64);
-        let metric_of = |m: Metric, gmv: u64, orders: u64, uv: u64, ipv: u64, buyers: u64| -> f64 {
+        let metric_of = |m: Metric, gmv: u128, orders: u64, uv: u64, ipv: u64, buyers: u64| -> f64 {
             match m {
                 Metric::GmvCents => gmv as f64,
                 Metric::PaidOrders => orders as f64,
@@ -356,7 +356,13 @@ impl AlertEngine {
                 Metric::IpvUv => ipv as f64,
                 Metric::Buyers => buyers as f64,
                 Metric::Conversion => ratio(buyers, uv),
-                Metric::AovCents => ratio(gmv, buyers),
+                Metric::AovCents => {
+                    if buyers == 0 {
+                        0.0
+                    } else {
+                        gmv as f64 / buyers as f64
+                    }
+                }
             }
         };
         match r.kind {

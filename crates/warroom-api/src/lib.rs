@@ -371,13 +371,23 @@ async fn race(State(st): State<Shared>, headers: HeaderMap, Path(venue): Path<St
 async fn slot(State(st): State<Shared>, headers: HeaderMap, Path(slot): Path<String>) -> Result<Response, ApiError> {
     let caller = st.caller(&headers)?;
     let snap = st.engine.snapshot();
-    let found = snap.slots.iter().find(|s| s.slot == slot);
-    let visible = found.filter(|s| caller.can_read_all() || caller.merchant_id.as_deref() == Some(&s.merchant_id));
     // A merchant asking for another merchant's slot gets the same answer as for a slot that
-    // does not exist: its existence is not revealed.
-    let Some(s) = visible else {
-        return Err(ApiError::not_found(format!("no slot `{slot}` visible to this token")));
-    };
+    // does not exist: its existence is not revealed. For a slot that changed hands, a
+    // merchant sees its own part of it (the events that named it).
+    let not_found = || ApiError::not_found(format!("no slot `{slot}` visible to this token"));
+    if let (Role::Merchant, Some(m)) = (caller.role, &caller.merchant_id) {
+        let view = merchant_view(&snap, m, None);
+        let s = view.slots.iter().find(|s| s.slot == slot).ok_or_else(not_found)?;
+        let place = view.venues.iter().find(|v| v.venue == s.venue).and_then(|v| {
+            v.race
+                .ranking
+                .iter()
+                .find(|e| e.slot == slot)
+                .map(|e| serde_json::json!({ "rule": v.race.rule, "entry": e }))
+        });
+        return Ok(Json(serde_json::json!({ "as_of_ms": snap.as_of_ms, "slot": s, "race": place })).into_response());
+    }
+    let s = snap.slots.iter().find(|s| s.slot == slot).ok_or_else(not_found)?;
     let place = snap
         .venues
         .iter()
@@ -465,4 +475,65 @@ async fn audit(State(st): State<Shared>, headers: HeaderMap) -> Result<Response,
 /// The scope a caller may see, narrowed by what it asked for.
 pub fn scope_for(caller: &Caller, venue: Option<String>) -> Scope {
     Scope { merchant: if caller.role == Role::Merchant { caller.merchant_id.clone() } else { None }, venue }
+}
+
+/// `[api]`: what one client may take of the server, and how long the server waits for it.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// WebSocket connections at most, all tokens together; one more is refused (503, counted).
+    pub max_connections: usize,
+    /// WebSocket connections at most per token (a leaked token cannot take them all; 429).
+    pub max_connections_per_token: usize,
+    /// Largest message a WebSocket client may send (subscriptions are a few dozen bytes).
+    pub ws_max_message_bytes: usize,
+    /// A request (headers read to response written) taking longer is answered 408.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: std::time::Duration,
+    /// An HTTP connection that sends no request for this long is closed (also the time a
+    /// client has to send a request's headers).
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: std::time::Duration,
+    /// Data older than this (wall clock since the last applied event) is stale.
+    #[serde(with = "humantime_serde")]
+    pub stale_after: std::time::Duration,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            max_connections: 2000,
+            max_connections_per_token: 100,
+            ws_max_message_bytes: 4096,
+            request_timeout: std::time::Duration::from_secs(10),
+            idle_timeout: std::time::Duration::from_secs(60),
+            stale_after: std::time::Duration::from_secs(10),
+        }
+    }
+}
+
+impl ApiConfig {
+    pub fn validate(&self) -> Result<(), Vec<String>> {
+        let mut errs = Vec::new();
+        if self.max_connections == 0 || self.max_connections_per_token == 0 {
+            errs.push("api.max_connections and api.max_connections_per_token must be above 0".to_string());
+        }
+        if !(64..=1 << 20).contains(&self.ws_max_message_bytes) {
+            errs.push("api.ws_max_message_bytes must be between 64 and 1048576".to_string());
+        }
+        for (name, d) in [
+            ("request_timeout", self.request_timeout),
+            ("idle_timeout", self.idle_timeout),
+            ("stale_after", self.stale_after),
+        ] {
+            if d.is_zero() {
+                errs.push(format!("api.{name} must be above 0"));
+            }
+        }
+        if errs.is_empty() {
+            Ok(())
+        } else {
+            Err(errs)
+        }
+    }
 }

@@ -1,11 +1,14 @@
 //! What a caller may see of a snapshot. A merchant gets the document cut down to its own
 //! slots (SNAPSHOT.md): its slots, totals and windows summed from them, and its slots' places
-//! in each race. Nothing names or measures another merchant. Site-wide figures (site totals,
+//! in each race. Nothing names or measures another merchant: a slot that changed hands
+//! (商品更换) counts for each merchant only the events that named it. Site-wide figures (site totals,
 //! funnel, decomposition, plan, rejections) all measure other merchants, so they are left out.
 //! A subscription narrows further to one venue.
 
+use std::collections::BTreeMap;
+
 use serde::Serialize;
-use warroom_engine::snapshot::{MoneyWindow, RankEntry, SlotStats};
+use warroom_engine::snapshot::{MoneyWindow, RankEntry, SlotMerchantStats, SlotStats};
 use warroom_engine::{RankChange, Snapshot};
 
 /// What a client asked to see (it can only narrow what its role allows).
@@ -33,7 +36,7 @@ pub struct MerchantSnapshot {
 
 #[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
 pub struct MerchantTotals {
-    pub gmv_cents: u64,
+    pub gmv_cents: u128,
     pub paid_orders: u64,
     pub impressions: u64,
     pub clicks: u64,
@@ -50,15 +53,57 @@ pub struct MerchantVenue {
 pub struct MerchantRace {
     pub window_ms: i64,
     pub rule: String,
-    /// Only this merchant's entries, with their true ranks.
-    pub ranking: Vec<RankEntry>,
+    /// Only the slots this merchant holds now, with their true ranks.
+    pub ranking: Vec<MerchantRankEntry>,
 }
 
-/// The merchant's cut of a snapshot.
+/// A merchant's slot in a race: its place, and the numbers of the merchant's own events in
+/// the race window. For a slot that changed hands inside the window, the slot's score and
+/// buyers measure the other merchant's events too, so they are left out (`null`).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct MerchantRankEntry {
+    pub rank: u32,
+    pub slot: String,
+    pub score: Option<f64>,
+    pub gmv_cents: u128,
+    pub paid_orders: u64,
+    pub impressions: u64,
+    pub clicks: u64,
+    pub buyers: Option<u64>,
+    pub prev_gmv_cents: u128,
+    pub merchant_id: String,
+}
+
+/// The merchant's cut of a snapshot. Every number comes from events naming the merchant
+/// (contract v1.1): a slot that changed hands contributes only this merchant's part of it.
 pub fn merchant_view(snap: &Snapshot, merchant: &str, venue: Option<&str>) -> MerchantSnapshot {
     let in_venue = |v: &str| venue.is_none_or(|want| want == v);
-    let slots: Vec<SlotStats> =
-        snap.slots.iter().filter(|s| s.merchant_id == merchant && in_venue(&s.venue)).cloned().collect();
+    // Slots several merchants named: this merchant's part of each.
+    let mut shared: BTreeMap<&str, Option<&SlotMerchantStats>> = BTreeMap::new();
+    for p in &snap.slot_merchants {
+        let e = shared.entry(p.slot.as_str()).or_default();
+        if p.merchant_id == merchant {
+            *e = Some(p);
+        }
+    }
+    let mut slots: Vec<SlotStats> = Vec::new();
+    for s in snap.slots.iter().filter(|s| in_venue(&s.venue)) {
+        match shared.get(s.slot.as_str()) {
+            Some(Some(p)) => slots.push(SlotStats {
+                slot: s.slot.clone(),
+                venue: s.venue.clone(),
+                merchant_id: merchant.to_string(),
+                gmv_cents: p.gmv_cents,
+                paid_orders: p.paid_orders,
+                impressions: p.impressions,
+                clicks: p.clicks,
+                windows: p.windows.clone(),
+            }),
+            Some(None) => {}
+            None if s.merchant_id == merchant => slots.push(s.clone()),
+            None => {}
+        }
+    }
     let mut totals = MerchantTotals::default();
     let mut windows: Vec<MoneyWindow> =
         snap.windows.iter().map(|w| MoneyWindow { length_ms: w.length_ms, ..Default::default() }).collect();
@@ -75,13 +120,45 @@ pub fn merchant_view(snap: &Snapshot, merchant: &str, venue: Option<&str>) -> Me
             }
         }
     }
+    let entry = |e: &RankEntry| -> MerchantRankEntry {
+        let own = MerchantRankEntry {
+            rank: e.rank,
+            slot: e.slot.clone(),
+            score: Some(e.score),
+            gmv_cents: e.gmv_cents,
+            paid_orders: e.paid_orders,
+            impressions: e.impressions,
+            clicks: e.clicks,
+            buyers: Some(e.buyers),
+            prev_gmv_cents: e.prev_gmv_cents,
+            merchant_id: e.merchant_id.clone(),
+        };
+        match shared.get(e.slot.as_str()) {
+            None => own,
+            Some(p) => {
+                let r = p.map(|p| p.race).unwrap_or_default();
+                let alone = (r.gmv_cents, r.paid_orders, r.impressions, r.clicks, r.prev_gmv_cents)
+                    == (e.gmv_cents, e.paid_orders, e.impressions, e.clicks, e.prev_gmv_cents);
+                MerchantRankEntry {
+                    score: own.score.filter(|_| alone),
+                    buyers: own.buyers.filter(|_| alone),
+                    gmv_cents: r.gmv_cents,
+                    paid_orders: r.paid_orders,
+                    impressions: r.impressions,
+                    clicks: r.clicks,
+                    prev_gmv_cents: r.prev_gmv_cents,
+                    ..own
+                }
+            }
+        }
+    };
     let venues = snap
         .venues
         .iter()
         .filter(|v| in_venue(&v.venue))
         .filter_map(|v| {
-            let ranking: Vec<RankEntry> =
-                v.race.ranking.iter().filter(|e| e.merchant_id == merchant).cloned().collect();
+            let ranking: Vec<MerchantRankEntry> =
+                v.race.ranking.iter().filter(|e| e.merchant_id == merchant).map(entry).collect();
             let has_slots = slots.iter().any(|s| s.venue == v.venue);
             (has_slots || !ranking.is_empty()).then(|| MerchantVenue {
                 venue: v.venue.clone(),

@@ -7,8 +7,14 @@
 //! come from the same instant, so nothing is lost and nothing is counted twice.
 //!
 //! File layout: `MAGIC` (8 bytes), format version (u32 LE), payload length (u64 LE), xxh3-64
-//! of the payload (u64 LE), then the bincode payload. A torn or altered file fails the
-//! checksum and is reported, never half-loaded.
+//! of the payload (u64 LE), then the payload in postcard (a maintained serde format with a
+//! stable, documented wire format; bincode 1.3 is unmaintained, RUSTSEC-2025-0141). A torn or
+//! altered file fails the checksum and is reported, never half-loaded. A file of another
+//! [`FORMAT`] is refused with a message saying what to do; `tests/tests/checkpoint.rs` pins the
+//! format with a golden file, so a layout change cannot ship without bumping it.
+//!
+//! The state directory is locked while a monitor uses it ([`StateDirLock`]): a second monitor
+//! on the same directory refuses to start instead of overwriting the first one's checkpoints.
 
 use std::fs::{self, File};
 use std::io::Write;
@@ -21,35 +27,81 @@ use crate::shard::Shard;
 
 pub const MAGIC: &[u8; 8] = b"WARROOM\x00";
 /// Bumped whenever the state layout changes; older files are refused with a clear message.
-pub const FORMAT: u32 = 1;
+/// 1: bincode (issues 1-5). 2: postcard; state per (slot, merchant), u128 money, per-shard
+/// sketch clocks, minute series, channels; no shard count or phases in the shape.
+pub const FORMAT: u32 = 2;
 const HEADER: usize = 8 + 4 + 8 + 8;
 pub const FILE_NAME: &str = "engine.checkpoint";
+
+/// What starting over means, said wherever a checkpoint cannot be used.
+const START_OVER: &str = "moving --state-dir aside (or pointing it at an empty directory) starts with an empty state that resumes at the consumer group's committed offsets: everything counted so far (totals, windows, de-duplication) is lost, and only events after those offsets are counted; to recount the topic from its beginning, use a new --group as well";
 
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
     #[error("checkpoint I/O on {path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
-    #[error("{0} is not a warroom checkpoint (bad magic); move it away or point --state-dir elsewhere")]
+    #[error(
+        "{0} is not a warroom checkpoint (bad magic): point --state-dir at this monitor's own state; {START_OVER}"
+    )]
     NotACheckpoint(PathBuf),
-    #[error("checkpoint format {found} is not the supported {FORMAT}; start with an empty --state-dir (state is rebuilt from the source)")]
+    #[error("checkpoint format {found} is not the supported {FORMAT}: it was written by another warroom version; run that version to finish the promotion, or start over: {START_OVER}")]
     Format { found: u32 },
-    #[error("checkpoint is damaged (checksum mismatch or truncated); the previous one was replaced atomically, so this means disk corruption: remove it to start over")]
+    #[error("checkpoint is damaged (checksum mismatch or truncated); it is replaced atomically, so this means disk corruption. Restore the file from a backup, or start over: {START_OVER}")]
     Damaged,
-    #[error("checkpoint does not decode: {0}")]
+    #[error("checkpoint does not decode ({0}): restore the file from a backup, or start over: {START_OVER}")]
     Decode(String),
-    #[error("checkpoint was written with a different engine shape ({0}); restore with the same [engine] and [race] windows, shards and horizons, or start with an empty --state-dir")]
+    #[error("checkpoint was written with other windows or horizons ({0}): set them back in the config to resume, or start over: {START_OVER}")]
     Shape(String),
+    #[error("{dir} is in use by another warroom monitor (pid {pid}): each monitor needs its own --state-dir; stop the other one first")]
+    Locked { dir: PathBuf, pid: String },
 }
 
 /// Settings that decide the layout of the state: a checkpoint restores only into the same.
+/// (The shard count and the plan are not among them: a restore keeps the checkpoint's shards
+/// and recomputes the plan's numbers.)
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Shape {
-    pub shards: usize,
     pub windows: Vec<i64>,
     pub race_window: i64,
     pub dedupe_horizon: i64,
     pub order_horizon: i64,
-    pub phases: Vec<(i64, i64)>,
+}
+
+impl Shape {
+    /// What differs, naming the config keys.
+    pub fn differences(&self, configured: &Shape) -> String {
+        let mut d = Vec::new();
+        let secs = |v: &[i64]| v.iter().map(|ms| format!("{}s", ms / 1000)).collect::<Vec<_>>().join(", ");
+        if self.windows != configured.windows {
+            d.push(format!(
+                "engine.windows: saved [{}], configured [{}]",
+                secs(&self.windows),
+                secs(&configured.windows)
+            ));
+        }
+        if self.race_window != configured.race_window {
+            d.push(format!(
+                "race.window: saved {}s, configured {}s",
+                self.race_window / 1000,
+                configured.race_window / 1000
+            ));
+        }
+        if self.dedupe_horizon != configured.dedupe_horizon {
+            d.push(format!(
+                "engine.dedupe_horizon: saved {}s, configured {}s",
+                self.dedupe_horizon / 1000,
+                configured.dedupe_horizon / 1000
+            ));
+        }
+        if self.order_horizon != configured.order_horizon {
+            d.push(format!(
+                "engine.order_horizon: saved {}s, configured {}s",
+                self.order_horizon / 1000,
+                configured.order_horizon / 1000
+            ));
+        }
+        d.join("; ")
+    }
 }
 
 /// A rule set at runtime (hot-swapped rules survive a restart).
@@ -66,14 +118,15 @@ pub struct SavedRule {
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct Image<S, E> {
     pub shape: Shape,
-    pub epoch: Option<i64>,
     pub watermark: i64,
     pub last_event_at: i64,
     pub venues: Vec<String>,
     pub slots: Vec<String>,
     pub slot_venues: Vec<u32>,
     pub merchants: Vec<String>,
-    pub overflow: [u64; 4],
+    pub channels: Vec<String>,
+    pub pairs: Vec<(u32, u32)>,
+    pub slot_venue_conflicts: u64,
     pub rejects: Vec<(String, u64)>,
     pub rules: Vec<SavedRule>,
     pub shards: Vec<S>,
@@ -83,18 +136,23 @@ pub(crate) struct Image<S, E> {
 /// What restoring reads.
 pub(crate) type Loaded = Image<Shard, Vec<u8>>;
 
-/// The checkpoint bytes, built in one buffer of the exact size (the state is tens of MB at
-/// long horizons: no second copy of it, even for a moment).
+/// Size of the last checkpoint written, to size the next one's buffer: the state is tens of
+/// MB at long horizons, and growing a buffer by doubling would copy it several times.
+static LAST_LEN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// The checkpoint bytes.
 pub(crate) fn encode(image: &Image<&Shard, &[u8]>) -> Vec<u8> {
-    let len = bincode::serialized_size(image).expect("engine state serialises") as usize;
-    let mut out = Vec::with_capacity(HEADER + len);
+    use std::sync::atomic::Ordering::Relaxed;
+    let hint = LAST_LEN.load(Relaxed);
+    let mut out = Vec::with_capacity(HEADER + hint + hint / 16 + 4096);
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&FORMAT.to_le_bytes());
-    out.extend_from_slice(&(len as u64).to_le_bytes());
-    out.extend_from_slice(&[0; 8]);
-    bincode::serialize_into(&mut out, image).expect("engine state serialises");
-    debug_assert_eq!(out.len(), HEADER + len);
+    out.extend_from_slice(&[0; 16]);
+    let mut out = postcard::to_extend(image, out).expect("engine state serialises");
+    let len = out.len() - HEADER;
+    LAST_LEN.store(len, Relaxed);
     let hash = xxhash_rust::xxh3::xxh3_64(&out[HEADER..]);
+    out[12..20].copy_from_slice(&(len as u64).to_le_bytes());
     out[HEADER - 8..HEADER].copy_from_slice(&hash.to_le_bytes());
     out
 }
@@ -114,7 +172,47 @@ pub(crate) fn decode(bytes: &[u8], path: &Path) -> Result<Loaded, CheckpointErro
     if payload.len() != len || xxhash_rust::xxh3::xxh3_64(payload) != u64_at(20) {
         return Err(CheckpointError::Damaged);
     }
-    bincode::deserialize(payload).map_err(|e| CheckpointError::Decode(e.to_string()))
+    postcard::from_bytes(payload).map_err(|e| CheckpointError::Decode(e.to_string()))
+}
+
+/// An exclusive lock on a state directory, held for as long as the value lives (an advisory
+/// `flock` on `LOCK` inside it, released by the kernel when the process dies, even by
+/// `kill -9`). The file holds the owner's pid, for the message a second monitor prints.
+#[derive(Debug)]
+pub struct StateDirLock {
+    _file: File,
+}
+
+impl StateDirLock {
+    pub fn acquire(dir: &Path) -> Result<StateDirLock, CheckpointError> {
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| CheckpointError::Io { path, source }
+        };
+        fs::create_dir_all(dir).map_err(io(dir))?;
+        let path = dir.join("LOCK");
+        let mut file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io(&path))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                let pid = fs::read_to_string(&path).unwrap_or_default().trim().to_string();
+                return Err(CheckpointError::Locked {
+                    dir: dir.to_path_buf(),
+                    pid: if pid.is_empty() { "?".into() } else { pid },
+                });
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(CheckpointError::Io { path, source: e }),
+        }
+        file.set_len(0).map_err(io(&path))?;
+        write!(file, "{}", std::process::id()).map_err(io(&path))?;
+        Ok(StateDirLock { _file: file })
+    }
 }
 
 /// Writes `bytes` as `dir/engine.checkpoint`: to a temporary file, fsync, rename over the old

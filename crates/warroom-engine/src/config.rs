@@ -30,16 +30,25 @@ pub struct EngineConfig {
     /// adds GMV twice. Memory: about 27 bytes per paid order inside it.
     #[serde(with = "humantime_serde")]
     pub order_horizon: Duration,
-    /// At most this many distinct slots are tracked; events of further slots still count in
-    /// totals and the funnel, and are counted as `slot_overflow`.
+    /// At most this many distinct slots are kept. An event naming a further slot is rejected
+    /// as `too_many_slots` and nothing of it is kept: memory stays bounded whatever names the
+    /// producers send.
     pub max_slots: usize,
-    /// At most this many distinct venues are tracked (same overflow rule).
+    /// At most this many distinct venues (`too_many_venues` beyond).
     pub max_venues: usize,
-    /// At most this many distinct merchants are tracked (same overflow rule).
+    /// At most this many distinct merchants named on slot events (`too_many_merchants`).
     pub max_merchants: usize,
-    /// Base of the 32-bit millisecond clocks in the distinct-count sketches. Unset: the first
-    /// event's day minus 7 days. Instances whose sketches are merged must share it.
-    pub epoch_ms: Option<i64>,
+    /// At most this many distinct channels (`too_many_channels`).
+    pub max_channels: usize,
+    /// At most this many (slot, merchant) pairs: a slot's money is kept per merchant named on
+    /// its events (商品更换), so a slot that changed hands has several
+    /// (`too_many_slot_merchants` beyond).
+    pub max_slot_merchants: usize,
+    /// A partition that delivered nothing for this long (wall clock) stops holding back the
+    /// eviction of old event ids; events it delivers later that are older than what was
+    /// evicted meanwhile are refused as `beyond_dedupe_horizon` (never double counted).
+    #[serde(with = "humantime_serde")]
+    pub idle_lane_after: Duration,
 }
 
 impl Default for EngineConfig {
@@ -51,8 +60,10 @@ impl Default for EngineConfig {
             order_horizon: Duration::from_secs(24 * 3600),
             max_slots: 20_000,
             max_venues: 512,
-            max_merchants: 200_000,
-            epoch_ms: None,
+            max_merchants: 40_000,
+            max_channels: 256,
+            max_slot_merchants: 40_000,
+            idle_lane_after: Duration::from_secs(30),
         }
     }
 }
@@ -97,6 +108,11 @@ pub struct Config {
     pub plan: Option<PlanConfig>,
     /// Set in a rehearsal: every snapshot carries this tag.
     pub rehearsal: Option<crate::snapshot::Rehearsal>,
+    /// The events come from a live source (Kafka): watermarks never move past the wall clock,
+    /// so a producer whose clock runs ahead (within `limits.max_future`) moves no window.
+    /// Replays run in event time (false).
+    #[serde(skip)]
+    pub live: bool,
 }
 
 impl Config {
@@ -120,6 +136,20 @@ impl Config {
         }
         if self.engine.order_horizon < self.engine.dedupe_horizon {
             errs.push("engine.order_horizon must be at least engine.dedupe_horizon".into());
+        }
+        for (name, v) in [
+            ("max_slots", self.engine.max_slots),
+            ("max_venues", self.engine.max_venues),
+            ("max_merchants", self.engine.max_merchants),
+            ("max_channels", self.engine.max_channels),
+            ("max_slot_merchants", self.engine.max_slot_merchants),
+        ] {
+            if v == 0 || v >= u32::MAX as usize {
+                errs.push(format!("engine.{name} must be between 1 and {}", u32::MAX - 1));
+            }
+        }
+        if self.engine.idle_lane_after.as_millis() == 0 {
+            errs.push("engine.idle_lane_after must be above 0, e.g. \"30s\"".into());
         }
         if self.race.window.as_millis() == 0 || !self.race.window.as_millis().is_multiple_of(1000) {
             errs.push("race.window must be a whole number of seconds > 0".into());

@@ -53,11 +53,20 @@ pub struct GenSet {
     /// is freed rather than kept as a spare at the spike's size.
     #[serde(skip, default)]
     typical: usize,
+    /// Ids of times before this may have been forgotten (the start of the oldest generation
+    /// kept after an eviction; `i64::MIN` before any).
+    frontier: i64,
 }
 
 impl GenSet {
     pub fn new(horizon_ms: i64) -> Self {
-        GenSet { width: (horizon_ms / 7).max(1), gens: Default::default(), spare: Vec::new(), typical: 0 }
+        GenSet {
+            width: (horizon_ms / 7).max(1),
+            gens: Default::default(),
+            spare: Vec::new(),
+            typical: 0,
+            frontier: i64::MIN,
+        }
     }
 
     /// Inserts `fp` in the generation of `ts`; false if it was there (a duplicate).
@@ -72,9 +81,17 @@ impl GenSet {
         self.gens.values().any(|g| g.contains(&fp))
     }
 
+    /// Times before this may have lost their ids to eviction: an event older than it cannot
+    /// be checked for a re-delivery.
+    #[inline]
+    pub fn frontier(&self) -> i64 {
+        self.frontier
+    }
+
     /// Drops the generations wholly before `ts` (their sets are cleared and reused).
     pub fn evict_before(&mut self, ts: i64) {
         let keep_from = ts.div_euclid(self.width);
+        self.frontier = self.frontier.max(keep_from.saturating_mul(self.width));
         while let Some(entry) = self.gens.first_entry() {
             if *entry.key() >= keep_from {
                 break;
@@ -124,6 +141,7 @@ mod tests {
         assert!(s.contains_any(1), "kept until evicted, however far apart");
         s.evict_before(1_000);
         assert!(!s.contains_any(1) && s.contains_any(2));
+        assert_eq!(s.frontier(), 1_000, "ids before the evicted generation's end may be gone");
         assert!(s.insert_at(1, 500), "an evicted generation starts afresh");
     }
 

@@ -1,31 +1,37 @@
 //! The engine: shards, routing, publishing snapshots.
 //!
 //! Writers (any number of threads) call [`Engine::prepare`] (hashing and name interning, no
-//! shard involved) and then [`Engine::apply`] or [`Engine::apply_shard`]. Each shard is a
+//! shard involved) and then [`Engine::apply`] or [`Engine::apply_routed`]. Each shard is a
 //! `Mutex<Shard>` taken only by writers and by the publisher; it is uncontended when each
 //! thread owns its shard (the replay pipeline) and briefly contended otherwise.
 //!
 //! Readers never touch a shard: [`Engine::publish`] merges the shards' summaries into an
 //! immutable [`Snapshot`] and swaps it into an `ArcSwap`; [`Engine::snapshot`] is a wait-free
 //! load of the newest one. Rule changes swap an `ArcSwap` too and apply from the next publish.
+//!
+//! Refusals: an event the engine refuses after decoding (a name past a cardinality limit, a
+//! time it cannot check for re-deliveries) is counted by reason *and* handed back to the
+//! caller ([`Refusal`]), which keeps it for inspection like any decoder rejection
+//! (`--rejects-out`, the dead-letter topic).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use arc_swap::ArcSwap;
 use warroom_model::{Event, Reason, RejectCounts, Rejection};
 use xxhash_rust::xxh3::{xxh3_128, xxh3_64};
 
 use crate::config::Config;
-use crate::intern::{Interner, NameCache, SlotInterner, NONE};
+use crate::intern::{Interner, NameCache, Names, PairInterner, SlotInterner, NONE};
 use crate::race::{self, RaceInputs, RankChange, Rule, RuleSpec};
-use crate::shard::{Ctx, Outcome, Prepared, Shard, ShardCounters, ShardSummary, SlotWin};
-use crate::snapshot::{
-    decompose, Counters, Funnel, MoneyWindow, Race, RankEntry, SlotStats, Snapshot, Totals, VenueStats, WindowStats,
+use crate::shard::{
+    Clock, Ctx, MoneyAgg, Outcome, PairCum, PairWin, Prepared, Shard, ShardCounters, ShardSummary, SlotMeta,
 };
-
-const DAY_MS: i64 = 86_400_000;
+use crate::snapshot::{
+    decompose, ChannelStats, Counters, Funnel, MoneyWindow, PairRace, Race, RankEntry, SlotMerchantStats, SlotStats,
+    Snapshot, Totals, VenueStats, WindowStats,
+};
 
 fn wall_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
@@ -54,6 +60,15 @@ pub enum EngineError {
     UnknownRule(String),
 }
 
+/// An event the engine refused while applying it: its position in the input (`seq`: line
+/// number or offset), its lane (partition) and why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refusal {
+    pub seq: u64,
+    pub lane: u16,
+    pub reason: Reason,
+}
+
 #[derive(Debug, Default)]
 struct PublishState {
     /// Venue -> slot names in the last published order.
@@ -63,11 +78,9 @@ struct PublishState {
 #[derive(Debug)]
 pub struct Engine {
     cfg: Config,
+    cx: Ctx,
     shards: Box<[Mutex<Shard>]>,
-    ctx: OnceLock<Ctx>,
-    venues: Interner,
-    slots: SlotInterner,
-    merchants: Interner,
+    names: Names,
     rejects: RejectCounts,
     watermark: AtomicI64,
     last_event_at: AtomicI64,
@@ -78,24 +91,48 @@ pub struct Engine {
     publishes: AtomicU64,
 }
 
-/// The shard context of `cfg` with the sketch epoch `epoch`.
-fn base_ctx(cfg: &Config, epoch: i64) -> Ctx {
+/// The shard context of `cfg`.
+fn base_ctx(cfg: &Config) -> Ctx {
     let plan = cfg.plan.as_ref();
     Ctx {
-        epoch,
         dedupe_horizon: cfg.engine.dedupe_horizon.as_millis() as i64,
         order_horizon: cfg.engine.order_horizon.as_millis() as i64,
         windows: cfg.engine.windows.iter().map(|d| d.as_millis() as i64).collect(),
         race_window: cfg.race.window.as_millis() as i64,
         phases: plan.map(|p| p.bounds()).unwrap_or_default(),
         plan_range: plan.map(|p| (p.start_ms(), p.end_ms())),
+        idle_lane_ms: cfg.engine.idle_lane_after.as_millis() as i64,
     }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding a shard leaves it consistent enough to keep serving: every update
-    // is a handful of additions. Keep going rather than poison the whole monitor.
+    // is a handful of additions. Keep going rather than poison the whole monitor; a source
+    // whose applier panicked refuses to checkpoint (its state may be torn) and the process
+    // exits, restarting from the last checkpoint.
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The field a cardinality refusal is about.
+fn field_of(r: Reason) -> Option<&'static str> {
+    match r {
+        Reason::TooManyVenues => Some("venue"),
+        Reason::TooManySlots | Reason::TooManySlotMerchants => Some("slot"),
+        Reason::TooManyMerchants => Some("merchant_id"),
+        Reason::TooManyChannels => Some("channel"),
+        _ => None,
+    }
+}
+
+fn empty_names(cfg: &Config) -> Names {
+    let e = &cfg.engine;
+    Names {
+        venues: Interner::new(e.max_venues),
+        slots: SlotInterner::new(e.max_slots),
+        merchants: Interner::new(e.max_merchants),
+        channels: Interner::new(e.max_channels),
+        pairs: PairInterner::new(e.max_slot_merchants),
+    }
 }
 
 impl Engine {
@@ -106,6 +143,10 @@ impl Engine {
         } else {
             cfg.engine.shards
         };
+        Self::with_shards(cfg, n)
+    }
+
+    fn with_shards(cfg: Config, n: usize) -> Self {
         let resolve = |name: &str| -> (String, Rule) {
             if name == "gmv" {
                 ("gmv".into(), Rule::Gmv)
@@ -118,13 +159,11 @@ impl Engine {
             default_rule: resolve(&cfg.race.default_rule),
             venues: cfg.race.venues.iter().map(|(v, r)| (v.clone(), resolve(r))).collect(),
         };
-        let base = base_ctx(&cfg, 0);
+        let cx = base_ctx(&cfg);
         Engine {
-            shards: (0..n).map(|_| Mutex::new(Shard::new(&base))).collect(),
-            ctx: OnceLock::new(),
-            venues: Interner::new(cfg.engine.max_venues),
-            slots: SlotInterner::new(cfg.engine.max_slots),
-            merchants: Interner::new(cfg.engine.max_merchants),
+            shards: (0..n.max(1)).map(|_| Mutex::new(Shard::new(&cx))).collect(),
+            cx,
+            names: empty_names(&cfg),
             rejects: RejectCounts::default(),
             watermark: AtomicI64::new(i64::MIN),
             last_event_at: AtomicI64::new(0),
@@ -137,14 +176,6 @@ impl Engine {
         }
     }
 
-    /// The context, fixing the sketch epoch on first use.
-    fn ctx_for(&self, ts: i64) -> &Ctx {
-        self.ctx.get_or_init(|| {
-            let epoch = self.cfg.engine.epoch_ms.unwrap_or_else(|| ts.div_euclid(DAY_MS) * DAY_MS - 7 * DAY_MS);
-            base_ctx(&self.cfg, epoch)
-        })
-    }
-
     pub fn config(&self) -> &Config {
         &self.cfg
     }
@@ -153,21 +184,36 @@ impl Engine {
         self.shards.len()
     }
 
-    /// Reduces a decoded event to its fixed-size form. Any thread; no shard lock.
-    pub fn prepare(&self, ev: &Event<'_>, seq: u64) -> Prepared {
+    /// The clock of a batch applied now: for a live source the watermarks stop at the wall
+    /// clock (see [`Clock::cap`]); otherwise they follow the events.
+    fn clock(&self) -> Clock {
+        let now = wall_ms();
+        Clock { now, cap: if self.cfg.live { now } else { i64::MAX } }
+    }
+
+    /// Reduces a decoded event to its fixed-size form. Any thread; no shard lock. A name
+    /// past its table's limit refuses the event (counted by reason).
+    pub fn prepare(&self, ev: &Event<'_>, seq: u64) -> Result<Prepared, Rejection> {
         self.prepare_cached(ev, seq, &mut NameCache::default())
     }
 
     /// [`Engine::prepare`] with the calling thread's own name cache (the hot path).
-    pub fn prepare_cached(&self, ev: &Event<'_>, seq: u64, cache: &mut NameCache) -> Prepared {
-        self.ctx_for(ev.ts);
-        let venue = ev.venue.as_deref().map_or(NONE, |v| cache.venue(&self.venues, v));
-        let (slot, venue) = match ev.slot.as_deref() {
-            Some(s) => cache.slot(&self.slots, s, venue),
-            None => (NONE, venue),
+    pub fn prepare_cached(&self, ev: &Event<'_>, seq: u64, cache: &mut NameCache) -> Result<Prepared, Rejection> {
+        let names = cache.resolve(
+            &self.names,
+            ev.venue.as_deref(),
+            ev.slot.as_deref(),
+            ev.merchant_id.as_deref(),
+            ev.channel.as_deref(),
+        );
+        let r = match names {
+            Ok(r) => r,
+            Err(reason) => {
+                self.rejects.add(reason, 1);
+                return Err(Rejection::new(reason, field_of(reason)));
+            }
         };
-        let merchant = ev.merchant_id.as_deref().map_or(NONE, |m| cache.merchant(&self.merchants, m));
-        Prepared {
+        Ok(Prepared {
             id: xxh3_128(ev.event_id.as_bytes()),
             order: ev.order_id.as_deref().map_or(0, |o| xxh3_128(o.as_bytes())),
             user: xxh3_64(ev.user_id.as_bytes()),
@@ -175,12 +221,14 @@ impl Engine {
             seq,
             amount: ev.amount_cents.unwrap_or(0),
             coupon: ev.coupon_cents.unwrap_or(0),
-            slot,
-            venue,
-            merchant,
+            slot: r.slot,
+            venue: r.venue,
+            merchant: r.merchant,
+            pair: r.pair,
+            channel: r.channel,
             kind: ev.kind,
             lane: 0,
-        }
+        })
     }
 
     /// Decodes one message and prepares it, counting a rejection.
@@ -192,7 +240,7 @@ impl Engine {
         cache: &mut NameCache,
     ) -> Result<Prepared, Rejection> {
         match warroom_model::decode(bytes, limits) {
-            Ok(ev) => Ok(self.prepare_cached(&ev, seq, cache)),
+            Ok(ev) => self.prepare_cached(&ev, seq, cache),
             Err(r) => {
                 self.rejects.add(r.reason, 1);
                 Err(r)
@@ -217,51 +265,53 @@ impl Engine {
         (((z >> 32) * self.shards.len() as u64) >> 32) as usize
     }
 
-    /// Applies a batch from any thread; events of one shard keep their batch order.
+    /// Applies a batch from any thread; events of one shard keep their batch order. Refusals
+    /// are counted only (tests and benches; sources use [`Engine::apply_routed`]).
     pub fn apply(&self, batch: &[Prepared]) {
+        let mut refused = Vec::new();
         for s in 0..self.shards.len() {
-            self.apply_shard(s, batch);
+            self.apply_filtered(s, batch.iter().filter(|e| self.shard_of(e) == s), &mut refused);
         }
     }
 
-    /// Applies the events of `batch` that belong to shard `s`, in order.
-    pub fn apply_shard(&self, s: usize, batch: &[Prepared]) {
-        self.apply_filtered(s, batch.iter().filter(|e| self.shard_of(e) == s));
-    }
-
     /// Applies `batch`, all of whose events the caller has routed to shard `s` with
-    /// [`Engine::shard_of`] (the pipeline does so while decoding).
-    pub fn apply_routed(&self, s: usize, batch: &[Prepared]) {
+    /// [`Engine::shard_of`] (the pipeline does so while decoding). Events the shard refuses
+    /// are counted and appended to `refused`.
+    pub fn apply_routed(&self, s: usize, batch: &[Prepared], refused: &mut Vec<Refusal>) {
         debug_assert!(batch.iter().all(|e| self.shard_of(e) == s), "events routed to the wrong shard");
-        self.apply_filtered(s, batch.iter());
+        self.apply_filtered(s, batch.iter(), refused);
     }
 
-    fn apply_filtered<'a>(&self, s: usize, mut events: impl Iterator<Item = &'a Prepared>) {
+    fn apply_filtered<'a>(&self, s: usize, mut events: impl Iterator<Item = &'a Prepared>, refused: &mut Vec<Refusal>) {
         let Some(first) = events.next() else { return };
-        let cx = self.ctx_for(first.ts);
+        let clock = self.clock();
         let mut shard = lock(&self.shards[s]);
         let mut newest = i64::MIN;
         for ev in std::iter::once(first).chain(events) {
-            match shard.apply(ev, cx) {
+            match shard.apply(ev, &self.cx, clock) {
                 Outcome::Accepted => newest = newest.max(ev.ts),
                 Outcome::Duplicate => {}
-                Outcome::BeyondHorizon => self.rejects.add(Reason::BeyondDedupeHorizon, 1),
+                Outcome::BeyondHorizon => {
+                    self.rejects.add(Reason::BeyondDedupeHorizon, 1);
+                    refused.push(Refusal { seq: ev.seq, lane: ev.lane, reason: Reason::BeyondDedupeHorizon });
+                }
             }
         }
         drop(shard);
         if newest != i64::MIN {
-            self.watermark.fetch_max(newest, Ordering::Relaxed);
-            self.last_event_at.fetch_max(wall_ms(), Ordering::Relaxed);
+            self.watermark.fetch_max(newest.min(clock.cap), Ordering::Relaxed);
+            self.last_event_at.fetch_max(clock.now, Ordering::Relaxed);
         }
     }
 
     /// Declares lanes (partitions just assigned) open before their first events; see
     /// [`crate::shard::Shard::open_lane`].
     pub fn open_lanes(&self, lanes: &[u16]) {
+        let now = wall_ms();
         for s in self.shards.iter() {
             let mut shard = lock(s);
             for &l in lanes {
-                shard.open_lane(l);
+                shard.open_lane(l, now);
             }
         }
     }
@@ -326,14 +376,11 @@ impl Engine {
     }
 
     fn shape(&self) -> crate::checkpoint::Shape {
-        let base = base_ctx(&self.cfg, 0);
         crate::checkpoint::Shape {
-            shards: self.shards.len(),
-            windows: base.windows,
-            race_window: base.race_window,
-            dedupe_horizon: base.dedupe_horizon,
-            order_horizon: base.order_horizon,
-            phases: base.phases,
+            windows: self.cx.windows.clone(),
+            race_window: self.cx.race_window,
+            dedupe_horizon: self.cx.dedupe_horizon,
+            order_horizon: self.cx.order_horizon,
         }
     }
 
@@ -356,21 +403,18 @@ impl Engine {
                 },
             })
             .collect();
+        let n = &self.names;
         let image = crate::checkpoint::Image {
             shape: self.shape(),
-            epoch: self.ctx.get().map(|c| c.epoch),
             watermark: self.watermark(),
             last_event_at: self.last_event_at.load(Ordering::Relaxed),
-            venues: names(&self.venues),
-            slots: names(&self.slots.names),
-            slot_venues: self.slots.venues(),
-            merchants: names(&self.merchants),
-            overflow: [
-                self.venues.overflow.load(Ordering::Relaxed),
-                self.slots.names.overflow.load(Ordering::Relaxed),
-                self.merchants.overflow.load(Ordering::Relaxed),
-                self.slots.venue_conflicts.load(Ordering::Relaxed),
-            ],
+            venues: names(&n.venues),
+            slots: names(&n.slots.names),
+            slot_venues: n.slots.venues(),
+            merchants: names(&n.merchants),
+            channels: names(&n.channels),
+            pairs: n.pairs.pairs(),
+            slot_venue_conflicts: n.slots.venue_conflicts.load(Ordering::Relaxed),
             rejects: self.rejects.nonzero().into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
             rules: saved,
             shards: guards.iter().map(|g| &**g).collect(),
@@ -380,37 +424,52 @@ impl Engine {
     }
 
     /// An engine restored from checkpoint bytes (read from `path`, named in errors), and the
-    /// caller's position stored with it. `cfg` must give the same shape (shards, windows,
-    /// horizons, phases); rules changed at runtime are restored over `cfg`'s.
+    /// caller's position stored with it. `cfg` must give the same windows and horizons (the
+    /// layout of the state). The state keeps the checkpoint's shard count, whatever
+    /// `engine.shards` and the machine's CPUs say, so a monitor moves to any machine; the plan
+    /// may differ (phase and plan GMV are recomputed from the per-minute series); rules
+    /// changed at runtime are restored over `cfg`'s.
     pub fn restore(
         cfg: Config,
         bytes: &[u8],
         path: &std::path::Path,
     ) -> Result<(Engine, Vec<u8>), crate::checkpoint::CheckpointError> {
         let image = crate::checkpoint::decode(bytes, path)?;
-        let fresh = Engine::new(cfg);
+        let fresh = Engine::with_shards(cfg, image.shards.len());
         let shape = fresh.shape();
-        if image.shape != shape || image.shards.len() != shape.shards {
-            return Err(crate::checkpoint::CheckpointError::Shape(format!(
-                "saved {:?}, configured {:?}",
-                image.shape, shape
-            )));
+        if image.shape != shape {
+            return Err(crate::checkpoint::CheckpointError::Shape(image.shape.differences(&shape)));
+        }
+        if fresh.cfg.engine.shards != 0 && fresh.cfg.engine.shards != image.shards.len() {
+            tracing::warn!(
+                configured = fresh.cfg.engine.shards,
+                saved = image.shards.len(),
+                "engine.shards differs from the checkpoint; keeping the checkpoint's shard count"
+            );
         }
         let e = &fresh.cfg.engine;
-        let (max_venues, max_slots, max_merchants) = (e.max_venues, e.max_slots, e.max_merchants);
-        let [vo, so, mo, conflicts] = image.overflow;
+        let names = Names {
+            venues: Interner::from_names(e.max_venues, &image.venues),
+            slots: SlotInterner::from_parts(e.max_slots, &image.slots, image.slot_venues, image.slot_venue_conflicts),
+            merchants: Interner::from_names(e.max_merchants, &image.merchants),
+            channels: Interner::from_names(e.max_channels, &image.channels),
+            pairs: PairInterner::from_pairs(e.max_slot_merchants, &image.pairs),
+        };
+        let shards: Box<[Mutex<Shard>]> = image
+            .shards
+            .into_iter()
+            .map(|mut s| {
+                s.replan(&fresh.cx);
+                Mutex::new(s)
+            })
+            .collect();
         let engine = Engine {
-            shards: image.shards.into_iter().map(Mutex::new).collect(),
-            venues: Interner::from_names(max_venues, &image.venues, vo),
-            slots: SlotInterner::from_parts(max_slots, &image.slots, image.slot_venues, so, conflicts),
-            merchants: Interner::from_names(max_merchants, &image.merchants, mo),
+            shards,
+            names,
             watermark: AtomicI64::new(image.watermark),
             last_event_at: AtomicI64::new(image.last_event_at),
             ..fresh
         };
-        if let Some(epoch) = image.epoch {
-            let _ = engine.ctx.set(base_ctx(&engine.cfg, epoch));
-        }
         for (name, n) in image.rejects {
             if let Some(r) = Reason::from_name(&name) {
                 engine.rejects.add(r, n);
@@ -428,13 +487,14 @@ impl Engine {
     pub fn publish(&self) -> (Arc<Snapshot>, Vec<RankChange>) {
         let mut state = lock(&self.publish_state);
         let as_of = self.watermark();
-        let Some(cx) = self.ctx.get() else {
+        if as_of == i64::MIN {
             let snap = Arc::new(self.empty_snapshot());
             self.published.store(snap.clone());
+            self.publishes.fetch_add(1, Ordering::Relaxed);
             return (snap, Vec::new());
-        };
-        let sums: Vec<ShardSummary> = self.shards.iter().map(|s| lock(s).summarize(as_of, cx)).collect();
-        let (snap, changes) = self.merge(as_of, cx, &sums, &mut state);
+        }
+        let sums: Vec<ShardSummary> = self.shards.iter().map(|s| lock(s).summarize(as_of, &self.cx)).collect();
+        let (snap, changes) = self.merge(as_of, &sums, &mut state);
         let snap = Arc::new(snap);
         self.published.store(snap.clone());
         self.publishes.fetch_add(1, Ordering::Relaxed);
@@ -453,16 +513,13 @@ impl Engine {
             .iter()
             .map(|d| WindowStats { length_ms: d.as_millis() as i64, ..Default::default() })
             .collect();
+        s.counters.names_bytes = self.names.bytes();
+        s.counters.state_bytes = s.counters.names_bytes;
         s
     }
 
-    fn merge(
-        &self,
-        as_of: i64,
-        cx: &Ctx,
-        sums: &[ShardSummary],
-        state: &mut PublishState,
-    ) -> (Snapshot, Vec<RankChange>) {
+    fn merge(&self, as_of: i64, sums: &[ShardSummary], state: &mut PublishState) -> (Snapshot, Vec<RankChange>) {
+        let cx = &self.cx;
         let mut c = ShardCounters::default();
         for s in sums {
             c.add(&s.c);
@@ -496,18 +553,16 @@ impl Engine {
         let mut windows = Vec::new();
         let mut decomposition = Vec::new();
         for (k, &len) in cx.windows.iter().enumerate() {
-            let (mut cur, mut prev) = ((0u64, 0u64), (0u64, 0u64));
+            let (mut cur, mut prev) = (MoneyAgg::default(), MoneyAgg::default());
             for s in sums {
-                cur.0 += s.windows[k].0.gmv;
-                cur.1 += s.windows[k].0.orders;
-                prev.0 += s.windows[k].1.gmv;
-                prev.1 += s.windows[k].1.orders;
+                cur.merge(&s.windows[k].0);
+                prev.merge(&s.windows[k].1);
             }
             let d = sum3(&|s| s.distinct_windows[k]);
             windows.push(WindowStats {
                 length_ms: len,
-                gmv_cents: cur.0,
-                paid_orders: cur.1,
+                gmv_cents: cur.gmv,
+                paid_orders: cur.orders,
                 uv: d[0],
                 ipv_uv: d[1],
                 buyers: d[2],
@@ -516,14 +571,16 @@ impl Engine {
                 let (c2, p2) = s.formula[k];
                 ([a.0[0] + c2[0], a.0[1] + c2[1]], [a.1[0] + p2[0], a.1[1] + p2[1]])
             });
-            decomposition.push(decompose(len, (cur.0, f.0[0], f.0[1]), (prev.0, f.1[0], f.1[1])));
+            decomposition.push(decompose(len, (cur.gmv, f.0[0], f.0[1]), (prev.gmv, f.1[0], f.1[1])));
         }
 
-        // Slots and venues.
-        let slot_names = self.slots.names.names();
-        let slot_venues = self.slots.venues();
-        let venue_names = self.venues.names();
-        let merchant_names = self.merchants.names();
+        // Names.
+        let slot_names = self.names.slots.names.names();
+        let slot_venues = self.names.slots.venues();
+        let venue_names = self.names.venues.names();
+        let merchant_names = self.names.merchants.names();
+        let channel_names = self.names.channels.names();
+        let pairs = self.names.pairs.pairs();
         let name_of = |names: &[Arc<str>], i: u32| -> String {
             if i == NONE {
                 String::new()
@@ -531,67 +588,116 @@ impl Engine {
                 names.get(i as usize).map(|s| s.to_string()).unwrap_or_default()
             }
         };
-        let n_slots = slot_names.len();
-        let mut cum = vec![crate::shard::SlotCum::default(); n_slots];
-        let mut win = vec![[SlotWin::default(); 2]; n_slots];
-        for s in sums {
-            for (i, sc) in s.slot_cum.iter().enumerate().take(n_slots) {
-                let m = &mut cum[i];
-                m.seen |= sc.seen;
-                m.gmv += sc.gmv;
-                m.orders += sc.orders;
-                m.impressions += sc.impressions;
-                m.clicks += sc.clicks;
-                if sc.merchant != NONE && sc.merchant_at >= m.merchant_at {
-                    m.merchant = sc.merchant;
-                    m.merchant_at = sc.merchant_at;
+        let money = |per: &mut Vec<MoneyAgg>, add: &Vec<MoneyAgg>| {
+            if !add.is_empty() {
+                per.resize(cx.windows.len(), MoneyAgg::default());
+                for (a, b) in per.iter_mut().zip(add) {
+                    a.merge(b);
                 }
             }
-            for (i, sw) in s.slot_win.iter().enumerate().take(n_slots) {
-                for w in 0..2 {
-                    let t = &mut win[i][w];
-                    t.gmv += sw[w].gmv;
-                    t.orders += sw[w].orders;
-                    t.impressions += sw[w].impressions;
-                    t.clicks += sw[w].clicks;
-                    t.buyers += sw[w].buyers;
-                }
-            }
-        }
-        let money = |tables: &dyn Fn(&ShardSummary) -> Option<&Vec<crate::shard::MoneyAgg>>| -> Vec<MoneyWindow> {
+        };
+        let money_windows = |per: &[MoneyAgg]| -> Vec<MoneyWindow> {
             cx.windows
                 .iter()
                 .enumerate()
                 .map(|(k, &len)| {
-                    let mut m = MoneyWindow { length_ms: len, ..Default::default() };
-                    for t in sums.iter().filter_map(tables) {
-                        m.gmv_cents += t[k].gmv;
-                        m.paid_orders += t[k].orders;
-                    }
-                    m
+                    let m = per.get(k).copied().unwrap_or_default();
+                    MoneyWindow { length_ms: len, gmv_cents: m.gmv, paid_orders: m.orders }
                 })
                 .collect()
         };
+
+        // Pairs, then slots as the sums of their pairs.
+        let n_pairs = pairs.len();
+        let mut pair_cum = vec![PairCum::default(); n_pairs];
+        let mut pair_win = vec![[PairWin::default(); 2]; n_pairs];
+        let mut pair_money: Vec<Vec<MoneyAgg>> = vec![Vec::new(); n_pairs];
+        let n_slots = slot_names.len();
+        let mut meta = vec![SlotMeta::default(); n_slots];
+        for s in sums {
+            for (i, p) in s.pair_cum.iter().enumerate().take(n_pairs) {
+                pair_cum[i].merge(p);
+            }
+            for (i, w) in s.pair_win.iter().enumerate().take(n_pairs) {
+                pair_win[i][0].merge(&w[0]);
+                pair_win[i][1].merge(&w[1]);
+            }
+            for (i, m) in s.pair_windows.iter().enumerate().take(n_pairs) {
+                money(&mut pair_money[i], m);
+            }
+            for (i, sm) in s.slots.iter().enumerate().take(n_slots) {
+                let m = &mut meta[i];
+                m.buyers[0] += sm.buyers[0];
+                m.buyers[1] += sm.buyers[1];
+                if sm.merchant != NONE && sm.merchant_at >= m.merchant_at {
+                    m.merchant = sm.merchant;
+                    m.merchant_at = sm.merchant_at;
+                }
+            }
+        }
+        let mut slot_cum = vec![PairCum::default(); n_slots];
+        let mut slot_win = vec![[PairWin::default(); 2]; n_slots];
+        let mut slot_money: Vec<Vec<MoneyAgg>> = vec![Vec::new(); n_slots];
+        let mut slot_pairs: Vec<Vec<usize>> = vec![Vec::new(); n_slots];
+        for (p, &(slot, _)) in pairs.iter().enumerate() {
+            let i = slot as usize;
+            if i >= n_slots || !pair_cum[p].seen {
+                continue;
+            }
+            slot_cum[i].merge(&pair_cum[p]);
+            slot_win[i][0].merge(&pair_win[p][0]);
+            slot_win[i][1].merge(&pair_win[p][1]);
+            let pm = pair_money[p].clone();
+            money(&mut slot_money[i], &pm);
+            slot_pairs[i].push(p);
+        }
         let mut slots: Vec<SlotStats> = (0..n_slots)
-            .filter(|&i| cum[i].seen)
+            .filter(|&i| slot_cum[i].seen)
             .map(|i| SlotStats {
-                windows: money(&|s: &ShardSummary| s.slot_windows.get(i)),
+                windows: money_windows(&slot_money[i]),
                 slot: slot_names[i].to_string(),
                 venue: name_of(&venue_names, slot_venues.get(i).copied().unwrap_or(NONE)),
-                merchant_id: name_of(&merchant_names, cum[i].merchant),
-                gmv_cents: cum[i].gmv,
-                paid_orders: cum[i].orders,
-                impressions: cum[i].impressions,
-                clicks: cum[i].clicks,
+                merchant_id: name_of(&merchant_names, meta[i].merchant),
+                gmv_cents: slot_cum[i].gmv,
+                paid_orders: slot_cum[i].orders,
+                impressions: slot_cum[i].impressions,
+                clicks: slot_cum[i].clicks,
             })
             .collect();
         slots.sort_by(|a, b| a.slot.cmp(&b.slot));
+        let mut slot_merchants: Vec<SlotMerchantStats> = slot_pairs
+            .iter()
+            .enumerate()
+            .filter(|(_, ps)| ps.len() > 1)
+            .flat_map(|(i, ps)| ps.iter().map(move |&p| (i, p)))
+            .map(|(i, p)| {
+                let (w, ww) = (pair_win[p][0], pair_win[p][1]);
+                SlotMerchantStats {
+                    slot: slot_names[i].to_string(),
+                    merchant_id: name_of(&merchant_names, pairs[p].1),
+                    gmv_cents: pair_cum[p].gmv,
+                    paid_orders: pair_cum[p].orders,
+                    impressions: pair_cum[p].impressions,
+                    clicks: pair_cum[p].clicks,
+                    windows: money_windows(&pair_money[p]),
+                    race: PairRace {
+                        gmv_cents: w.gmv,
+                        paid_orders: w.orders,
+                        impressions: w.impressions,
+                        clicks: w.clicks,
+                        prev_gmv_cents: ww.gmv - w.gmv,
+                    },
+                }
+            })
+            .collect();
+        slot_merchants.sort_by(|a, b| (&a.slot, &a.merchant_id).cmp(&(&b.slot, &b.merchant_id)));
 
         let rules = self.rules.load();
         let mut changes = Vec::new();
         let mut venues = Vec::new();
         for (vi, vname) in venue_names.iter().enumerate() {
-            let (mut seen, mut gmv, mut orders, mut d) = (false, 0, 0, [0u64; 3]);
+            let (mut seen, mut gmv, mut orders, mut d) = (false, 0u128, 0u64, [0u64; 3]);
+            let mut vmoney = Vec::new();
             for s in sums {
                 if let Some(v) = s.venues.get(vi) {
                     seen |= v.0;
@@ -601,9 +707,12 @@ impl Engine {
                         *a += b;
                     }
                 }
+                if let Some(m) = s.venue_windows.get(vi) {
+                    money(&mut vmoney, m);
+                }
             }
             let members: Vec<usize> =
-                (0..n_slots).filter(|&i| cum[i].seen && slot_venues.get(i).copied() == Some(vi as u32)).collect();
+                (0..n_slots).filter(|&i| slot_cum[i].seen && slot_venues.get(i).copied() == Some(vi as u32)).collect();
             if !seen && members.is_empty() {
                 continue;
             }
@@ -611,11 +720,11 @@ impl Engine {
             let inputs: Vec<RaceInputs> = members
                 .iter()
                 .map(|&i| {
-                    let (r, rr) = (win[i][0], win[i][1]);
+                    let (r, rr) = (slot_win[i][0], slot_win[i][1]);
                     RaceInputs {
                         gmv: r.gmv,
                         paid_orders: r.orders,
-                        buyers: r.buyers,
+                        buyers: meta[i].buyers[0],
                         impressions: r.impressions,
                         clicks: r.clicks,
                         prev_gmv: rr.gmv - r.gmv,
@@ -648,7 +757,7 @@ impl Engine {
                         clicks: inp.clicks,
                         buyers: inp.buyers,
                         prev_gmv_cents: inp.prev_gmv,
-                        merchant_id: name_of(&merchant_names, cum[i].merchant),
+                        merchant_id: name_of(&merchant_names, meta[i].merchant),
                     }
                 })
                 .collect();
@@ -668,7 +777,7 @@ impl Engine {
             }
             state.previous.insert(vname.to_string(), order.into_iter().map(|(n, _)| n).collect());
             venues.push(VenueStats {
-                windows: money(&|s: &ShardSummary| s.venue_windows.get(vi)),
+                windows: money_windows(&vmoney),
                 venue: vname.to_string(),
                 gmv_cents: gmv,
                 paid_orders: orders,
@@ -680,8 +789,27 @@ impl Engine {
         }
         venues.sort_by(|a, b| a.venue.cmp(&b.venue));
 
+        let mut ch = vec![crate::shard::ChannelAgg::default(); channel_names.len()];
+        for s in sums {
+            for (a, b) in ch.iter_mut().zip(&s.channels) {
+                a.merge(b);
+            }
+        }
+        let mut channels: Vec<ChannelStats> = ch
+            .iter()
+            .zip(&channel_names)
+            .map(|(a, n)| ChannelStats {
+                channel: n.to_string(),
+                impressions: a.impressions,
+                clicks: a.clicks,
+                paid_orders: a.paid_orders,
+                gmv_cents: a.gmv,
+            })
+            .collect();
+        channels.sort_by(|a, b| a.channel.cmp(&b.channel));
+
         let plan = self.cfg.plan.as_ref().map(|p| {
-            let mut phase_gmv = vec![0u64; p.phases.len()];
+            let mut phase_gmv = vec![0u128; p.phases.len()];
             let mut plan_gmv = 0;
             for s in sums {
                 for (a, b) in phase_gmv.iter_mut().zip(&s.phase_gmv) {
@@ -691,28 +819,29 @@ impl Engine {
             }
             p.status(as_of, &phase_gmv, plan_gmv)
         });
+        let names_bytes = self.names.bytes();
         let counters = Counters {
             late: c.late,
             too_late_for_windows: c.too_late,
             resent_pays: c.resent_pays,
-            slot_overflow: self.slots.names.overflow.load(Ordering::Relaxed),
-            venue_overflow: self.venues.overflow.load(Ordering::Relaxed),
-            merchant_overflow: self.merchants.overflow.load(Ordering::Relaxed),
-            slot_venue_conflicts: self.slots.venue_conflicts.load(Ordering::Relaxed),
+            slot_venue_conflicts: self.names.slots.venue_conflicts.load(Ordering::Relaxed),
             dedupe_ids: sums.iter().map(|s| s.dedupe_ids).sum(),
             dedupe_orders: sums.iter().map(|s| s.dedupe_orders).sum(),
             window_records: sums.iter().map(|s| s.window_records).sum(),
             buyer_marks: sums.iter().map(|s| s.buyer_marks).sum(),
-            state_bytes: sums.iter().map(|s| s.state_bytes).sum(),
+            state_bytes: sums.iter().map(|s| s.state_bytes).sum::<u64>() + names_bytes,
+            names_bytes,
         };
         let snap = Snapshot {
-            as_of_ms: if as_of == i64::MIN { 0 } else { as_of },
+            as_of_ms: as_of,
             published_at_ms: wall_ms(),
             last_event_at_ms: self.last_event_at.load(Ordering::Relaxed),
             totals,
             windows,
             venues,
             slots,
+            slot_merchants,
+            channels,
             funnel: Funnel::of(c.gmv, dt[0], dt[1], dt[2]),
             decomposition,
             plan,

@@ -224,6 +224,20 @@ impl SlidingHll {
         hists.iter().map(|h| estimate_from_histogram(h, self.p).round() as u64).collect()
     }
 
+    /// Moves every kept time `by` ms into the past (the clock's epoch moved forwards by as
+    /// much). Times that would go below 0 become 0, "before every window": rank order within a
+    /// register is kept, since subtraction and saturation are monotone.
+    pub fn shift_back(&mut self, by: u32) {
+        for reg in self.regs.iter_mut() {
+            for i in 0..LPFM {
+                if reg.rank[i] == 0 {
+                    break;
+                }
+                reg.ts[i] = reg.ts[i].saturating_sub(by);
+            }
+        }
+    }
+
     /// The sketch of the union (same precision).
     pub fn merge(&mut self, other: &SlidingHll) {
         assert_eq!(self.p, other.p, "merging sketches of different precision");

@@ -3,24 +3,45 @@
 //! The hot path only reads (`DashMap::get`, a shard read lock for a few nanoseconds); a new
 //! name takes the write path once. The name lists behind an `RwLock` are read only when a
 //! snapshot is published, never by API readers (they get the published snapshot).
+//!
+//! Every table has a limit. A name past it is **refused**, not stored: the event naming it is
+//! rejected with its reason (`too_many_slots`, ...) and nothing of it is kept, so a flood of
+//! unique names (a buggy producer, a fuzzer) cannot grow the process. Lookups never insert;
+//! [`Names::resolve`] checks every name of an event before it registers any of them.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
 use dashmap::DashMap;
+use warroom_model::Reason;
 
-/// Index meaning "none" (no slot, no venue, no merchant, or over the cardinality limit).
+/// Index meaning "none" (no slot, no venue, no merchant, no channel).
 pub const NONE: u32 = u32::MAX;
 
 type Fast = hashbrown::DefaultHashBuilder;
 
+/// Bytes a name costs beyond its text: its `Arc<str>` header and list entry, and the map's
+/// key, value and control byte (estimated at the map's 7/8 load).
+const PER_NAME: u64 = 16 + 16 + 16 + 8 + 2;
+
+fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|p| p.into_inner())
+}
+
+/// One table of names with a cardinality limit.
 #[derive(Debug)]
 pub struct Interner {
-    map: DashMap<Box<str>, u32, Fast>,
+    map: DashMap<Arc<str>, u32, Fast>,
     names: RwLock<Vec<Arc<str>>>,
+    /// Names registered (read without the lock, so a flood is refused without taking it).
+    len: AtomicUsize,
     limit: usize,
-    /// Names refused because the limit was reached (events still count elsewhere).
-    pub overflow: AtomicU64,
+    /// Bytes of the names and their table entries (memory accounting).
+    bytes: AtomicU64,
 }
 
 impl Interner {
@@ -28,49 +49,64 @@ impl Interner {
         Interner {
             map: DashMap::with_hasher(Fast::default()),
             names: RwLock::new(Vec::new()),
+            len: AtomicUsize::new(0),
             limit,
-            overflow: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
         }
     }
 
-    /// The index of `name`, registering it if new; `NONE` past the limit.
-    pub fn get_or_insert(&self, name: &str) -> u32 {
-        if let Some(i) = self.map.get(name) {
-            return *i;
+    /// The index of a registered name.
+    #[inline]
+    pub fn get(&self, name: &str) -> Option<u32> {
+        self.map.get(name).map(|i| *i)
+    }
+
+    /// Whether one more name fits (racy by design: [`Interner::get_or_insert`] decides).
+    #[inline]
+    pub fn has_room(&self) -> bool {
+        self.len.load(Ordering::Relaxed) < self.limit
+    }
+
+    /// The index of `name`, registering it if new; `None` past the limit (nothing stored).
+    pub fn get_or_insert(&self, name: &str) -> Option<u32> {
+        if let Some(i) = self.get(name) {
+            return Some(i);
         }
         self.insert_slow(name)
     }
 
     #[cold]
-    fn insert_slow(&self, name: &str) -> u32 {
-        // The entry API serialises concurrent first sightings of the same name.
-        let mut names = self.names.write().unwrap_or_else(|p| p.into_inner());
-        *self.map.entry(name.into()).or_insert_with(|| {
-            if names.len() >= self.limit {
-                self.overflow.fetch_add(1, Ordering::Relaxed);
-                return NONE;
-            }
-            names.push(Arc::from(name));
-            (names.len() - 1) as u32
-        })
+    fn insert_slow(&self, name: &str) -> Option<u32> {
+        if !self.has_room() {
+            return None;
+        }
+        let mut names = write(&self.names);
+        if let Some(i) = self.get(name) {
+            return Some(i); // registered meanwhile by another thread
+        }
+        if names.len() >= self.limit {
+            return None;
+        }
+        let arc: Arc<str> = Arc::from(name);
+        let i = names.len() as u32;
+        names.push(arc.clone());
+        self.map.insert(arc, i);
+        self.len.store(names.len(), Ordering::Relaxed);
+        self.bytes.fetch_add(name.len() as u64 + PER_NAME, Ordering::Relaxed);
+        Some(i)
     }
 
     /// An interner holding `names` at their indices (restoring a checkpoint).
-    pub fn from_names(limit: usize, names: &[String], overflow: u64) -> Self {
-        let i = Interner::new(limit);
-        {
-            let mut list = i.names.write().unwrap_or_else(|p| p.into_inner());
-            for (k, n) in names.iter().enumerate() {
-                i.map.insert(n.as_str().into(), k as u32);
-                list.push(Arc::from(n.as_str()));
-            }
+    pub fn from_names(limit: usize, names: &[String]) -> Self {
+        let i = Interner::new(limit.max(names.len()));
+        for n in names {
+            i.insert_slow(n);
         }
-        i.overflow.store(overflow, Ordering::Relaxed);
-        i
+        Interner { limit, ..i }
     }
 
     pub fn len(&self) -> usize {
-        self.names.read().unwrap_or_else(|p| p.into_inner()).len()
+        self.len.load(Ordering::Relaxed)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -79,7 +115,90 @@ impl Interner {
 
     /// All names, index order.
     pub fn names(&self) -> Vec<Arc<str>> {
-        self.names.read().unwrap_or_else(|p| p.into_inner()).clone()
+        read(&self.names).clone()
+    }
+
+    /// Bytes held for the names (texts, list and map entries).
+    pub fn allocated_bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+}
+
+/// (slot, merchant) pairs: the money of a slot belongs to the merchant named on each event
+/// (contract v1.1, 商品更换), so slot state is kept per pair and a slot's numbers are the sum
+/// of its pairs. A slot usually has one pair; one that changed merchant has two or three.
+#[derive(Debug)]
+pub struct PairInterner {
+    map: DashMap<(u32, u32), u32, Fast>,
+    pairs: RwLock<Vec<(u32, u32)>>,
+    len: AtomicUsize,
+    limit: usize,
+}
+
+impl PairInterner {
+    pub fn new(limit: usize) -> Self {
+        PairInterner {
+            map: DashMap::with_hasher(Fast::default()),
+            pairs: RwLock::new(Vec::new()),
+            len: AtomicUsize::new(0),
+            limit,
+        }
+    }
+
+    #[inline]
+    pub fn get(&self, slot: u32, merchant: u32) -> Option<u32> {
+        self.map.get(&(slot, merchant)).map(|i| *i)
+    }
+
+    #[inline]
+    pub fn has_room(&self) -> bool {
+        self.len.load(Ordering::Relaxed) < self.limit
+    }
+
+    pub fn get_or_insert(&self, slot: u32, merchant: u32) -> Option<u32> {
+        if let Some(i) = self.get(slot, merchant) {
+            return Some(i);
+        }
+        if !self.has_room() {
+            return None;
+        }
+        let mut pairs = write(&self.pairs);
+        if let Some(i) = self.get(slot, merchant) {
+            return Some(i);
+        }
+        if pairs.len() >= self.limit {
+            return None;
+        }
+        let i = pairs.len() as u32;
+        pairs.push((slot, merchant));
+        self.map.insert((slot, merchant), i);
+        self.len.store(pairs.len(), Ordering::Relaxed);
+        Some(i)
+    }
+
+    pub fn from_pairs(limit: usize, pairs: &[(u32, u32)]) -> Self {
+        let p = PairInterner::new(limit.max(pairs.len()));
+        for &(s, m) in pairs {
+            p.get_or_insert(s, m);
+        }
+        PairInterner { limit, ..p }
+    }
+
+    /// All pairs, index order.
+    pub fn pairs(&self) -> Vec<(u32, u32)> {
+        read(&self.pairs).clone()
+    }
+
+    pub fn len(&self) -> usize {
+        self.len.load(Ordering::Relaxed)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn allocated_bytes(&self) -> u64 {
+        (self.len() * (8 + 8 + 4 + 4 + 2)) as u64
     }
 }
 
@@ -102,16 +221,13 @@ impl SlotInterner {
         }
     }
 
-    pub fn get_or_insert(&self, slot: &str, venue: u32) -> (u32, u32) {
-        let idx = self.names.get_or_insert(slot);
-        if idx == NONE {
-            return (NONE, venue);
-        }
-        let known = self.venues.read().unwrap_or_else(|p| p.into_inner()).get(idx as usize).copied();
-        let v = match known {
+    /// The slot's venue, recording `venue` as it if the slot has none yet.
+    fn venue_of(&self, idx: u32, venue: u32) -> u32 {
+        let known = read(&self.venues).get(idx as usize).copied();
+        match known {
             Some(v) if v != NONE || venue == NONE => v,
             _ => {
-                let mut vs = self.venues.write().unwrap_or_else(|p| p.into_inner());
+                let mut vs = write(&self.venues);
                 while vs.len() <= idx as usize {
                     vs.push(NONE);
                 }
@@ -120,67 +236,246 @@ impl SlotInterner {
                 }
                 vs[idx as usize]
             }
-        };
-        if venue != NONE && v != venue {
-            self.venue_conflicts.fetch_add(1, Ordering::Relaxed);
         }
-        (idx, v)
     }
 
-    /// Restores names, their venues and the counters from a checkpoint.
-    pub fn from_parts(limit: usize, names: &[String], venues: Vec<u32>, overflow: u64, conflicts: u64) -> Self {
+    /// Restores names, their venues and the conflict counter from a checkpoint.
+    pub fn from_parts(limit: usize, names: &[String], venues: Vec<u32>, conflicts: u64) -> Self {
         SlotInterner {
-            names: Interner::from_names(limit, names, overflow),
+            names: Interner::from_names(limit, names),
             venues: RwLock::new(venues),
             venue_conflicts: AtomicU64::new(conflicts),
         }
     }
 
     pub fn venues(&self) -> Vec<u32> {
-        self.venues.read().unwrap_or_else(|p| p.into_inner()).clone()
+        read(&self.venues).clone()
     }
 }
 
-/// A writer thread's own cache of interned names: a hit costs one hash probe, no atomics.
-/// Indices never change once given, so entries never go stale.
+/// Every name table of the engine, with its limits.
+#[derive(Debug)]
+pub struct Names {
+    pub venues: Interner,
+    pub slots: SlotInterner,
+    pub merchants: Interner,
+    pub channels: Interner,
+    pub pairs: PairInterner,
+}
+
+/// The indices of an event's names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resolved {
+    pub venue: u32,
+    pub slot: u32,
+    pub merchant: u32,
+    pub channel: u32,
+    /// The (slot, merchant) pair; `NONE` without a slot.
+    pub pair: u32,
+}
+
+impl Names {
+    pub fn bytes(&self) -> u64 {
+        self.venues.allocated_bytes()
+            + self.slots.names.allocated_bytes()
+            + self.merchants.allocated_bytes()
+            + self.channels.allocated_bytes()
+            + self.pairs.allocated_bytes()
+            + (self.slots.venues().capacity() * 4) as u64
+    }
+
+    /// Indices of an event's names, registering new ones; the reason of the first table that
+    /// is full. A merchant counts only on slot events (its money is per slot; nothing else of
+    /// it is kept). Every name is checked before any is registered, so a refused event leaves
+    /// nothing behind (two threads racing for the last place can each register one name, which
+    /// still counts against the limit).
+    pub fn resolve(
+        &self,
+        venue: Option<&str>,
+        slot: Option<&str>,
+        merchant: Option<&str>,
+        channel: Option<&str>,
+    ) -> Result<Resolved, Reason> {
+        let merchant = if slot.is_some() { merchant } else { None };
+        let known = |t: &Interner, n: Option<&str>, why: Reason| -> Result<(), Reason> {
+            match n {
+                Some(n) if t.get(n).is_none() && !t.has_room() => Err(why),
+                _ => Ok(()),
+            }
+        };
+        known(&self.venues, venue, Reason::TooManyVenues)?;
+        known(&self.slots.names, slot, Reason::TooManySlots)?;
+        known(&self.merchants, merchant, Reason::TooManyMerchants)?;
+        known(&self.channels, channel, Reason::TooManyChannels)?;
+        let intern = |t: &Interner, n: Option<&str>, why: Reason| -> Result<u32, Reason> {
+            n.map_or(Ok(NONE), |n| t.get_or_insert(n).ok_or(why))
+        };
+        let v = intern(&self.venues, venue, Reason::TooManyVenues)?;
+        let (slot, venue) = match slot {
+            None => (NONE, v),
+            Some(s) => {
+                // A new pair is the last thing that can be refused: check it before the slot
+                // and merchant are registered.
+                let new_pair = match (self.slots.names.get(s), merchant.map(|m| self.merchants.get(m))) {
+                    (None, _) | (Some(_), Some(None)) => true,
+                    (Some(s), Some(Some(m))) => self.pairs.get(s, m).is_none(),
+                    (Some(s), None) => self.pairs.get(s, NONE).is_none(),
+                };
+                if new_pair && !self.pairs.has_room() {
+                    return Err(Reason::TooManySlotMerchants);
+                }
+                let idx = intern(&self.slots.names, Some(s), Reason::TooManySlots)?;
+                let sv = self.slots.venue_of(idx, v);
+                if v != NONE && sv != v {
+                    self.slots.venue_conflicts.fetch_add(1, Ordering::Relaxed);
+                }
+                (idx, sv)
+            }
+        };
+        let merchant = intern(&self.merchants, merchant, Reason::TooManyMerchants)?;
+        let channel = intern(&self.channels, channel, Reason::TooManyChannels)?;
+        let pair = if slot == NONE {
+            NONE
+        } else {
+            self.pairs.get_or_insert(slot, merchant).ok_or(Reason::TooManySlotMerchants)?
+        };
+        Ok(Resolved { venue, slot, merchant, channel, pair })
+    }
+}
+
+/// A writer thread's own cache of resolved names: a hit costs one hash probe, no atomics.
+/// Only names that were accepted are cached (refusals are not: a flood of refused names must
+/// not grow it), so its size is bounded by the limits. Indices never change once given.
 #[derive(Debug, Default)]
 pub struct NameCache {
     venues: hashbrown::HashMap<Box<str>, u32>,
+    /// slot -> (slot index, the slot's venue)
     slots: hashbrown::HashMap<Box<str>, (u32, u32)>,
     merchants: hashbrown::HashMap<Box<str>, u32>,
+    channels: hashbrown::HashMap<Box<str>, u32>,
+    /// (slot, merchant) -> pair
+    pairs: hashbrown::HashMap<(u32, u32), u32>,
 }
 
 impl NameCache {
-    pub fn venue(&mut self, names: &Interner, v: &str) -> u32 {
-        if let Some(&i) = self.venues.get(v) {
-            return i;
-        }
-        let i = names.get_or_insert(v);
-        self.venues.insert(v.into(), i);
-        i
-    }
-
-    pub fn merchant(&mut self, names: &Interner, m: &str) -> u32 {
-        if let Some(&i) = self.merchants.get(m) {
-            return i;
-        }
-        let i = names.get_or_insert(m);
-        self.merchants.insert(m.into(), i);
-        i
-    }
-
-    /// (slot, the slot's venue); a venue conflict is counted by the interner on every event.
-    pub fn slot(&mut self, slots: &SlotInterner, s: &str, venue: u32) -> (u32, u32) {
-        if let Some(&(i, v)) = self.slots.get(s) {
-            if v != NONE || venue == NONE {
-                if venue != NONE && v != venue {
-                    slots.venue_conflicts.fetch_add(1, Ordering::Relaxed);
+    /// [`Names::resolve`] through the cache.
+    #[inline]
+    pub fn resolve(
+        &mut self,
+        names: &Names,
+        venue: Option<&str>,
+        slot: Option<&str>,
+        merchant: Option<&str>,
+        channel: Option<&str>,
+    ) -> Result<Resolved, Reason> {
+        let merchant = if slot.is_some() { merchant } else { None };
+        let v = match venue {
+            None => Some(NONE),
+            Some(n) => self.venues.get(n).copied(),
+        };
+        let s = match slot {
+            None => Some((NONE, NONE)),
+            Some(n) => self.slots.get(n).copied(),
+        };
+        let m = match merchant {
+            None => Some(NONE),
+            Some(n) => self.merchants.get(n).copied(),
+        };
+        let c = match channel {
+            None => Some(NONE),
+            Some(n) => self.channels.get(n).copied(),
+        };
+        if let (Some(v), Some((s, sv)), Some(m), Some(c)) = (v, s, m, c) {
+            let pair = if s == NONE { Some(NONE) } else { self.pairs.get(&(s, m)).copied() };
+            if let Some(pair) = pair {
+                // The slot's venue is its first one; a different venue on the event is a
+                // conflict, counted on every event that has one.
+                let venue = if s == NONE { v } else { sv };
+                if s != NONE && v != NONE && sv != v {
+                    names.slots.venue_conflicts.fetch_add(1, Ordering::Relaxed);
                 }
-                return (i, v);
+                if s == NONE || sv != NONE || v == NONE {
+                    return Ok(Resolved { venue, slot: s, merchant: m, channel: c, pair });
+                }
             }
         }
-        let r = slots.get_or_insert(s, venue);
-        self.slots.insert(s.into(), r);
-        r
+        let r = names.resolve(venue, slot, merchant, channel)?;
+        if let Some(n) = venue {
+            self.venues.insert(n.into(), names.venues.get(n).unwrap_or(r.venue));
+        }
+        if let Some(n) = slot {
+            self.slots.insert(n.into(), (r.slot, r.venue));
+            self.pairs.insert((r.slot, r.merchant), r.pair);
+        }
+        if let Some(n) = merchant {
+            self.merchants.insert(n.into(), r.merchant);
+        }
+        if let Some(n) = channel {
+            self.channels.insert(n.into(), r.channel);
+        }
+        Ok(r)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(limit: usize) -> Names {
+        Names {
+            venues: Interner::new(limit),
+            slots: SlotInterner::new(limit),
+            merchants: Interner::new(limit),
+            channels: Interner::new(limit),
+            pairs: PairInterner::new(limit),
+        }
+    }
+
+    #[test]
+    fn past_the_limit_nothing_is_kept() {
+        let n = names(2);
+        let mut cache = NameCache::default();
+        assert!(cache.resolve(&n, Some("v1"), Some("s1"), Some("m1"), Some("c1")).is_ok());
+        assert!(cache.resolve(&n, Some("v2"), Some("s2"), Some("m1"), Some("c2")).is_ok());
+        let bytes = n.bytes();
+        for k in 0..1000 {
+            let v = format!("v-new-{k}");
+            assert_eq!(cache.resolve(&n, Some(&v), None, None, None), Err(Reason::TooManyVenues));
+            let s = format!("s-new-{k}");
+            assert_eq!(cache.resolve(&n, Some("v1"), Some(&s), None, None), Err(Reason::TooManySlots));
+            let c = format!("c-new-{k}");
+            assert_eq!(cache.resolve(&n, None, None, None, Some(&c)), Err(Reason::TooManyChannels));
+        }
+        assert_eq!(n.bytes(), bytes, "refused names leave nothing in the tables");
+        assert_eq!(cache.venues.len() + cache.slots.len() + cache.channels.len(), 6, "nor in the cache");
+        // A refused event registers none of its names, not even those that would still fit.
+        let n = names(1);
+        n.venues.get_or_insert("full");
+        assert_eq!(n.resolve(Some("other"), Some("s"), Some("m"), Some("c")), Err(Reason::TooManyVenues));
+        assert!(n.slots.names.is_empty() && n.merchants.is_empty() && n.channels.is_empty());
+    }
+
+    #[test]
+    fn pairs_follow_the_merchant_named_on_each_event() {
+        let n = names(10);
+        let a = n.resolve(Some("v"), Some("s"), Some("m-4"), None).unwrap();
+        let b = n.resolve(Some("v"), Some("s"), Some("m-8"), None).unwrap();
+        let c = n.resolve(Some("v"), Some("s"), None, None).unwrap();
+        assert_eq!((a.slot, b.slot, c.slot), (0, 0, 0));
+        assert_eq!((a.pair, b.pair, c.pair), (0, 1, 2));
+        assert_eq!(n.pairs.pairs(), vec![(0, 0), (0, 1), (0, NONE)]);
+        // A merchant without a slot is not kept.
+        assert_eq!(n.resolve(None, None, Some("m-99"), None).unwrap().merchant, NONE);
+        assert_eq!(n.merchants.len(), 2);
+    }
+
+    #[test]
+    fn a_slot_keeps_its_first_venue() {
+        let n = names(10);
+        let mut cache = NameCache::default();
+        let a = cache.resolve(&n, Some("main"), Some("s"), None, None).unwrap();
+        let b = cache.resolve(&n, Some("digital"), Some("s"), None, None).unwrap();
+        assert_eq!(a.venue, b.venue);
+        assert_eq!(n.slots.venue_conflicts.load(Ordering::Relaxed), 1);
     }
 }

@@ -27,7 +27,7 @@ pub mod snapshot;
 pub mod window;
 
 pub use config::{Config, EngineConfig, RaceConfig};
-pub use engine::{Engine, EngineError, RuleChange};
+pub use engine::{Engine, EngineError, Refusal, RuleChange};
 pub use race::{RankChange, RuleSpec};
-pub use shard::Prepared;
+pub use shard::{Clock, Prepared};
 pub use snapshot::Snapshot;

@@ -77,6 +77,13 @@ impl PlanConfig {
             if i > 0 && p.start < self.phases[i - 1].end {
                 errs.push(format!("plan.phases[{i}]: starts before the previous phase ends"));
             }
+            // GMV per phase is recomputed from per-minute sums when a restored monitor runs a
+            // changed plan: exact only on whole minutes.
+            for (what, t) in [("start", p.start), ("end", p.end)] {
+                if t.as_millisecond().rem_euclid(60_000) != 0 {
+                    errs.push(format!("plan.phases[{i}].{what} ({t}) must be on a whole minute"));
+                }
+            }
         }
         if errs.is_empty() {
             Ok(())
@@ -93,8 +100,8 @@ impl PlanConfig {
         self.phases.last().map_or(0, |p| p.end.as_millisecond())
     }
 
-    pub fn total_target(&self) -> u64 {
-        self.target_gmv_cents.unwrap_or_else(|| self.phases.iter().map(|p| p.target_gmv_cents).sum())
+    pub fn total_target(&self) -> u128 {
+        self.target_gmv_cents.map_or_else(|| self.phases.iter().map(|p| p.target_gmv_cents as u128).sum(), u128::from)
     }
 
     /// Phase bounds in ms, for the hot path.
@@ -103,18 +110,18 @@ impl PlanConfig {
     }
 
     /// Target expected to be reached by `now`.
-    pub fn expected_by(&self, now: i64) -> u64 {
+    pub fn expected_by(&self, now: i64) -> u128 {
         if !self.hourly_target_gmv_cents.is_empty() {
             let start = self.start_ms();
-            let mut sum = 0u64;
+            let mut sum = 0u128;
             for (h, &t) in self.hourly_target_gmv_cents.iter().enumerate() {
                 let s = start + h as i64 * 3_600_000;
                 sum += interpolate(t, s, s + 3_600_000, now);
             }
             return sum;
         }
-        let phases: u64 = self.phases.iter().map(|p| phase_expected(p, now)).sum();
-        let sum_targets: u64 = self.phases.iter().map(|p| p.target_gmv_cents).sum();
+        let phases: u128 = self.phases.iter().map(|p| phase_expected(p, now)).sum();
+        let sum_targets: u128 = self.phases.iter().map(|p| p.target_gmv_cents as u128).sum();
         match self.target_gmv_cents {
             // A total without phase targets: one straight line over the whole plan.
             Some(total) if sum_targets == 0 => interpolate(total, self.start_ms(), self.end_ms(), now),
@@ -128,19 +135,20 @@ impl PlanConfig {
     }
 }
 
-fn phase_expected(p: &PhaseConfig, now: i64) -> u64 {
+fn phase_expected(p: &PhaseConfig, now: i64) -> u128 {
     interpolate(p.target_gmv_cents, p.start.as_millisecond(), p.end.as_millisecond(), now)
 }
 
 /// `target * (now - start) / (end - start)`, clamped to [0, target], in integers.
-pub fn interpolate(target: u64, start: i64, end: i64, now: i64) -> u64 {
+pub fn interpolate(target: u64, start: i64, end: i64, now: i64) -> u128 {
+    let target = target as u128;
     if now <= start || end <= start {
         return if end <= start && now >= end { target } else { 0 };
     }
     if now >= end {
         return target;
     }
-    ((target as u128 * (now - start) as u128) / (end - start) as u128) as u64
+    (target * (now - start) as u128) / (end - start) as u128
 }
 
 /// Where the promotion stands, as reported in the snapshot.
@@ -152,12 +160,12 @@ pub struct PlanStatus {
     /// Kind of the phase in progress at `as_of_ms`: warmup/official/encore, or before/between/after.
     pub phase: String,
     pub phase_name: String,
-    pub target_gmv_cents: u64,
+    pub target_gmv_cents: u128,
     /// GMV paid inside the plan's time range.
-    pub gmv_cents: u64,
-    pub expected_by_now_cents: u64,
+    pub gmv_cents: u128,
+    pub expected_by_now_cents: u128,
     /// gmv - expected (negative: behind target).
-    pub ahead_cents: i64,
+    pub ahead_cents: i128,
     /// gmv / target.
     pub progress: f64,
     /// gmv / expected by now (1.0 = on pace).
@@ -172,12 +180,12 @@ pub struct PhaseStatus {
     pub start_ms: i64,
     pub end_ms: i64,
     pub target_gmv_cents: u64,
-    pub gmv_cents: u64,
-    pub expected_by_now_cents: u64,
+    pub gmv_cents: u128,
+    pub expected_by_now_cents: u128,
     pub progress: f64,
 }
 
-fn ratio(a: u64, b: u64) -> f64 {
+fn ratio(a: u128, b: u128) -> f64 {
     if b == 0 {
         0.0
     } else {
@@ -187,7 +195,7 @@ fn ratio(a: u64, b: u64) -> f64 {
 
 impl PlanConfig {
     /// The plan's status at `now`, given GMV per phase and inside the plan range.
-    pub fn status(&self, now: i64, phase_gmv: &[u64], plan_gmv: u64) -> PlanStatus {
+    pub fn status(&self, now: i64, phase_gmv: &[u128], plan_gmv: u128) -> PlanStatus {
         let target = self.total_target();
         let expected = self.expected_by(now);
         let (phase, phase_name) = match self.phase_at(now) {
@@ -205,7 +213,7 @@ impl PlanConfig {
             target_gmv_cents: target,
             gmv_cents: plan_gmv,
             expected_by_now_cents: expected,
-            ahead_cents: plan_gmv as i64 - expected as i64,
+            ahead_cents: plan_gmv as i128 - expected as i128,
             progress: ratio(plan_gmv, target),
             pace: ratio(plan_gmv, expected),
             phases: self
@@ -222,7 +230,7 @@ impl PlanConfig {
                         target_gmv_cents: p.target_gmv_cents,
                         gmv_cents: gmv,
                         expected_by_now_cents: phase_expected(p, now),
-                        progress: ratio(gmv, p.target_gmv_cents),
+                        progress: ratio(gmv, p.target_gmv_cents as u128),
                     }
                 })
                 .collect(),
@@ -296,6 +304,14 @@ mod tests {
         let mut p = plan();
         p.phases[1].start = ts(500);
         p.phases[1].end = ts(400);
-        assert_eq!(p.validate().unwrap_err().len(), 2);
+        // end before start, overlap, and the five bounds off whole minutes
+        let errs = p.validate().unwrap_err();
+        assert_eq!(errs.len(), 2 + 3, "{errs:?}");
+        let mut ok = plan();
+        for (i, ph) in ok.phases.iter_mut().enumerate() {
+            ph.start = ts(i as i64 * 60_000);
+            ph.end = ts((i as i64 + 1) * 60_000);
+        }
+        assert!(ok.validate().is_ok());
     }
 }

@@ -74,12 +74,12 @@ pub enum Rule {
 /// A slot's numbers over the race window and the window before it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RaceInputs {
-    pub gmv: u64,
+    pub gmv: u128,
     pub paid_orders: u64,
     pub buyers: u64,
     pub impressions: u64,
     pub clicks: u64,
-    pub prev_gmv: u64,
+    pub prev_gmv: u128,
     pub prev_orders: u64,
     pub prev_clicks: u64,
 }

@@ -9,6 +9,18 @@
 //! Per event: two hash probes (event id; order id for payments), a few sketch and counter
 //! updates, and an append to the window rings. No allocation once the rings and sets have
 //! reached their steady-state sizes.
+//!
+//! Slot state is kept per (slot, merchant) pair: a slot's money belongs to the merchant named
+//! on each event (contract v1.1, 商品更换), and a slot's numbers are the sum of its pairs.
+//! Money is summed in `u128`: with every amount at most 10^12 cents, no number of events a
+//! `u64` counter can count can overflow it.
+//!
+//! Time: the watermarks that move the windows never pass the caller's cap (the wall clock, for
+//! a live source), so one producer whose clock runs ahead cannot move everybody's windows; the
+//! sketches' 32-bit clocks are relative to a per-shard epoch that follows the data forwards,
+//! so no single event (a first one far in the past) can fix it.
+
+use std::collections::BTreeMap;
 
 use hashbrown::HashMap;
 use serde::{Deserialize, Serialize};
@@ -20,7 +32,7 @@ use crate::intern::NONE;
 use crate::mem::keep_half_free;
 use crate::window::{Record, Ring};
 
-/// An event reduced to what the engine needs: fixed size, no borrowed strings.
+/// An event reduced to what the engine needs: fixed size (96 bytes), no borrowed strings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Prepared {
     /// xxh3-128 of `event_id`.
@@ -30,13 +42,17 @@ pub struct Prepared {
     /// xxh3-64 of `user_id`: routing, sketches, buyers.
     pub user: u64,
     pub ts: i64,
-    /// Position in the input (line number, or offset): breaks ties of "newest event".
+    /// Position in the input (line number, or offset): breaks ties of "newest event", and
+    /// names the message when the engine refuses it.
     pub seq: u64,
     pub amount: u64,
     pub coupon: u64,
     pub slot: u32,
     pub venue: u32,
     pub merchant: u32,
+    /// The (slot, merchant) pair the slot's numbers of this event go to (`NONE`: no slot).
+    pub pair: u32,
+    pub channel: u32,
     pub kind: EventKind,
     /// The ordered stream the event came from (a Kafka partition; 0 for a file). Lateness is
     /// judged against the event's own lane, so a lane consumed behind the others (catch-up
@@ -55,7 +71,6 @@ pub enum Outcome {
 /// Shard-independent settings, resolved once.
 #[derive(Debug, Clone)]
 pub struct Ctx {
-    pub epoch: i64,
     pub dedupe_horizon: i64,
     pub order_horizon: i64,
     /// Reported windows (ms).
@@ -63,24 +78,46 @@ pub struct Ctx {
     pub race_window: i64,
     pub phases: Vec<(i64, i64)>,
     pub plan_range: Option<(i64, i64)>,
+    /// A lane that delivered nothing for this long (wall clock) stops holding back the
+    /// eviction of old ids (see [`Shard::open_lane`]).
+    pub idle_lane_ms: i64,
 }
 
 impl Ctx {
-    #[inline]
-    fn rel(&self, ts: i64) -> u32 {
-        (ts - self.epoch).clamp(1, u32::MAX as i64) as u32
-    }
-
     fn longest(&self) -> i64 {
         self.windows.iter().copied().max().unwrap_or(0)
     }
 }
 
+/// The clock of one batch: the wall clock when it was applied, and the cap on watermarks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Clock {
+    /// Wall-clock ms (lane idleness).
+    pub now: i64,
+    /// Watermarks never move past this: the wall clock for a live source (an event stamped
+    /// ahead of it counts, but moves no window ahead of everybody else's data), `i64::MAX` for
+    /// a replay in event time.
+    pub cap: i64,
+}
+
+impl Clock {
+    /// Event time only: watermarks follow the events (replays, tests).
+    pub const EVENT_TIME: Clock = Clock { now: 0, cap: i64::MAX };
+}
+
+/// 2^32 ms (49.7 days) is what the sketches' u32 clocks span; the epoch sits this far behind
+/// the newest event when it is (re)set, leaving the rest of the span ahead of it.
+const EPOCH_LEAD_MS: i64 = 24 * 86_400_000;
+/// When an event comes this close to the top of the span, the epoch moves forward.
+const EPOCH_MARGIN_MS: i64 = 2 * 86_400_000;
+const SPAN_MS: i64 = 1 << 32;
+const DAY_MS: i64 = 86_400_000;
+
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 struct PayRec {
     ms: u16,
     venue: u32,
-    slot: u32,
+    pair: u32,
     amount: u64,
 }
 
@@ -92,7 +129,7 @@ impl Record for PayRec {
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 struct TrafficRec {
-    slot: u32,
+    pair: u32,
     ms: u16,
     click: bool,
 }
@@ -105,7 +142,7 @@ impl Record for TrafficRec {
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 struct SlotPayRec {
-    slot: u32,
+    pair: u32,
     ms: u16,
     amount: u64,
     user: u64,
@@ -117,47 +154,97 @@ impl Record for SlotPayRec {
     }
 }
 
-/// Site money in one window.
+/// Money in one window.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MoneyAgg {
-    pub gmv: u64,
+    pub gmv: u128,
     pub orders: u64,
 }
 
-/// A slot's numbers in one race window.
+impl MoneyAgg {
+    #[inline]
+    fn add(&mut self, amount: u64) {
+        self.gmv += amount as u128;
+        self.orders += 1;
+    }
+
+    #[inline]
+    fn sub(&mut self, amount: u64) {
+        self.gmv -= amount as u128;
+        self.orders -= 1;
+    }
+
+    pub fn merge(&mut self, o: &MoneyAgg) {
+        self.gmv += o.gmv;
+        self.orders += o.orders;
+    }
+}
+
+/// A pair's (or a slot's) numbers in one race window.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SlotWin {
-    pub gmv: u64,
+pub struct PairWin {
+    pub gmv: u128,
     pub orders: u64,
     pub impressions: u64,
     pub clicks: u64,
-    pub buyers: u64,
 }
 
-/// A slot's cumulative numbers and its newest merchant.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SlotCum {
+impl PairWin {
+    pub fn merge(&mut self, o: &PairWin) {
+        self.gmv += o.gmv;
+        self.orders += o.orders;
+        self.impressions += o.impressions;
+        self.clicks += o.clicks;
+    }
+}
+
+/// A pair's cumulative numbers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PairCum {
+    /// An accepted event named this pair.
     pub seen: bool,
-    pub gmv: u64,
+    pub gmv: u128,
     pub orders: u64,
     pub impressions: u64,
     pub clicks: u64,
+}
+
+impl PairCum {
+    pub fn merge(&mut self, o: &PairCum) {
+        self.seen |= o.seen;
+        self.gmv += o.gmv;
+        self.orders += o.orders;
+        self.impressions += o.impressions;
+        self.clicks += o.clicks;
+    }
+}
+
+/// What a shard knows of a slot beyond its pairs' numbers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlotMeta {
+    /// The merchant of the slot's newest event (by `ts`, ties: later in the input), and that
+    /// event's (ts, seq).
     pub merchant: u32,
     pub merchant_at: (i64, u64),
+    /// Distinct buyers of the slot in the race window and the double race window (exact).
+    pub buyers: [u64; 2],
 }
 
-impl Default for SlotCum {
+impl Default for SlotMeta {
     fn default() -> Self {
-        SlotCum {
-            seen: false,
-            gmv: 0,
-            orders: 0,
-            impressions: 0,
-            clicks: 0,
-            merchant: NONE,
-            merchant_at: (i64::MIN, 0),
-        }
+        SlotMeta { merchant: NONE, merchant_at: (i64::MIN, 0), buyers: [0; 2] }
     }
+}
+
+/// A pair's state in a shard.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct PairState {
+    slot: u32,
+    cum: PairCum,
+    /// Race window and double race window.
+    win: [PairWin; 2],
+    /// Money per site window length ([L0, 2*L0, L1, 2*L1, ...]); empty until its first pay.
+    money: Vec<MoneyAgg>,
 }
 
 /// Which race windows a (slot, buyer) is counted in, and their newest payment.
@@ -170,11 +257,31 @@ struct BuyerMark {
 #[derive(Debug, Serialize, Deserialize)]
 struct VenueState {
     seen: bool,
-    gmv: u64,
+    gmv: u128,
     orders: u64,
+    /// Money per site window length; empty until its first pay.
+    money: Vec<MoneyAgg>,
     /// uv, ipv_uv, buyers since start (precision 12: standard error 1.6%; venue-level
     /// numbers are not in the contract and must stay cache-resident).
     sketches: Option<Box<[Hll; 3]>>,
+}
+
+/// Traffic and money that came in through one channel (流量入口), since the start.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelAgg {
+    pub impressions: u64,
+    pub clicks: u64,
+    pub paid_orders: u64,
+    pub gmv: u128,
+}
+
+impl ChannelAgg {
+    pub fn merge(&mut self, o: &ChannelAgg) {
+        self.impressions += o.impressions;
+        self.clicks += o.clicks;
+        self.paid_orders += o.paid_orders;
+        self.gmv += o.gmv;
+    }
 }
 
 /// Cumulative counters of a shard.
@@ -186,17 +293,17 @@ pub struct ShardCounters {
     pub late: u64,
     pub too_late: u64,
     pub resent_pays: u64,
-    pub gmv: u64,
+    pub gmv: u128,
     pub paid_orders: u64,
     pub refunds: u64,
-    pub refund_cents: u64,
+    pub refund_cents: u128,
     pub impressions: u64,
     pub clicks: u64,
     pub favorites: u64,
     pub carts: u64,
     pub orders_placed: u64,
-    pub order_cents: u64,
-    pub coupon_cents: u64,
+    pub order_cents: u128,
+    pub coupon_cents: u128,
 }
 
 impl ShardCounters {
@@ -225,6 +332,23 @@ impl ShardCounters {
 const RETIRED: i64 = i64::MAX;
 /// Marks a lane open but without events yet (see [`Shard::open_lane`]): below every time.
 const OPEN: i64 = i64::MIN + 1;
+/// A lane not seen at all.
+const UNSEEN: i64 = i64::MIN;
+
+/// One input lane (a partition) as this shard saw it.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+struct Lane {
+    /// Newest accepted `ts` (capped), or one of `UNSEEN`, `OPEN`, `RETIRED`.
+    wm: i64,
+    /// Wall clock of its last delivery (or of its opening).
+    seen_at: i64,
+}
+
+impl Lane {
+    fn has_time(&self) -> bool {
+        self.wm != UNSEEN && self.wm != OPEN && self.wm != RETIRED
+    }
+}
 
 fn venue_sketches() -> Box<[Hll; 3]> {
     Box::new([Hll::new(12), Hll::new(12), Hll::new(12)])
@@ -237,30 +361,32 @@ const BUYERS: usize = 2;
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Shard {
     wm: i64,
-    /// Newest accepted `ts` per lane (`i64::MIN`: not seen; `RETIRED`: given up).
-    lanes: Vec<i64>,
+    lanes: Vec<Lane>,
     pub c: ShardCounters,
     ids: GenSet,
     orders: GenSet,
     /// Site payments; windows [L0, 2*L0, L1, 2*L1, ...].
     site_ring: Ring<PayRec>,
     site: Vec<MoneyAgg>,
-    /// The same windows per venue and per slot (money only: payments are few).
-    venue_money: Vec<Vec<MoneyAgg>>,
-    slot_money: Vec<Vec<MoneyAgg>>,
     /// Slot traffic and payments; windows [race, 2*race].
     traffic_ring: Ring<TrafficRec>,
     pay_ring: Ring<SlotPayRec>,
-    slot_win: Vec<[SlotWin; 2]>,
-    slot_cum: Vec<SlotCum>,
+    pairs: Vec<PairState>,
+    slots: Vec<SlotMeta>,
     buyer_marks: HashMap<(u32, u64), BuyerMark>,
     venues: Vec<VenueState>,
+    channels: Vec<ChannelAgg>,
+    /// Base of the sketches' 32-bit millisecond clocks (`UNSEEN` before the first event).
+    epoch: i64,
     sketches: [SlidingHll; 3],
     totals: [Hll; 3],
     /// Per reported window: uv, ipv, buyers per bucket of L/30, for the previous window.
     prev_sketches: Vec<[BucketHll; 3]>,
-    phase_gmv: Vec<u64>,
-    plan_gmv: u64,
+    /// GMV and paid orders per minute of event time: the phases' and the plan's numbers are
+    /// sums over it, so a changed plan is recomputed from it (see [`Shard::replan`]).
+    minutes: BTreeMap<i64, MoneyAgg>,
+    phase_gmv: Vec<u128>,
+    plan_gmv: u128,
 }
 
 /// The mergeable part of a shard, as of one watermark.
@@ -276,22 +402,25 @@ pub struct ShardSummary {
     /// Per reported window: distinct [uv, buyers] in the current and previous window, from
     /// the bucketed sketches (for the decomposition).
     pub formula: Vec<([u64; 2], [u64; 2])>,
-    pub slot_cum: Vec<SlotCum>,
-    /// Race window and double race window.
-    pub slot_win: Vec<[SlotWin; 2]>,
+    /// Per pair: cumulative numbers, the race window and double race window, and money in
+    /// each reported window (empty: none).
+    pub pair_cum: Vec<PairCum>,
+    pub pair_win: Vec<[PairWin; 2]>,
+    pub pair_windows: Vec<Vec<MoneyAgg>>,
+    pub slots: Vec<SlotMeta>,
     /// Per venue: seen, gmv, orders, [uv, ipv, buyers].
-    pub venues: Vec<(bool, u64, u64, [u64; 3])>,
-    /// Per venue and per slot: money in each reported window.
+    pub venues: Vec<(bool, u128, u64, [u64; 3])>,
+    /// Per venue: money in each reported window (empty: none).
     pub venue_windows: Vec<Vec<MoneyAgg>>,
-    pub slot_windows: Vec<Vec<MoneyAgg>>,
-    pub phase_gmv: Vec<u64>,
-    pub plan_gmv: u64,
+    pub channels: Vec<ChannelAgg>,
+    pub phase_gmv: Vec<u128>,
+    pub plan_gmv: u128,
     pub dedupe_ids: u64,
     pub dedupe_orders: u64,
     pub window_records: u64,
     pub buyer_marks: u64,
     /// Bytes allocated by the tables that grow with events (dedupe sets, window records,
-    /// buyer marks); the rest of a shard is fixed by the configuration.
+    /// buyer marks, the minute series); the rest of a shard is fixed by the configuration.
     pub state_bytes: u64,
 }
 
@@ -306,15 +435,15 @@ impl Shard {
             ids: GenSet::new(cx.dedupe_horizon),
             orders: GenSet::new(cx.order_horizon),
             site: vec![MoneyAgg::default(); site_lengths.len()],
-            venue_money: Vec::new(),
-            slot_money: Vec::new(),
             site_ring: Ring::new(site_lengths),
             traffic_ring: Ring::new(race.clone()),
             pay_ring: Ring::new(race),
-            slot_win: Vec::new(),
-            slot_cum: Vec::new(),
+            pairs: Vec::new(),
+            slots: Vec::new(),
             buyer_marks: HashMap::new(),
             venues: Vec::new(),
+            channels: Vec::new(),
+            epoch: UNSEEN,
             sketches: [SlidingHll::new(), SlidingHll::new(), SlidingHll::new()],
             totals: [Hll::new(SLIDING_P), Hll::new(SLIDING_P), Hll::new(SLIDING_P)],
             prev_sketches: cx
@@ -326,69 +455,124 @@ impl Shard {
                     [BucketHll::new(w, 61), BucketHll::new(w, 61), BucketHll::new(w, 61)]
                 })
                 .collect(),
+            minutes: BTreeMap::new(),
             phase_gmv: vec![0; cx.phases.len()],
             plan_gmv: 0,
         }
     }
 
-    fn slot_mut(&mut self, slot: u32) -> usize {
-        let i = slot as usize;
-        if self.slot_cum.len() <= i {
-            self.slot_cum.resize(i + 1, SlotCum::default());
-            self.slot_win.resize(i + 1, [SlotWin::default(); 2]);
+    fn pair_mut(&mut self, pair: u32, slot: u32) -> &mut PairState {
+        let i = pair as usize;
+        while self.pairs.len() <= i {
+            self.pairs.push(PairState {
+                slot: NONE,
+                cum: PairCum::default(),
+                win: [PairWin::default(); 2],
+                money: Vec::new(),
+            });
         }
-        i
+        let p = &mut self.pairs[i];
+        p.slot = slot;
+        p
+    }
+
+    fn slot_mut(&mut self, slot: u32) -> &mut SlotMeta {
+        let i = slot as usize;
+        if self.slots.len() <= i {
+            self.slots.resize(i + 1, SlotMeta::default());
+        }
+        &mut self.slots[i]
     }
 
     fn venue_mut(&mut self, venue: u32) -> &mut VenueState {
         let i = venue as usize;
         while self.venues.len() <= i {
-            self.venues.push(VenueState { seen: false, gmv: 0, orders: 0, sketches: None });
+            self.venues.push(VenueState { seen: false, gmv: 0, orders: 0, money: Vec::new(), sketches: None });
         }
         let v = &mut self.venues[i];
         v.seen = true;
         v
     }
 
-    /// Applies one event.
-    pub fn apply(&mut self, ev: &Prepared, cx: &Ctx) -> Outcome {
-        let lane = ev.lane as usize;
-        if self.lanes.len() <= lane {
-            self.lanes.resize(lane + 1, i64::MIN);
+    fn channel_mut(&mut self, channel: u32) -> &mut ChannelAgg {
+        let i = channel as usize;
+        if self.channels.len() <= i {
+            self.channels.resize(i + 1, ChannelAgg::default());
         }
-        let lane_wm = self.lanes[lane];
-        if lane_wm != i64::MIN && lane_wm != RETIRED && ev.ts <= lane_wm.saturating_sub(cx.dedupe_horizon) {
+        &mut self.channels[i]
+    }
+
+    fn lane_mut(&mut self, lane: u16) -> &mut Lane {
+        let l = lane as usize;
+        if self.lanes.len() <= l {
+            self.lanes.resize(l + 1, Lane { wm: UNSEEN, seen_at: 0 });
+        }
+        &mut self.lanes[l]
+    }
+
+    /// The sketches' clock for `ts`, moving the epoch forwards when `ts` nears the top of the
+    /// 32-bit span (every kept time is shifted back by as much; times that fall below the new
+    /// epoch become "long ago", which they are: more than 24 days before the newest event).
+    #[inline]
+    fn rel(&mut self, ts: i64) -> u32 {
+        if self.epoch == UNSEEN || ts - self.epoch >= SPAN_MS - EPOCH_MARGIN_MS {
+            self.rebase(ts);
+        }
+        (ts - self.epoch).clamp(1, u32::MAX as i64) as u32
+    }
+
+    #[cold]
+    fn rebase(&mut self, ts: i64) {
+        let epoch = ts.div_euclid(DAY_MS) * DAY_MS - EPOCH_LEAD_MS;
+        if self.epoch != UNSEEN {
+            let by = epoch - self.epoch;
+            for s in &mut self.sketches {
+                s.shift_back(by.clamp(0, u32::MAX as i64) as u32);
+            }
+        }
+        self.epoch = epoch;
+    }
+
+    /// Applies one event.
+    pub fn apply(&mut self, ev: &Prepared, cx: &Ctx, clock: Clock) -> Outcome {
+        let lane = *self.lane_mut(ev.lane);
+        if (lane.has_time() && ev.ts <= lane.wm.saturating_sub(cx.dedupe_horizon)) || ev.ts < self.ids.frontier() {
+            // Older than its lane's horizon, or than ids this shard has already forgotten (a
+            // lane that went idle and came back): it cannot be checked for a re-delivery.
             self.c.beyond_horizon += 1;
+            self.lanes[ev.lane as usize].seen_at = clock.now;
             return Outcome::BeyondHorizon;
         }
         if !self.ids.insert_at(ev.id, ev.ts) {
             self.c.duplicates += 1;
+            self.lanes[ev.lane as usize].seen_at = clock.now;
             return Outcome::Duplicate;
         }
         self.c.accepted += 1;
-        self.lanes[lane] = if lane_wm == RETIRED { ev.ts } else { lane_wm.max(ev.ts) };
+        // An event stamped ahead of the cap counts, but moves no watermark past it.
+        let t_wm = ev.ts.min(clock.cap);
+        self.lanes[ev.lane as usize] =
+            Lane { wm: if lane.has_time() { lane.wm.max(t_wm) } else { t_wm }, seen_at: clock.now };
         if ev.ts < self.wm {
             self.c.late += 1;
             if ev.ts <= self.wm - cx.longest() {
                 self.c.too_late += 1;
             }
-        } else if ev.ts.div_euclid(1000) != self.wm.div_euclid(1000) {
+        } else if t_wm.div_euclid(1000) != self.wm.div_euclid(1000) {
             // Expire lazily, once per new second: the insert rule tolerates a lagging ring.
-            self.advance(ev.ts);
-            self.evict_ids(cx);
+            self.advance(t_wm);
+            self.evict_ids(cx, clock.now);
         }
-        self.wm = self.wm.max(ev.ts);
+        self.wm = self.wm.max(t_wm);
 
         let ms = ev.ts.rem_euclid(1000) as u16;
-        let t = cx.rel(ev.ts);
-        let has_slot = ev.slot != NONE;
-        if has_slot {
-            let i = self.slot_mut(ev.slot);
-            let cum = &mut self.slot_cum[i];
-            cum.seen = true;
-            if ev.merchant != NONE && (ev.ts, ev.seq) >= cum.merchant_at {
-                cum.merchant = ev.merchant;
-                cum.merchant_at = (ev.ts, ev.seq);
+        let t = self.rel(ev.ts);
+        if ev.pair != NONE {
+            self.pair_mut(ev.pair, ev.slot).cum.seen = true;
+            let meta = self.slot_mut(ev.slot);
+            if ev.merchant != NONE && (ev.ts, ev.seq) >= meta.merchant_at {
+                meta.merchant = ev.merchant;
+                meta.merchant_at = (ev.ts, ev.seq);
             }
         }
         if ev.venue != NONE {
@@ -412,16 +596,23 @@ impl Shard {
                     let v = self.venue_mut(ev.venue);
                     v.sketches.get_or_insert_with(venue_sketches)[metric].insert(ev.user);
                 }
-                if has_slot {
-                    let i = ev.slot as usize;
-                    let cum = &mut self.slot_cum[i];
+                if ev.channel != NONE {
+                    let ch = self.channel_mut(ev.channel);
                     if click {
-                        cum.clicks += 1;
+                        ch.clicks += 1;
                     } else {
-                        cum.impressions += 1;
+                        ch.impressions += 1;
                     }
-                    let win = &mut self.slot_win[i];
-                    self.traffic_ring.insert(ev.ts, TrafficRec { slot: ev.slot, ms, click }, |w| {
+                }
+                if ev.pair != NONE {
+                    let p = &mut self.pairs[ev.pair as usize];
+                    if click {
+                        p.cum.clicks += 1;
+                    } else {
+                        p.cum.impressions += 1;
+                    }
+                    let win = &mut p.win;
+                    self.traffic_ring.insert(ev.ts, TrafficRec { pair: ev.pair, ms, click }, |w| {
                         if click {
                             win[w].clicks += 1;
                         } else {
@@ -434,11 +625,11 @@ impl Shard {
             EventKind::Cart => self.c.carts += 1,
             EventKind::Order => {
                 self.c.orders_placed += 1;
-                self.c.order_cents += ev.amount;
+                self.c.order_cents += ev.amount as u128;
             }
             EventKind::Refund => {
                 self.c.refunds += 1;
-                self.c.refund_cents += ev.amount;
+                self.c.refund_cents += ev.amount as u128;
             }
             EventKind::Pay => self.apply_pay(ev, cx, ms, t),
         }
@@ -451,62 +642,67 @@ impl Shard {
             return;
         }
         let amount = ev.amount;
-        self.c.gmv += amount;
+        self.c.gmv += amount as u128;
         self.c.paid_orders += 1;
-        self.c.coupon_cents += ev.coupon;
+        self.c.coupon_cents += ev.coupon as u128;
+        self.minutes.entry(ev.ts.div_euclid(60_000)).or_default().add(amount);
         self.sketches[BUYERS].insert(ev.user, t);
         self.totals[BUYERS].insert(ev.user);
         for p in &mut self.prev_sketches {
             p[2].insert(ev.user, ev.ts);
         }
+        if ev.channel != NONE {
+            let ch = self.channel_mut(ev.channel);
+            ch.paid_orders += 1;
+            ch.gmv += amount as u128;
+        }
         let n = self.site.len();
-        for (table, i) in [(&mut self.venue_money, ev.venue), (&mut self.slot_money, ev.slot)] {
-            if i != NONE && table.len() <= i as usize {
-                table.resize(i as usize + 1, vec![MoneyAgg::default(); n]);
+        if ev.venue != NONE {
+            let v = self.venue_mut(ev.venue);
+            v.gmv += amount as u128;
+            v.orders += 1;
+            v.sketches.get_or_insert_with(venue_sketches)[BUYERS].insert(ev.user);
+            if v.money.is_empty() {
+                v.money = vec![MoneyAgg::default(); n];
             }
         }
-        let (site, venues, slots) = (&mut self.site, &mut self.venue_money, &mut self.slot_money);
-        self.site_ring.insert(ev.ts, PayRec { ms, venue: ev.venue, slot: ev.slot, amount }, |w| {
-            for m in [
-                Some(&mut site[w]),
-                venues.get_mut(ev.venue as usize).map(|v| &mut v[w]),
-                slots.get_mut(ev.slot as usize).map(|v| &mut v[w]),
-            ]
-            .into_iter()
-            .flatten()
-            {
-                m.gmv += amount;
-                m.orders += 1;
+        if ev.pair != NONE {
+            let p = &mut self.pairs[ev.pair as usize];
+            if p.money.is_empty() {
+                p.money = vec![MoneyAgg::default(); n];
+            }
+            p.cum.gmv += amount as u128;
+            p.cum.orders += 1;
+        }
+        let (site, venues, pairs) = (&mut self.site, &mut self.venues, &mut self.pairs);
+        self.site_ring.insert(ev.ts, PayRec { ms, venue: ev.venue, pair: ev.pair, amount }, |w| {
+            site[w].add(amount);
+            if let Some(v) = venues.get_mut(ev.venue as usize) {
+                v.money[w].add(amount);
+            }
+            if let Some(p) = pairs.get_mut(ev.pair as usize) {
+                p.money[w].add(amount);
             }
         });
         if let Some(i) = cx.phases.iter().position(|&(s, e)| s <= ev.ts && ev.ts < e) {
-            self.phase_gmv[i] += amount;
+            self.phase_gmv[i] += amount as u128;
         }
         if cx.plan_range.is_some_and(|(s, e)| s <= ev.ts && ev.ts < e) {
-            self.plan_gmv += amount;
+            self.plan_gmv += amount as u128;
         }
-        if ev.venue != NONE {
-            let v = self.venue_mut(ev.venue);
-            v.gmv += amount;
-            v.orders += 1;
-            v.sketches.get_or_insert_with(venue_sketches)[BUYERS].insert(ev.user);
-        }
-        if ev.slot != NONE {
-            let i = ev.slot as usize;
-            let cum = &mut self.slot_cum[i];
-            cum.gmv += amount;
-            cum.orders += 1;
+        if ev.pair != NONE {
             let key = (ev.slot, ev.user);
             keep_half_free(&mut self.buyer_marks);
             let mark = self.buyer_marks.entry(key).or_insert(BuyerMark { latest: ev.ts, mask: 0 });
             mark.latest = mark.latest.max(ev.ts);
-            let win = &mut self.slot_win[i];
-            self.pay_ring.insert(ev.ts, SlotPayRec { slot: ev.slot, ms, amount, user: ev.user }, |w| {
-                win[w].gmv += amount;
+            let win = &mut self.pairs[ev.pair as usize].win;
+            let buyers = &mut self.slots[ev.slot as usize].buyers;
+            self.pay_ring.insert(ev.ts, SlotPayRec { pair: ev.pair, ms, amount, user: ev.user }, |w| {
+                win[w].gmv += amount as u128;
                 win[w].orders += 1;
                 if mark.mask & (1 << w) == 0 {
                     mark.mask |= 1 << w;
-                    win[w].buyers += 1;
+                    buyers[w] += 1;
                 }
             });
             if mark.mask == 0 {
@@ -515,71 +711,69 @@ impl Shard {
         }
     }
 
-    /// Forgets ids no lane can still see again: those more than the horizon behind the slowest
-    /// active lane.
-    fn evict_ids(&mut self, cx: &Ctx) {
-        let Some(low) = self.lanes.iter().copied().filter(|&w| w != i64::MIN && w != RETIRED).min() else { return };
+    /// Forgets ids no active lane can still see again: those more than the horizon behind the
+    /// slowest lane that delivered within `idle_lane_ms`. A lane that stopped delivering (an
+    /// idle partition) holds nothing back; should it deliver again, anything older than what
+    /// was forgotten is refused (`ids.frontier()` in [`Shard::apply`]).
+    fn evict_ids(&mut self, cx: &Ctx, now: i64) {
+        let active = |l: &&Lane| l.wm != RETIRED && l.wm != UNSEEN && now - l.seen_at < cx.idle_lane_ms;
+        let Some(low) = self.lanes.iter().filter(active).map(|l| l.wm).min() else { return };
+        if low == OPEN {
+            return; // a lane just assigned, not idle yet: wait for its first events
+        }
         self.ids.evict_before(low.saturating_sub(cx.dedupe_horizon));
         self.orders.evict_before(low.saturating_sub(cx.order_horizon));
     }
 
     /// Declares `lane` open before its first event (a partition just assigned): until it has
-    /// delivered, it holds back the eviction of old ids, so that a re-delivery arriving on it
-    /// late still finds its original, whichever lane that came through.
-    pub fn open_lane(&mut self, lane: u16) {
-        let l = lane as usize;
-        if self.lanes.len() <= l {
-            self.lanes.resize(l + 1, i64::MIN);
-        }
-        if self.lanes[l] == i64::MIN || self.lanes[l] == RETIRED {
-            self.lanes[l] = OPEN;
+    /// delivered or gone idle, it holds back the eviction of old ids, so that a re-delivery
+    /// arriving on it late still finds its original, whichever lane that came through.
+    pub fn open_lane(&mut self, lane: u16, now: i64) {
+        let l = self.lane_mut(lane);
+        if l.wm == UNSEEN || l.wm == RETIRED {
+            *l = Lane { wm: OPEN, seen_at: now };
         }
     }
 
     /// Stops waiting for `lane` (its partition went to another member): it no longer holds
     /// back the eviction of old ids. It comes back by itself if events arrive on it again.
     pub fn retire_lane(&mut self, lane: u16) {
-        if let Some(w) = self.lanes.get_mut(lane as usize) {
-            *w = RETIRED;
+        if let Some(l) = self.lanes.get_mut(lane as usize) {
+            l.wm = RETIRED;
         }
     }
 
     /// Expires window records up to `wm`.
     fn advance(&mut self, wm: i64) {
-        let (site, venues, slots) = (&mut self.site, &mut self.venue_money, &mut self.slot_money);
+        let (site, venues, pairs) = (&mut self.site, &mut self.venues, &mut self.pairs);
         self.site_ring.advance(wm, |w, r| {
-            for m in [
-                Some(&mut site[w]),
-                venues.get_mut(r.venue as usize).map(|v| &mut v[w]),
-                slots.get_mut(r.slot as usize).map(|v| &mut v[w]),
-            ]
-            .into_iter()
-            .flatten()
-            {
-                m.gmv -= r.amount;
-                m.orders -= 1;
+            site[w].sub(r.amount);
+            if let Some(v) = venues.get_mut(r.venue as usize) {
+                v.money[w].sub(r.amount);
+            }
+            if let Some(p) = pairs.get_mut(r.pair as usize) {
+                p.money[w].sub(r.amount);
             }
         });
-        let slot_win = &mut self.slot_win;
         self.traffic_ring.advance(wm, |w, r| {
-            let s = &mut slot_win[r.slot as usize][w];
+            let s = &mut pairs[r.pair as usize].win[w];
             if r.click {
                 s.clicks -= 1;
             } else {
                 s.impressions -= 1;
             }
         });
-        let edges: Vec<i64> = self.pay_ring.lengths().iter().map(|l| wm - l).collect();
-        let marks = &mut self.buyer_marks;
+        let edges: [i64; 2] = [wm - self.pay_ring.lengths()[0], wm - self.pay_ring.lengths()[1]];
+        let (marks, slots) = (&mut self.buyer_marks, &mut self.slots);
         self.pay_ring.advance(wm, |w, r| {
-            let s = &mut slot_win[r.slot as usize][w];
-            s.gmv -= r.amount;
-            s.orders -= 1;
-            let key = (r.slot, r.user);
+            let p = &mut pairs[r.pair as usize];
+            p.win[w].gmv -= r.amount as u128;
+            p.win[w].orders -= 1;
+            let key = (p.slot, r.user);
             if let Some(m) = marks.get_mut(&key) {
                 if m.mask & (1 << w) != 0 && m.latest <= edges[w] {
                     m.mask &= !(1 << w);
-                    s.buyers -= 1;
+                    slots[p.slot as usize].buyers[w] -= 1;
                 }
                 if m.mask == 0 {
                     marks.remove(&key);
@@ -588,13 +782,25 @@ impl Shard {
         });
     }
 
+    /// Recomputes the phases' and the plan's GMV from the minute series, for a plan that may
+    /// differ from the one the events were applied under (a restore after the plan changed).
+    /// Exact when the phase bounds are whole minutes (the plan's validation requires it).
+    pub fn replan(&mut self, cx: &Ctx) {
+        let sum = |s: i64, e: i64| -> u128 {
+            self.minutes.range(s.div_euclid(60_000)..e.div_euclid(60_000)).map(|(_, m)| m.gmv).sum()
+        };
+        self.phase_gmv = cx.phases.iter().map(|&(s, e)| sum(s, e)).collect();
+        self.plan_gmv = cx.plan_range.map_or(0, |(s, e)| sum(s, e));
+    }
+
     /// Brings the windows to `as_of` (the global watermark, >= this shard's) and reads out
     /// the mergeable summary. Cost: O(slots + venues + sketch registers), not O(events).
     pub fn summarize(&mut self, as_of: i64, cx: &Ctx) -> ShardSummary {
         if as_of != i64::MIN {
             self.advance(as_of);
         }
-        let rel = |t: i64| if t <= cx.epoch { 0 } else { cx.rel(t) };
+        let epoch = self.epoch;
+        let rel = |t: i64| if epoch == UNSEEN || t <= epoch { 0 } else { (t - epoch).min(u32::MAX as i64) as u32 };
         let starts: Vec<u32> = cx.windows.iter().map(|&l| rel(as_of - l)).collect();
         let est: Vec<Vec<u64>> = self.sketches.iter().map(|s| s.estimate(&starts)).collect();
         let distinct_total = [self.totals[UV].estimate(), self.totals[IPV].estimate(), self.totals[BUYERS].estimate()];
@@ -625,6 +831,7 @@ impl Shard {
                 (v.seen, v.gmv, v.orders, d)
             })
             .collect();
+        let current = |m: &Vec<MoneyAgg>| m.iter().step_by(2).copied().collect::<Vec<_>>();
         ShardSummary {
             wm: self.wm,
             c: self.c,
@@ -632,11 +839,13 @@ impl Shard {
             distinct_total,
             distinct_windows,
             formula,
-            slot_cum: self.slot_cum.clone(),
-            slot_win: self.slot_win.clone(),
-            venue_windows: self.venue_money.iter().map(|v| v.iter().step_by(2).copied().collect()).collect(),
-            slot_windows: self.slot_money.iter().map(|v| v.iter().step_by(2).copied().collect()).collect(),
+            pair_cum: self.pairs.iter().map(|p| p.cum).collect(),
+            pair_win: self.pairs.iter().map(|p| p.win).collect(),
+            pair_windows: self.pairs.iter().map(|p| current(&p.money)).collect(),
+            slots: self.slots.clone(),
+            venue_windows: self.venues.iter().map(|v| current(&v.money)).collect(),
             venues,
+            channels: self.channels.clone(),
             phase_gmv: self.phase_gmv.clone(),
             plan_gmv: self.plan_gmv,
             dedupe_ids: self.ids.len() as u64,
@@ -648,7 +857,104 @@ impl Shard {
                 + self.site_ring.allocated_bytes()
                 + self.traffic_ring.allocated_bytes()
                 + self.pay_ring.allocated_bytes()
-                + self.buyer_marks.allocation_size() as u64,
+                + self.buyer_marks.allocation_size() as u64
+                + (self.minutes.len() * (8 + std::mem::size_of::<MoneyAgg>() + 16)) as u64,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cx() -> Ctx {
+        Ctx {
+            dedupe_horizon: 3_600_000,
+            order_horizon: 3_600_000,
+            windows: vec![60_000],
+            race_window: 60_000,
+            phases: vec![],
+            plan_range: None,
+            idle_lane_ms: 30_000,
+        }
+    }
+
+    fn ev(id: u128, ts: i64, lane: u16) -> Prepared {
+        Prepared {
+            id,
+            order: 0,
+            user: xxhash_rust::xxh3::xxh3_64(&id.to_le_bytes()),
+            ts,
+            seq: id as u64,
+            amount: 0,
+            coupon: 0,
+            slot: NONE,
+            venue: NONE,
+            merchant: NONE,
+            pair: NONE,
+            channel: NONE,
+            kind: EventKind::Impression,
+            lane,
+        }
+    }
+
+    #[test]
+    fn prepared_stays_96_bytes() {
+        assert_eq!(std::mem::size_of::<Prepared>(), 96);
+    }
+
+    #[test]
+    fn an_event_ahead_of_the_cap_moves_no_window() {
+        let cx = cx();
+        let mut s = Shard::new(&cx);
+        let now = 1_800_000_000_000;
+        let clock = Clock { now, cap: now };
+        for k in 0..50 {
+            let mut e = ev(k, now - 50_000 + k as i64 * 1000, 0);
+            e.kind = EventKind::Pay;
+            e.order = k + 1;
+            e.amount = 100;
+            s.apply(&e, &cx, clock);
+        }
+        // One pay stamped 90 s ahead (inside a 2-minute allowance).
+        let mut f = ev(1000, now + 90_000, 0);
+        (f.kind, f.order, f.amount) = (EventKind::Pay, 9999, 7);
+        assert_eq!(s.apply(&f, &cx, clock), Outcome::Accepted);
+        let sum = s.summarize(now, &cx);
+        assert_eq!(sum.windows[0].0.gmv, 50 * 100 + 7, "the 1-minute window still holds the live pays");
+        assert_eq!(s.wm, now, "the watermark stopped at the wall clock");
+    }
+
+    #[test]
+    fn the_sketch_clock_is_not_fixed_by_a_first_event_far_in_the_past() {
+        let cx = cx();
+        let mut s = Shard::new(&cx);
+        s.apply(&ev(1, 5, 0), &cx, Clock::EVENT_TIME); // 1970
+        let now = 1_800_000_000_000;
+        for k in 0..1000u128 {
+            s.apply(&ev(10 + k, now - 30_000 + k as i64, 1), &cx, Clock::EVENT_TIME);
+        }
+        let sum = s.summarize(now, &cx);
+        let uv = sum.distinct_windows[0][UV];
+        assert!((980..=1020).contains(&uv), "1-minute UV {uv}, want ~1000");
+    }
+
+    #[test]
+    fn an_idle_lane_stops_holding_back_eviction_and_cannot_sneak_in_old_events() {
+        let mut cx = cx();
+        cx.dedupe_horizon = 70_000; // generations of 10 s
+        let mut s = Shard::new(&cx);
+        let t0 = 1_800_000_000_000;
+        s.open_lane(1, 0); // assigned, never delivers
+        for k in 0..600u128 {
+            let ts = t0 + k as i64 * 1000;
+            // Lane 0 delivers every second; the wall clock runs with it.
+            s.apply(&ev(k, ts, 0), &cx, Clock { now: k as i64 * 1000, cap: i64::MAX });
+        }
+        assert!(s.ids.len() < 200, "an idle lane must not keep every id: {}", s.ids.len());
+        // Lane 1 wakes up with a re-delivery of an event forgotten long ago: refused.
+        assert_eq!(s.apply(&ev(3, t0 + 3000, 1), &cx, Clock { now: 600_000, cap: i64::MAX }), Outcome::BeyondHorizon);
+        // ... while a fresh event on it is taken.
+        assert_eq!(s.apply(&ev(5000, t0 + 599_500, 1), &cx, Clock { now: 600_000, cap: i64::MAX }), Outcome::Accepted);
     }
 }

@@ -1,5 +1,8 @@
 //! The snapshot of SNAPSHOT.md: every view is built from it. Field names are the contract's;
 //! fields beyond the contract are additions the contract allows ("more fields may be added").
+//!
+//! Money is `u128` cents: every amount is at most 10^12 cents, so sums of any number of events
+//! a `u64` can count fit (JSON carries them as plain integers).
 
 use std::collections::BTreeMap;
 
@@ -20,6 +23,15 @@ pub struct Snapshot {
     pub windows: Vec<WindowStats>,
     pub venues: Vec<VenueStats>,
     pub slots: Vec<SlotStats>,
+    /// Every (slot, merchant) pair of the slots that more than one merchant (or none) named:
+    /// a slot's money belongs to the merchant named on each event (contract v1.1, 商品更换),
+    /// and a merchant's view takes its numbers from here for such slots. Empty when no slot
+    /// changed hands.
+    #[serde(default)]
+    pub slot_merchants: Vec<SlotMerchantStats>,
+    /// Traffic and money by channel (流量入口), since the start.
+    #[serde(default)]
+    pub channels: Vec<ChannelStats>,
     /// Funnel ratios since start.
     pub funnel: Funnel,
     /// First-formula decomposition of each window against the window before it.
@@ -49,9 +61,9 @@ pub struct Rehearsal {
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Totals {
-    pub gmv_cents: u64,
+    pub gmv_cents: u128,
     pub paid_orders: u64,
-    pub refund_cents: u64,
+    pub refund_cents: u128,
     pub uv: u64,
     pub ipv_uv: u64,
     pub buyers: u64,
@@ -64,16 +76,16 @@ pub struct Totals {
     pub carts: u64,
     /// `order` events (placed, not yet paid) and their amount.
     pub orders_placed: u64,
-    pub order_cents: u64,
+    pub order_cents: u128,
     pub refunds: u64,
     /// Coupon subsidy on counted payments.
-    pub coupon_cents: u64,
+    pub coupon_cents: u128,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WindowStats {
     pub length_ms: i64,
-    pub gmv_cents: u64,
+    pub gmv_cents: u128,
     pub paid_orders: u64,
     pub uv: u64,
     pub ipv_uv: u64,
@@ -83,7 +95,7 @@ pub struct WindowStats {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct VenueStats {
     pub venue: String,
-    pub gmv_cents: u64,
+    pub gmv_cents: u128,
     pub paid_orders: u64,
     /// Money of this venue in each reported window.
     pub windows: Vec<MoneyWindow>,
@@ -105,13 +117,13 @@ pub struct RankEntry {
     pub rank: u32,
     pub slot: String,
     pub score: f64,
-    pub gmv_cents: u64,
+    pub gmv_cents: u128,
     pub paid_orders: u64,
     pub impressions: u64,
     pub clicks: u64,
     pub buyers: u64,
     /// GMV of the window before the race window (growth rules compare against it).
-    pub prev_gmv_cents: u64,
+    pub prev_gmv_cents: u128,
     pub merchant_id: String,
 }
 
@@ -120,7 +132,7 @@ pub struct SlotStats {
     pub slot: String,
     pub venue: String,
     pub merchant_id: String,
-    pub gmv_cents: u64,
+    pub gmv_cents: u128,
     pub paid_orders: u64,
     pub impressions: u64,
     pub clicks: u64,
@@ -128,11 +140,47 @@ pub struct SlotStats {
     pub windows: Vec<MoneyWindow>,
 }
 
+/// One merchant's part of a slot that more than one merchant named: cumulative numbers, money
+/// per window and the race window, all from the events naming this merchant.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlotMerchantStats {
+    pub slot: String,
+    /// Empty for the slot's events that named no merchant.
+    pub merchant_id: String,
+    pub gmv_cents: u128,
+    pub paid_orders: u64,
+    pub impressions: u64,
+    pub clicks: u64,
+    pub windows: Vec<MoneyWindow>,
+    /// This merchant's numbers in the race window (and the window before, for growth).
+    pub race: PairRace,
+}
+
+/// A (slot, merchant) pair's numbers in the race window.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PairRace {
+    pub gmv_cents: u128,
+    pub paid_orders: u64,
+    pub impressions: u64,
+    pub clicks: u64,
+    pub prev_gmv_cents: u128,
+}
+
+/// Traffic and money that came in through one channel (流量入口).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelStats {
+    pub channel: String,
+    pub impressions: u64,
+    pub clicks: u64,
+    pub paid_orders: u64,
+    pub gmv_cents: u128,
+}
+
 /// Money in one sliding window (per venue, per slot).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MoneyWindow {
     pub length_ms: i64,
-    pub gmv_cents: u64,
+    pub gmv_cents: u128,
     pub paid_orders: u64,
 }
 
@@ -145,17 +193,17 @@ pub struct Funnel {
     /// buyers / UV.
     pub conversion: f64,
     /// GMV / buyers (客单价), cents rounded down.
-    pub aov_cents: u64,
+    pub aov_cents: u128,
 }
 
 impl Funnel {
-    pub fn of(gmv: u64, uv: u64, ipv_uv: u64, buyers: u64) -> Funnel {
+    pub fn of(gmv: u128, uv: u64, ipv_uv: u64, buyers: u64) -> Funnel {
         let r = |a: u64, b: u64| if b == 0 { 0.0 } else { a as f64 / b as f64 };
         Funnel {
             browse_conversion: r(ipv_uv, uv),
             purchase_conversion: r(buyers, ipv_uv),
             conversion: r(buyers, uv),
-            aov_cents: gmv.checked_div(buyers).unwrap_or(0),
+            aov_cents: gmv.checked_div(buyers as u128).unwrap_or(0),
         }
     }
 }
@@ -163,11 +211,11 @@ impl Funnel {
 /// One period of the first formula GMV = UV x conversion x AOV.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct FormulaPeriod {
-    pub gmv_cents: u64,
+    pub gmv_cents: u128,
     pub uv: u64,
     pub buyers: u64,
     pub conversion: f64,
-    pub aov_cents: u64,
+    pub aov_cents: u128,
 }
 
 /// How much of the GMV change between two adjacent windows came from each factor.
@@ -177,37 +225,40 @@ pub struct Decomposition {
     pub length_ms: i64,
     pub current: FormulaPeriod,
     pub previous: FormulaPeriod,
-    pub delta_gmv_cents: i64,
-    pub traffic_cents: i64,
-    pub conversion_cents: i64,
-    pub aov_cents: i64,
+    pub delta_gmv_cents: i128,
+    pub traffic_cents: i128,
+    pub conversion_cents: i128,
+    pub aov_cents: i128,
     /// The factor that moved GMV most: "traffic", "conversion", "aov" or "none".
     pub main_factor: String,
 }
 
 /// Chain-substitution decomposition (traffic, then conversion, then order value). With
 /// G = UV * (B/UV) * (G/B) the three effects telescope to G1 - G0; the first two are rounded to
-/// cents and the order-value effect takes the remainder, so the sum stays exact.
-pub fn decompose(length_ms: i64, cur: (u64, u64, u64), prev: (u64, u64, u64)) -> Decomposition {
-    let period = |(g, uv, b): (u64, u64, u64)| FormulaPeriod {
+/// cents and the order-value effect takes the remainder, so the sum stays exact. The change
+/// and the effects are `i128` (GMV is `u128`); the effects are computed in `f64` (no overflow,
+/// relative rounding 2^-53) and clamped into `i128` before the exact remainder is taken.
+pub fn decompose(length_ms: i64, cur: (u128, u64, u64), prev: (u128, u64, u64)) -> Decomposition {
+    let period = |(g, uv, b): (u128, u64, u64)| FormulaPeriod {
         gmv_cents: g,
         uv,
         buyers: b,
         conversion: if uv == 0 { 0.0 } else { b as f64 / uv as f64 },
-        aov_cents: g.checked_div(b).unwrap_or(0),
+        aov_cents: g.checked_div(b as u128).unwrap_or(0),
     };
-    let (g1, u1, b1) = (cur.0 as f64, cur.1 as f64, cur.2 as f64);
+    let (u1, b1) = (cur.1 as f64, cur.2 as f64);
     let (g0, u0, b0) = (prev.0 as f64, prev.1 as f64, prev.2 as f64);
-    let delta = cur.0 as i64 - prev.0 as i64;
+    // Both are below 2^127 (sums of u64 counts of amounts <= 10^12): the difference fits.
+    let delta = cur.0 as i128 - prev.0 as i128;
     let (traffic, conversion) = if prev.2 == 0 || prev.1 == 0 {
         // No buyers (or no traffic) before: the whole change is new conversion.
-        (0i64, delta)
+        (0i128, delta)
     } else {
         let t = (u1 - u0) * g0 / u0;
         let c = (b1 - u1 * b0 / u0) * g0 / b0;
-        (t.round() as i64, c.round() as i64)
+        // Each effect is bounded by the GMVs involved; `as` saturates, never wraps.
+        (t.round() as i128, c.round() as i128)
     };
-    let _ = g1;
     let aov = delta - traffic - conversion;
     let main_factor = [("traffic", traffic), ("conversion", conversion), ("aov", aov)]
         .into_iter()
@@ -236,10 +287,6 @@ pub struct Counters {
     pub too_late_for_windows: u64,
     /// `pay` events for an order already paid: accepted, no GMV added.
     pub resent_pays: u64,
-    /// Events naming a slot/venue/merchant past the cardinality limits.
-    pub slot_overflow: u64,
-    pub venue_overflow: u64,
-    pub merchant_overflow: u64,
     /// Events naming a slot with another venue than the slot was first seen on.
     pub slot_venue_conflicts: u64,
     /// Ids currently remembered for de-duplication (event ids, paid orders).
@@ -251,9 +298,13 @@ pub struct Counters {
     #[serde(default)]
     pub buyer_marks: u64,
     /// Bytes allocated by the state that grows with events (dedupe sets, window records,
-    /// buyer marks): the part of RSS the horizons and windows control.
+    /// buyer marks, the minute series) and by the name tables (bounded by the engine's
+    /// `max_*` limits): the part of RSS the input controls.
     #[serde(default)]
     pub state_bytes: u64,
+    /// Of which the name tables (venues, slots, merchants, channels, slot-merchant pairs).
+    #[serde(default)]
+    pub names_bytes: u64,
 }
 
 #[cfg(test)]
@@ -267,6 +318,8 @@ mod tests {
             ((10, 3, 1), (999_999, 7, 3)),
             ((5_000, 100, 5), (0, 0, 0)),
             ((0, 0, 0), (5_000, 100, 5)),
+            // Beyond any u64: the widths hold.
+            ((u64::MAX as u128 * 1_000, 1_000_000, 900_000), (u64::MAX as u128 * 3, 2, 1)),
         ] {
             let d = decompose(60_000, cur, prev);
             assert_eq!(d.traffic_cents + d.conversion_cents + d.aov_cents, d.delta_gmv_cents, "{d:?}");

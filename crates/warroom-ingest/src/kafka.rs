@@ -86,6 +86,22 @@ impl Default for KafkaConfig {
 }
 
 impl KafkaConfig {
+    /// Every problem, each saying what to fix.
+    pub fn validate(&self) -> Result<(), Vec<String>> {
+        let mut errs = Vec::new();
+        if self.checkpoint_interval.is_zero() {
+            errs.push("kafka.checkpoint_interval must be above 0".to_string());
+        }
+        if self.batch_max == 0 {
+            errs.push("kafka.batch_max must be above 0".to_string());
+        }
+        if errs.is_empty() {
+            Ok(())
+        } else {
+            Err(errs)
+        }
+    }
+
     pub fn dlq(&self) -> String {
         self.dlq_topic.clone().unwrap_or_else(|| format!("{}.dlq", self.topic))
     }

@@ -5,6 +5,11 @@
 //! applies its events from all parts *in part order*, shards in parallel. Input order is thus
 //! kept per shard (per user), so replay is deterministic whatever the thread timing, and both
 //! cores work in both phases. The buffers are reused: no allocation per event.
+//!
+//! Every rejection comes back to the caller, whoever made it: the decoder's (bad input, a
+//! clock too far ahead, a name past a limit) and the engine's while applying (a time it cannot
+//! check for re-deliveries). The future bound on `ts` is taken from the wall clock once per
+//! chunk or batch ([`Limits::now`]), so it follows the clock for as long as the monitor runs.
 
 use std::io::{self, Read};
 use std::sync::Arc;
@@ -13,7 +18,7 @@ use std::time::{Duration, Instant};
 use rayon::prelude::*;
 use warroom_engine::intern::NameCache;
 use warroom_engine::mem::recycle;
-use warroom_engine::{Engine, Prepared};
+use warroom_engine::{Engine, Prepared, Refusal};
 use warroom_model::{Limits, Rejection};
 
 /// A message the decoder refused, kept for inspection (the file equivalent of a DLQ).
@@ -65,6 +70,8 @@ pub struct ChunkProcessor {
     engine: Arc<Engine>,
     limits: Limits,
     parts: Vec<Part>,
+    /// Per shard, the events it refused in the last apply (reused buffers).
+    refused: Vec<Vec<Refusal>>,
     /// Keep rejected lines' bytes (replay's `--rejects-out`); counts are kept regardless.
     pub keep_rejected: bool,
 }
@@ -79,7 +86,19 @@ pub struct ChunkResult {
 impl ChunkProcessor {
     pub fn new(engine: Arc<Engine>, limits: Limits) -> Self {
         let n = rayon::current_num_threads().max(1) * 2;
-        ChunkProcessor { engine, limits, parts: (0..n).map(|_| Part::default()).collect(), keep_rejected: false }
+        let refused = (0..engine.shard_count()).map(|_| Vec::new()).collect();
+        ChunkProcessor {
+            engine,
+            limits,
+            parts: (0..n).map(|_| Part::default()).collect(),
+            refused,
+            keep_rejected: false,
+        }
+    }
+
+    /// The engine this processor feeds.
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
     }
 
     /// Decodes and applies the whole lines of `chunk` now (a trailing line without `\n`
@@ -89,9 +108,31 @@ impl ChunkProcessor {
     /// chunk while decoding the next was measured 9% slower: the phases then fight over the
     /// caches. See BENCHMARKS.md.)
     pub fn process(&mut self, chunk: &[u8], first_line: u64) -> ChunkResult {
-        let (res, used) =
-            decode_into(&self.engine, &self.limits, self.keep_rejected, &mut self.parts, chunk, first_line);
-        apply_parts(&self.engine, &self.parts[..used]);
+        let limits = self.limits.now();
+        let (mut res, used) =
+            decode_into(&self.engine, &limits, self.keep_rejected, &mut self.parts, chunk, first_line);
+        apply_parts(&self.engine, &self.parts[..used], &mut self.refused);
+        if self.refused.iter().any(|r| !r.is_empty()) {
+            // Refused while applying: numbered by line; their text is found in one pass.
+            let mut late: Vec<(u64, Rejection)> = Vec::new();
+            for r in self.refused.iter_mut().flat_map(|v| v.drain(..)) {
+                late.push((r.seq, Rejection::new(r.reason, Some("ts"))));
+            }
+            if self.keep_rejected {
+                late.sort_by_key(|(line, _)| *line);
+                let mut want = late.into_iter().peekable();
+                for (line, text) in (first_line..).zip(split_lines(chunk)) {
+                    while want.peek().is_some_and(|(l, _)| *l == line) {
+                        let (_, rejection) = want.next().expect("peeked");
+                        res.rejected.push(RejectedLine { line, rejection, raw: text.to_vec() });
+                    }
+                    if want.peek().is_none() {
+                        break;
+                    }
+                }
+                res.rejected.sort_by_key(|r| r.line);
+            }
+        }
         res
     }
 }
@@ -102,7 +143,8 @@ impl ChunkProcessor {
     /// rejected message comes back with `line` = its index in `msgs`.
     pub fn process_messages(&mut self, msgs: &[&[u8]], seqs: &[u64], lanes: &[u16]) -> Vec<RejectedLine> {
         debug_assert!(msgs.len() == seqs.len() && msgs.len() == lanes.len());
-        let (engine, limits, keep) = (&*self.engine, &self.limits, self.keep_rejected);
+        let limits = self.limits.now();
+        let (engine, limits, keep) = (&*self.engine, &limits, self.keep_rejected);
         let n = self.parts.len().min(msgs.len().max(1));
         let per = msgs.len().div_ceil(n).max(1);
         let shards = engine.shard_count();
@@ -115,8 +157,24 @@ impl ChunkProcessor {
                 part.take(engine, limits, msgs[i], seqs[i], lanes[i], keep.then_some((i as u64, false)));
             }
         });
-        apply_parts(engine, &self.parts[..n]);
-        self.parts[..n].iter_mut().flat_map(|p| p.rejected.drain(..)).collect()
+        apply_parts(engine, &self.parts[..n], &mut self.refused);
+        let mut out: Vec<RejectedLine> = self.parts[..n].iter_mut().flat_map(|p| p.rejected.drain(..)).collect();
+        if self.refused.iter().any(|r| !r.is_empty()) {
+            // Refused while applying: back to the message's index through (lane, seq), which
+            // names a Kafka message uniquely (partition, offset).
+            let index: std::collections::HashMap<(u16, u64), usize> =
+                lanes.iter().zip(seqs).enumerate().map(|(i, (&l, &s))| ((l, s), i)).collect();
+            for r in self.refused.iter_mut().flat_map(|v| v.drain(..)) {
+                if let Some(&i) = index.get(&(r.lane, r.seq)) {
+                    out.push(RejectedLine {
+                        line: i as u64,
+                        rejection: Rejection::new(r.reason, Some("ts")),
+                        raw: Vec::new(),
+                    });
+                }
+            }
+        }
+        out
     }
 }
 
@@ -168,14 +226,15 @@ fn decode_into(
     (ChunkResult { lines: line - first_line, rejected }, ranges.len())
 }
 
-/// Every shard applies its events from all parts in part order; shards in parallel.
-fn apply_parts(engine: &Engine, parts: &[Part]) {
+/// Every shard applies its events from all parts in part order; shards in parallel. What a
+/// shard refuses goes to `refused[s]`.
+fn apply_parts(engine: &Engine, parts: &[Part], refused: &mut [Vec<Refusal>]) {
     if parts.is_empty() {
         return;
     }
-    (0..engine.shard_count()).into_par_iter().for_each(|s| {
+    refused.par_iter_mut().enumerate().for_each(|(s, out)| {
         for part in parts {
-            engine.apply_routed(s, &part.by_shard[s]);
+            engine.apply_routed(s, &part.by_shard[s], out);
         }
     });
 }

@@ -90,30 +90,51 @@ pub struct Event<'a> {
 }
 
 /// Limits applied while decoding. They are configuration, not contract: the contract says
-/// "oversized message" without a number, and a wall-clock bound on `ts` keeps one event with a
-/// wild clock from moving every window of the monitor into the future.
+/// "oversized message" without a number, and lets a monitor refuse events stamped further
+/// ahead of its own wall clock than an allowance (EVENTS.md v1.1), so that one producer's
+/// wrong clock costs only its own events.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     /// Messages longer than this many bytes are rejected as `too_large` without parsing.
     pub max_message_bytes: usize,
-    /// Events with `ts` above this are rejected as `ts_out_of_range`.
+    /// How far ahead of the wall clock `ts` may be; `None`: no bound (the embedded simulator,
+    /// whose clock is its own, and tests). Applied through [`Limits::at`].
+    pub max_future_ms: Option<i64>,
+    /// The bound in force: `ts` above it is rejected as `ts_in_future`. [`Limits::at`] sets
+    /// it from the wall clock at the moment a batch is read, so it follows the clock for as
+    /// long as the monitor runs (weeks, from the 预热 on).
     pub max_ts_ms: i64,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_message_bytes: 64 * 1024, max_ts_ms: i64::MAX }
+        Limits { max_message_bytes: 64 * 1024, max_future_ms: None, max_ts_ms: i64::MAX }
     }
 }
 
 impl Limits {
-    /// Limits whose future bound is `skew_ms` past the current wall clock.
-    pub fn with_future_skew(max_message_bytes: usize, skew_ms: i64) -> Self {
+    /// Limits whose future bound is `max_future_ms` past the wall clock at the time of use.
+    pub fn with_future_allowance(max_message_bytes: usize, max_future_ms: i64) -> Self {
+        Limits { max_message_bytes, max_future_ms: Some(max_future_ms), max_ts_ms: i64::MAX }
+    }
+
+    /// These limits for messages read at wall-clock time `now_ms`.
+    #[inline]
+    pub fn at(&self, now_ms: i64) -> Limits {
+        let max_ts_ms = self.max_future_ms.map_or(i64::MAX, |f| now_ms.saturating_add(f));
+        Limits { max_ts_ms, ..*self }
+    }
+
+    /// These limits for messages read now (one clock read; call it once per batch).
+    pub fn now(&self) -> Limits {
+        if self.max_future_ms.is_none() {
+            return *self;
+        }
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as i64)
             .unwrap_or(0);
-        Limits { max_message_bytes, max_ts_ms: now.saturating_add(skew_ms) }
+        self.at(now)
     }
 }
 
@@ -188,11 +209,30 @@ impl<'a> RawEvent<'a> {
             Rejection::new(Reason::UnknownType, Some("type")).with_detail(shown)
         })?;
         let ts = self.ts.ok_or_else(|| missing("ts"))?;
-        if ts < 0 || ts > limits.max_ts_ms {
+        if ts < 0 {
             return Err(Rejection::new(Reason::TsOutOfRange, Some("ts")).with_detail(ts.to_string()));
+        }
+        if ts > limits.max_ts_ms {
+            let ahead = ts.saturating_sub(limits.max_ts_ms.saturating_sub(limits.max_future_ms.unwrap_or(0)));
+            return Err(Rejection::new(Reason::TsInFuture, Some("ts")).with_detail(format!(
+                "ts {ts} is {ahead} ms ahead of the monitor's clock; the allowance is {} ms",
+                limits.max_future_ms.unwrap_or(0)
+            )));
         }
         let user_id = self.user_id.ok_or_else(|| missing("user_id"))?;
         check_id(&user_id, "user_id")?;
+        for (v, f) in [
+            (&self.venue, "venue"),
+            (&self.slot, "slot"),
+            (&self.item_id, "item_id"),
+            (&self.merchant_id, "merchant_id"),
+            (&self.channel, "channel"),
+            (&self.order_id, "order_id"),
+        ] {
+            if let Some(v) = v {
+                check_id(v, f)?;
+            }
+        }
         if kind.needs_order() {
             if self.order_id.is_none() {
                 return Err(missing("order_id"));
@@ -218,6 +258,8 @@ impl<'a> RawEvent<'a> {
     }
 }
 
+/// Ids and names: 1..=128 bytes (contract v1.1; names were unbounded in v1, which let a flood
+/// of long unique names grow the interner).
 fn check_id(s: &str, field: &'static str) -> Result<(), Rejection> {
     if s.is_empty() || s.len() > MAX_ID_BYTES {
         return Err(Rejection::new(Reason::BadLength, Some(field)).with_detail(format!("{} bytes", s.len())));
@@ -299,7 +341,7 @@ impl<'de, 'f, 'r> Visitor<'de> for EventVisitor<'f, 'r, 'de> {
                     set!(
                         raw.coupon_cents,
                         "coupon_cents",
-                        OptSeed(AmountSeed { failure: fail, field: "coupon_cents", max: u64::MAX })
+                        OptSeed(AmountSeed { failure: fail, field: "coupon_cents", max: MAX_AMOUNT_CENTS })
                     )
                 }
                 _ => {
@@ -476,7 +518,7 @@ impl<'de, 'f> Visitor<'de> for TsSeed<'f> {
 struct AmountSeed<'f> {
     failure: Noted<'f>,
     field: &'static str,
-    /// `amount_cents` is bounded by 10^12; `coupon_cents` only by being a u64.
+    /// 10^12 for both (contract v1.1 bounds `coupon_cents` like `amount_cents`).
     max: u64,
 }
 
@@ -617,10 +659,37 @@ mod tests {
     }
 
     #[test]
-    fn future_ts_is_rejected_by_limit() {
-        let limits = Limits { max_ts_ms: 1000, ..Limits::default() };
-        let r = decode(br#"{"event_id":"a","type":"click","ts":1001,"user_id":"u"}"#, &limits).unwrap_err();
-        assert_eq!(r.reason, Reason::TsOutOfRange);
+    fn future_ts_is_rejected_against_the_clock_of_the_moment() {
+        let limits = Limits::with_future_allowance(64 * 1024, 500);
+        let ev = br#"{"event_id":"a","type":"click","ts":1001,"user_id":"u"}"#;
+        let r = decode(ev, &limits.at(500)).unwrap_err();
+        assert_eq!((r.reason, r.field), (Reason::TsInFuture, Some("ts")));
+        assert!(r.to_string().contains("501 ms ahead"), "{r}");
+        // The same limits a little later: the bound moved with the clock.
+        assert!(decode(ev, &limits.at(501)).is_ok());
+        assert!(decode(ev, &Limits::default()).is_ok(), "no allowance: no bound");
+    }
+
+    #[test]
+    fn names_are_one_to_128_bytes() {
+        let long = "n".repeat(129);
+        for field in ["venue", "slot", "item_id", "merchant_id", "channel", "order_id"] {
+            let line = format!(r#"{{"event_id":"a","type":"click","ts":1,"user_id":"u","{field}":"{long}"}}"#);
+            assert_eq!(reason(&line), (Reason::BadLength, Some(field)), "{field}");
+            let line = format!(r#"{{"event_id":"a","type":"click","ts":1,"user_id":"u","{field}":""}}"#);
+            assert_eq!(reason(&line), (Reason::BadLength, Some(field)), "{field} empty");
+            let ok =
+                format!(r#"{{"event_id":"a","type":"click","ts":1,"user_id":"u","{field}":"{}"}}"#, "n".repeat(128));
+            assert!(decode(ok.as_bytes(), &Limits::default()).is_ok(), "{field} of 128 bytes");
+        }
+    }
+
+    #[test]
+    fn coupon_is_bounded_like_amount() {
+        let over = r#"{"event_id":"a","type":"pay","ts":1,"user_id":"u","order_id":"o","amount_cents":5,"coupon_cents":1000000000001}"#;
+        assert_eq!(reason(over), (Reason::BadAmount, Some("coupon_cents")));
+        let max = r#"{"event_id":"a","type":"pay","ts":1,"user_id":"u","order_id":"o","amount_cents":5,"coupon_cents":1000000000000}"#;
+        assert_eq!(decode(max.as_bytes(), &Limits::default()).unwrap().coupon_cents, Some(MAX_AMOUNT_CENTS));
     }
 
     #[test]

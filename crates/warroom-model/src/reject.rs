@@ -23,7 +23,7 @@ pub enum Reason {
     BadAmount,
     /// The message is larger than the configured maximum.
     TooLarge,
-    /// `ts` negative or further in the future than the configured skew allows.
+    /// `ts` negative or beyond what an `i64` of milliseconds holds.
     TsOutOfRange,
     /// The same field appears twice in one object.
     DuplicateField,
@@ -34,10 +34,25 @@ pub enum Reason {
     /// `warroom rehearse` puts on every message) reached a live monitor: a recording with
     /// shifted times must never be counted as the night's data.
     RehearsalOnLive,
+    /// `ts` is further ahead of the monitor's wall clock (at the moment the message was
+    /// read) than `limits.max_future` allows: the producer's clock is wrong, and the event
+    /// would otherwise move every window ahead of everybody else's data.
+    TsInFuture,
+    /// The event names a venue beyond `engine.max_venues` distinct venues.
+    TooManyVenues,
+    /// The event names a slot beyond `engine.max_slots` distinct slots.
+    TooManySlots,
+    /// The event names a merchant beyond `engine.max_merchants` distinct merchants on slots.
+    TooManyMerchants,
+    /// The event names a channel beyond `engine.max_channels` distinct channels.
+    TooManyChannels,
+    /// The event names a (slot, merchant) pair beyond `engine.max_slot_merchants` pairs: slots
+    /// changed merchant (商品更换) far more often than a promotion does.
+    TooManySlotMerchants,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 12] = [
+    pub const ALL: [Reason; 18] = [
         Reason::NotJson,
         Reason::NotObject,
         Reason::MissingField,
@@ -50,6 +65,12 @@ impl Reason {
         Reason::DuplicateField,
         Reason::BeyondDedupeHorizon,
         Reason::RehearsalOnLive,
+        Reason::TsInFuture,
+        Reason::TooManyVenues,
+        Reason::TooManySlots,
+        Reason::TooManyMerchants,
+        Reason::TooManyChannels,
+        Reason::TooManySlotMerchants,
     ];
 
     /// The stable name used in metrics, DLQ headers and snapshots.
@@ -67,6 +88,12 @@ impl Reason {
             Reason::DuplicateField => "duplicate_field",
             Reason::BeyondDedupeHorizon => "beyond_dedupe_horizon",
             Reason::RehearsalOnLive => "rehearsal_on_live",
+            Reason::TsInFuture => "ts_in_future",
+            Reason::TooManyVenues => "too_many_venues",
+            Reason::TooManySlots => "too_many_slots",
+            Reason::TooManyMerchants => "too_many_merchants",
+            Reason::TooManyChannels => "too_many_channels",
+            Reason::TooManySlotMerchants => "too_many_slot_merchants",
         }
     }
 
@@ -113,13 +140,27 @@ impl fmt::Display for Rejection {
             (Reason::NotObject, _) => "the message must be a JSON object".to_string(),
             (Reason::MissingField, Some(f)) => format!("required field `{f}` is missing"),
             (Reason::WrongType, Some(f)) => format!("field `{f}` has the wrong type"),
-            (Reason::BadLength, Some(f)) => format!("field `{f}` must be 1..=128 bytes"),
+            (Reason::BadLength, Some(f)) => format!("field `{f}` must be 1..=128 bytes (contract v1.1)"),
             (Reason::UnknownType, _) => {
                 "`type` is not one of impression, click, favorite, cart, order, pay, refund".to_string()
             }
             (Reason::BadAmount, Some(f)) => format!("field `{f}` must be an integer number of cents in 0..=10^12"),
             (Reason::TooLarge, _) => "the message exceeds the maximum message size".to_string(),
-            (Reason::TsOutOfRange, _) => "`ts` is negative or too far in the future".to_string(),
+            (Reason::TsOutOfRange, _) => "`ts` must be a non-negative integer of milliseconds".to_string(),
+            (Reason::TsInFuture, _) => {
+                "`ts` is further ahead of the monitor's clock than limits.max_future allows: check the producer's clock".to_string()
+            }
+            (Reason::TooManyVenues, _) => "more distinct venues than engine.max_venues; raise it if they are real".to_string(),
+            (Reason::TooManySlots, _) => "more distinct slots than engine.max_slots; raise it if they are real".to_string(),
+            (Reason::TooManyMerchants, _) => {
+                "more distinct merchants on slots than engine.max_merchants; raise it if they are real".to_string()
+            }
+            (Reason::TooManyChannels, _) => {
+                "more distinct channels than engine.max_channels; raise it if they are real".to_string()
+            }
+            (Reason::TooManySlotMerchants, _) => {
+                "more (slot, merchant) pairs than engine.max_slot_merchants; raise it if slots really change hands that often".to_string()
+            }
             (Reason::DuplicateField, Some(f)) => format!("field `{f}` appears twice"),
             (Reason::BeyondDedupeHorizon, _) => "`ts` is older than the de-duplication horizon".to_string(),
             (Reason::RehearsalOnLive, _) => {

@@ -73,6 +73,12 @@ enum Cmd {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Print the effective configuration (the embedded defaults with --config merged over
+    /// them) and where each value came from; `run --print-config` adds flags and environment.
+    Config {
+        #[arg(long, env = "WARROOM_CONFIG")]
+        config: Option<PathBuf>,
+    },
     /// Load test: produce contract events to a Kafka topic at a target rate and shape.
     Loadgen(LoadgenOpts),
     /// Rehearsal (演练): replay a recorded event file through Kafka at N x speed, times moved to now.
@@ -248,6 +254,18 @@ struct RunOpts {
     /// Rehearsal: the replay speed, for the banner.
     #[arg(long, default_value_t = 1.0)]
     rehearsal_speed: f64,
+    /// Print the effective configuration (with flags and environment applied) and where each
+    /// value came from, then exit.
+    #[arg(long)]
+    print_config: bool,
+}
+
+/// Where a flag's value came from: its environment variable if that is set to it, else the flag.
+fn flag_origin(flag: &str, env: &str, value: &str) -> String {
+    match std::env::var(env) {
+        Ok(v) if v == value => format!("environment {env}"),
+        _ => format!("flag {flag}"),
+    }
 }
 
 /// Pins glibc's allocator thresholds, unless the operator set `GLIBC_TUNABLES` for malloc.
@@ -291,6 +309,9 @@ fn main() {
             generate(&out, events, seed, span, start_ms, users, profile)
         }
         Cmd::CheckConfig { config } => Settings::load(Some(&config)).map(|_| println!("{}: ok", config.display())),
+        Cmd::Config { config } => {
+            Settings::load_with_origins(config.as_deref()).map(|(_, origins)| print!("{}", origins.render()))
+        }
         Cmd::Loadgen(o) => loadgen(o),
         Cmd::Rehearse(o) => rehearse(o),
     };
@@ -401,7 +422,7 @@ fn generate(
     Ok(())
 }
 
-fn yuan(cents: u64) -> String {
+fn yuan(cents: u128) -> String {
     let s = (cents / 100).to_string();
     let mut out = String::new();
     for (i, ch) in s.chars().enumerate() {
@@ -452,19 +473,30 @@ fn summary_line(s: &Snapshot) -> String {
 
 fn run(o: RunOpts) -> anyhow::Result<()> {
     let RunOpts { source, input, config, duration, speed, rate, .. } = o;
-    let mut settings = Settings::load(config.as_deref())?;
+    let (mut settings, mut origins) = Settings::load_with_origins(config.as_deref())?;
     let mut kcfg = settings.kafka.clone();
+    let mut flag = |key: &str, flag: &str, env: &str, v: &str| {
+        origins.set(key, toml::Value::String(v.to_string()), &flag_origin(flag, env, v));
+    };
     if let Some(b) = o.brokers {
+        flag("kafka.brokers", "--brokers", "WARROOM_BROKERS", &b);
         kcfg.brokers = b;
     }
     if let Some(t) = o.topic {
+        flag("kafka.topic", "--topic", "WARROOM_TOPIC", &t);
         kcfg.topic = t;
     }
     if let Some(g) = &o.group {
+        flag("kafka.group", "--group", "WARROOM_GROUP", g);
         kcfg.group = g.clone();
     }
     if let Some(d) = &o.state_dir {
+        flag("kafka.state_dir", "--state-dir", "WARROOM_STATE_DIR", &d.display().to_string());
         kcfg.state_dir = d.clone();
+    }
+    if o.print_config {
+        print!("{}", origins.render());
+        return Ok(());
     }
     let sim_cfg = SimConfig {
         gen: gen::GenConfig { seed: settings.sim.seed, ..Default::default() },

@@ -156,3 +156,29 @@ fn alert_rules_are_reloaded_when_the_config_file_changes() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[test]
+fn a_config_file_overrides_key_by_key_and_the_effective_config_says_where_from() {
+    let cfg = tmp("one-key.toml");
+    std::fs::write(&cfg, "[engine]\nmax_slots = 7\n").unwrap();
+    let out = bin().args(["config", "--config"]).arg(&cfg).output().unwrap();
+    assert!(out.status.success(), "{}", show(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(&format!("max_slots = 7   # from: {}", cfg.display())), "{text}");
+    // Everything else keeps the embedded defaults (not Rust's: the races stay damped, the
+    // alert rules stay), and says so.
+    assert!(text.contains("hysteresis = 0.05   # from: embedded config/warroom.toml"), "{text}");
+    assert!(text.contains("name = \"pace-behind\""), "{text}");
+    // Flags and environment on top, named as such.
+    let out = bin()
+        .args(["run", "--print-config", "--source", "kafka", "--topic", "t-flag", "--config"])
+        .arg(&cfg)
+        .env("WARROOM_BROKERS", "10.0.0.9:9093")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", show(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("topic = \"t-flag\"   # from: flag --topic"), "{text}");
+    assert!(text.contains("brokers = \"10.0.0.9:9093\"   # from: environment WARROOM_BROKERS"), "{text}");
+    assert!(text.contains("max_slots = 7"), "{text}");
+}

@@ -37,7 +37,10 @@ fn kill_dash_nine_half_way_then_restart_counts_exactly() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("warroom.toml"),
-        "[kafka]\ncheckpoint_interval = \"3s\"\n[kafka.properties]\n\"session.timeout.ms\" = \"6000\"\n\"max.poll.interval.ms\" = \"7000\"\n",
+        format!(
+            "{}[kafka]\ncheckpoint_interval = \"3s\"\n[kafka.properties]\n\"session.timeout.ms\" = \"6000\"\n\"max.poll.interval.ms\" = \"7000\"\n",
+            warroom_tests::kafka::REFERENCE_RACES
+        ),
     )
     .unwrap();
 

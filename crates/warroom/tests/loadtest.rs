@@ -18,7 +18,8 @@ fn short_group_timeouts(dir: &Path, extra: &str) {
     std::fs::write(
         dir.join("warroom.toml"),
         format!(
-            "{extra}\n[kafka]\ncheckpoint_interval = \"2s\"\n[kafka.properties]\n\"session.timeout.ms\" = \"6000\"\n\"max.poll.interval.ms\" = \"7000\"\n"
+            "{}{extra}\n[kafka]\ncheckpoint_interval = \"2s\"\n[kafka.properties]\n\"session.timeout.ms\" = \"6000\"\n\"max.poll.interval.ms\" = \"7000\"\n",
+            warroom_tests::kafka::REFERENCE_RACES
         ),
     )
     .unwrap();
