@@ -61,17 +61,15 @@ pub fn produce_unkeyed(topic: &str, lines: &[&[u8]]) {
     produce_with(&brokers(), topic, lines, false)
 }
 
-fn produce_with(brokers: &str, topic: &str, lines: &[&[u8]], keyed: bool) {
+/// Produces `lines` as a live producer does: keyed as contract v1.1 says, each message's time
+/// the wall clock when it is sent (whatever the event's `ts` says).
+pub fn produce_now(topic: &str, lines: &[&[u8]]) {
     let producer: ThreadedProducer<DefaultProducerContext> =
-        ClientConfig::new().set("bootstrap.servers", brokers).set("linger.ms", "5").create().expect("producer");
+        ClientConfig::new().set("bootstrap.servers", brokers()).set("linger.ms", "5").create().expect("producer");
     for l in lines {
-        let key = serde_json::from_slice::<serde_json::Value>(l)
-            .ok()
-            .filter(|_| keyed)
-            .and_then(|v| v.get("user_id").and_then(|u| u.as_str()).map(str::to_owned));
-        let mut rec = BaseRecord::<str, [u8]>::to(topic).payload(*l);
-        if let Some(k) = &key {
-            rec = rec.key(k.as_str());
+        let mut rec = BaseRecord::<[u8], [u8]>::to(topic).payload(*l);
+        if let Some(k) = warroom_ingest::produce::partition_key(l) {
+            rec = rec.key(k);
         }
         let mut rec = Some(rec);
         while let Some(r) = rec.take() {
@@ -82,6 +80,83 @@ fn produce_with(brokers: &str, topic: &str, lines: &[&[u8]], keyed: bool) {
         }
     }
     producer.flush(Duration::from_secs(30)).expect("flush");
+}
+
+/// A message read back from a dead-letter topic: its headers (as text) and payload.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    pub headers: std::collections::BTreeMap<String, String>,
+    pub payload: Vec<u8>,
+}
+
+impl DeadLetter {
+    pub fn reason(&self) -> &str {
+        self.headers.get("warroom-reason").map_or("", String::as_str)
+    }
+}
+
+/// Reads `n` messages of the dead-letter topic `dlq` from its beginning (at most 60 s).
+pub fn read_dead_letters(dlq: &str, n: u64) -> Vec<DeadLetter> {
+    read_dead_letters_from(&brokers(), dlq, n)
+}
+
+/// [`read_dead_letters`] from the given brokers.
+pub fn read_dead_letters_from(brokers: &str, dlq: &str, n: u64) -> Vec<DeadLetter> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::{Headers, Message};
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", unique("dlq-reader"))
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", "6000")
+        .set("max.poll.interval.ms", "7000")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[dlq]).unwrap();
+    let mut out = Vec::new();
+    let started = std::time::Instant::now();
+    while (out.len() as u64) < n && started.elapsed() < Duration::from_secs(60) {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+            let h = m.headers().expect("dead letters carry headers");
+            let headers = h
+                .iter()
+                .filter_map(|x| x.value.map(|v| (x.key.to_string(), String::from_utf8_lossy(v).to_string())))
+                .collect();
+            out.push(DeadLetter { headers, payload: m.payload().unwrap_or_default().to_vec() });
+        }
+    }
+    out
+}
+
+/// Produces `lines`, keyed as contract v1.1 says (unless `keyed` is false), each message
+/// stamped with its event's `ts` as the time it was sent: a recorded night produced as if live
+/// (the monitor refuses events stamped far behind their message's time).
+fn produce_with(brokers: &str, topic: &str, lines: &[&[u8]], keyed: bool) {
+    let producer: ThreadedProducer<DefaultProducerContext> =
+        ClientConfig::new().set("bootstrap.servers", brokers).set("linger.ms", "5").create().expect("producer");
+    for l in lines {
+        let key = warroom_ingest::produce::partition_key(l).filter(|_| keyed);
+        let mut rec = BaseRecord::<[u8], [u8]>::to(topic).payload(*l);
+        if let Some(k) = key {
+            rec = rec.key(k);
+        }
+        if let Some(ts) = sent_time(l) {
+            rec = rec.timestamp(ts);
+        }
+        let mut rec = Some(rec);
+        while let Some(r) = rec.take() {
+            if let Err((_, r)) = producer.send(r) {
+                std::thread::sleep(Duration::from_millis(5));
+                rec = Some(r);
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(30)).expect("flush");
+}
+
+/// The `ts` of an event line, as the time its message is sent (none for lines without one).
+pub fn sent_time(line: &[u8]) -> Option<i64> {
+    serde_json::from_slice::<serde_json::Value>(line).ok()?.get("ts")?.as_i64().filter(|t| *t >= 0)
 }
 
 /// Starts `warroom run --source kafka` (the binary at `bin`) on `topic` with `dir` holding its

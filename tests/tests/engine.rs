@@ -258,3 +258,25 @@ fn state_bytes_stay_flat_over_an_hour_of_the_soak_traffic() {
     let marks_lo = warm.iter().map(|s| s.2).min().unwrap();
     assert!(marks_hi <= marks_lo * 11 / 10, "buyer marks follow the traffic, not the clock: {samples:?}");
 }
+
+#[test]
+fn a_first_event_far_in_the_past_fixes_no_clock() {
+    // A replay whose first line comes from a clock two months behind (a replay has no message
+    // times to check it against, so it is counted), then an hour of ordinary traffic: the
+    // distinct counts of every window must still follow the ordinary traffic's time.
+    let mut lines = vec![click("past", T0 - 60 * 86_400_000, "u-past", "main-001")];
+    let mut g = Generator::new(GenConfig { seed: 5, duplicate_share: 0.0, bad_share: 0.0, ..GenConfig::default() });
+    let mut buf = Vec::new();
+    for i in 0..30_000i64 {
+        g.emit(T0 + i * 120, &mut buf);
+    }
+    lines.extend(String::from_utf8(buf).unwrap().lines().map(str::to_string));
+    let engine = Engine::new(Config::default());
+    feed(&engine, &lines);
+    let (snap, _) = engine.publish();
+    let bytes: Vec<&[u8]> = lines.iter().map(|l| l.as_bytes()).collect();
+    let want = warroom_tests::reference(&bytes, &[60_000, 300_000, 3_600_000], 300_000);
+    warroom_tests::assert_matches_reference(&snap, &want, "a first event two months in the past");
+    let w1 = &snap.windows[0];
+    assert!(w1.uv < snap.totals.uv / 10, "the 1-minute window counts only its minute: {w1:?} vs {:?}", snap.totals);
+}

@@ -8,13 +8,13 @@ use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers, Message};
+use rdkafka::message::Message;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use warroom_engine::Config;
 use warroom_ingest::gen::{write_night, GenConfig};
 use warroom_ingest::kafka::{open_engine, KafkaConfig, KafkaSource};
 use warroom_model::Limits;
-use warroom_tests::kafka::{brokers, create_topic, produce, produce_unkeyed, unique};
+use warroom_tests::kafka::{brokers, create_topic, produce, produce_unkeyed, read_dead_letters, unique};
 
 fn kafka_cfg(topic: &str, group: &str, state: &std::path::Path) -> KafkaConfig {
     let mut props = BTreeMap::new();
@@ -160,38 +160,6 @@ fn a_consumer_group_counts_exactly_what_replay_counts_and_dead_letters_the_bad()
     let want_reasons: BTreeMap<String, u64> = snap.rejections.clone().into_iter().collect();
     assert_eq!(reasons, want_reasons, "dead letters by reason");
     assert!(snap.totals.rejected > 0);
-}
-
-/// A message read back from a dead-letter topic: its headers (as text) and payload.
-struct DeadLetter {
-    headers: BTreeMap<String, String>,
-    payload: Vec<u8>,
-}
-
-/// Reads `n` messages of the dead-letter topic `dlq` from its beginning (at most 60 s).
-fn read_dead_letters(dlq: &str, n: u64) -> Vec<DeadLetter> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .set("group.id", unique("dlq-reader"))
-        .set("auto.offset.reset", "earliest")
-        .set("session.timeout.ms", "6000")
-        .set("max.poll.interval.ms", "7000")
-        .create()
-        .unwrap();
-    consumer.subscribe(&[dlq]).unwrap();
-    let mut out = Vec::new();
-    let started = Instant::now();
-    while (out.len() as u64) < n && started.elapsed() < Duration::from_secs(60) {
-        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
-            let h = m.headers().expect("dead letters carry headers");
-            let headers = h
-                .iter()
-                .filter_map(|x| x.value.map(|v| (x.key.to_string(), String::from_utf8_lossy(v).to_string())))
-                .collect();
-            out.push(DeadLetter { headers, payload: m.payload().unwrap_or_default().to_vec() });
-        }
-    }
-    out
 }
 
 /// Runs a member of the group on its own engine and state directory.
@@ -565,7 +533,11 @@ fn produce_rehearsal(topic: &str, lines: &[&[u8]]) {
         ClientConfig::new().set("bootstrap.servers", brokers()).create().expect("producer");
     for l in lines {
         let headers = OwnedHeaders::new().insert(Header { key: warroom_ingest::rehearse::HEADER, value: Some("60") });
-        let mut rec = Some(BaseRecord::<str, [u8]>::to(topic).payload(*l).headers(headers));
+        let mut rec = BaseRecord::<str, [u8]>::to(topic).payload(*l).headers(headers);
+        if let Some(ts) = warroom_tests::kafka::sent_time(l) {
+            rec = rec.timestamp(ts);
+        }
+        let mut rec = Some(rec);
         while let Some(r) = rec.take() {
             if let Err((_, r)) = producer.send(r) {
                 std::thread::sleep(Duration::from_millis(5));

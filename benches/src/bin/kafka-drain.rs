@@ -137,7 +137,13 @@ mod warroom_tests_free {
         let p: ThreadedProducer<DefaultProducerContext> =
             ClientConfig::new().set("bootstrap.servers", brokers).set("linger.ms", "5").create().unwrap();
         for l in lines {
-            let mut rec = Some(BaseRecord::<(), [u8]>::to(topic).payload(*l));
+            // Sent at the event's own time: a recorded night produced as if live.
+            let ts = serde_json::from_slice::<serde_json::Value>(l).ok().and_then(|v| v["ts"].as_i64());
+            let mut rec = BaseRecord::<(), [u8]>::to(topic).payload(*l);
+            if let Some(ts) = ts.filter(|t| *t >= 0) {
+                rec = rec.timestamp(ts);
+            }
+            let mut rec = Some(rec);
             while let Some(r) = rec.take() {
                 if let Err((_, r)) = p.send(r) {
                     std::thread::sleep(Duration::from_millis(2));

@@ -226,7 +226,8 @@ impl Pending {
             s..self.bytes.len()
         });
         let rehearsal = m.headers().is_some_and(|h| h.iter().any(|h| h.key == crate::rehearse::HEADER));
-        self.meta.push(Taken { payload, key, partition: m.partition(), offset: m.offset(), rehearsal });
+        let sent = m.timestamp().to_millis().unwrap_or(-1);
+        self.meta.push(Taken { payload, key, partition: m.partition(), offset: m.offset(), sent, rehearsal });
     }
 }
 
@@ -235,6 +236,8 @@ struct Taken {
     key: Option<std::ops::Range<usize>>,
     partition: i32,
     offset: i64,
+    /// The message's timestamp (CreateTime or LogAppendTime, ms; -1: none).
+    sent: i64,
     /// Carries the `warroom-rehearsal` header.
     rehearsal: bool,
 }
@@ -351,7 +354,8 @@ impl Shared {
         let msgs: Vec<&[u8]> = taken.iter().map(|&i| &pending.bytes[meta[i].payload.clone()]).collect();
         let seqs: Vec<u64> = taken.iter().map(|&i| meta[i].offset as u64).collect();
         let lanes: Vec<u16> = taken.iter().map(|&i| meta[i].partition as u16).collect();
-        let decoded = proc.process_messages(&msgs, &seqs, &lanes);
+        let sent: Vec<i64> = taken.iter().map(|&i| meta[i].sent).collect();
+        let decoded = proc.process_messages(&msgs, &seqs, &lanes, &sent);
         rejected.extend(decoded.into_iter().map(|r| (taken[r.line as usize], r.rejection)));
         self.stats.messages.fetch_add(meta.len() as u64, Ordering::Relaxed);
         self.stats.rejected.fetch_add(rejected.len() as u64, Ordering::Relaxed);

@@ -139,11 +139,15 @@ impl ChunkProcessor {
 
 impl ChunkProcessor {
     /// Decodes and applies a batch of separate messages (Kafka payloads: one event each, which
-    /// may legally contain newlines). `seqs[i]` orders ties of message `i` (its offset). A
-    /// rejected message comes back with `line` = its index in `msgs`.
-    pub fn process_messages(&mut self, msgs: &[&[u8]], seqs: &[u64], lanes: &[u16]) -> Vec<RejectedLine> {
-        debug_assert!(msgs.len() == seqs.len() && msgs.len() == lanes.len());
+    /// may legally contain newlines). `seqs[i]` orders ties of message `i` (its offset);
+    /// `sent[i]` is when it was sent (its Kafka timestamp, negative if unknown): an event
+    /// stamped more than the dedupe horizon before that is refused (a producer clock behind,
+    /// caught even on a partition's first event). A rejected message comes back with `line` =
+    /// its index in `msgs`.
+    pub fn process_messages(&mut self, msgs: &[&[u8]], seqs: &[u64], lanes: &[u16], sent: &[i64]) -> Vec<RejectedLine> {
+        debug_assert!(msgs.len() == seqs.len() && msgs.len() == lanes.len() && msgs.len() == sent.len());
         let limits = self.limits.now();
+        let horizon = self.engine.config().engine.dedupe_horizon.as_millis() as i64;
         let (engine, limits, keep) = (&*self.engine, &limits, self.keep_rejected);
         let n = self.parts.len().min(msgs.len().max(1));
         let per = msgs.len().div_ceil(n).max(1);
@@ -154,7 +158,8 @@ impl ChunkProcessor {
             let hi = ((k + 1) * per).min(msgs.len());
             for i in lo..hi {
                 // A rejection is numbered by its index; no raw copy: the caller holds the bytes.
-                part.take(engine, limits, msgs[i], seqs[i], lanes[i], keep.then_some((i as u64, false)));
+                let limits = limits.sent_at(sent[i], horizon);
+                part.take(engine, &limits, msgs[i], seqs[i], lanes[i], keep.then_some((i as u64, false)));
             }
         });
         apply_parts(engine, &self.parts[..n], &mut self.refused);

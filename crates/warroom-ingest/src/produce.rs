@@ -40,8 +40,9 @@ impl ProducerContext for Deliveries {
     }
 }
 
-/// A producer for event lines: keyed by `user_id` (a user's events stay in order in one
-/// partition, as on the platform), waiting while librdkafka's queue is full.
+/// A producer for event lines, keyed as contract v1.1 says ([`partition_key`]: `order`, `pay`
+/// and `refund` by `order_id`, the rest by `user_id`), waiting while librdkafka's queue is
+/// full.
 pub struct EventProducer {
     inner: ThreadedProducer<Deliveries>,
     topic: String,
@@ -73,12 +74,21 @@ impl EventProducer {
         self
     }
 
-    /// Sends one line (without its `\n`), keyed by its `user_id` when it has one. Waits while
-    /// the local queue is full; returns an error only for a non-retriable one.
+    /// Sends one line (without its `\n`), keyed by [`partition_key`]. Waits while the local
+    /// queue is full; returns an error only for a non-retriable one.
     pub fn send(&self, line: &[u8]) -> Result<(), KafkaError> {
+        self.send_at(line, None)
+    }
+
+    /// [`EventProducer::send`] with the message's timestamp set to `sent_ms` (a rehearsal sends
+    /// each line with the time it arrives at in the replayed night; default: now).
+    pub fn send_at(&self, line: &[u8], sent_ms: Option<i64>) -> Result<(), KafkaError> {
         let mut rec = BaseRecord::<[u8], [u8]>::to(&self.topic).payload(line);
-        if let Some(k) = user_key(line) {
+        if let Some(k) = partition_key(line) {
             rec = rec.key(k);
+        }
+        if let Some(t) = sent_ms {
+            rec = rec.timestamp(t);
         }
         if let Some(h) = &self.headers {
             rec = rec.headers(h.clone());
@@ -112,9 +122,25 @@ impl EventProducer {
     }
 }
 
-/// The `user_id` of an event line, found without parsing (the partitioning key).
+/// The `user_id` of an event line, found without parsing.
 pub fn user_key(line: &[u8]) -> Option<&[u8]> {
-    let pat = b"\"user_id\":\"";
+    string_field(line, b"\"user_id\":\"")
+}
+
+/// The Kafka key contract v1.1 gives an event line, found without parsing: its `order_id`
+/// for `order`, `pay` and `refund` (every payment of an order on one partition), its
+/// `user_id` otherwise (every re-delivery of an event on one partition).
+pub fn partition_key(line: &[u8]) -> Option<&[u8]> {
+    let money = [&b"\"type\":\"pay\""[..], b"\"type\":\"order\"", b"\"type\":\"refund\""];
+    if money.iter().any(|t| memchr::memmem::find(line, t).is_some()) {
+        if let Some(o) = string_field(line, b"\"order_id\":\"") {
+            return Some(o);
+        }
+    }
+    user_key(line)
+}
+
+fn string_field<'a>(line: &'a [u8], pat: &[u8]) -> Option<&'a [u8]> {
     let i = memchr::memmem::find(line, pat)? + pat.len();
     let end = memchr::memchr(b'"', &line[i..])?;
     Some(&line[i..i + end])

@@ -212,7 +212,9 @@ pub fn play(
             let wait = early.max(Duration::from_millis(ahead.max(0) as u64)).min(Duration::from_millis(50));
             std::thread::sleep(wait);
         }
-        if let Err(e) = producer.send(&out) {
+        // The message's own time is when the line arrives in the replayed night, so the
+        // monitor's checks against message time see the recording as it was.
+        if let Err(e) = producer.send_at(&out, Some(clock + shift_ms)) {
             rep.failed += 1;
             tracing::warn!(error = %e, "rehearse: the producer refused a message");
         }

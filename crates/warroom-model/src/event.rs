@@ -104,18 +104,32 @@ pub struct Limits {
     /// it from the wall clock at the moment a batch is read, so it follows the clock for as
     /// long as the monitor runs (weeks, from the 预热 on).
     pub max_ts_ms: i64,
+    /// `ts` below this is rejected as `beyond_dedupe_horizon`: set per message by a source
+    /// that knows when the message was sent (Kafka's message timestamp minus the dedupe
+    /// horizon, see [`Limits::sent_at`]), so an event stamped far in the past is refused even
+    /// when it is the first one a partition delivers.
+    pub min_ts_ms: i64,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_message_bytes: 64 * 1024, max_future_ms: None, max_ts_ms: i64::MAX }
+        Limits { max_message_bytes: 64 * 1024, max_future_ms: None, max_ts_ms: i64::MAX, min_ts_ms: i64::MIN }
     }
 }
 
 impl Limits {
     /// Limits whose future bound is `max_future_ms` past the wall clock at the time of use.
     pub fn with_future_allowance(max_message_bytes: usize, max_future_ms: i64) -> Self {
-        Limits { max_message_bytes, max_future_ms: Some(max_future_ms), max_ts_ms: i64::MAX }
+        Limits { max_message_bytes, max_future_ms: Some(max_future_ms), max_ts_ms: i64::MAX, min_ts_ms: i64::MIN }
+    }
+
+    /// These limits for a message sent at `sent_ms` (its Kafka timestamp; negative: unknown)
+    /// by a producer whose events older than `horizon_ms` before that cannot be checked for
+    /// re-deliveries.
+    #[inline]
+    pub fn sent_at(&self, sent_ms: i64, horizon_ms: i64) -> Limits {
+        let min_ts_ms = if sent_ms < 0 { i64::MIN } else { sent_ms.saturating_sub(horizon_ms) };
+        Limits { min_ts_ms, ..*self }
     }
 
     /// These limits for messages read at wall-clock time `now_ms`.
@@ -211,6 +225,12 @@ impl<'a> RawEvent<'a> {
         let ts = self.ts.ok_or_else(|| missing("ts"))?;
         if ts < 0 {
             return Err(Rejection::new(Reason::TsOutOfRange, Some("ts")).with_detail(ts.to_string()));
+        }
+        if ts < limits.min_ts_ms {
+            return Err(Rejection::new(Reason::BeyondDedupeHorizon, Some("ts")).with_detail(format!(
+                "ts {ts} is older than {} (when its message was sent, minus the de-duplication horizon): check the producer's clock",
+                limits.min_ts_ms
+            )));
         }
         if ts > limits.max_ts_ms {
             let ahead = ts.saturating_sub(limits.max_ts_ms.saturating_sub(limits.max_future_ms.unwrap_or(0)));
@@ -668,6 +688,15 @@ mod tests {
         // The same limits a little later: the bound moved with the clock.
         assert!(decode(ev, &limits.at(501)).is_ok());
         assert!(decode(ev, &Limits::default()).is_ok(), "no allowance: no bound");
+    }
+
+    #[test]
+    fn an_event_far_behind_its_message_time_is_refused() {
+        let ev = br#"{"event_id":"a","type":"click","ts":1000,"user_id":"u"}"#;
+        let r = decode(ev, &Limits::default().sent_at(3_601_001, 3_600_000)).unwrap_err();
+        assert_eq!(r.reason, Reason::BeyondDedupeHorizon);
+        assert!(decode(ev, &Limits::default().sent_at(3_601_000, 3_600_000)).is_ok());
+        assert!(decode(ev, &Limits::default().sent_at(-1, 3_600_000)).is_ok(), "no message time: no bound");
     }
 
     #[test]

@@ -534,6 +534,15 @@ fn run(o: RunOpts) -> anyhow::Result<()> {
     }
     let mut engine_cfg = settings.engine_config();
     engine_cfg.rehearsal = rehearsal.clone();
+    // Live events: watermarks stop at the wall clock, so a producer whose clock runs ahead
+    // (inside limits.max_future) cannot move everybody's windows.
+    engine_cfg.live = matches!(source, Source::Kafka);
+    // One monitor per state directory: a second one would overwrite the first one's
+    // checkpoints. Held until the process ends (the kernel drops it even on kill -9).
+    let _state_lock = match source {
+        Source::Kafka => Some(warroom_engine::checkpoint::StateDirLock::acquire(&kcfg.state_dir)?),
+        _ => None,
+    };
     let (engine, positions) = match source {
         Source::Kafka => {
             let (e, p) = warroom_ingest::kafka::open_engine(engine_cfg, &kcfg)
@@ -558,7 +567,9 @@ fn run(o: RunOpts) -> anyhow::Result<()> {
         None if matches!(source, Source::File) => warroom_api::Source::File,
         None => warroom_api::Source::Sim,
     };
-    let api = Arc::new(warroom_api::AppState::new(engine.clone(), auth, hub, api_source));
+    let mut state = warroom_api::AppState::new(engine.clone(), auth, hub, api_source);
+    state.stale_after_ms = settings.api.stale_after.as_millis() as i64;
+    let api = Arc::new(state);
     api.reload_alerts(settings.alerts.clone())
         .map_err(|e| anyhow::anyhow!("invalid alert rules:\n  - {}", e.join("\n  - ")))?;
     if let Some(path) = config.clone() {

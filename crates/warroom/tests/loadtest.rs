@@ -117,7 +117,12 @@ fn loadgen_produces_what_it_reports_and_the_monitor_counts_it_exactly() {
                 }
                 assert!(id.starts_with("e-a.") || id.starts_with("e-b."), "the run id is in every id: {id}");
                 let v: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
-                assert_eq!(m.key.as_deref(), v["user_id"].as_str().map(str::as_bytes), "keyed by user");
+                // Contract v1.1: order, pay and refund by order_id, the rest by user_id.
+                let key = match v["type"].as_str() {
+                    Some("order" | "pay" | "refund") => v["order_id"].as_str(),
+                    _ => v["user_id"].as_str(),
+                };
+                assert_eq!(m.key.as_deref(), key.map(str::as_bytes), "keyed as contract v1.1 says: {v}");
             }
             _ => bad += 1,
         }
