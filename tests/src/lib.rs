@@ -548,3 +548,26 @@ pub fn assert_matches_reference(got: &Snapshot, want: &Snapshot, what: &str) {
         d.iter().take(30).cloned().collect::<Vec<_>>().join("\n  ")
     );
 }
+
+/// Runs `program args` to its end and returns its exit status and peak resident memory (KiB).
+///
+/// Through GNU `time` (`/usr/bin/time`, Debian's `time`, which scripts/test.sh installs if
+/// missing): a child forked straight from this (large, multi-threaded) test process carries
+/// this process's pages in its peak until it execs; `time` forks it from its own small one.
+pub fn run_measuring_rss(program: &str, args: &[&std::ffi::OsStr]) -> (std::process::ExitStatus, u64) {
+    let out = tempfile::NamedTempFile::new().expect("temp file");
+    let status = std::process::Command::new("/usr/bin/time")
+        .args(["-f", "%M", "-o"])
+        .arg(out.path())
+        .arg(program)
+        .args(args)
+        .status()
+        .expect("run /usr/bin/time (Debian's `time` package)");
+    let text = std::fs::read_to_string(out.path()).unwrap_or_default();
+    let kb = text
+        .lines()
+        .rev()
+        .find_map(|l| l.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no peak RSS from time: {text}"));
+    (status, kb)
+}

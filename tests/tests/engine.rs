@@ -280,3 +280,55 @@ fn a_first_event_far_in_the_past_fixes_no_clock() {
     let w1 = &snap.windows[0];
     assert!(w1.uv < snap.totals.uv / 10, "the 1-minute window counts only its minute: {w1:?} vs {:?}", snap.totals);
 }
+
+#[test]
+fn money_past_what_a_u64_holds_stays_exact() {
+    // 20 million payments at the contract's largest amount (10^12 cents) are 2 x 10^19 cents,
+    // past u64::MAX (1.8 x 10^19): every sum must still be exact, and nothing may panic.
+    let mut cfg = Config::default();
+    cfg.engine.windows = vec![Duration::from_secs(60)];
+    cfg.engine.dedupe_horizon = Duration::from_secs(60);
+    cfg.engine.order_horizon = Duration::from_secs(60);
+    cfg.race.window = Duration::from_secs(60);
+    let engine = Engine::new(cfg);
+    let max = warroom_model::MAX_AMOUNT_CENTS;
+    let template = warroom_model::decode(
+        br#"{"event_id":"e","type":"pay","ts":1,"user_id":"u","venue":"main","slot":"main-001","merchant_id":"m-1","order_id":"o","amount_cents":1000000000000,"coupon_cents":1000000000000}"#,
+        &Limits::default(),
+    )
+    .unwrap();
+    let base = engine.prepare(&template, 0).unwrap();
+    let n: u64 = 20_000_000;
+    let per_ms = 400; // 400 pays per millisecond of event time: 50 s in all
+    let mut batch = Vec::with_capacity(1 << 16);
+    for i in 0..n {
+        let mut p = base;
+        // Fingerprints as the engine makes them (xxh3-128 of the ids).
+        p.id = xxhash_rust::xxh3::xxh3_128(format!("e{i}").as_bytes());
+        p.order = xxhash_rust::xxh3::xxh3_128(format!("o{i}").as_bytes());
+        p.user = xxhash_rust::xxh3::xxh3_64(&(i % 100_000).to_le_bytes());
+        p.ts = T0 + (i / per_ms) as i64;
+        p.seq = i;
+        batch.push(p);
+        if batch.len() == batch.capacity() {
+            engine.apply(&batch);
+            batch.clear();
+        }
+    }
+    engine.apply(&batch);
+    let (snap, _) = engine.publish();
+    let want = n as u128 * max as u128;
+    assert!(want > u64::MAX as u128);
+    assert_eq!(snap.totals.gmv_cents, want);
+    assert_eq!(snap.totals.coupon_cents, want);
+    assert_eq!(snap.totals.paid_orders, n);
+    assert_eq!(snap.windows[0].gmv_cents, want, "all of it is inside the 1-minute window");
+    assert_eq!(snap.slots[0].gmv_cents, want);
+    assert_eq!(snap.venues[0].gmv_cents, want);
+    assert_eq!(snap.venues[0].race.ranking[0].gmv_cents, want);
+    assert_eq!(snap.channels.len(), 0);
+    let d = &snap.decomposition[0];
+    assert_eq!(d.delta_gmv_cents, want as i128);
+    assert_eq!(d.traffic_cents + d.conversion_cents + d.aov_cents, d.delta_gmv_cents);
+    assert_eq!(snap.funnel.aov_cents, want / snap.totals.buyers as u128);
+}

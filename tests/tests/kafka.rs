@@ -610,3 +610,86 @@ fn a_live_monitor_refuses_a_rehearsals_messages_and_a_rehearsal_monitor_takes_th
     warroom_tests::assert_matches_reference(&snap, &want, "rehearsal monitor");
     assert!(!snap.rejections.contains_key("rehearsal_on_live"), "{:?}", snap.rejections);
 }
+
+/// Produces `lines` to partition `partition_of(i)` of `topic`, stamped with their `ts`.
+fn produce_to_partitions(topic: &str, lines: &[&[u8]], partition_of: impl Fn(usize) -> i32) {
+    use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+    let producer: ThreadedProducer<DefaultProducerContext> =
+        ClientConfig::new().set("bootstrap.servers", brokers()).set("linger.ms", "5").create().expect("producer");
+    for (i, l) in lines.iter().enumerate() {
+        let mut rec = BaseRecord::<(), [u8]>::to(topic).payload(*l).partition(partition_of(i));
+        if let Some(ts) = warroom_tests::kafka::sent_time(l) {
+            rec = rec.timestamp(ts);
+        }
+        let mut rec = Some(rec);
+        while let Some(r) = rec.take() {
+            if let Err((_, r)) = producer.send(r) {
+                std::thread::sleep(Duration::from_millis(5));
+                rec = Some(r);
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(30)).expect("flush");
+}
+
+#[test]
+fn an_idle_partition_holds_back_neither_eviction_nor_windows() {
+    // Four partitions; the events only ever go to three. The fourth is assigned and silent, as
+    // a partition of a quiet producer is on the night. Horizons of a minute, so that ten
+    // minutes of event time would keep every id if the silent partition held eviction back.
+    let mut buf = Vec::new();
+    let gcfg = GenConfig { seed: 8, late_share: 0.0, resend_share: 0.0, bad_share: 0.0, ..GenConfig::default() };
+    warroom_ingest::gen::write_flat(gcfg, 24_000, 1_794_312_000_000, 600_000, &mut buf).unwrap();
+    // Then some more traffic after the rest is in (the engine evicts when its watermark
+    // moves on).
+    for k in 0..30 {
+        let ts = 1_794_312_600_000i64 + k * 100;
+        buf.extend_from_slice(
+            format!(r#"{{"event_id":"tail-{k}","type":"impression","ts":{ts},"user_id":"t{k}"}}"#).as_bytes(),
+        );
+        buf.push(b'\n');
+    }
+    let lines = warroom_tests::lines(&buf);
+    let topic = unique("idle");
+    create_topic(&topic, 4);
+    let mut cfg = Config::default();
+    cfg.engine.windows = vec![Duration::from_secs(30)];
+    cfg.engine.dedupe_horizon = Duration::from_secs(60);
+    cfg.engine.order_horizon = Duration::from_secs(60);
+    cfg.race.window = Duration::from_secs(30);
+    let state = tempfile::tempdir().unwrap();
+    let mut kcfg = kafka_cfg(&topic, &unique("group"), state.path());
+    kcfg.idle_partition_after = Duration::from_secs(2);
+
+    let (engine, positions) = open_engine(cfg, &kcfg).unwrap();
+    let engine = Arc::new(engine);
+    let source = Arc::new(KafkaSource::new(engine.clone(), positions, kcfg, Limits::default()).unwrap());
+    let stop = Arc::new(AtomicBool::new(false));
+    let runner = {
+        let (source, stop) = (source.clone(), stop.clone());
+        std::thread::spawn(move || source.run(&stop))
+    };
+    // The busy partitions deliver all along, a slice every 150 ms (as live ones do); the fourth
+    // is assigned and never delivers, and is declared idle once caught up and silent for 2 s.
+    let tail = lines.len() - 30;
+    for (k, chunk) in lines[..tail].chunks(600).enumerate() {
+        produce_to_partitions(&topic, chunk, |i| ((i + k * 600) % 3) as i32);
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    wait_until("the stream", || source.stats.messages.load(Ordering::Relaxed) >= tail as u64);
+    assert!(source.stats.idle_partitions.load(Ordering::Relaxed) >= 1, "partition 3 is idle");
+    produce_to_partitions(&topic, &lines[tail..], |i| (i % 3) as i32);
+    wait_until("everything", || source.stats.messages.load(Ordering::Relaxed) >= lines.len() as u64);
+    stop.store(true, Ordering::Relaxed);
+    runner.join().unwrap();
+    let (snap, _) = engine.publish();
+    // About a minute of ids of a ten-minute stream (40 events a second), not all of them.
+    assert!(
+        snap.counters.dedupe_ids < 4_000,
+        "ids are evicted although partition 3 never delivers: {} kept of {}",
+        snap.counters.dedupe_ids,
+        lines.len()
+    );
+    let want = warroom_tests::reference(&lines, &[30_000], 30_000);
+    warroom_tests::assert_matches_reference(&snap, &want, "three busy partitions and an idle one");
+}

@@ -117,6 +117,12 @@ pub fn render(st: &AppState) -> String {
         p.one("kafka_dead_lettered_total", "counter", "Messages sent to the dead-letter topic.", r(&s.dead_lettered));
         p.one("kafka_checkpoints_total", "counter", "Checkpoints written.", r(&s.checkpoints));
         p.one("kafka_assignments_total", "counter", "Partition assignments received.", r(&s.assignments));
+        p.one(
+            "kafka_idle_partitions",
+            "gauge",
+            "Assigned partitions caught up and silent (they hold back no eviction).",
+            r(&s.idle_partitions),
+        );
         p.one("kafka_health", "gauge", "0 starting, 1 ok, 2 degraded.", s.health() as u8);
         let last = r(&s.last_checkpoint_ms) as i64;
         let ckpt_age = if last > 0 { (now - last).max(0) as f64 / 1000.0 } else { -1.0 };

@@ -44,11 +44,6 @@ pub struct EngineConfig {
     /// its events (商品更换), so a slot that changed hands has several
     /// (`too_many_slot_merchants` beyond).
     pub max_slot_merchants: usize,
-    /// A partition that delivered nothing for this long (wall clock) stops holding back the
-    /// eviction of old event ids; events it delivers later that are older than what was
-    /// evicted meanwhile are refused as `beyond_dedupe_horizon` (never double counted).
-    #[serde(with = "humantime_serde")]
-    pub idle_lane_after: Duration,
 }
 
 impl Default for EngineConfig {
@@ -60,10 +55,9 @@ impl Default for EngineConfig {
             order_horizon: Duration::from_secs(24 * 3600),
             max_slots: 20_000,
             max_venues: 512,
-            max_merchants: 40_000,
+            max_merchants: 25_000,
             max_channels: 256,
-            max_slot_merchants: 40_000,
-            idle_lane_after: Duration::from_secs(30),
+            max_slot_merchants: 25_000,
         }
     }
 }
@@ -147,9 +141,6 @@ impl Config {
             if v == 0 || v >= u32::MAX as usize {
                 errs.push(format!("engine.{name} must be between 1 and {}", u32::MAX - 1));
             }
-        }
-        if self.engine.idle_lane_after.as_millis() == 0 {
-            errs.push("engine.idle_lane_after must be above 0, e.g. \"30s\"".into());
         }
         if self.race.window.as_millis() == 0 || !self.race.window.as_millis().is_multiple_of(1000) {
             errs.push("race.window must be a whole number of seconds > 0".into());

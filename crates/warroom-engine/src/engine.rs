@@ -26,7 +26,7 @@ use crate::config::Config;
 use crate::intern::{Interner, NameCache, Names, PairInterner, SlotInterner, NONE};
 use crate::race::{self, RaceInputs, RankChange, Rule, RuleSpec};
 use crate::shard::{
-    Clock, Ctx, MoneyAgg, Outcome, PairCum, PairWin, Prepared, Shard, ShardCounters, ShardSummary, SlotMeta,
+    Clock, Ctx, Merged, MoneyAgg, Outcome, PairCum, PairWin, Prepared, Shard, ShardCounters, ShardSummary,
 };
 use crate::snapshot::{
     decompose, ChannelStats, Counters, Funnel, MoneyWindow, PairRace, Race, RankEntry, SlotMerchantStats, SlotStats,
@@ -101,7 +101,6 @@ fn base_ctx(cfg: &Config) -> Ctx {
         race_window: cfg.race.window.as_millis() as i64,
         phases: plan.map(|p| p.bounds()).unwrap_or_default(),
         plan_range: plan.map(|p| (p.start_ms(), p.end_ms())),
-        idle_lane_ms: cfg.engine.idle_lane_after.as_millis() as i64,
     }
 }
 
@@ -307,11 +306,21 @@ impl Engine {
     /// Declares lanes (partitions just assigned) open before their first events; see
     /// [`crate::shard::Shard::open_lane`].
     pub fn open_lanes(&self, lanes: &[u16]) {
-        let now = wall_ms();
         for s in self.shards.iter() {
             let mut shard = lock(s);
             for &l in lanes {
-                shard.open_lane(l, now);
+                shard.open_lane(l);
+            }
+        }
+    }
+
+    /// Declares lanes idle (partitions caught up and silent for a while: they hold back no
+    /// eviction of old ids) or active again; see [`crate::shard::Shard::set_idle`].
+    pub fn set_idle_lanes(&self, lanes: &[(u16, bool)]) {
+        for s in self.shards.iter() {
+            let mut shard = lock(s);
+            for &(l, idle) in lanes {
+                shard.set_idle(l, idle);
             }
         }
     }
@@ -493,8 +502,18 @@ impl Engine {
             self.publishes.fetch_add(1, Ordering::Relaxed);
             return (snap, Vec::new());
         }
-        let sums: Vec<ShardSummary> = self.shards.iter().map(|s| lock(s).summarize(as_of, &self.cx)).collect();
-        let (snap, changes) = self.merge(as_of, &sums, &mut state);
+        let mut merged = Merged { windows: self.cx.windows.len(), ..Merged::default() };
+        let sums: Vec<ShardSummary> = self
+            .shards
+            .iter()
+            .map(|s| {
+                let mut shard = lock(s);
+                let sum = shard.summarize(as_of, &self.cx);
+                shard.accumulate(&mut merged);
+                sum
+            })
+            .collect();
+        let (snap, changes) = self.merge(as_of, &sums, &merged, &mut state);
         let snap = Arc::new(snap);
         self.published.store(snap.clone());
         self.publishes.fetch_add(1, Ordering::Relaxed);
@@ -518,7 +537,13 @@ impl Engine {
         s
     }
 
-    fn merge(&self, as_of: i64, sums: &[ShardSummary], state: &mut PublishState) -> (Snapshot, Vec<RankChange>) {
+    fn merge(
+        &self,
+        as_of: i64,
+        sums: &[ShardSummary],
+        m: &Merged,
+        state: &mut PublishState,
+    ) -> (Snapshot, Vec<RankChange>) {
         let cx = &self.cx;
         let mut c = ShardCounters::default();
         for s in sums {
@@ -588,14 +613,7 @@ impl Engine {
                 names.get(i as usize).map(|s| s.to_string()).unwrap_or_default()
             }
         };
-        let money = |per: &mut Vec<MoneyAgg>, add: &Vec<MoneyAgg>| {
-            if !add.is_empty() {
-                per.resize(cx.windows.len(), MoneyAgg::default());
-                for (a, b) in per.iter_mut().zip(add) {
-                    a.merge(b);
-                }
-            }
-        };
+        let nw = cx.windows.len();
         let money_windows = |per: &[MoneyAgg]| -> Vec<MoneyWindow> {
             cx.windows
                 .iter()
@@ -606,58 +624,36 @@ impl Engine {
                 })
                 .collect()
         };
+        let pair_money = |p: usize| m.pair_money.get(p * nw..(p + 1) * nw).unwrap_or(&[]);
 
-        // Pairs, then slots as the sums of their pairs.
-        let n_pairs = pairs.len();
-        let mut pair_cum = vec![PairCum::default(); n_pairs];
-        let mut pair_win = vec![[PairWin::default(); 2]; n_pairs];
-        let mut pair_money: Vec<Vec<MoneyAgg>> = vec![Vec::new(); n_pairs];
+        // Slots as the sums of their pairs.
+        let n_pairs = pairs.len().min(m.pair_cum.len());
         let n_slots = slot_names.len();
-        let mut meta = vec![SlotMeta::default(); n_slots];
-        for s in sums {
-            for (i, p) in s.pair_cum.iter().enumerate().take(n_pairs) {
-                pair_cum[i].merge(p);
-            }
-            for (i, w) in s.pair_win.iter().enumerate().take(n_pairs) {
-                pair_win[i][0].merge(&w[0]);
-                pair_win[i][1].merge(&w[1]);
-            }
-            for (i, m) in s.pair_windows.iter().enumerate().take(n_pairs) {
-                money(&mut pair_money[i], m);
-            }
-            for (i, sm) in s.slots.iter().enumerate().take(n_slots) {
-                let m = &mut meta[i];
-                m.buyers[0] += sm.buyers[0];
-                m.buyers[1] += sm.buyers[1];
-                if sm.merchant != NONE && sm.merchant_at >= m.merchant_at {
-                    m.merchant = sm.merchant;
-                    m.merchant_at = sm.merchant_at;
-                }
-            }
-        }
+        let meta = |i: usize| m.slots.get(i).copied().unwrap_or_default();
         let mut slot_cum = vec![PairCum::default(); n_slots];
         let mut slot_win = vec![[PairWin::default(); 2]; n_slots];
-        let mut slot_money: Vec<Vec<MoneyAgg>> = vec![Vec::new(); n_slots];
-        let mut slot_pairs: Vec<Vec<usize>> = vec![Vec::new(); n_slots];
-        for (p, &(slot, _)) in pairs.iter().enumerate() {
+        let mut slot_money = vec![MoneyAgg::default(); n_slots * nw];
+        let mut slot_pairs: Vec<u8> = vec![0; n_slots];
+        for (p, &(slot, _)) in pairs.iter().enumerate().take(n_pairs) {
             let i = slot as usize;
-            if i >= n_slots || !pair_cum[p].seen {
+            if i >= n_slots || !m.pair_cum[p].seen {
                 continue;
             }
-            slot_cum[i].merge(&pair_cum[p]);
-            slot_win[i][0].merge(&pair_win[p][0]);
-            slot_win[i][1].merge(&pair_win[p][1]);
-            let pm = pair_money[p].clone();
-            money(&mut slot_money[i], &pm);
-            slot_pairs[i].push(p);
+            slot_cum[i].merge(&m.pair_cum[p]);
+            slot_win[i][0].merge(&m.pair_win[p][0]);
+            slot_win[i][1].merge(&m.pair_win[p][1]);
+            for (a, b) in slot_money[i * nw..(i + 1) * nw].iter_mut().zip(pair_money(p)) {
+                a.merge(b);
+            }
+            slot_pairs[i] = slot_pairs[i].saturating_add(1);
         }
         let mut slots: Vec<SlotStats> = (0..n_slots)
             .filter(|&i| slot_cum[i].seen)
             .map(|i| SlotStats {
-                windows: money_windows(&slot_money[i]),
+                windows: money_windows(&slot_money[i * nw..(i + 1) * nw]),
                 slot: slot_names[i].to_string(),
                 venue: name_of(&venue_names, slot_venues.get(i).copied().unwrap_or(NONE)),
-                merchant_id: name_of(&merchant_names, meta[i].merchant),
+                merchant_id: name_of(&merchant_names, meta(i).merchant),
                 gmv_cents: slot_cum[i].gmv,
                 paid_orders: slot_cum[i].orders,
                 impressions: slot_cum[i].impressions,
@@ -665,21 +661,19 @@ impl Engine {
             })
             .collect();
         slots.sort_by(|a, b| a.slot.cmp(&b.slot));
-        let mut slot_merchants: Vec<SlotMerchantStats> = slot_pairs
-            .iter()
-            .enumerate()
-            .filter(|(_, ps)| ps.len() > 1)
-            .flat_map(|(i, ps)| ps.iter().map(move |&p| (i, p)))
-            .map(|(i, p)| {
-                let (w, ww) = (pair_win[p][0], pair_win[p][1]);
+        let mut slot_merchants: Vec<SlotMerchantStats> = (0..n_pairs)
+            .filter(|&p| m.pair_cum[p].seen && slot_pairs.get(pairs[p].0 as usize).is_some_and(|&n| n > 1))
+            .map(|p| {
+                let (w, ww) = (m.pair_win[p][0], m.pair_win[p][1]);
+                let c = &m.pair_cum[p];
                 SlotMerchantStats {
-                    slot: slot_names[i].to_string(),
+                    slot: slot_names[pairs[p].0 as usize].to_string(),
                     merchant_id: name_of(&merchant_names, pairs[p].1),
-                    gmv_cents: pair_cum[p].gmv,
-                    paid_orders: pair_cum[p].orders,
-                    impressions: pair_cum[p].impressions,
-                    clicks: pair_cum[p].clicks,
-                    windows: money_windows(&pair_money[p]),
+                    gmv_cents: c.gmv,
+                    paid_orders: c.orders,
+                    impressions: c.impressions,
+                    clicks: c.clicks,
+                    windows: money_windows(pair_money(p)),
                     race: PairRace {
                         gmv_cents: w.gmv,
                         paid_orders: w.orders,
@@ -696,24 +690,10 @@ impl Engine {
         let mut changes = Vec::new();
         let mut venues = Vec::new();
         for (vi, vname) in venue_names.iter().enumerate() {
-            let (mut seen, mut gmv, mut orders, mut d) = (false, 0u128, 0u64, [0u64; 3]);
-            let mut vmoney = Vec::new();
-            for s in sums {
-                if let Some(v) = s.venues.get(vi) {
-                    seen |= v.0;
-                    gmv += v.1;
-                    orders += v.2;
-                    for (a, b) in d.iter_mut().zip(v.3) {
-                        *a += b;
-                    }
-                }
-                if let Some(m) = s.venue_windows.get(vi) {
-                    money(&mut vmoney, m);
-                }
-            }
+            let v = m.venues.get(vi).copied().unwrap_or_default();
             let members: Vec<usize> =
                 (0..n_slots).filter(|&i| slot_cum[i].seen && slot_venues.get(i).copied() == Some(vi as u32)).collect();
-            if !seen && members.is_empty() {
+            if !v.seen && members.is_empty() {
                 continue;
             }
             let (rule_name, rule) = rules.venues.get(&**vname).unwrap_or(&rules.default_rule);
@@ -724,7 +704,7 @@ impl Engine {
                     RaceInputs {
                         gmv: r.gmv,
                         paid_orders: r.orders,
-                        buyers: meta[i].buyers[0],
+                        buyers: meta(i).buyers[0],
                         impressions: r.impressions,
                         clicks: r.clicks,
                         prev_gmv: rr.gmv - r.gmv,
@@ -757,7 +737,7 @@ impl Engine {
                         clicks: inp.clicks,
                         buyers: inp.buyers,
                         prev_gmv_cents: inp.prev_gmv,
-                        merchant_id: name_of(&merchant_names, meta[i].merchant),
+                        merchant_id: name_of(&merchant_names, meta(i).merchant),
                     }
                 })
                 .collect();
@@ -777,24 +757,19 @@ impl Engine {
             }
             state.previous.insert(vname.to_string(), order.into_iter().map(|(n, _)| n).collect());
             venues.push(VenueStats {
-                windows: money_windows(&vmoney),
+                windows: money_windows(m.venue_money.get(vi * nw..(vi + 1) * nw).unwrap_or(&[])),
                 venue: vname.to_string(),
-                gmv_cents: gmv,
-                paid_orders: orders,
-                uv: d[0],
-                ipv_uv: d[1],
-                buyers: d[2],
+                gmv_cents: v.gmv,
+                paid_orders: v.orders,
+                uv: v.distinct[0],
+                ipv_uv: v.distinct[1],
+                buyers: v.distinct[2],
                 race: Race { window_ms: cx.race_window, rule: rule_name.clone(), ranking },
             });
         }
         venues.sort_by(|a, b| a.venue.cmp(&b.venue));
 
-        let mut ch = vec![crate::shard::ChannelAgg::default(); channel_names.len()];
-        for s in sums {
-            for (a, b) in ch.iter_mut().zip(&s.channels) {
-                a.merge(b);
-            }
-        }
+        let ch = &m.channels;
         let mut channels: Vec<ChannelStats> = ch
             .iter()
             .zip(&channel_names)

@@ -78,9 +78,6 @@ pub struct Ctx {
     pub race_window: i64,
     pub phases: Vec<(i64, i64)>,
     pub plan_range: Option<(i64, i64)>,
-    /// A lane that delivered nothing for this long (wall clock) stops holding back the
-    /// eviction of old ids (see [`Shard::open_lane`]).
-    pub idle_lane_ms: i64,
 }
 
 impl Ctx {
@@ -340,8 +337,9 @@ const UNSEEN: i64 = i64::MIN;
 struct Lane {
     /// Newest accepted `ts` (capped), or one of `UNSEEN`, `OPEN`, `RETIRED`.
     wm: i64,
-    /// Wall clock of its last delivery (or of its opening).
-    seen_at: i64,
+    /// Declared idle by its source (caught up and silent, see [`Shard::set_idle`]) and not
+    /// delivered since: it holds back no eviction.
+    idle: bool,
 }
 
 impl Lane {
@@ -389,7 +387,47 @@ pub struct Shard {
     plan_gmv: u128,
 }
 
-/// The mergeable part of a shard, as of one watermark.
+/// What every shard adds its per-pair, per-slot, per-venue and per-channel numbers into, under
+/// its lock, when a snapshot is published ([`Shard::accumulate`]): no shard copies its tables.
+#[derive(Debug, Clone, Default)]
+pub struct Merged {
+    /// Reported windows.
+    pub windows: usize,
+    pub pair_cum: Vec<PairCum>,
+    /// Race window and double race window.
+    pub pair_win: Vec<[PairWin; 2]>,
+    /// Money in each reported window, `windows` entries per pair.
+    pub pair_money: Vec<MoneyAgg>,
+    pub slots: Vec<SlotMeta>,
+    pub venues: Vec<VenueSum>,
+    /// Money in each reported window, `windows` entries per venue.
+    pub venue_money: Vec<MoneyAgg>,
+    pub channels: Vec<ChannelAgg>,
+}
+
+/// A venue's numbers, summed over shards.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VenueSum {
+    pub seen: bool,
+    pub gmv: u128,
+    pub orders: u64,
+    /// uv, ipv_uv, buyers (over disjoint users: the shards' estimates add up).
+    pub distinct: [u64; 3],
+}
+
+/// Grows `v` to at least `n` entries, by an eighth more than needed rather than doubling: these
+/// tables are indexed by name and live as long as the process (a doubling would leave up to
+/// half of a 20,000-slot table unused, and briefly hold old and new copies).
+fn grow<T: Clone>(v: &mut Vec<T>, n: usize, fill: T) {
+    if v.len() < n {
+        if v.capacity() < n {
+            v.reserve_exact(n + n / 8 - v.len());
+        }
+        v.resize(n, fill);
+    }
+}
+
+/// The scalar part of a shard, as of one watermark.
 #[derive(Debug, Clone, Default)]
 pub struct ShardSummary {
     pub wm: i64,
@@ -402,17 +440,6 @@ pub struct ShardSummary {
     /// Per reported window: distinct [uv, buyers] in the current and previous window, from
     /// the bucketed sketches (for the decomposition).
     pub formula: Vec<([u64; 2], [u64; 2])>,
-    /// Per pair: cumulative numbers, the race window and double race window, and money in
-    /// each reported window (empty: none).
-    pub pair_cum: Vec<PairCum>,
-    pub pair_win: Vec<[PairWin; 2]>,
-    pub pair_windows: Vec<Vec<MoneyAgg>>,
-    pub slots: Vec<SlotMeta>,
-    /// Per venue: seen, gmv, orders, [uv, ipv, buyers].
-    pub venues: Vec<(bool, u128, u64, [u64; 3])>,
-    /// Per venue: money in each reported window (empty: none).
-    pub venue_windows: Vec<Vec<MoneyAgg>>,
-    pub channels: Vec<ChannelAgg>,
     pub phase_gmv: Vec<u128>,
     pub plan_gmv: u128,
     pub dedupe_ids: u64,
@@ -463,14 +490,8 @@ impl Shard {
 
     fn pair_mut(&mut self, pair: u32, slot: u32) -> &mut PairState {
         let i = pair as usize;
-        while self.pairs.len() <= i {
-            self.pairs.push(PairState {
-                slot: NONE,
-                cum: PairCum::default(),
-                win: [PairWin::default(); 2],
-                money: Vec::new(),
-            });
-        }
+        let empty = PairState { slot: NONE, cum: PairCum::default(), win: [PairWin::default(); 2], money: Vec::new() };
+        grow(&mut self.pairs, i + 1, empty);
         let p = &mut self.pairs[i];
         p.slot = slot;
         p
@@ -478,9 +499,7 @@ impl Shard {
 
     fn slot_mut(&mut self, slot: u32) -> &mut SlotMeta {
         let i = slot as usize;
-        if self.slots.len() <= i {
-            self.slots.resize(i + 1, SlotMeta::default());
-        }
+        grow(&mut self.slots, i + 1, SlotMeta::default());
         &mut self.slots[i]
     }
 
@@ -496,16 +515,14 @@ impl Shard {
 
     fn channel_mut(&mut self, channel: u32) -> &mut ChannelAgg {
         let i = channel as usize;
-        if self.channels.len() <= i {
-            self.channels.resize(i + 1, ChannelAgg::default());
-        }
+        grow(&mut self.channels, i + 1, ChannelAgg::default());
         &mut self.channels[i]
     }
 
     fn lane_mut(&mut self, lane: u16) -> &mut Lane {
         let l = lane as usize;
         if self.lanes.len() <= l {
-            self.lanes.resize(l + 1, Lane { wm: UNSEEN, seen_at: 0 });
+            self.lanes.resize(l + 1, Lane { wm: UNSEEN, idle: false });
         }
         &mut self.lanes[l]
     }
@@ -540,19 +557,18 @@ impl Shard {
             // Older than its lane's horizon, or than ids this shard has already forgotten (a
             // lane that went idle and came back): it cannot be checked for a re-delivery.
             self.c.beyond_horizon += 1;
-            self.lanes[ev.lane as usize].seen_at = clock.now;
+            self.lanes[ev.lane as usize].idle = false;
             return Outcome::BeyondHorizon;
         }
         if !self.ids.insert_at(ev.id, ev.ts) {
             self.c.duplicates += 1;
-            self.lanes[ev.lane as usize].seen_at = clock.now;
+            self.lanes[ev.lane as usize].idle = false;
             return Outcome::Duplicate;
         }
         self.c.accepted += 1;
         // An event stamped ahead of the cap counts, but moves no watermark past it.
         let t_wm = ev.ts.min(clock.cap);
-        self.lanes[ev.lane as usize] =
-            Lane { wm: if lane.has_time() { lane.wm.max(t_wm) } else { t_wm }, seen_at: clock.now };
+        self.lanes[ev.lane as usize] = Lane { wm: if lane.has_time() { lane.wm.max(t_wm) } else { t_wm }, idle: false };
         if ev.ts < self.wm {
             self.c.late += 1;
             if ev.ts <= self.wm - cx.longest() {
@@ -561,7 +577,7 @@ impl Shard {
         } else if t_wm.div_euclid(1000) != self.wm.div_euclid(1000) {
             // Expire lazily, once per new second: the insert rule tolerates a lagging ring.
             self.advance(t_wm);
-            self.evict_ids(cx, clock.now);
+            self.evict_ids(cx);
         }
         self.wm = self.wm.max(t_wm);
 
@@ -712,26 +728,32 @@ impl Shard {
     }
 
     /// Forgets ids no active lane can still see again: those more than the horizon behind the
-    /// slowest lane that delivered within `idle_lane_ms`. A lane that stopped delivering (an
-    /// idle partition) holds nothing back; should it deliver again, anything older than what
-    /// was forgotten is refused (`ids.frontier()` in [`Shard::apply`]).
-    fn evict_ids(&mut self, cx: &Ctx, now: i64) {
-        let active = |l: &&Lane| l.wm != RETIRED && l.wm != UNSEEN && now - l.seen_at < cx.idle_lane_ms;
+    /// slowest lane. A lane its source declared idle (caught up, nothing to deliver: a quiet
+    /// partition) holds nothing back; should it deliver again, anything older than what was
+    /// forgotten meanwhile is refused (`ids.frontier()` in [`Shard::apply`]).
+    fn evict_ids(&mut self, cx: &Ctx) {
+        let active = |l: &&Lane| l.wm != RETIRED && l.wm != UNSEEN && !l.idle;
         let Some(low) = self.lanes.iter().filter(active).map(|l| l.wm).min() else { return };
         if low == OPEN {
-            return; // a lane just assigned, not idle yet: wait for its first events
+            return; // a lane just assigned: wait for its first events (or for it to go idle)
         }
         self.ids.evict_before(low.saturating_sub(cx.dedupe_horizon));
         self.orders.evict_before(low.saturating_sub(cx.order_horizon));
     }
 
+    /// Marks `lane` idle (its source found it caught up and silent) or not. A delivery on it
+    /// clears the mark by itself.
+    pub fn set_idle(&mut self, lane: u16, idle: bool) {
+        self.lane_mut(lane).idle = idle;
+    }
+
     /// Declares `lane` open before its first event (a partition just assigned): until it has
-    /// delivered or gone idle, it holds back the eviction of old ids, so that a re-delivery
+    /// delivered or been declared idle, it holds back the eviction of old ids, so that a re-delivery
     /// arriving on it late still finds its original, whichever lane that came through.
-    pub fn open_lane(&mut self, lane: u16, now: i64) {
+    pub fn open_lane(&mut self, lane: u16) {
         let l = self.lane_mut(lane);
         if l.wm == UNSEEN || l.wm == RETIRED {
-            *l = Lane { wm: OPEN, seen_at: now };
+            *l = Lane { wm: OPEN, idle: false };
         }
     }
 
@@ -782,6 +804,53 @@ impl Shard {
         });
     }
 
+    /// Adds this shard's per-pair, per-slot, per-venue and per-channel numbers into `m` (after
+    /// [`Shard::summarize`] brought its windows to the snapshot's time).
+    pub fn accumulate(&self, m: &mut Merged) {
+        let nw = m.windows;
+        grow(&mut m.pair_cum, self.pairs.len(), PairCum::default());
+        grow(&mut m.pair_win, self.pairs.len(), [PairWin::default(); 2]);
+        grow(&mut m.pair_money, self.pairs.len() * nw, MoneyAgg::default());
+        for (i, p) in self.pairs.iter().enumerate() {
+            m.pair_cum[i].merge(&p.cum);
+            m.pair_win[i][0].merge(&p.win[0]);
+            m.pair_win[i][1].merge(&p.win[1]);
+            // Current windows only: the money vector holds [L0, 2*L0, L1, 2*L1, ...].
+            for (k, a) in p.money.iter().step_by(2).enumerate() {
+                m.pair_money[i * nw + k].merge(a);
+            }
+        }
+        grow(&mut m.slots, self.slots.len(), SlotMeta::default());
+        for (a, b) in m.slots.iter_mut().zip(&self.slots) {
+            a.buyers[0] += b.buyers[0];
+            a.buyers[1] += b.buyers[1];
+            if b.merchant != NONE && b.merchant_at >= a.merchant_at {
+                a.merchant = b.merchant;
+                a.merchant_at = b.merchant_at;
+            }
+        }
+        grow(&mut m.venues, self.venues.len(), VenueSum::default());
+        grow(&mut m.venue_money, self.venues.len() * nw, MoneyAgg::default());
+        for (i, v) in self.venues.iter().enumerate() {
+            let a = &mut m.venues[i];
+            a.seen |= v.seen;
+            a.gmv += v.gmv;
+            a.orders += v.orders;
+            if let Some(s) = &v.sketches {
+                for (d, h) in a.distinct.iter_mut().zip(s.iter()) {
+                    *d += h.estimate();
+                }
+            }
+            for (k, x) in v.money.iter().step_by(2).enumerate() {
+                m.venue_money[i * nw + k].merge(x);
+            }
+        }
+        grow(&mut m.channels, self.channels.len(), ChannelAgg::default());
+        for (a, b) in m.channels.iter_mut().zip(&self.channels) {
+            a.merge(b);
+        }
+    }
+
     /// Recomputes the phases' and the plan's GMV from the minute series, for a plan that may
     /// differ from the one the events were applied under (a restore after the plan changed).
     /// Exact when the phase bounds are whole minutes (the plan's validation requires it).
@@ -823,15 +892,6 @@ impl Shard {
                 (cur, MoneyAgg { gmv: both.gmv - cur.gmv, orders: both.orders - cur.orders })
             })
             .collect();
-        let venues = self
-            .venues
-            .iter()
-            .map(|v| {
-                let d = v.sketches.as_ref().map_or([0; 3], |s| [s[0].estimate(), s[1].estimate(), s[2].estimate()]);
-                (v.seen, v.gmv, v.orders, d)
-            })
-            .collect();
-        let current = |m: &Vec<MoneyAgg>| m.iter().step_by(2).copied().collect::<Vec<_>>();
         ShardSummary {
             wm: self.wm,
             c: self.c,
@@ -839,13 +899,6 @@ impl Shard {
             distinct_total,
             distinct_windows,
             formula,
-            pair_cum: self.pairs.iter().map(|p| p.cum).collect(),
-            pair_win: self.pairs.iter().map(|p| p.win).collect(),
-            pair_windows: self.pairs.iter().map(|p| current(&p.money)).collect(),
-            slots: self.slots.clone(),
-            venue_windows: self.venues.iter().map(|v| current(&v.money)).collect(),
-            venues,
-            channels: self.channels.clone(),
             phase_gmv: self.phase_gmv.clone(),
             plan_gmv: self.plan_gmv,
             dedupe_ids: self.ids.len() as u64,
@@ -875,7 +928,6 @@ mod tests {
             race_window: 60_000,
             phases: vec![],
             plan_range: None,
-            idle_lane_ms: 30_000,
         }
     }
 
@@ -945,16 +997,20 @@ mod tests {
         cx.dedupe_horizon = 70_000; // generations of 10 s
         let mut s = Shard::new(&cx);
         let t0 = 1_800_000_000_000;
-        s.open_lane(1, 0); // assigned, never delivers
+        s.open_lane(1); // assigned, never delivers
         for k in 0..600u128 {
-            let ts = t0 + k as i64 * 1000;
-            // Lane 0 delivers every second; the wall clock runs with it.
-            s.apply(&ev(k, ts, 0), &cx, Clock { now: k as i64 * 1000, cap: i64::MAX });
+            s.apply(&ev(k, t0 + k as i64 * 1000, 0), &cx, Clock::EVENT_TIME);
+        }
+        assert_eq!(s.ids.len(), 600, "an open lane holds eviction back until declared idle");
+        s.set_idle(1, true); // its source found it caught up and silent
+        for k in 600..1200u128 {
+            s.apply(&ev(k, t0 + k as i64 * 1000, 0), &cx, Clock::EVENT_TIME);
         }
         assert!(s.ids.len() < 200, "an idle lane must not keep every id: {}", s.ids.len());
         // Lane 1 wakes up with a re-delivery of an event forgotten long ago: refused.
-        assert_eq!(s.apply(&ev(3, t0 + 3000, 1), &cx, Clock { now: 600_000, cap: i64::MAX }), Outcome::BeyondHorizon);
-        // ... while a fresh event on it is taken.
-        assert_eq!(s.apply(&ev(5000, t0 + 599_500, 1), &cx, Clock { now: 600_000, cap: i64::MAX }), Outcome::Accepted);
+        assert_eq!(s.apply(&ev(3, t0 + 3000, 1), &cx, Clock::EVENT_TIME), Outcome::BeyondHorizon);
+        // ... while a fresh event on it is taken, and it holds eviction back again.
+        assert_eq!(s.apply(&ev(5000, t0 + 1_199_500, 1), &cx, Clock::EVENT_TIME), Outcome::Accepted);
+        assert!(!s.lanes[1].idle);
     }
 }

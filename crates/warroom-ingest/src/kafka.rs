@@ -59,6 +59,13 @@ pub struct KafkaConfig {
     pub checkpoint_interval: Duration,
     /// Messages applied per batch at most.
     pub batch_max: usize,
+    /// A partition caught up with its log end that delivers nothing for this long is idle:
+    /// it stops holding back the eviction of old event ids (as Flink's `withIdleness`). A
+    /// partition that is merely behind (a catch-up delivering other partitions first) is never
+    /// idle. If an idle one delivers again, its events older than what was evicted meanwhile
+    /// are refused as `beyond_dedupe_horizon`: never counted twice.
+    #[serde(with = "humantime_serde")]
+    pub idle_partition_after: Duration,
     /// Dead-letter topic; default `<topic>.dlq`.
     pub dlq_topic: Option<String>,
     /// Any librdkafka property, passed through (e.g. `session.timeout.ms`).
@@ -78,6 +85,7 @@ impl Default for KafkaConfig {
             state_dir: PathBuf::from("state"),
             checkpoint_interval: Duration::from_secs(5),
             batch_max: 20_000,
+            idle_partition_after: Duration::from_secs(30),
             dlq_topic: None,
             properties: BTreeMap::new(),
             rehearsal: false,
@@ -94,6 +102,9 @@ impl KafkaConfig {
         }
         if self.batch_max == 0 {
             errs.push("kafka.batch_max must be above 0".to_string());
+        }
+        if self.idle_partition_after.is_zero() {
+            errs.push("kafka.idle_partition_after must be above 0, e.g. \"30s\"".to_string());
         }
         if errs.is_empty() {
             Ok(())
@@ -163,6 +174,8 @@ pub struct SourceStats {
     pub checkpoints: AtomicU64,
     /// Partition assignments received (each sets the partitions' start offsets).
     pub assignments: AtomicU64,
+    /// Assigned partitions currently idle (caught up and silent).
+    pub idle_partitions: AtomicU64,
     pub last_checkpoint_ms: AtomicU64,
     pub last_checkpoint_duration_us: AtomicU64,
     health: AtomicU8,
@@ -532,6 +545,39 @@ pub fn start_offset(own: Option<i64>, committed: Option<i64>) -> Offset {
     }
 }
 
+/// What the poll loop knows of each partition's deliveries, for idleness.
+struct Idleness {
+    /// When each partition last delivered a message.
+    last: BTreeMap<i32, Instant>,
+    /// Partitions declared idle to the engine.
+    idle: BTreeMap<i32, bool>,
+    checked: Instant,
+    /// When polling started: a partition is not idle before it had the time to deliver.
+    since: Instant,
+}
+
+impl Default for Idleness {
+    fn default() -> Self {
+        Idleness { last: BTreeMap::new(), idle: BTreeMap::new(), checked: Instant::now(), since: Instant::now() }
+    }
+}
+
+impl Idleness {
+    #[inline]
+    fn delivered(&mut self, partition: i32) {
+        match self.last.get_mut(&partition) {
+            Some(t) => *t = Instant::now(),
+            None => {
+                self.last.insert(partition, Instant::now());
+            }
+        }
+        // The engine clears its own mark when the lane delivers.
+        if let Some(i) = self.idle.get_mut(&partition) {
+            *i = false;
+        }
+    }
+}
+
 /// A running Kafka source.
 pub struct KafkaSource {
     consumer: BaseConsumer<Ctx>,
@@ -624,7 +670,11 @@ impl KafkaSource {
     fn poll_until(&self, stop: &AtomicBool) {
         let batch_max = self.shared.cfg.batch_max.max(1);
         let mut rate_since = (Instant::now(), self.stats.messages.load(Ordering::Relaxed));
+        let mut idle = Idleness::default();
         while !stop.load(Ordering::Relaxed) {
+            if idle.checked.elapsed() >= Duration::from_secs(1) {
+                self.update_idle_partitions(&mut idle);
+            }
             let elapsed = rate_since.0.elapsed();
             if elapsed >= Duration::from_secs(1) {
                 let now = self.stats.messages.load(Ordering::Relaxed);
@@ -646,6 +696,7 @@ impl KafkaSource {
                         }
                     }
                     Some(Ok(m)) => {
+                        idle.delivered(m.partition());
                         lock(&self.shared.feed).pending.take(&m);
                         taken += 1;
                     }
@@ -669,6 +720,36 @@ impl KafkaSource {
                 self.shared.checkpoint(&self.consumer, "interval");
             }
         }
+    }
+
+    /// Declares idle the assigned partitions that are caught up with their log end and have
+    /// delivered nothing for `idle_partition_after`; and active again those that delivered.
+    fn update_idle_partitions(&self, idle: &mut Idleness) {
+        idle.checked = Instant::now();
+        let after = self.shared.cfg.idle_partition_after;
+        let ends = self.stats.partition_ends();
+        let positions = self.positions();
+        let assigned = self.consumer.assignment().unwrap_or_default();
+        let mut changes = Vec::new();
+        for e in assigned.elements_for_topic(&self.shared.cfg.topic) {
+            let p = e.partition();
+            let caught_up = match (positions.next.get(&p), ends.get(&p)) {
+                (Some(&pos), Some(&end)) => pos >= end,
+                (None, Some(&end)) => end <= 0,
+                _ => false,
+            };
+            let quiet = idle.last.get(&p).is_none_or(|t| t.elapsed() >= after) && idle.since.elapsed() >= after;
+            let now_idle = caught_up && quiet;
+            if idle.idle.get(&p).copied().unwrap_or(false) != now_idle {
+                idle.idle.insert(p, now_idle);
+                changes.push((p as u16, now_idle));
+                tracing::debug!(partition = p, idle = now_idle, "partition idleness changed");
+            }
+        }
+        if !changes.is_empty() {
+            self.shared.engine.set_idle_lanes(&changes);
+        }
+        self.stats.idle_partitions.store(idle.idle.values().filter(|&&i| i).count() as u64, Ordering::Relaxed);
     }
 
     /// The positions the engine state covers now.
