@@ -179,8 +179,11 @@ impl Reg {
 /// highest rank) is dropped, which can only lower estimates of windows reaching back before
 /// it. Six pairs hold a register's records of well over a million distinct items per hour
 /// per shard; totals since start use a plain [`Hll`] beside it, which never drops anything.
+///
+/// Checkpoints hold only the registers in use (see [`sparse`]).
 #[derive(Clone, Serialize, Deserialize)]
 pub struct SlidingHll {
+    #[serde(with = "sparse::regs")]
     regs: Box<[Reg]>,
     p: u32,
 }
@@ -254,6 +257,7 @@ impl SlidingHll {
 /// A plain HyperLogLog (one byte per register): distinct counts since start.
 #[derive(Clone, Serialize, Deserialize)]
 pub struct Hll {
+    #[serde(with = "sparse::bytes")]
     regs: Box<[u8]>,
     p: u32,
 }
@@ -303,6 +307,7 @@ pub struct BucketHll {
     last: (i64, i64, i64),
     /// Bucket number held by each ring position (-1: empty).
     held: Box<[i64]>,
+    #[serde(with = "sparse::bytes")]
     regs: Box<[u8]>,
 }
 
@@ -365,6 +370,86 @@ impl BucketHll {
             hist[r as usize] += 1;
         }
         estimate_from_histogram(&hist, BUCKET_P).round() as u64
+    }
+}
+
+/// Sketches as checkpoints hold them: only what is in use. A sketch of a small shard, or of
+/// a window that has not filled yet, is mostly empty registers; written densely, a shard's
+/// sketches were over a megabyte whatever it held.
+mod sparse {
+    use serde::de::Deserializer;
+    use serde::ser::{SerializeSeq, Serializer};
+    use serde::{Deserialize, Serialize};
+
+    /// Registers of a sliding sketch: (index, register) for those in use, with the total count.
+    pub mod regs {
+        use super::*;
+        use crate::hll::Reg;
+
+        pub fn serialize<S: Serializer>(regs: &[Reg], s: S) -> Result<S::Ok, S::Error> {
+            let used = regs.iter().filter(|r| r.rank[0] != 0).count();
+            let mut seq = s.serialize_seq(Some(used + 1))?;
+            seq.serialize_element(&Entry::Len(regs.len() as u32))?;
+            for (i, r) in regs.iter().enumerate().filter(|(_, r)| r.rank[0] != 0) {
+                seq.serialize_element(&Entry::Reg(i as u32, *r))?;
+            }
+            seq.end()
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Box<[Reg]>, D::Error> {
+            let entries = Vec::<Entry>::deserialize(d)?;
+            let mut regs: Vec<Reg> = Vec::new();
+            for e in entries {
+                match e {
+                    Entry::Len(n) => regs = vec![Reg::default(); n as usize],
+                    Entry::Reg(i, r) => {
+                        let slot =
+                            regs.get_mut(i as usize).ok_or_else(|| serde::de::Error::custom("register index"))?;
+                        *slot = r;
+                    }
+                }
+            }
+            Ok(regs.into_boxed_slice())
+        }
+
+        #[derive(Serialize, Deserialize)]
+        enum Entry {
+            Len(u32),
+            Reg(u32, Reg),
+        }
+    }
+
+    /// Byte registers: dense when at least a third are set, else (index, value) pairs.
+    pub mod bytes {
+        use super::*;
+
+        #[derive(Serialize, Deserialize)]
+        enum Repr {
+            Dense(Vec<u8>),
+            Sparse(u32, Vec<(u32, u8)>),
+        }
+
+        pub fn serialize<S: Serializer>(b: &[u8], s: S) -> Result<S::Ok, S::Error> {
+            let set = b.iter().filter(|&&x| x != 0).count();
+            if set * 3 >= b.len() {
+                return Repr::Dense(b.to_vec()).serialize(s);
+            }
+            let pairs = b.iter().enumerate().filter(|(_, &x)| x != 0).map(|(i, &x)| (i as u32, x)).collect();
+            Repr::Sparse(b.len() as u32, pairs).serialize(s)
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Box<[u8]>, D::Error> {
+            Ok(match Repr::deserialize(d)? {
+                Repr::Dense(v) => v.into_boxed_slice(),
+                Repr::Sparse(n, pairs) => {
+                    let mut v = vec![0u8; n as usize];
+                    for (i, x) in pairs {
+                        *v.get_mut(i as usize).ok_or_else(|| serde::de::Error::custom("register index"))? = x;
+                    }
+                    v.into_boxed_slice()
+                }
+            })
+        }
     }
 }
 
@@ -461,6 +546,41 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn sketches_round_trip_sparsely() {
+        let mut s = SlidingHll::new();
+        let mut h = Hll::new(SLIDING_P);
+        let mut b = BucketHll::new(1000, 61);
+        for i in 0..500 {
+            s.insert(h(i), 10 + i as u32);
+            h.insert(h(i));
+            b.insert(h(i), 5_000 + i as i64);
+        }
+        let (sb, hb, bb) = (
+            postcard::to_allocvec(&s).unwrap(),
+            postcard::to_allocvec(&h).unwrap(),
+            postcard::to_allocvec(&b).unwrap(),
+        );
+        assert!(sb.len() < 20_000 && hb.len() < 2_000 && bb.len() < 4_000, "{} {} {}", sb.len(), hb.len(), bb.len());
+        let s2: SlidingHll = postcard::from_bytes(&sb).unwrap();
+        let h2: Hll = postcard::from_bytes(&hb).unwrap();
+        let b2: BucketHll = postcard::from_bytes(&bb).unwrap();
+        assert_eq!(s2.estimate(&[0, 100, 400]), s.estimate(&[0, 100, 400]));
+        assert_eq!(h2.estimate(), h.estimate());
+        assert_eq!(b2.estimate(4_999, 6_000), b.estimate(4_999, 6_000));
+        // Full sketches stay dense (and exact).
+        let mut full = Hll::new(10);
+        for i in 0..100_000 {
+            full.insert(h(i));
+        }
+        let f2: Hll = postcard::from_bytes(&postcard::to_allocvec(&full).unwrap()).unwrap();
+        assert_eq!(f2.estimate(), full.estimate());
+    }
+
+    fn h_(i: u64) -> u64 {
+        h(i)
     }
 
     #[test]

@@ -182,3 +182,34 @@ fn a_config_file_overrides_key_by_key_and_the_effective_config_says_where_from()
     assert!(text.contains("brokers = \"10.0.0.9:9093\"   # from: environment WARROOM_BROKERS"), "{text}");
     assert!(text.contains("max_slots = 7"), "{text}");
 }
+
+#[test]
+fn a_second_monitor_on_the_same_state_dir_refuses_to_start() {
+    let dir = tmp("shared-state");
+    let _ = std::fs::remove_dir_all(&dir);
+    let run = || {
+        let mut c = bin();
+        c.args(["run", "--source", "kafka", "--brokers", "127.0.0.1:1", "--listen", "127.0.0.1:0", "--state-dir"])
+            .arg(&dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        c
+    };
+    let mut first = run().spawn().unwrap();
+    let started = std::time::Instant::now();
+    while !dir.join("LOCK").exists() {
+        assert!(started.elapsed() < std::time::Duration::from_secs(10), "the first monitor never took its state dir");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let out = run().output().unwrap();
+    let _ = first.kill();
+    let _ = first.wait();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{}", show(&out));
+    assert!(
+        err.contains("in use by another warroom monitor") && err.contains(&format!("pid {}", first.id())),
+        "{}",
+        show(&out)
+    );
+}
