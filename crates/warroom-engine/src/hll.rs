@@ -551,16 +551,16 @@ mod tests {
     #[test]
     fn sketches_round_trip_sparsely() {
         let mut s = SlidingHll::new();
-        let mut h = Hll::new(SLIDING_P);
+        let mut plain = Hll::new(SLIDING_P);
         let mut b = BucketHll::new(1000, 61);
         for i in 0..500 {
             s.insert(h(i), 10 + i as u32);
-            h.insert(h(i));
+            plain.insert(h(i));
             b.insert(h(i), 5_000 + i as i64);
         }
         let (sb, hb, bb) = (
             postcard::to_allocvec(&s).unwrap(),
-            postcard::to_allocvec(&h).unwrap(),
+            postcard::to_allocvec(&plain).unwrap(),
             postcard::to_allocvec(&b).unwrap(),
         );
         assert!(sb.len() < 20_000 && hb.len() < 2_000 && bb.len() < 4_000, "{} {} {}", sb.len(), hb.len(), bb.len());
@@ -568,7 +568,7 @@ mod tests {
         let h2: Hll = postcard::from_bytes(&hb).unwrap();
         let b2: BucketHll = postcard::from_bytes(&bb).unwrap();
         assert_eq!(s2.estimate(&[0, 100, 400]), s.estimate(&[0, 100, 400]));
-        assert_eq!(h2.estimate(), h.estimate());
+        assert_eq!(h2.estimate(), plain.estimate());
         assert_eq!(b2.estimate(4_999, 6_000), b.estimate(4_999, 6_000));
         // Full sketches stay dense (and exact).
         let mut full = Hll::new(10);
