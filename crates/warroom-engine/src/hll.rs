@@ -579,10 +579,6 @@ mod tests {
         assert_eq!(f2.estimate(), full.estimate());
     }
 
-    fn h_(i: u64) -> u64 {
-        h(i)
-    }
-
     #[test]
     fn bucket_ring_counts_a_past_window() {
         let mut b = BucketHll::new(1000, 10);
