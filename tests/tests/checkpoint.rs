@@ -228,14 +228,18 @@ fn plan(phases: &[(&str, i64, i64, u64)]) -> PlanConfig {
 #[test]
 fn a_changed_plan_keeps_the_state_and_recomputes_its_numbers() {
     let (t0, m) = (1_794_312_000_000i64, 60_000i64);
-    let mut a = Config::default();
-    a.plan = Some(plan(&[("warmup", t0, t0 + 40 * m, 1_000_000), ("official", t0 + 40 * m, t0 + 120 * m, 9_000_000)]));
-    let mut b = Config::default();
-    b.plan = Some(plan(&[
-        ("warmup", t0 - 60 * m, t0 + 60 * m, 2_000_000),
-        ("official", t0 + 60 * m, t0 + 90 * m, 5_000_000),
-        ("encore", t0 + 90 * m, t0 + 100 * m, 500_000),
-    ]));
+    let a = Config {
+        plan: Some(plan(&[("warmup", t0, t0 + 40 * m, 1_000_000), ("official", t0 + 40 * m, t0 + 120 * m, 9_000_000)])),
+        ..Config::default()
+    };
+    let b = Config {
+        plan: Some(plan(&[
+            ("warmup", t0 - 60 * m, t0 + 60 * m, 2_000_000),
+            ("official", t0 + 60 * m, t0 + 90 * m, 5_000_000),
+            ("encore", t0 + 90 * m, t0 + 100 * m, 500_000),
+        ])),
+        ..Config::default()
+    };
     assert!(a.validate().is_ok() && b.validate().is_ok());
     let buf = input();
     let lines = warroom_tests::lines(&buf);
