@@ -227,8 +227,12 @@ fn two_members_one_stopped_nothing_lost_or_counted_twice() {
     create_topic(&topic, 4);
     let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
 
-    let a = Member::start(kafka_cfg(&topic, &group, da.path()));
-    let b = Member::start(kafka_cfg(&topic, &group, db.path()));
+    // Dynamic membership: A leaves for good, and Tansu (unlike Kafka) never expires a static
+    // member that does not come back, so its partitions would never reach B.
+    let dynamic =
+        |d: &std::path::Path| KafkaConfig { instance_id: Some(String::new()), ..kafka_cfg(&topic, &group, d) };
+    let a = Member::start(dynamic(da.path()));
+    let b = Member::start(dynamic(db.path()));
     produce(&topic, &lines[..half]);
     wait_until("first half read by the group", || a.read() + b.read() >= half as u64);
     let (engine_a, pos_a, read_a) = a.stop();

@@ -86,7 +86,7 @@ fn main() {
     let source = Arc::new(
         KafkaSource::new(
             engine.clone(),
-            Positions { topic: topic.clone(), next: Default::default() },
+            Positions { topic: topic.clone(), ..Positions::default() },
             kcfg,
             Limits::default(),
         )

@@ -119,8 +119,13 @@ fn default_severity() -> Severity {
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AlertsConfig {
-    /// POSTed a JSON alert on every state change (http only), retried with backoff.
+    /// POSTed a JSON alert on every state change (https:// or http://), retried with backoff.
     pub webhook: Option<String>,
+    /// A file holding the secret the webhook's requests are signed with (HMAC-SHA256 in
+    /// `X-Warroom-Signature`, see the webhook module); read at each send, never logged.
+    pub webhook_secret_file: Option<std::path::PathBuf>,
+    /// A PEM file of a CA to trust for the webhook's HTTPS, besides the usual roots.
+    pub webhook_ca_file: Option<std::path::PathBuf>,
     pub rules: Vec<RuleConfig>,
 }
 
@@ -161,8 +166,19 @@ impl AlertsConfig {
             }
         }
         if let Some(w) = &self.webhook {
-            if !w.starts_with("http://") {
-                errs.push(format!("alerts.webhook `{w}`: only http:// URLs are supported (put a TLS proxy in front)"));
+            if !w.starts_with("https://") && !w.starts_with("http://") {
+                errs.push(format!("alerts.webhook `{w}`: give an https:// (or, on a trusted network, http://) URL"));
+            }
+        }
+        for (key, p) in [("webhook_secret_file", &self.webhook_secret_file), ("webhook_ca_file", &self.webhook_ca_file)]
+        {
+            if let Some(p) = p {
+                if std::fs::metadata(p).is_err() {
+                    errs.push(format!(
+                        "alerts.{key} {}: no such file (check the path and its permissions)",
+                        p.display()
+                    ));
+                }
             }
         }
         if errs.is_empty() {
@@ -717,7 +733,7 @@ mod tests {
     fn invalid_rules_are_refused_with_what_to_fix() {
         let rules: AlertsConfig = toml::from_str(
             r#"
-            webhook = "https://example.com/x"
+            webhook = "ftp://example.com/x"
             [[rules]]
             name = "a"
             kind = "pace"
@@ -735,6 +751,6 @@ mod tests {
         assert!(errs.contains("clear (0.8) must be >= fire"), "{errs}");
         assert!(errs.contains("duplicate name"), "{errs}");
         assert!(errs.contains("needs metric"), "{errs}");
-        assert!(errs.contains("only http://"), "{errs}");
+        assert!(errs.contains("give an https://"), "{errs}");
     }
 }

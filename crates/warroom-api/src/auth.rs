@@ -27,6 +27,8 @@ pub struct Caller {
     pub merchant_id: Option<String>,
     /// For audit entries and logs (never the token).
     pub name: String,
+    /// A digest of the token (not the token): per-token limits count by it.
+    pub key: [u8; 32],
 }
 
 impl Caller {
@@ -97,18 +99,33 @@ impl Auth {
                 (Role::Merchant, None) => {
                     return Err(invalid(format!("tokens[{i}]: role \"merchant\" needs merchant_id")));
                 }
+                (Role::Merchant, Some(m)) if m.trim().is_empty() => {
+                    return Err(invalid(format!(
+                        "tokens[{i}]: merchant_id is empty; give the merchant's id as its events name it"
+                    )));
+                }
                 (Role::Ops | Role::Admin, Some(_)) => {
                     return Err(invalid(format!("tokens[{i}]: merchant_id is only for role \"merchant\"")));
                 }
                 _ => {}
             }
             let name = t.name.unwrap_or_else(|| format!("token#{i}"));
-            entries.push((digest(&t.token), Caller { role: t.role, merchant_id: t.merchant_id, name }));
+            let key = digest(&t.token);
+            entries.push((key, Caller { role: t.role, merchant_id: t.merchant_id, name, key }));
         }
         if entries.is_empty() {
             return Err(invalid("no [[tokens]]: nobody could use the API".into()));
         }
         Ok(Auth { entries })
+    }
+
+    /// How many tokens there are.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
     }
 
     /// The caller a token belongs to. Every entry is compared, in constant time, whatever
@@ -145,5 +162,8 @@ mod tests {
         assert!(e.to_string().contains("needs merchant_id"), "{e}");
         let e = Auth::parse("[[tokens]]\ntoken = \"short\"\nrole = \"ops\"\n", "x").unwrap_err();
         assert!(e.to_string().contains("at least 16"), "{e}");
+        let e = Auth::parse("[[tokens]]\ntoken = \"0123456789abcdef\"\nrole = \"merchant\"\nmerchant_id = \"\"\n", "x")
+            .unwrap_err();
+        assert!(e.to_string().contains("merchant_id is empty"), "{e}");
     }
 }

@@ -100,6 +100,9 @@ pub struct HubStats {
     pub send_timeouts: AtomicU64,
     /// Bytes of the last full (unscoped) snapshot frame.
     pub last_frame_bytes: AtomicU64,
+    /// Connections refused: the server's cap, a token's cap.
+    pub refused_global: AtomicU64,
+    pub refused_per_token: AtomicU64,
 }
 
 #[derive(Debug)]

@@ -2,7 +2,8 @@
 //! trail, WebSocket push, Prometheus metrics, and the screen itself at `/`.
 //!
 //! Every endpoint but `/healthz` and `/readyz` needs `Authorization: Bearer TOKEN` (the
-//! WebSocket may instead offer the token as a subprotocol `bearer.TOKEN`, or as `?token=`).
+//! WebSocket may instead offer the token as a subprotocol `bearer.TOKEN`; never in the URL,
+//! which proxies log).
 //! The screen's page at `/` holds no data and loads without a token; it takes the token from
 //! the URL fragment (never sent to the server) and uses it for the WebSocket.
 
@@ -10,7 +11,9 @@ pub mod alerts;
 pub mod auth;
 pub mod hub;
 pub mod metrics;
+pub mod net;
 pub mod scope;
+pub mod webhook;
 mod ws;
 
 use std::collections::VecDeque;
@@ -51,9 +54,14 @@ pub struct AuditEntry {
     pub weights: Option<RuleSpec>,
 }
 
+/// Alert changes waiting for the webhook at most; beyond, new ones are dropped and counted
+/// (`warroom_alert_webhook_dropped_total`): a webhook that is down must not grow the monitor.
+pub const WEBHOOK_QUEUE: usize = 1024;
+
 pub struct AppState {
     pub engine: Arc<Engine>,
-    pub auth: Auth,
+    /// The tokens in force (replaced whole when the auth file changes).
+    auth: arc_swap::ArcSwap<Auth>,
     pub hub: Arc<Hub>,
     pub source: Source,
     pub audit: Mutex<VecDeque<AuditEntry>>,
@@ -62,28 +70,43 @@ pub struct AppState {
     /// Data older than this (wall clock since the last applied event) is stale.
     pub stale_after_ms: i64,
     pub alerts: Mutex<alerts::AlertEngine>,
-    webhook_tx: tokio::sync::mpsc::UnboundedSender<alerts::Alert>,
-    webhook_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<alerts::Alert>>>,
+    webhook_tx: tokio::sync::mpsc::Sender<alerts::Alert>,
+    webhook_rx: Mutex<Option<tokio::sync::mpsc::Receiver<alerts::Alert>>>,
     pub webhook_stats: metrics::WebhookStats,
+    /// The monitor's parts and whether each is alive (`/readyz`).
+    pub parts: Arc<warroom_ingest::parts::Parts>,
+    /// Connection caps and timeouts.
+    pub config: ApiConfig,
+    /// WebSocket connections open, in all and per token (by the token's digest).
+    pub(crate) ws_open: Mutex<std::collections::HashMap<[u8; 32], usize>>,
 }
 
 impl AppState {
     pub fn new(engine: Arc<Engine>, auth: Auth, hub: Arc<Hub>, source: Source) -> AppState {
-        let (webhook_tx, webhook_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (webhook_tx, webhook_rx) = tokio::sync::mpsc::channel(WEBHOOK_QUEUE);
         AppState {
             alerts: Mutex::default(),
             webhook_tx,
             webhook_rx: Mutex::new(Some(webhook_rx)),
             webhook_stats: metrics::WebhookStats::default(),
             engine,
-            auth,
+            auth: arc_swap::ArcSwap::from_pointee(auth),
             hub,
             source,
             audit: Mutex::default(),
             started: Instant::now(),
             http: metrics::HttpStats::default(),
             stale_after_ms: 10_000,
+            parts: warroom_ingest::parts::Parts::new(),
+            config: ApiConfig::default(),
+            ws_open: Mutex::default(),
         }
+    }
+
+    /// Puts new tokens in force (the auth file changed): from the next request on, a revoked
+    /// token is refused. Open WebSocket connections keep the caller they were opened with.
+    pub fn replace_auth(&self, auth: Auth) {
+        self.auth.store(Arc::new(auth));
     }
 }
 
@@ -109,7 +132,14 @@ impl AppState {
             self.hub.alert(&a, a.merchant_id.clone(), a.venue.clone(), a.rehearsal);
             // The webhook hears of alerts that fired and of their end, not of pending ones.
             if a.fired_at_ms.is_some() && lock(&self.alerts).config().webhook.is_some() {
-                let _ = self.webhook_tx.send(a);
+                match self.webhook_tx.try_send(a) {
+                    Ok(()) => {}
+                    Err(tokio::sync::mpsc::error::TrySendError::Full(a)) => {
+                        self.webhook_stats.dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        tracing::warn!(alert = %a.id, queue = WEBHOOK_QUEUE, "alert webhook queue full (the webhook is down or slow); alert change dropped for the webhook (still on the screens and in /api/v1/alerts)");
+                    }
+                    Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => {}
+                }
             }
         }
     }
@@ -188,7 +218,7 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 
 impl AppState {
     fn authorize(&self, token: Option<&str>) -> Result<Caller, ApiError> {
-        let caller = token.and_then(|t| self.auth.check(t));
+        let caller = token.and_then(|t| self.auth.load().check(t));
         match caller {
             Some(c) => Ok(c),
             None => {
@@ -225,50 +255,37 @@ pub fn router(state: Shared) -> Router {
         .with_state(state)
 }
 
-/// Serves until `shutdown` completes.
+/// Serves until `shutdown` completes: connections idle for `api.idle_timeout` are closed,
+/// requests taking longer than `api.request_timeout` are answered 408. The webhook sender runs
+/// beside it; if it dies, `parts` says so.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: Shared,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     if let Some(rx) = lock(&state.webhook_rx).take() {
-        tokio::spawn(webhook(state.clone(), rx));
-    }
-    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
-}
-
-/// Sends alert changes to the configured webhook, in order, retrying each up to 5 times with
-/// backoff (0.5, 1, 2, 4 s); one that still fails is dropped, logged and counted.
-async fn webhook(st: Shared, mut rx: tokio::sync::mpsc::UnboundedReceiver<alerts::Alert>) {
-    use std::sync::atomic::Ordering::Relaxed;
-    let client = reqwest::Client::builder().timeout(std::time::Duration::from_secs(5)).build().expect("http client");
-    while let Some(alert) = rx.recv().await {
-        let Some(url) = lock(&st.alerts).config().webhook.clone() else { continue };
-        let mut delay = std::time::Duration::from_millis(500);
-        for attempt in 1..=5 {
-            match client.post(&url).json(&alert).send().await {
-                Ok(r) if r.status().is_success() => {
-                    st.webhook_stats.sent.fetch_add(1, Relaxed);
-                    break;
-                }
-                outcome => {
-                    let why = match outcome {
-                        Ok(r) => format!("status {}", r.status()),
-                        Err(e) => e.to_string(),
-                    };
-                    st.webhook_stats.retries.fetch_add(1, Relaxed);
-                    if attempt == 5 {
-                        st.webhook_stats.failed.fetch_add(1, Relaxed);
-                        tracing::error!(alert = %alert.id, error = %why, "alert webhook failed 5 times; dropped. Check [alerts] webhook");
-                    } else {
-                        tracing::warn!(alert = %alert.id, attempt, error = %why, "alert webhook failed; retrying");
-                        tokio::time::sleep(delay).await;
-                        delay *= 2;
-                    }
+        let task = tokio::spawn(webhook::run(state.clone(), rx));
+        let parts = state.parts.clone();
+        tokio::spawn(async move {
+            if let Err(e) = task.await {
+                if e.is_panic() {
+                    let p = e.into_panic();
+                    let msg = p
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| p.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "a panic".into());
+                    parts.died("webhook sender", format!("panicked: {msg}"));
                 }
             }
-        }
+        });
     }
+    let idle = state.config.idle_timeout;
+    let app = router(state.clone()).layer(tower_http::timeout::TimeoutLayer::with_status_code(
+        StatusCode::REQUEST_TIMEOUT,
+        state.config.request_timeout,
+    ));
+    axum::serve(net::IdleTimeoutListener::new(listener, idle), app).with_graceful_shutdown(shutdown).await
 }
 
 async fn list_alerts(State(st): State<Shared>, headers: HeaderMap) -> Result<Response, ApiError> {
@@ -310,22 +327,31 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
-/// Ready when a snapshot has been published and the source is not degraded.
+/// Ready when a snapshot has been published, every part is alive and the source is not
+/// degraded (brokers unreachable, or a dead-letter topic that does not take messages).
 async fn readyz(State(st): State<Shared>) -> Response {
-    let published = st.engine.publishes() > 0;
-    let source = match &st.source {
-        Source::Kafka(k) => match k.stats.health() {
-            Health::Ok => Ok(()),
-            Health::Starting => Err("kafka source starting: waiting for the group assignment"),
-            Health::Degraded => Err("kafka source degraded: brokers unreachable; serving the last state"),
-        },
-        _ => Ok(()),
-    };
-    match (published, source) {
-        (true, Ok(())) => (StatusCode::OK, "ready\n").into_response(),
-        (false, _) => (StatusCode::SERVICE_UNAVAILABLE, "not ready: nothing published yet\n").into_response(),
-        (_, Err(why)) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")).into_response(),
+    let unavailable = |why: String| (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")).into_response();
+    if let Some((part, why)) = st.parts.dead() {
+        return unavailable(format!(
+            "the {part} died ({why}); the monitor is exiting so that its supervisor restarts it from its last checkpoint"
+        ));
     }
+    if st.engine.publishes() == 0 {
+        return unavailable("nothing published yet".into());
+    }
+    if let Source::Kafka(k) = &st.source {
+        match k.stats.health() {
+            Health::Ok => {}
+            Health::Starting => return unavailable("kafka source starting: waiting for the group assignment".into()),
+            Health::Degraded => {
+                return unavailable("kafka source degraded: brokers unreachable; serving the last state".into())
+            }
+        }
+        if let Some(p) = k.dead_letter_problem() {
+            return unavailable(format!("degraded: {p}"));
+        }
+    }
+    (StatusCode::OK, "ready\n").into_response()
 }
 
 #[derive(Deserialize)]

@@ -25,6 +25,8 @@ pub struct WebhookStats {
     pub sent: AtomicU64,
     pub retries: AtomicU64,
     pub failed: AtomicU64,
+    /// Alert changes dropped because the webhook's queue was full.
+    pub dropped: AtomicU64,
 }
 
 pub(crate) async fn count_requests(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
@@ -67,6 +69,12 @@ pub fn render(st: &AppState) -> String {
     let now = now_ms();
     let r = |a: &AtomicU64| a.load(Ordering::Relaxed);
     p.one("uptime_seconds", "gauge", "Seconds since the monitor started.", st.started.elapsed().as_secs());
+    p.one(
+        "parts_dead",
+        "gauge",
+        "1 when a part of the monitor died (it is exiting for its supervisor to restart it).",
+        u8::from(st.parts.dead().is_some()),
+    );
     p.one(
         "rehearsal",
         "gauge",
@@ -114,7 +122,31 @@ pub fn render(st: &AppState) -> String {
         let s = &k.stats;
         p.one("kafka_messages_total", "counter", "Messages consumed and applied.", r(&s.messages));
         p.one("kafka_rejected_total", "counter", "Messages rejected by the decoder.", r(&s.rejected));
-        p.one("kafka_dead_lettered_total", "counter", "Messages sent to the dead-letter topic.", r(&s.dead_lettered));
+        let d = k.dead_letters();
+        p.one(
+            "kafka_dead_lettered_total",
+            "counter",
+            "Dead letters the broker confirmed (delivery reports, not sends).",
+            r(&d.delivered),
+        );
+        p.one(
+            "kafka_dlq_failed_attempts_total",
+            "counter",
+            "Dead-letter delivery attempts that failed (each letter is retried until delivered).",
+            r(&d.failed_attempts),
+        );
+        p.one(
+            "kafka_dlq_pending",
+            "gauge",
+            "Dead letters not delivered yet (kept in memory).",
+            k.dead_letters_pending(),
+        );
+        p.one(
+            "kafka_dlq_healthy",
+            "gauge",
+            "0 while the dead-letter topic does not take messages (checkpoints and commits wait).",
+            u8::from(k.dead_letter_problem().is_none()),
+        );
         p.one("kafka_checkpoints_total", "counter", "Checkpoints written.", r(&s.checkpoints));
         p.one("kafka_assignments_total", "counter", "Partition assignments received.", r(&s.assignments));
         p.one(
@@ -154,6 +186,9 @@ pub fn render(st: &AppState) -> String {
     p.one("auth_failures_total", "counter", "Requests without a valid token.", r(&st.http.auth_failures));
     p.one("ws_clients", "gauge", "WebSocket clients connected.", r(&h.clients));
     p.one("ws_connections_total", "counter", "WebSocket connections accepted.", r(&h.connections));
+    p.head("ws_refused_total", "counter", "WebSocket connections refused, by the cap that refused them.");
+    p.labelled("ws_refused_total", "cap=\"server\"", r(&h.refused_global));
+    p.labelled("ws_refused_total", "cap=\"token\"", r(&h.refused_per_token));
     p.one("ws_frames_published_total", "counter", "Snapshot frames published.", r(&h.frames_published));
     p.one("ws_frames_sent_total", "counter", "Snapshot frames sent (all clients).", r(&h.frames_sent));
     p.one("ws_frames_skipped_total", "counter", "Frames slow clients skipped to get the newest.", r(&h.frames_skipped));
@@ -187,5 +222,11 @@ pub fn render(st: &AppState) -> String {
     p.one("alert_webhook_sent_total", "counter", "Alert webhook deliveries.", r(&st.webhook_stats.sent));
     p.one("alert_webhook_retries_total", "counter", "Alert webhook retries.", r(&st.webhook_stats.retries));
     p.one("alert_webhook_failed_total", "counter", "Alert webhook deliveries given up.", r(&st.webhook_stats.failed));
+    p.one(
+        "alert_webhook_dropped_total",
+        "counter",
+        "Alert changes dropped because the webhook's queue was full.",
+        r(&st.webhook_stats.dropped),
+    );
     p.0
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
@@ -23,8 +23,53 @@ const PONG_WITHIN: Duration = Duration::from_secs(45);
 
 #[derive(Deserialize)]
 pub(crate) struct StreamQuery {
-    token: Option<String>,
     venue: Option<String>,
+}
+
+/// Holds one WebSocket connection's place in the caps; gives it back when dropped.
+struct Slot {
+    st: Arc<AppState>,
+    key: [u8; 32],
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut open = self.st.ws_open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = open.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// Takes a place for `caller` under the global and per-token caps, or says why not.
+fn take_slot(st: &Arc<AppState>, caller: &Caller) -> Result<Slot, ApiError> {
+    let mut open = st.ws_open.lock().unwrap_or_else(|p| p.into_inner());
+    let total: usize = open.values().sum();
+    let cfg = &st.config;
+    if total >= cfg.max_connections {
+        st.hub.stats.refused_global.fetch_add(1, Ordering::Relaxed);
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_connections",
+            format!("the server has {total} WebSocket connections, its limit (api.max_connections); try again later"),
+        ));
+    }
+    let mine = open.get(&caller.key).copied().unwrap_or(0);
+    if mine >= cfg.max_connections_per_token {
+        st.hub.stats.refused_per_token.fetch_add(1, Ordering::Relaxed);
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_connections_for_token",
+            format!(
+                "this token already has {mine} WebSocket connections, its limit (api.max_connections_per_token); close some, or give each screen its own token"
+            ),
+        ));
+    }
+    *open.entry(caller.key).or_default() += 1;
+    Ok(Slot { st: st.clone(), key: caller.key })
 }
 
 pub(crate) async fn upgrade(
@@ -33,7 +78,8 @@ pub(crate) async fn upgrade(
     Query(q): Query<StreamQuery>,
     ws: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
-    // The token: Authorization header, else a `bearer.TOKEN` subprotocol, else `?token=`.
+    // The token: the Authorization header, else a `bearer.TOKEN` subprotocol (a browser
+    // cannot set headers on a WebSocket). Not in the URL: URLs end up in proxies' logs.
     let offered: Vec<String> = headers
         .get_all(axum::http::header::SEC_WEBSOCKET_PROTOCOL)
         .iter()
@@ -42,11 +88,15 @@ pub(crate) async fn upgrade(
         .collect();
     let token = bearer(&headers)
         .map(str::to_string)
-        .or_else(|| offered.iter().find_map(|p| p.strip_prefix("bearer.").map(str::to_string)))
-        .or(q.token);
+        .or_else(|| offered.iter().find_map(|p| p.strip_prefix("bearer.").map(str::to_string)));
     let caller = st.authorize(token.as_deref())?;
+    let slot = take_slot(&st, &caller)?;
     let venue = q.venue;
-    Ok(ws.protocols(["warroom.v1"]).on_upgrade(move |socket| client(socket, st, caller, venue)))
+    let max = st.config.ws_max_message_bytes;
+    Ok(ws.protocols(["warroom.v1"]).max_message_size(max).max_frame_size(max).on_upgrade(move |socket| async move {
+        client(socket, st, caller, venue).await;
+        drop(slot);
+    }))
 }
 
 #[derive(Deserialize)]

@@ -25,15 +25,14 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
-use std::sync::mpsc::{channel, sync_channel, Receiver, SendError, SyncSender};
+use std::sync::mpsc::{channel, sync_channel, Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::ClientContext;
@@ -42,9 +41,12 @@ use warroom_engine::mem::recycle;
 use warroom_engine::{checkpoint, Config, Engine};
 use warroom_model::{Limits, Reason, Rejection};
 
+use crate::dlq::{DeadLetters, Letter};
+use crate::parts::Parts;
 use crate::pipeline::ChunkProcessor;
 
-/// Settings of the Kafka source (`[kafka]` in the config file, or flags).
+/// Settings of the Kafka source (`[kafka]` in the config file, or flags). Secrets are never
+/// in it: passwords are read from the files it names (see [`KafkaConfig::client_config`]).
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct KafkaConfig {
@@ -68,6 +70,35 @@ pub struct KafkaConfig {
     pub idle_partition_after: Duration,
     /// Dead-letter topic; default `<topic>.dlq`.
     pub dlq_topic: Option<String>,
+    /// Brokers of the dead-letter topic, when it lives on another cluster; default `brokers`.
+    pub dlq_brokers: Option<String>,
+    /// librdkafka properties of the dead-letter producer only (e.g. `message.timeout.ms`).
+    pub dlq_properties: BTreeMap<String, String>,
+    /// Undelivered dead letters kept in memory at most: beyond it consumption pauses until the
+    /// dead-letter topic takes them (a letter is the message plus a few hundred bytes).
+    pub dlq_max_pending: usize,
+    /// This member's static group membership id (`group.instance.id`, KIP-345): stable across
+    /// restarts of the same monitor, unique in the group. Default: `warroom-<host>-<hash of the
+    /// state dir>` (one monitor per state dir). Set it when the monitor moves between hosts
+    /// with its state (a StatefulSet's pod name); `""` for dynamic membership.
+    pub instance_id: Option<String>,
+    /// How long the group waits for a silent member before giving its partitions to others.
+    #[serde(with = "humantime_serde")]
+    pub session_timeout: Duration,
+    /// `plaintext`, `ssl` (TLS), `sasl_plaintext` or `sasl_ssl` (TLS with SASL).
+    pub security_protocol: String,
+    /// PEM file of the CA(s) that signed the brokers' certificates (default: the system's).
+    pub ssl_ca_file: Option<PathBuf>,
+    /// This client's certificate and key (PEM), when the brokers require client certificates.
+    pub ssl_cert_file: Option<PathBuf>,
+    pub ssl_key_file: Option<PathBuf>,
+    /// A file holding the key's password (its contents are never logged).
+    pub ssl_key_password_file: Option<PathBuf>,
+    /// `SCRAM-SHA-256`, `SCRAM-SHA-512` or `PLAIN`.
+    pub sasl_mechanism: Option<String>,
+    pub sasl_username: Option<String>,
+    /// A file holding the SASL password (its contents are never logged).
+    pub sasl_password_file: Option<PathBuf>,
     /// Any librdkafka property, passed through (e.g. `session.timeout.ms`).
     pub properties: BTreeMap<String, String>,
     /// This monitor runs a rehearsal (`warroom run --rehearsal-shift-ms`). A live one
@@ -87,6 +118,19 @@ impl Default for KafkaConfig {
             batch_max: 20_000,
             idle_partition_after: Duration::from_secs(30),
             dlq_topic: None,
+            dlq_brokers: None,
+            dlq_properties: BTreeMap::new(),
+            dlq_max_pending: 100_000,
+            instance_id: None,
+            session_timeout: Duration::from_secs(6),
+            security_protocol: "plaintext".into(),
+            ssl_ca_file: None,
+            ssl_cert_file: None,
+            ssl_key_file: None,
+            ssl_key_password_file: None,
+            sasl_mechanism: None,
+            sasl_username: None,
+            sasl_password_file: None,
             properties: BTreeMap::new(),
             rehearsal: false,
         }
@@ -106,11 +150,99 @@ impl KafkaConfig {
         if self.idle_partition_after.is_zero() {
             errs.push("kafka.idle_partition_after must be above 0, e.g. \"30s\"".to_string());
         }
+        if self.session_timeout < Duration::from_secs(1) {
+            errs.push("kafka.session_timeout must be at least 1s (brokers refuse below their group.min.session.timeout.ms, 6s by default)".to_string());
+        }
+        let proto = self.security_protocol.to_ascii_lowercase();
+        if !["plaintext", "ssl", "sasl_plaintext", "sasl_ssl"].contains(&proto.as_str()) {
+            errs.push(format!(
+                "kafka.security_protocol `{}`: use plaintext, ssl, sasl_plaintext or sasl_ssl",
+                self.security_protocol
+            ));
+        }
+        let sasl = proto.starts_with("sasl");
+        if sasl && (self.sasl_mechanism.is_none() || self.sasl_username.is_none() || self.sasl_password_file.is_none())
+        {
+            errs.push("kafka.security_protocol is SASL: set sasl_mechanism (e.g. \"SCRAM-SHA-512\"), sasl_username and sasl_password_file".to_string());
+        }
+        if let Some(m) = &self.sasl_mechanism {
+            if !["SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN"].contains(&m.to_ascii_uppercase().as_str()) {
+                errs.push(format!("kafka.sasl_mechanism `{m}`: use SCRAM-SHA-256, SCRAM-SHA-512 or PLAIN"));
+            }
+        }
+        for (k, v) in self.properties.iter().chain(&self.dlq_properties) {
+            if k.contains("password") || k.contains("sasl.jaas") {
+                let _ = v;
+                errs.push(format!(
+                    "kafka properties `{k}`: put secrets in files (sasl_password_file, ssl_key_password_file), not in the config"
+                ));
+            }
+        }
+        if self.dlq_max_pending == 0 {
+            errs.push("kafka.dlq_max_pending must be above 0".to_string());
+        }
         if errs.is_empty() {
             Ok(())
         } else {
             Err(errs)
         }
+    }
+
+    /// This member's `group.instance.id`: `instance_id`, else one derived from the host and
+    /// the state directory (stable across restarts of the same monitor; one monitor per state
+    /// directory, a lock makes sure). `None` when `instance_id = ""`: dynamic membership.
+    pub fn instance_id(&self) -> Option<String> {
+        if let Some(id) = &self.instance_id {
+            return (!id.is_empty()).then(|| id.clone());
+        }
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .map(|h| h.trim().to_string())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "host".into());
+        let dir = std::fs::canonicalize(&self.state_dir).unwrap_or_else(|_| self.state_dir.clone());
+        let hash = xxhash_rust::xxh3::xxh3_64(dir.to_string_lossy().as_bytes());
+        Some(format!("warroom-{host}-{:08x}", hash as u32))
+    }
+
+    /// A librdkafka configuration for `brokers` with the transport security of `[kafka]`.
+    /// Secrets are read from their files here and handed to librdkafka only: they are never
+    /// logged, nor in any error (which names the file).
+    pub fn client_config(&self, brokers: &str) -> Result<ClientConfig, KafkaSourceError> {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", brokers).set("security.protocol", self.security_protocol.to_ascii_lowercase());
+        let path = |p: &PathBuf| p.to_string_lossy().into_owned();
+        if let Some(p) = &self.ssl_ca_file {
+            c.set("ssl.ca.location", path(p));
+        }
+        if let Some(p) = &self.ssl_cert_file {
+            c.set("ssl.certificate.location", path(p));
+        }
+        if let Some(p) = &self.ssl_key_file {
+            c.set("ssl.key.location", path(p));
+        }
+        let secret = |what: &str, p: &PathBuf| -> Result<String, KafkaSourceError> {
+            std::fs::read_to_string(p).map(|s| s.trim_end_matches(['\n', '\r']).to_string()).map_err(|e| {
+                KafkaSourceError::Config(format!(
+                    "cannot read {what} {}: {e} (check the path and its permissions)",
+                    p.display()
+                ))
+            })
+        };
+        if let Some(p) = &self.ssl_key_password_file {
+            c.set("ssl.key.password", secret("ssl_key_password_file", p)?);
+        }
+        if let Some(m) = &self.sasl_mechanism {
+            c.set("sasl.mechanisms", m.to_ascii_uppercase());
+        }
+        if let Some(u) = &self.sasl_username {
+            c.set("sasl.username", u);
+        }
+        if let Some(p) = &self.sasl_password_file {
+            c.set("sasl.password", secret("sasl_password_file", p)?);
+        }
+        Ok(c)
     }
 
     pub fn dlq(&self) -> String {
@@ -126,6 +258,8 @@ pub enum KafkaSourceError {
     Checkpoint(#[from] checkpoint::CheckpointError),
     #[error("the checkpoint in {dir} is for topic `{found}`, not `{wanted}`: use another --state-dir per topic")]
     OtherTopic { dir: PathBuf, found: String, wanted: String },
+    #[error("[kafka] {0}")]
+    Config(String),
 }
 
 /// What a checkpoint records of the source: the next offset the state covers, per partition.
@@ -133,12 +267,16 @@ pub enum KafkaSourceError {
 pub struct Positions {
     pub topic: String,
     pub next: BTreeMap<i32, i64>,
+    /// Dead letters not delivered when partitions had to be given up (see [`crate::dlq`]);
+    /// sent again when the checkpoint is restored.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dead_letters: Vec<Letter>,
 }
 
 /// Builds the engine: restored from `state_dir` when a checkpoint is there, else fresh.
 pub fn open_engine(cfg: Config, kafka: &KafkaConfig) -> Result<(Engine, Positions), KafkaSourceError> {
     match checkpoint::read(&kafka.state_dir)? {
-        None => Ok((Engine::new(cfg), Positions { topic: kafka.topic.clone(), next: BTreeMap::new() })),
+        None => Ok((Engine::new(cfg), Positions { topic: kafka.topic.clone(), ..Positions::default() })),
         Some((bytes, path)) => {
             let (engine, extra) = Engine::restore(cfg, &bytes, &path)?;
             let pos: Positions = serde_json::from_slice(&extra).unwrap_or_default();
@@ -170,7 +308,8 @@ pub enum Health {
 pub struct SourceStats {
     pub messages: AtomicU64,
     pub rejected: AtomicU64,
-    pub dead_lettered: AtomicU64,
+    /// What is wrong with the dead-letter path (see [`crate::dlq::DeadLetters::problem`]).
+    dlq_problem: Mutex<Option<String>>,
     pub checkpoints: AtomicU64,
     /// Partition assignments received (each sets the partitions' start offsets).
     pub assignments: AtomicU64,
@@ -281,14 +420,43 @@ struct Feed {
 }
 
 /// State shared by the poll loop, the applier thread and the rebalance callback (which runs
-/// inside `poll`). Lock order: `feed`, then `inner`; the applier takes only `inner`.
+/// inside `poll`). Lock order: `feed`, then `inner`; the applier takes only `inner`. No lock is
+/// held across a wait for the broker: the dead-letter outbox never waits, and a checkpoint
+/// waits for dead letters with no lock taken.
 struct Shared {
     engine: Arc<Engine>,
     cfg: KafkaConfig,
-    dlq: ThreadedProducer<DefaultProducerContext>,
+    dlq: DeadLetters,
     feed: Mutex<Feed>,
     inner: Mutex<Inner>,
     stats: Arc<SourceStats>,
+    /// The applier died mid-batch: the engine may hold part of a batch that no position
+    /// covers, so nothing is applied or checkpointed any more; the process exits and restarts
+    /// from the last checkpoint.
+    poisoned: AtomicBool,
+}
+
+/// Why a checkpoint is taken: what to do when dead letters are still on their way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Why {
+    /// Every `checkpoint_interval`: skip it (the next one comes soon).
+    Interval,
+    /// Partitions are given up: write the undelivered letters into the checkpoint instead,
+    /// or the new owner would count this member's events again.
+    Revoke,
+    /// Stopping: skip it (a restart replays from the previous one and rejects again).
+    Shutdown,
+}
+
+/// Marks the source poisoned if the applier thread unwinds.
+struct PoisonOnPanic<'a>(&'a AtomicBool);
+
+impl Drop for PoisonOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -303,7 +471,7 @@ impl Shared {
     /// Sends the messages taken so far to the applier (or applies them here when it is not
     /// running).
     fn hand_over(&self, feed: &mut Feed) {
-        if feed.pending.meta.is_empty() {
+        if feed.pending.meta.is_empty() || self.poisoned.load(Ordering::SeqCst) {
             return;
         }
         let Some(tx) = &feed.to_applier else {
@@ -312,28 +480,32 @@ impl Shared {
         };
         let fresh = feed.spare.as_ref().and_then(|r| r.try_recv().ok()).unwrap_or_default();
         let batch = std::mem::replace(&mut feed.pending, fresh);
-        if let Err(SendError(Job::Batch(mut batch))) = tx.send(Job::Batch(batch)) {
-            // The applier is gone (it panicked): apply here rather than lose the batch.
-            self.flush(&mut lock(&self.inner), &mut batch);
+        if tx.send(Job::Batch(batch)).is_err() {
+            // The applier is gone: it panicked, possibly half-way through a batch. Applying
+            // more here would let positions (and commits) pass events it never applied.
+            self.poisoned.store(true, Ordering::SeqCst);
+            tracing::error!("the applier thread is gone; nothing more is applied or checkpointed");
         }
     }
 
-    /// Returns once every message taken so far is applied.
+    /// Returns once every message taken so far is applied (or the applier is gone).
     fn settle(&self, feed: &mut Feed) {
         self.hand_over(feed);
         if let Some(tx) = &feed.to_applier {
             let (ack, done) = sync_channel(1);
-            if tx.send(Job::Barrier(ack)).is_ok() {
-                let _ = done.recv();
+            if tx.send(Job::Barrier(ack)).is_err() || done.recv().is_err() {
+                self.poisoned.store(true, Ordering::SeqCst);
             }
         }
     }
 
     /// The applier thread: applies batches in the order they were taken.
     fn apply_batches(&self, jobs: Receiver<Job>, spare: std::sync::mpsc::Sender<Pending>) {
+        let _poison = PoisonOnPanic(&self.poisoned);
         for job in jobs {
             match job {
                 Job::Batch(mut batch) => {
+                    crate::parts::fault::hit("applier");
                     self.flush(&mut lock(&self.inner), &mut batch);
                     let _ = spare.send(batch);
                 }
@@ -344,7 +516,8 @@ impl Shared {
         }
     }
 
-    /// Applies the pending messages, dead-letters the rejected ones, advances positions.
+    /// Applies the pending messages, hands the rejected ones to the dead-letter outbox (which
+    /// never waits), advances positions.
     fn flush(&self, inner: &mut Inner, pending: &mut Pending) {
         let Inner { proc, positions } = inner;
         if pending.meta.is_empty() {
@@ -372,40 +545,24 @@ impl Shared {
         rejected.extend(decoded.into_iter().map(|r| (taken[r.line as usize], r.rejection)));
         self.stats.messages.fetch_add(meta.len() as u64, Ordering::Relaxed);
         self.stats.rejected.fetch_add(rejected.len() as u64, Ordering::Relaxed);
-        let dlq = self.cfg.dlq();
         for (i, rejection) in rejected {
             let Taken { payload, key, partition, offset, .. } = &pending.meta[i];
-            let (p, o) = (partition.to_string(), offset.to_string());
-            let at = now_ms().to_string();
-            let detail = rejection.to_string();
-            let headers = OwnedHeaders::new()
-                .insert(Header { key: "warroom-reason", value: Some(rejection.reason.as_str()) })
-                .insert(Header { key: "warroom-field", value: Some(rejection.field.unwrap_or("")) })
-                .insert(Header { key: "warroom-detail", value: Some(detail.as_str()) })
-                .insert(Header { key: "warroom-source-topic", value: Some(self.cfg.topic.as_str()) })
-                .insert(Header { key: "warroom-source-partition", value: Some(p.as_str()) })
-                .insert(Header { key: "warroom-source-offset", value: Some(o.as_str()) })
-                .insert(Header { key: "warroom-rejected-at-ms", value: Some(at.as_str()) });
-            let mut record =
-                BaseRecord::<[u8], [u8]>::to(&dlq).payload(&pending.bytes[payload.clone()]).headers(headers);
-            if let Some(k) = key {
-                record = record.key(&pending.bytes[k.clone()]);
-            }
-            let mut record = Some(record);
-            while let Some(rec) = record.take() {
-                match self.dlq.send(rec) {
-                    Ok(()) => {
-                        self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Err((KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), rec)) => {
-                        std::thread::sleep(Duration::from_millis(5));
-                        record = Some(rec);
-                    }
-                    Err((e, _)) => {
-                        tracing::error!(error = %e, partition, offset, "could not dead-letter a rejected message; it is counted in rejections")
-                    }
-                }
-            }
+            let headers = vec![
+                ("warroom-reason".to_string(), rejection.reason.as_str().to_string()),
+                ("warroom-field".to_string(), rejection.field.unwrap_or("").to_string()),
+                ("warroom-detail".to_string(), rejection.to_string()),
+                ("warroom-source-topic".to_string(), self.cfg.topic.clone()),
+                ("warroom-source-partition".to_string(), partition.to_string()),
+                ("warroom-source-offset".to_string(), offset.to_string()),
+                ("warroom-rejected-at-ms".to_string(), now_ms().to_string()),
+            ];
+            self.dlq.send(Letter {
+                payload: pending.bytes[payload.clone()].to_vec(),
+                key: key.as_ref().map(|k| pending.bytes[k.clone()].to_vec()),
+                headers,
+                partition: *partition,
+                offset: *offset,
+            });
         }
         for m in &pending.meta {
             positions.next.insert(m.partition, m.offset + 1);
@@ -415,20 +572,47 @@ impl Shared {
         recycle(&mut pending.meta);
     }
 
-    /// Applies everything taken, writes a checkpoint with the positions, then commits them to
-    /// the group.
-    fn checkpoint(&self, consumer: &BaseConsumer<Ctx>, why: &str) {
-        let mut feed = lock(&self.feed);
-        self.settle(&mut feed);
-        feed.last_checkpoint = Instant::now();
-        let inner = lock(&self.inner);
-        let started = Instant::now();
-        // Dead letters must be durable before the positions past them are.
-        if let Err(e) = self.dlq.flush(Duration::from_secs(10)) {
-            tracing::warn!(error = %e, "dead-letter queue not flushed; keeping the previous checkpoint");
-            return;
+    /// Applies everything taken, makes sure its dead letters are delivered, writes a
+    /// checkpoint with the positions, then commits them to the group. Returns whether it did.
+    fn checkpoint(&self, consumer: &BaseConsumer<Ctx>, why: Why) -> bool {
+        if self.poisoned.load(Ordering::SeqCst) {
+            tracing::error!(
+                ?why,
+                "no checkpoint: the applier died; the last checkpoint stays (a restart resumes there)"
+            );
+            return false;
         }
-        let extra = serde_json::to_vec(&inner.positions).expect("positions serialise");
+        // Nothing new is taken meanwhile: the poll loop (and the rebalance callback, inside
+        // poll) is the caller.
+        let mut positions = {
+            let mut feed = lock(&self.feed);
+            self.settle(&mut feed);
+            feed.last_checkpoint = Instant::now();
+            lock(&self.inner).positions.clone()
+        };
+        if self.poisoned.load(Ordering::SeqCst) {
+            return false;
+        }
+        // Dead letters first, with no lock held: the applier, the publisher and /metrics go on.
+        let before = self.dlq.next_id();
+        let wait = if why == Why::Interval { Duration::from_secs(2) } else { Duration::from_secs(10) };
+        if !self.dlq.wait_delivered(before, wait) {
+            if why != Why::Revoke {
+                tracing::warn!(
+                    ?why,
+                    pending = self.dlq.pending(),
+                    "checkpoint skipped: dead letters not delivered yet; offsets are not committed past them"
+                );
+                return false;
+            }
+            positions.dead_letters = self.dlq.undelivered(before);
+            tracing::warn!(
+                letters = positions.dead_letters.len(),
+                "giving partitions up with dead letters undelivered: they are kept in the checkpoint and sent again after a restart"
+            );
+        }
+        let started = Instant::now();
+        let extra = serde_json::to_vec(&positions).expect("positions serialise");
         let bytes = self.engine.checkpoint(&extra);
         match checkpoint::write_atomically(&self.cfg.state_dir, &bytes) {
             Ok(path) => {
@@ -436,17 +620,17 @@ impl Shared {
                 self.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
                 self.stats.last_checkpoint_ms.store(now_ms() as u64, Ordering::Relaxed);
                 self.stats.last_checkpoint_duration_us.store(took.as_micros() as u64, Ordering::Relaxed);
-                tracing::debug!(why, path = %path.display(), bytes = bytes.len(), took_ms = took.as_millis() as u64, "checkpoint written");
+                tracing::debug!(?why, path = %path.display(), bytes = bytes.len(), took_ms = took.as_millis() as u64, "checkpoint written");
             }
             Err(e) => {
                 tracing::error!(error = %e, "checkpoint failed; offsets are not committed past the previous one. Check free space and permissions of --state-dir");
-                return;
+                return false;
             }
         }
         let mut tpl = TopicPartitionList::new();
         let assigned = consumer.assignment().unwrap_or_default();
         for e in assigned.elements_for_topic(&self.cfg.topic) {
-            if let Some(&next) = inner.positions.next.get(&e.partition()) {
+            if let Some(&next) = positions.next.get(&e.partition()) {
                 let _ = tpl.add_partition_offset(&self.cfg.topic, e.partition(), Offset::Offset(next));
             }
         }
@@ -455,6 +639,7 @@ impl Shared {
                 tracing::warn!(error = %e, "offset commit failed; the checkpoint stays authoritative and the commit is retried at the next one");
             }
         }
+        true
     }
 }
 
@@ -519,7 +704,7 @@ impl ConsumerContext for Ctx {
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 tracing::info!(partitions = tpl.count(), "partitions revoked: checkpointing before giving them up");
-                shared.checkpoint(consumer, "revoke");
+                shared.checkpoint(consumer, Why::Revoke);
                 for e in tpl.elements_for_topic(&shared.cfg.topic) {
                     shared.engine.retire_lane(e.partition() as u16);
                 }
@@ -589,18 +774,19 @@ impl KafkaSource {
     /// Connects (lazily: an unreachable broker is retried, not fatal) and subscribes.
     pub fn new(
         engine: Arc<Engine>,
-        positions: Positions,
+        mut positions: Positions,
         cfg: KafkaConfig,
         limits: Limits,
     ) -> Result<Self, KafkaSourceError> {
         let stats = Arc::new(SourceStats::default());
-        let mut cc = ClientConfig::new();
-        cc.set("bootstrap.servers", &cfg.brokers)
-            .set("group.id", &cfg.group)
+        let mut cc = cfg.client_config(&cfg.brokers)?;
+        cc.set("group.id", &cfg.group)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .set("partition.assignment.strategy", "range")
+            .set("session.timeout.ms", cfg.session_timeout.as_millis().to_string())
+            .set("heartbeat.interval.ms", (cfg.session_timeout.as_millis() / 6).max(100).to_string())
             // librdkafka's default (1 s) idles the fetcher for a whole second whenever its
             // queue is full, which a monitor busy applying a batch often lets happen: drain
             // rate 0.38-0.47 of a bare consumer with it, 0.54-0.74 with 10 ms (BENCHMARKS.md).
@@ -610,16 +796,32 @@ impl KafkaSource {
             // 2 s at 2k events/s with the 500 ms default (frames 1-2 s late). 100 ms costs an
             // idle consumer ten small requests a second.
             .set("fetch.wait.max.ms", "100")
-            // Partition ends for the lag metric (the `stats` callback).
+            // Partition ends for the lag metric and idleness (the `stats` callback).
             .set("statistics.interval.ms", "1000");
+        // Static membership (KIP-345): a monitor restarted under the same instance id gets its
+        // partitions back at once, instead of waiting out its old self's session.
+        if let Some(id) = cfg.instance_id() {
+            cc.set("group.instance.id", id);
+        }
         for (k, v) in &cfg.properties {
             cc.set(k, v);
         }
         let ctx = Ctx { shared: Mutex::new(None), stats: stats.clone() };
         let consumer: BaseConsumer<Ctx> = cc.create_with_context(ctx)?;
-        let mut pc = ClientConfig::new();
-        pc.set("bootstrap.servers", &cfg.brokers).set("linger.ms", "5");
-        let dlq: ThreadedProducer<DefaultProducerContext> = pc.create()?;
+        let dlq_brokers = cfg.dlq_brokers.clone().unwrap_or_else(|| cfg.brokers.clone());
+        let mut pc = cfg.client_config(&dlq_brokers)?;
+        for (k, v) in &cfg.dlq_properties {
+            pc.set(k, v);
+        }
+        let dlq = DeadLetters::new(pc, &cfg.dlq())?;
+        // Dead letters a previous run had to leave in its checkpoint: sent again.
+        let saved = std::mem::take(&mut positions.dead_letters);
+        if !saved.is_empty() {
+            tracing::info!(letters = saved.len(), "sending again the dead letters kept in the checkpoint");
+        }
+        for l in saved {
+            dlq.send(l);
+        }
         let mut proc = ChunkProcessor::new(engine.clone(), limits);
         proc.keep_rejected = true;
         let shared = Arc::new(Shared {
@@ -634,6 +836,7 @@ impl KafkaSource {
             inner: Mutex::new(Inner { proc, positions }),
             stats: stats.clone(),
             cfg,
+            poisoned: AtomicBool::new(false),
         });
         *consumer.context().shared.lock().unwrap_or_else(|p| p.into_inner()) = Some(shared.clone());
         consumer.subscribe(&[&shared.cfg.topic])?;
@@ -642,6 +845,12 @@ impl KafkaSource {
 
     /// Consumes until `stop` is set, then checkpoints and commits once more.
     pub fn run(&self, stop: &AtomicBool) {
+        self.run_with(stop, &Parts::new())
+    }
+
+    /// [`KafkaSource::run`], registering the applier thread in `parts`: if it dies, the source
+    /// stops applying and checkpointing (see [`Shared::hand_over`]) and `parts` says so.
+    pub fn run_with(&self, stop: &AtomicBool, parts: &Arc<Parts>) {
         let (jobs_tx, jobs) = sync_channel::<Job>(1);
         let (spare_tx, spare) = channel();
         {
@@ -649,31 +858,52 @@ impl KafkaSource {
             feed.to_applier = Some(jobs_tx);
             feed.spare = Some(spare);
         }
+        /// Closes the applier's channel however the poll loop ends (a panic included), so that
+        /// the scope below can join it.
+        struct CloseApplier<'a>(&'a Shared);
+        impl Drop for CloseApplier<'_> {
+            fn drop(&mut self) {
+                let mut feed = lock(&self.0.feed);
+                feed.to_applier = None;
+                feed.spare = None;
+            }
+        }
         std::thread::scope(|scope| {
+            let guard = parts.start("applier");
             let applier = std::thread::Builder::new()
                 .name("warroom-apply".into())
-                .spawn_scoped(scope, || self.shared.apply_batches(jobs, spare_tx))
+                .spawn_scoped(scope, move || {
+                    self.shared.apply_batches(jobs, spare_tx);
+                    guard.finished();
+                })
                 .expect("spawn the applier thread");
+            let close = CloseApplier(&self.shared);
             self.poll_until(stop);
-            let mut feed = lock(&self.shared.feed);
-            self.shared.settle(&mut feed);
-            feed.to_applier = None;
-            feed.spare = None;
-            drop(feed);
+            {
+                let mut feed = lock(&self.shared.feed);
+                self.shared.settle(&mut feed);
+            }
+            drop(close);
             if applier.join().is_err() {
-                tracing::error!("the applier thread panicked; its batch was applied in the poll thread instead");
+                tracing::error!("the applier thread panicked; no checkpoint covers what it was applying");
             }
         });
-        self.shared.checkpoint(&self.consumer, "shutdown");
+        self.shared.checkpoint(&self.consumer, Why::Shutdown);
+        self.shared.dlq.flush(Duration::from_secs(5));
     }
 
     fn poll_until(&self, stop: &AtomicBool) {
         let batch_max = self.shared.cfg.batch_max.max(1);
         let mut rate_since = (Instant::now(), self.stats.messages.load(Ordering::Relaxed));
         let mut idle = Idleness::default();
-        while !stop.load(Ordering::Relaxed) {
+        let mut paused = false;
+        while !stop.load(Ordering::Relaxed) && !self.shared.poisoned.load(Ordering::SeqCst) {
+            crate::parts::fault::hit("source");
+            self.shared.dlq.pump();
             if idle.checked.elapsed() >= Duration::from_secs(1) {
                 self.update_idle_partitions(&mut idle);
+                self.watch_dead_letters();
+                paused = self.pause_for_dead_letters(paused);
             }
             let elapsed = rate_since.0.elapsed();
             if elapsed >= Duration::from_secs(1) {
@@ -716,10 +946,67 @@ impl KafkaSource {
                 self.shared.hand_over(&mut feed);
                 feed.last_checkpoint.elapsed() >= self.shared.cfg.checkpoint_interval
             };
-            if due {
-                self.shared.checkpoint(&self.consumer, "interval");
+            if due && !self.shared.checkpoint(&self.consumer, Why::Interval) {
+                // Try again in a second rather than at once (the dead letters are on their way).
+                let mut feed = lock(&self.shared.feed);
+                let back = self.shared.cfg.checkpoint_interval.saturating_sub(Duration::from_secs(1));
+                feed.last_checkpoint = Instant::now() - back;
             }
         }
+    }
+
+    /// Logs when the dead-letter path starts failing (with what to fix) and when it recovers.
+    fn watch_dead_letters(&self) {
+        let problem = self.shared.dlq.problem();
+        let mut last = lock(&self.stats.dlq_problem);
+        match (&*last, &problem) {
+            (None, Some(p)) => tracing::error!("{p}"),
+            (Some(_), None) => tracing::info!(
+                delivered = self.shared.dlq.stats.delivered.load(Ordering::Relaxed),
+                "the dead-letter topic takes messages again; every dead letter kept was delivered"
+            ),
+            _ => {}
+        }
+        *last = problem;
+    }
+
+    /// Stops fetching while more than `dlq_max_pending` dead letters wait (memory stays bounded
+    /// however long the dead-letter topic fails), and starts again below half of it. The group
+    /// membership is kept: poll goes on, paused partitions deliver nothing.
+    fn pause_for_dead_letters(&self, paused: bool) -> bool {
+        let pending = self.shared.dlq.pending();
+        let max = self.shared.cfg.dlq_max_pending;
+        let assigned = self.consumer.assignment().unwrap_or_default();
+        if !paused && pending > max {
+            tracing::error!(
+                pending,
+                max,
+                "too many undelivered dead letters: consumption paused until the dead-letter topic takes them"
+            );
+            let _ = self.consumer.pause(&assigned);
+            return true;
+        }
+        if paused && pending <= max / 2 {
+            tracing::info!(pending, "consumption resumed");
+            let _ = self.consumer.resume(&assigned);
+            return false;
+        }
+        paused
+    }
+
+    /// What is wrong with the dead-letter path, if anything (for `/readyz` and `/metrics`).
+    pub fn dead_letter_problem(&self) -> Option<String> {
+        lock(&self.stats.dlq_problem).clone()
+    }
+
+    /// The dead-letter outbox's counters.
+    pub fn dead_letters(&self) -> &crate::dlq::DlqStats {
+        &self.shared.dlq.stats
+    }
+
+    /// Dead letters not delivered yet.
+    pub fn dead_letters_pending(&self) -> usize {
+        self.shared.dlq.pending()
     }
 
     /// Declares idle the assigned partitions that are caught up with their log end and have

@@ -7,12 +7,16 @@
 //! - [`gen`]: a deterministic generator of Double-11-shaped traffic with noise.
 //! - [`sim`]: the embedded simulator that plays a compressed night in real time.
 //!
-//! - [`kafka`]: the Kafka source (consumer group, checkpoints, exactly-once counting).
+//! - [`kafka`]: the Kafka source (consumer group, checkpoints, exactly-once counting), with
+//!   [`dlq`], the dead-letter outbox that never blocks it and never loses a letter.
+//! - [`parts`]: the monitor's long-running parts, whether each is alive, and injected faults.
 //! - [`loadgen`], [`rehearse`], [`produce`]: the producing side for load tests and rehearsals.
 
+pub mod dlq;
 pub mod gen;
 pub mod kafka;
 pub mod loadgen;
+pub mod parts;
 pub mod pipeline;
 pub mod produce;
 pub mod rehearse;

@@ -552,14 +552,25 @@ fn run(o: RunOpts) -> anyhow::Result<()> {
         _ => (Arc::new(Engine::new(engine_cfg)), None),
     };
     let stop = stop_on_ctrl_c("stopping: writing a final checkpoint (press Ctrl-C again to exit at once)")?;
+    let parts = warroom_ingest::parts::Parts::new();
     let mut proc = ChunkProcessor::new(engine.clone(), settings.limits());
+    if matches!(source, Source::Sim) {
+        // The simulator's clock is its own (a night played faster than real time).
+        proc = ChunkProcessor::new(engine.clone(), warroom_model::Limits::default());
+    }
     let kafka = match (source, positions) {
         (Source::Kafka, Some(p)) => Some(Arc::new(
             warroom_ingest::kafka::KafkaSource::new(engine.clone(), p, kcfg.clone(), settings.limits())
-                .context("starting the Kafka consumer (check --brokers)")?,
+                .context("starting the Kafka consumer (check --brokers and the [kafka] security settings)")?,
         )),
         _ => None,
     };
+    if o.auth_file.is_none() && !o.listen.ip().is_loopback() {
+        anyhow::bail!(
+            "refusing to serve the demo tokens on {}: they are public. Pass --auth-file with your own tokens (see config/auth.demo.toml for the format), or listen on loopback",
+            o.listen
+        );
+    }
     let auth = warroom_api::Auth::load(o.auth_file.as_deref())?;
     let hub = Arc::new(warroom_api::Hub::new());
     let api_source = match &kafka {
@@ -569,19 +580,24 @@ fn run(o: RunOpts) -> anyhow::Result<()> {
     };
     let mut state = warroom_api::AppState::new(engine.clone(), auth, hub, api_source);
     state.stale_after_ms = settings.api.stale_after.as_millis() as i64;
+    state.parts = parts.clone();
+    state.config = settings.api.clone();
     let api = Arc::new(state);
     api.reload_alerts(settings.alerts.clone())
         .map_err(|e| anyhow::anyhow!("invalid alert rules:\n  - {}", e.join("\n  - ")))?;
     if let Some(path) = config.clone() {
         watch_alert_rules(path, api.clone(), stop.clone());
     }
-    let server = serve_api(o.listen, api.clone(), stop.clone())?;
+    if let Some(path) = o.auth_file.clone() {
+        watch_auth_file(path, api.clone(), stop.clone());
+    }
+    let server = serve_api(o.listen, api.clone(), stop.clone(), parts.clone())?;
     let base = format!("http://{}", server.addr);
     if o.auth_file.is_none() {
         println!("screen (ops):      {base}/#token=demo-ops-token-0001");
         println!("screen (merchant): {base}/#token=demo-merchant-m4-token");
         println!("API:               curl -H 'Authorization: Bearer demo-ops-token-0001' {base}/api/v1/snapshot");
-        println!("(demo tokens from config/auth.demo.toml; use --auth-file for your own)");
+        println!("(demo tokens from config/auth.demo.toml, loopback only; use --auth-file for your own)");
     } else {
         println!("screen: {base}/#token=YOUR_TOKEN   API: {base}/api/v1/openapi.json");
     }
@@ -592,12 +608,13 @@ fn run(o: RunOpts) -> anyhow::Result<()> {
         "warroom running; one summary line per second; stop with Ctrl-C"
     );
     let feeder = {
-        let stop = stop.clone();
+        let (stop, parts) = (stop.clone(), parts.clone());
         std::thread::Builder::new().name("source".into()).spawn(move || -> anyhow::Result<()> {
+            let guard = parts.start("source");
             match source {
                 Source::Kafka => {
                     if let Some(k) = kafka {
-                        k.run(&stop);
+                        k.run_with(&stop, &parts);
                     }
                 }
                 Source::Sim => {
@@ -611,49 +628,80 @@ fn run(o: RunOpts) -> anyhow::Result<()> {
                     tracing::info!(lines = st.lines, "input file played; serving its final state");
                 }
             }
+            guard.finished();
             Ok(())
         })?
     };
-    let started = Instant::now();
-    let mut last_line = Instant::now();
-    let mut moves = 0usize;
-    loop {
-        std::thread::sleep(Duration::from_millis(250));
-        let (snap, changes) = engine.publish();
-        moves += changes.len();
-        for c in &changes {
-            tracing::debug!(venue = %c.venue, slot = %c.slot, from = ?c.from, to = c.to, "race: rank change");
-        }
-        api.on_publish(snap.clone(), changes);
-        if last_line.elapsed() >= Duration::from_secs(1) {
-            last_line = Instant::now();
-            let tag = if rehearsal.is_some() { "[演练 REHEARSAL] " } else { "" };
-            println!("{tag}{} | rank moves {moves}", summary_line(&snap));
-            moves = 0;
-            if let Some(p) = &o.snapshot_out {
-                if let Err(e) = write_json_atomically(p, &snap) {
-                    tracing::warn!(error = %e, "could not write --snapshot-out");
+    let tag = if rehearsal.is_some() { "[演练 REHEARSAL] " } else { "" };
+    let publisher = {
+        let (stop, parts, engine, api, out) =
+            (stop.clone(), parts.clone(), engine.clone(), api.clone(), o.snapshot_out.clone());
+        std::thread::Builder::new().name("publisher".into()).spawn(move || {
+            let guard = parts.start("publisher");
+            let mut last_line = Instant::now();
+            let mut moves = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(250));
+                warroom_ingest::parts::fault::hit("publisher");
+                let (snap, changes) = engine.publish();
+                moves += changes.len();
+                for c in &changes {
+                    tracing::debug!(venue = %c.venue, slot = %c.slot, from = ?c.from, to = c.to, "race: rank change");
+                }
+                api.on_publish(snap.clone(), changes);
+                if last_line.elapsed() >= Duration::from_secs(1) {
+                    last_line = Instant::now();
+                    println!("{tag}{} | rank moves {moves}", summary_line(&snap));
+                    moves = 0;
+                    if let Some(p) = &out {
+                        if let Err(e) = write_json_atomically(p, &snap) {
+                            tracing::warn!(error = %e, "could not write --snapshot-out");
+                        }
+                    }
                 }
             }
+            guard.finished();
+        })?
+    };
+    // The main thread watches the parts: a dead one stops the monitor, non-zero, within
+    // seconds (/readyz says why meanwhile), for its supervisor to restart it.
+    let started = Instant::now();
+    let dead = loop {
+        std::thread::sleep(Duration::from_millis(100));
+        if let Some(d) = parts.dead() {
+            break Some(d);
         }
         if stop.load(Ordering::Relaxed) && feeder.is_finished() {
-            break;
+            break None;
         }
         if feeder.is_finished() && matches!(source, Source::Sim) {
-            break;
+            break None;
         }
         if duration.is_some_and(|d| started.elapsed() >= d) {
-            break;
+            break None;
         }
+    };
+    if let Some((part, why)) = dead {
+        tracing::error!(part, reason = %why, "a part of the monitor died: stopping (exit code 70) so that the supervisor restarts it from its last checkpoint");
+        // Long enough for a prober to see /readyz at 503; then the source stops (its final
+        // checkpoint is refused if the applier died mid-batch) and the process exits.
+        std::thread::sleep(Duration::from_secs(1));
+        stop.store(true, Ordering::Relaxed);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !feeder.is_finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        eprintln!("error: the {part} died ({why}); exiting for the supervisor to restart the monitor");
+        std::process::exit(70);
     }
     stop.store(true, Ordering::Relaxed);
+    let _ = publisher.join();
     server.stop();
     match feeder.join() {
         Ok(r) => r?,
         Err(_) => anyhow::bail!("the source thread panicked; see the log above"),
     }
     let (snap, _) = engine.publish();
-    let tag = if rehearsal.is_some() { "[演练 REHEARSAL] " } else { "" };
     println!("{tag}{}", summary_line(&snap));
     if let Some(p) = &o.snapshot_out {
         write_json_atomically(p, &snap)?;
@@ -827,6 +875,7 @@ fn serve_api(
     listen: std::net::SocketAddr,
     state: Arc<warroom_api::AppState>,
     stop: Arc<AtomicBool>,
+    parts: Arc<warroom_ingest::parts::Parts>,
 ) -> anyhow::Result<ApiServer> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -840,16 +889,47 @@ fn serve_api(
     let addr = listener.local_addr()?;
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let thread = std::thread::Builder::new().name("api".into()).spawn(move || {
+        let guard = parts.start("API server");
         let shutdown = async move {
             let _ = rx.await;
         };
-        if let Err(e) = rt.block_on(warroom_api::serve(listener, state, shutdown)) {
-            tracing::error!(error = %e, "the API server stopped; the monitor stops too");
-            stop.store(true, Ordering::Relaxed);
+        match rt.block_on(warroom_api::serve(listener, state, shutdown)) {
+            Ok(()) => guard.finished(),
+            Err(e) => {
+                tracing::error!(error = %e, "the API server stopped; the monitor stops too");
+                stop.store(true, Ordering::Relaxed);
+                drop(guard);
+            }
         }
         rt.shutdown_timeout(Duration::from_secs(2));
     })?;
     Ok(ApiServer { addr, shutdown: Some(tx), thread: Some(thread) })
+}
+
+/// Reloads the auth file when it changes (checked every 2 s): a revoked token stops working
+/// without a restart. An invalid file is refused, with the reason logged, and the tokens in
+/// force stay.
+fn watch_auth_file(path: PathBuf, api: Arc<warroom_api::AppState>, stop: Arc<AtomicBool>) {
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let mut seen = modified(&path);
+    let _ = std::thread::Builder::new().name("auth-watch".into()).spawn(move || {
+        while !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_secs(2));
+            let now = modified(&path);
+            if now == seen {
+                continue;
+            }
+            seen = now;
+            match warroom_api::Auth::load(Some(&path)) {
+                Ok(a) => {
+                    let n = a.len();
+                    api.replace_auth(a);
+                    tracing::info!(path = %path.display(), tokens = n, "auth file reloaded");
+                }
+                Err(e) => tracing::error!(error = %e, "auth file not reloaded; the tokens in force stay"),
+            }
+        }
+    });
 }
 
 /// Reloads the alert rules when the config file changes (checked every 2 s). Invalid rules are

@@ -245,7 +245,14 @@ target_gmv_cents = 10000000
         BIN,
         &topic,
         dir.path(),
-        &["--rehearsal-shift-ms", &shift.to_string(), "--rehearsal-speed", "720"],
+        &[
+            "--rehearsal-shift-ms",
+            &shift.to_string(),
+            "--rehearsal-speed",
+            "720",
+            "--group",
+            &unique("rehearsal-group"),
+        ],
     );
     wait_for_read(dir.path(), lines.len() as u64, "the rehearsal monitor");
     let out_text = || files_starting(dir.path(), "out-");
