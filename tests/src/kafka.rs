@@ -163,9 +163,21 @@ pub fn sent_time(line: &[u8]) -> Option<i64> {
 /// config (`warroom.toml`), state, snapshot file (`snapshot.json`, written every second),
 /// stdout (`out-*.txt`) and log (`log-*.txt`); `extra` arguments are added.
 pub fn start_monitor(bin: &str, topic: &str, dir: &std::path::Path, extra: &[&str]) -> std::process::Child {
+    start_monitor_env(bin, topic, dir, extra, &[])
+}
+
+/// [`start_monitor`] with environment variables set for the monitor only.
+pub fn start_monitor_env(
+    bin: &str,
+    topic: &str,
+    dir: &std::path::Path,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> std::process::Child {
     use std::process::{Command, Stdio};
     let tag = unique("run");
     Command::new(bin)
+        .envs(env.iter().copied())
         .args(["run", "--source", "kafka", "--listen", "127.0.0.1:0", "--brokers", &brokers(), "--topic", topic])
         .arg("--state-dir")
         .arg(dir.join("state"))
@@ -264,4 +276,138 @@ pub fn consume_all(topic: &str, partitions: i32, n: usize) -> Vec<Consumed> {
     }
     out.sort_by_key(|m| m.partition);
     out
+}
+
+/// A free TCP port on loopback (free when asked; tests bind it soon after).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// The Tansu binary that scripts/test.sh installed.
+pub fn tansu() -> String {
+    std::env::var("WARROOM_TANSU").expect("WARROOM_TANSU is not set: run the tests with scripts/test.sh")
+}
+
+/// A private broker, for tests that stop, pause or replace it: it listens on its own port and
+/// advertises `advertised` (the port of whatever clients connect through: itself, a relay, a
+/// TLS terminator).
+pub struct PrivateBroker {
+    pub child: std::process::Child,
+    pub port: u16,
+}
+
+impl PrivateBroker {
+    /// A broker listening on a new free port, advertising `advertised`.
+    pub fn start(advertised: u16) -> PrivateBroker {
+        Self::start_on(free_port(), advertised, &[])
+    }
+
+    /// A broker listening on `port`, advertising `advertised`, with `extra` arguments.
+    pub fn start_on(port: u16, advertised: u16, extra: &[&str]) -> PrivateBroker {
+        let child = std::process::Command::new(tansu())
+            .args([
+                "broker",
+                "--listener-url",
+                &format!("tcp://127.0.0.1:{port}"),
+                "--advertised-listener-url",
+                &format!("tcp://127.0.0.1:{advertised}"),
+                "--storage-engine",
+                "memory://tansu/",
+            ])
+            .args(extra)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start tansu");
+        let started = std::time::Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(started.elapsed() < Duration::from_secs(10), "private broker did not listen");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        PrivateBroker { child, port }
+    }
+
+    /// Creates a topic on this broker directly (with Tansu's own CLI).
+    pub fn create_topic(&self, topic: &str, partitions: u32) {
+        let out = std::process::Command::new(tansu())
+            .args(["topic", "create", "--broker", &format!("tcp://127.0.0.1:{}", self.port)])
+            .args(["--partitions", &partitions.to_string(), topic])
+            .output()
+            .expect("tansu topic create");
+        assert!(out.status.success(), "tansu topic create: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn kill(self) {
+        drop(self);
+    }
+}
+
+/// A test that fails half-way must not leave its broker running.
+impl Drop for PrivateBroker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The base URL (`http://127.0.0.1:PORT`) of the monitor writing into `dir`, from the screen
+/// URL it prints (at most 30 s).
+pub fn monitor_url(dir: &std::path::Path) -> String {
+    let started = std::time::Instant::now();
+    loop {
+        let out = files_starting(dir, "out-");
+        if let Some(u) = out.lines().find_map(|l| l.strip_prefix("screen (ops):")) {
+            return u.trim().split("/#").next().unwrap().to_string();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the monitor printed no URL; logs:\n{}",
+            files_starting(dir, "log-")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// GET `path` of `base` with a bearer token (none: no header): (status, body). Times out after
+/// `timeout`, returning status 0.
+pub fn http_get(base: &str, path: &str, token: Option<&str>, timeout: Duration) -> (u16, String) {
+    use std::io::{Read, Write};
+    let addr = base.trim_start_matches("http://");
+    let Ok(mut s) = std::net::TcpStream::connect(addr) else { return (0, String::new()) };
+    let _ = s.set_read_timeout(Some(timeout));
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    if write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n{auth}\r\n").is_err() {
+        return (0, String::new());
+    }
+    let mut text = String::new();
+    if s.read_to_string(&mut text).is_err() {
+        return (0, text);
+    }
+    let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
+}
+
+/// The value of metric `name` (exact series, labels included) in a Prometheus text.
+pub fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// The group's committed offset of partitions `0..partitions` of `topic` (0: none), as the
+/// broker records them.
+pub fn committed(group: &str, topic: &str, partitions: i32) -> std::collections::BTreeMap<i32, i64> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+    let c: BaseConsumer =
+        ClientConfig::new().set("bootstrap.servers", brokers()).set("group.id", group).create().unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(topic, p);
+    }
+    let got = c.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
+    got.elements().iter().map(|e| (e.partition(), if let Offset::Offset(o) = e.offset() { o } else { 0 })).collect()
 }

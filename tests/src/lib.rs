@@ -97,6 +97,11 @@ fn validate(line: &[u8]) -> Option<Ev> {
     })
 }
 
+/// Whether a line is a valid event per EVENTS.md v1.1 (the reference's own check).
+pub fn is_valid(line: &[u8]) -> bool {
+    validate(line).is_some()
+}
+
 /// The accepted events of `lines` in order (invalid and duplicate ones left out, each `pay`
 /// marked when it is its order's first), with the numbers of rejected and duplicate lines.
 fn accept(lines: &[&[u8]]) -> (Vec<Ev>, u64, u64) {

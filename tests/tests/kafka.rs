@@ -14,7 +14,7 @@ use warroom_engine::Config;
 use warroom_ingest::gen::{write_night, GenConfig};
 use warroom_ingest::kafka::{open_engine, KafkaConfig, KafkaSource};
 use warroom_model::Limits;
-use warroom_tests::kafka::{brokers, create_topic, produce, produce_unkeyed, read_dead_letters, unique};
+use warroom_tests::kafka::{brokers, create_topic, produce, produce_unkeyed, read_dead_letters, unique, PrivateBroker};
 
 fn kafka_cfg(topic: &str, group: &str, state: &std::path::Path) -> KafkaConfig {
     let mut props = BTreeMap::new();
@@ -268,69 +268,6 @@ fn two_members_one_stopped_nothing_lost_or_counted_twice() {
     assert_eq!(ckpt_a, pos_a, "A's last checkpoint holds A's final positions");
     assert_eq!(pos_b.next.len(), 4, "B ended up with every partition: {pos_b:?}");
     assert_eq!(pos_b.next.values().sum::<i64>(), lines.len() as i64, "{pos_b:?}");
-}
-
-/// A private broker for tests that stop and replace it: it listens on its own port and
-/// advertises the relay's, so clients only ever see the relay's address.
-struct PrivateBroker {
-    child: std::process::Child,
-    port: u16,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn tansu() -> String {
-    std::env::var("WARROOM_TANSU").expect("WARROOM_TANSU is not set: run the tests with scripts/test.sh")
-}
-
-impl PrivateBroker {
-    fn start(advertised: u16) -> PrivateBroker {
-        let port = free_port();
-        let child = std::process::Command::new(tansu())
-            .args([
-                "broker",
-                "--listener-url",
-                &format!("tcp://127.0.0.1:{port}"),
-                "--advertised-listener-url",
-                &format!("tcp://127.0.0.1:{advertised}"),
-                "--storage-engine",
-                "memory://tansu/",
-            ])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("start tansu");
-        let started = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(started.elapsed() < Duration::from_secs(10), "private broker did not listen");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        PrivateBroker { child, port }
-    }
-
-    /// Creates a topic on this broker directly (with Tansu's own CLI, not through the relay).
-    fn create_topic(&self, topic: &str, partitions: u32) {
-        let out = std::process::Command::new(tansu())
-            .args(["topic", "create", "--broker", &format!("tcp://127.0.0.1:{}", self.port)])
-            .args(["--partitions", &partitions.to_string(), topic])
-            .output()
-            .expect("tansu topic create");
-        assert!(out.status.success(), "tansu topic create: {}", String::from_utf8_lossy(&out.stderr));
-    }
-
-    fn kill(self) {
-        drop(self);
-    }
-}
-
-/// A test that fails half-way must not leave its broker running.
-impl Drop for PrivateBroker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// A TCP relay on a fixed port in front of the current broker. `cut` drops every connection

@@ -505,6 +505,7 @@ impl Shared {
         for job in jobs {
             match job {
                 Job::Batch(mut batch) => {
+                    // (A fault here: a batch taken from Kafka that is never applied.)
                     crate::parts::fault::hit("applier");
                     self.flush(&mut lock(&self.inner), &mut batch);
                     let _ = spare.send(batch);
