@@ -7,6 +7,7 @@
 //! force at the end. It is slow on purpose and obviously right.
 
 pub mod kafka;
+pub mod tls;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 

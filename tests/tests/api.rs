@@ -31,9 +31,15 @@ struct Server {
 
 impl Server {
     async fn start(cfg: Config) -> Server {
+        Self::start_with(cfg, warroom_api::ApiConfig::default()).await
+    }
+
+    async fn start_with(cfg: Config, api: warroom_api::ApiConfig) -> Server {
         let engine = Arc::new(Engine::new(cfg));
         let hub = Arc::new(Hub::new());
-        let state = Arc::new(AppState::new(engine.clone(), Auth::load(None).unwrap(), hub.clone(), Source::Sim));
+        let mut state = AppState::new(engine.clone(), Auth::load(None).unwrap(), hub.clone(), Source::Sim);
+        state.config = api;
+        let state = Arc::new(state);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("127.0.0.1:{}", listener.local_addr().unwrap().port());
         tokio::spawn(warroom_api::serve(listener, state.clone(), std::future::pending()));
@@ -652,4 +658,199 @@ async fn the_webhook_hears_fired_and_resolved_alerts_with_retries() {
     let (_, metrics) = s.get("/metrics", Some(OPS)).await;
     assert!(metrics.contains("warroom_alert_webhook_retries_total 2"), "{metrics}");
     assert!(metrics.contains("warroom_alert_webhook_sent_total 2"), "{metrics}");
+}
+
+/// A WebSocket handshake with `token` as subprotocol: the HTTP status it ended with (101 when
+/// it opened) and the socket when it did.
+async fn ws_try(base: &str, token: &str, query: &str) -> (u16, Option<Ws>) {
+    let mut req = format!("ws://{base}/api/v1/stream{query}").into_client_request().unwrap();
+    if !token.is_empty() {
+        req.headers_mut().insert("sec-websocket-protocol", format!("warroom.v1, bearer.{token}").parse().unwrap());
+    }
+    match tokio_tungstenite::connect_async(req).await {
+        Ok((ws, resp)) => (resp.status().as_u16(), Some(ws)),
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => (resp.status().as_u16(), None),
+        Err(e) => panic!("handshake: {e}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_connections_are_capped_in_all_and_per_token_with_clear_refusals() {
+    let api = warroom_api::ApiConfig { max_connections: 3, max_connections_per_token: 2, ..Default::default() };
+    let s = Server::start_with(Config::default(), api).await;
+    let (a, wa) = ws_try(&s.base, OPS, "").await;
+    let (b, _wb) = ws_try(&s.base, OPS, "").await;
+    assert_eq!((a, b), (101, 101));
+    let (c, _) = ws_try(&s.base, OPS, "").await;
+    assert_eq!(c, 429, "a third connection for one token");
+    let (d, _wd) = ws_try(&s.base, ADMIN, "").await;
+    assert_eq!(d, 101, "another token still gets in");
+    let (e, _) = ws_try(&s.base, MERCHANT, "").await;
+    assert_eq!(e, 503, "the server's cap");
+    let (_, metrics) = s.get("/metrics", Some(OPS)).await;
+    assert!(metrics.contains("warroom_ws_refused_total{cap=\"token\"} 1"), "{metrics}");
+    assert!(metrics.contains("warroom_ws_refused_total{cap=\"server\"} 1"), "{metrics}");
+    // A closed connection gives its place back.
+    drop(wa);
+    let started = std::time::Instant::now();
+    loop {
+        let (f, _wf) = ws_try(&s.base, OPS, "").await;
+        if f == 101 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "the place never came back: {f}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_message_over_the_cap_closes_its_connection_and_the_token_is_not_taken_from_the_url() {
+    let s = Server::start(Config::default()).await;
+    let mut ws = s.ws(OPS, "").await;
+    let _ = next_of(&mut ws, "snapshot").await;
+    ws.send(Message::Text(format!("{{\"subscribe\":{{\"venue\":\"{}\"}}}}", "v".repeat(10_000)).into())).await.unwrap();
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match ws.next().await {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return true,
+                Some(Ok(_)) => continue,
+            }
+        }
+    })
+    .await
+    .unwrap_or(false);
+    assert!(closed, "a 10 KB message (cap 4 KiB) ends the connection");
+    // Others are unaffected.
+    let mut other = s.ws(OPS, "").await;
+    let _ = next_of(&mut other, "snapshot").await;
+    // A token in the URL is not a token: proxies log URLs.
+    let (code, _) = ws_try(&s.base, "", &format!("?token={OPS}")).await;
+    assert_eq!(code, 401);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_and_half_sent_connections_are_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let api = warroom_api::ApiConfig { idle_timeout: Duration::from_secs(1), ..Default::default() };
+    let s = Server::start_with(Config::default(), api).await;
+    for first in [&b""[..], b"GET /api/v1/snapshot HTTP/1.1\r\nHost: x\r\n"] {
+        let mut c = tokio::net::TcpStream::connect(&s.base).await.unwrap();
+        c.write_all(first).await.unwrap();
+        let mut buf = [0u8; 256];
+        let t = std::time::Instant::now();
+        let r = tokio::time::timeout(Duration::from_secs(10), c.read(&mut buf)).await.expect("closed within 10 s");
+        assert!(matches!(r, Ok(0) | Err(_)), "closed, not answered: {r:?}");
+        assert!(t.elapsed() >= Duration::from_millis(900), "not before the idle timeout");
+    }
+    // A live client is not idle.
+    let (code, _) = s.get("/api/v1/snapshot", Some(OPS)).await;
+    assert_eq!(code, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_webhook_is_sent_over_https_signed_and_never_redirected() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = warroom_tests::tls::Pki::new(dir.path());
+    let ok = warroom_tests::tls::HttpsReceiver::start(pki.server_config(false), |_| "200 OK");
+    let moved = warroom_tests::tls::HttpsReceiver::start(pki.server_config(false), |p| {
+        if p == "/hook" {
+            "302 Found\r\nLocation: /elsewhere"
+        } else {
+            "200 OK"
+        }
+    });
+    let secret = dir.path().join("webhook.secret");
+    std::fs::write(&secret, "s3cr3t-for-hmac\n").unwrap();
+    let s = Server::start(Config::default()).await;
+    let rules = |url: String| -> warroom_api::alerts::AlertsConfig {
+        toml::from_str(&format!(
+            "webhook = \"{url}\"\nwebhook_secret_file = \"{}\"\nwebhook_ca_file = \"{}\"\n[[rules]]\nname = \"any-gmv\"\nkind = \"threshold\"\nmetric = \"gmv_cents\"\nwindow = \"1m\"\nfire = 0.0\n",
+            secret.display(),
+            pki.ca.display()
+        ))
+        .unwrap()
+    };
+    s.state.reload_alerts(rules(format!("https://127.0.0.1:{}/hook", ok.port))).unwrap();
+    let now = warroom_api::now_ms();
+    s.state.on_publish_at(shaped(1, 5_000, now), Vec::new(), now);
+    let started = std::time::Instant::now();
+    while ok.received().is_empty() {
+        assert!(started.elapsed() < Duration::from_secs(10), "no webhook request over HTTPS");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let r = ok.received()[0].clone();
+    assert_eq!(r.path, "/hook");
+    let ts = r.header("X-Warroom-Timestamp").expect("timestamp header");
+    let sig = r.header("X-Warroom-Signature").expect("signature header");
+    // Checked independently: openssl's HMAC of "TIMESTAMP.BODY" under the secret.
+    let mut signed = ts.as_bytes().to_vec();
+    signed.push(b'.');
+    signed.extend_from_slice(&r.body);
+    let msg = dir.path().join("signed");
+    std::fs::write(&msg, &signed).unwrap();
+    let out = std::process::Command::new("openssl")
+        .args(["dgst", "-sha256", "-hmac", "s3cr3t-for-hmac"])
+        .arg(&msg)
+        .output()
+        .unwrap();
+    let want = String::from_utf8_lossy(&out.stdout).split_whitespace().last().unwrap().to_string();
+    assert_eq!(sig, format!("sha256={want}"));
+    let alert: Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(alert["rule"], "any-gmv");
+    // A redirect is not followed: the webhook counts a failure, the target is never asked.
+    s.state.reload_alerts(rules(format!("https://127.0.0.1:{}/hook", moved.port))).unwrap();
+    s.state.on_publish_at(shaped(2, 0, now + 1_000), Vec::new(), now + 1_000); // resolves
+    let started = std::time::Instant::now();
+    while s.state.webhook_stats.retries.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+        assert!(started.elapsed() < Duration::from_secs(10), "the redirect was not counted as a failure");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(moved.received().iter().all(|r| r.path == "/hook"), "the redirect was followed: {:?}", moved.received());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_that_hangs_cannot_grow_the_monitor() {
+    // The webhook accepts connections and never answers; more alert changes come than its
+    // queue holds: the rest are dropped and counted, nothing blocks the publish.
+    let hang = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = hang.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        loop {
+            if let Ok((c, _)) = hang.accept().await {
+                held.push(c);
+            }
+        }
+    });
+    let s = Server::start(Config::default()).await;
+    s.state
+        .reload_alerts(
+            toml::from_str(&format!(
+                "webhook = \"http://127.0.0.1:{port}/hook\"\n[[rules]]\nname = \"moves\"\nkind = \"rank_change\"\nfire = 0.0\npending = \"1h\"\n"
+            ))
+            .unwrap(),
+        )
+        .unwrap();
+    let now = warroom_api::now_ms();
+    let n = warroom_api::WEBHOOK_QUEUE + 200;
+    let changes: Vec<warroom_engine::RankChange> = (0..n)
+        .map(|i| warroom_engine::RankChange {
+            venue: "main".into(),
+            slot: format!("s-{i}"),
+            from: Some(2),
+            to: 1,
+            as_of_ms: 1,
+        })
+        .collect();
+    let t = std::time::Instant::now();
+    s.state.on_publish_at(shaped(1, 1, now), changes, now);
+    assert!(t.elapsed() < Duration::from_secs(2), "publishing never waits for the webhook");
+    let dropped = s.state.webhook_stats.dropped.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        (199..=200).contains(&dropped),
+        "{n} alert changes, a queue of {}: {dropped} dropped",
+        warroom_api::WEBHOOK_QUEUE
+    );
+    let (_, metrics) = s.get("/metrics", Some(OPS)).await;
+    assert!(metrics.contains(&format!("warroom_alert_webhook_dropped_total {dropped}")), "{metrics}");
 }

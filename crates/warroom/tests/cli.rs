@@ -213,3 +213,58 @@ fn a_second_monitor_on_the_same_state_dir_refuses_to_start() {
         show(&out)
     );
 }
+
+#[test]
+fn the_demo_tokens_are_refused_beyond_loopback() {
+    let out = bin().args(["run", "--listen", "0.0.0.0:0", "--duration", "5s"]).output().unwrap();
+    assert!(!out.status.success(), "{}", show(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("demo tokens") && err.contains("--auth-file"), "{}", show(&out));
+}
+
+#[test]
+fn the_auth_file_is_reloaded_when_it_changes() {
+    use std::io::BufRead;
+    let auth = tmp("auth-reload.toml");
+    let token = |name: &str, t: &str| format!("[[tokens]]\ntoken = \"{t}\"\nrole = \"ops\"\nname = \"{name}\"\n");
+    std::fs::write(&auth, token("a", "token-a-0123456789") + &token("b", "token-b-0123456789")).unwrap();
+    let mut child = bin()
+        .args(["run", "--rate", "500", "--duration", "60s", "--listen", "127.0.0.1:0", "--auth-file"])
+        .arg(&auth)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let addr = loop {
+        let mut line = String::new();
+        assert!(out.read_line(&mut line).unwrap() > 0, "no URL printed");
+        if let Some(rest) = line.strip_prefix("screen: ") {
+            break rest.trim().trim_start_matches("http://").split('/').next().unwrap().to_string();
+        }
+    };
+    std::thread::spawn(move || for _ in out.lines() {});
+    let status = |t: &str| {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        write!(s, "GET /api/v1/snapshot HTTP/1.0\r\nHost: x\r\nAuthorization: Bearer {t}\r\n\r\n").unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        text.split_whitespace().nth(1).unwrap_or("").to_string()
+    };
+    assert_eq!(status("token-b-0123456789"), "200");
+    // Revoke b: no restart needed.
+    std::fs::write(&auth, token("a", "token-a-0123456789")).unwrap();
+    let started = std::time::Instant::now();
+    while status("token-b-0123456789") != "401" {
+        assert!(started.elapsed() < std::time::Duration::from_secs(15), "the revoked token still works");
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    assert_eq!(status("token-a-0123456789"), "200");
+    // An invalid file is refused and the tokens in force stay.
+    std::fs::write(&auth, "[[tokens]]\ntoken = \"short\"\nrole = \"ops\"\n").unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    assert_eq!(status("token-a-0123456789"), "200");
+    let _ = child.kill();
+    let _ = child.wait();
+}
