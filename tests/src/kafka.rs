@@ -132,8 +132,15 @@ pub fn read_dead_letters_from(brokers: &str, dlq: &str, n: u64) -> Vec<DeadLette
 /// stamped with its event's `ts` as the time it was sent: a recorded night produced as if live
 /// (the monitor refuses events stamped far behind their message's time).
 fn produce_with(brokers: &str, topic: &str, lines: &[&[u8]], keyed: bool) {
-    let producer: ThreadedProducer<DefaultProducerContext> =
-        ClientConfig::new().set("bootstrap.servers", brokers).set("linger.ms", "5").create().expect("producer");
+    let mut cfg = ClientConfig::new();
+    cfg.set("bootstrap.servers", brokers);
+    produce_configured(cfg, topic, lines, keyed)
+}
+
+/// Produces every line (keyed as contract v1.1 says if `keyed`, message time = `ts`) with a
+/// producer made from `cfg` (brokers, TLS, SASL: whatever the test needs).
+pub fn produce_configured(mut cfg: ClientConfig, topic: &str, lines: &[&[u8]], keyed: bool) {
+    let producer: ThreadedProducer<DefaultProducerContext> = cfg.set("linger.ms", "5").create().expect("producer");
     for l in lines {
         let key = warroom_ingest::produce::partition_key(l).filter(|_| keyed);
         let mut rec = BaseRecord::<[u8], [u8]>::to(topic).payload(*l);
@@ -174,11 +181,23 @@ pub fn start_monitor_env(
     extra: &[&str],
     env: &[(&str, &str)],
 ) -> std::process::Child {
+    start_monitor_on(bin, &brokers(), topic, dir, extra, env)
+}
+
+/// [`start_monitor_env`] reading from `brokers` (a private broker, a TLS terminator).
+pub fn start_monitor_on(
+    bin: &str,
+    brokers: &str,
+    topic: &str,
+    dir: &std::path::Path,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> std::process::Child {
     use std::process::{Command, Stdio};
     let tag = unique("run");
     Command::new(bin)
         .envs(env.iter().copied())
-        .args(["run", "--source", "kafka", "--listen", "127.0.0.1:0", "--brokers", &brokers(), "--topic", topic])
+        .args(["run", "--source", "kafka", "--listen", "127.0.0.1:0", "--brokers", brokers, "--topic", topic])
         .arg("--state-dir")
         .arg(dir.join("state"))
         .arg("--snapshot-out")

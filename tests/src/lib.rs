@@ -7,6 +7,8 @@
 //! force at the end. It is slow on purpose and obviously right.
 
 pub mod kafka;
+/// The Kafka client the helpers take (`ClientConfig` for [`kafka::produce_configured`]).
+pub use rdkafka;
 pub mod tls;
 
 use std::collections::{BTreeMap, HashMap, HashSet};

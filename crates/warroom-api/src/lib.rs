@@ -344,7 +344,11 @@ async fn readyz(State(st): State<Shared>) -> Response {
             Health::Ok => {}
             Health::Starting => return unavailable("kafka source starting: waiting for the group assignment".into()),
             Health::Degraded => {
-                return unavailable("kafka source degraded: brokers unreachable; serving the last state".into())
+                let why = k.stats.last_error().unwrap_or_else(|| "brokers unreachable".into());
+                return unavailable(format!(
+                    "kafka source degraded ({why}); serving the last state and retrying. Check kafka.brokers, \
+                     kafka.security_protocol and the ssl_*/sasl_* settings"
+                ));
             }
         }
         if let Some(p) = k.dead_letter_problem() {

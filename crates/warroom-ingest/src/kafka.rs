@@ -318,6 +318,8 @@ pub struct SourceStats {
     pub last_checkpoint_ms: AtomicU64,
     pub last_checkpoint_duration_us: AtomicU64,
     health: AtomicU8,
+    /// The last client error (broker unreachable, TLS handshake, authentication), for `/readyz`.
+    last_error: Mutex<Option<String>>,
     /// Messages per second over the last measuring period, times 1000.
     rate_milli: AtomicU64,
     /// Per partition, the end of its log (high watermark) from librdkafka's statistics.
@@ -345,6 +347,22 @@ impl SourceStats {
         self.ends.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// The last error the Kafka client reported, if any since the source was last healthy.
+    pub fn last_error(&self) -> Option<String> {
+        lock(&self.last_error).clone()
+    }
+
+    /// Records an error: the client's own reports (`specific`: TLS handshake, authentication,
+    /// connection refused) are kept over the poll's summaries ("all brokers down").
+    fn failed(&self, error: String, specific: bool) {
+        let mut last = lock(&self.last_error);
+        if specific || last.is_none() {
+            *last = Some(error);
+        }
+        drop(last);
+        self.set_health(Health::Degraded);
+    }
+
     fn set_health(&self, h: Health) {
         let old = self.health.swap(h as u8, Ordering::Relaxed);
         if old != h as u8 {
@@ -352,7 +370,10 @@ impl SourceStats {
                 Health::Degraded => tracing::warn!(
                     "kafka source degraded: serving the last state and retrying; check that the brokers are reachable"
                 ),
-                Health::Ok => tracing::info!("kafka source healthy"),
+                Health::Ok => {
+                    *lock(&self.last_error) = None;
+                    tracing::info!("kafka source healthy")
+                }
                 Health::Starting => {}
             }
         }
@@ -667,7 +688,9 @@ impl ClientContext for Ctx {
 
     fn error(&self, error: KafkaError, reason: &str) {
         tracing::warn!(error = %error, reason, "kafka client error");
-        self.stats.set_health(Health::Degraded);
+        // "All brokers down" follows the reason (TLS, authentication, refused): keep the reason.
+        let summary = error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::AllBrokersDown);
+        self.stats.failed(format!("{error}: {reason}"), !summary);
     }
 }
 
@@ -933,7 +956,7 @@ impl KafkaSource {
                     }
                     Some(Err(e)) => {
                         tracing::warn!(error = %e, "kafka poll error; retrying");
-                        self.stats.set_health(Health::Degraded);
+                        self.stats.failed(e.to_string(), false);
                         std::thread::sleep(Duration::from_millis(200));
                         break;
                     }

@@ -1,0 +1,195 @@
+//! Kafka over TLS and SASL, through the binary. TLS: a broker reached only through a TLS
+//! terminator that requires client certificates (mutual TLS); the monitor's client key is
+//! encrypted and its password is in a file. The numbers are exact, dead letters go out over
+//! TLS too, and the password reaches no log. A monitor that does not trust the broker's
+//! certificate is degraded and says why. SASL: a broker that requires authentication refuses an
+//! unknown SCRAM user: the monitor is degraded, says so, and never logs the password.
+//!
+//! (Tansu accepts `--cert`/`--key` but never performs a TLS handshake, hence the terminator in
+//! `warroom_tests::tls`; and with its memory storage no SCRAM user can be created, so the SASL
+//! success path cannot be exercised here: see RELIABILITY.md.)
+//! Needs Tansu (WARROOM_TANSU) and `openssl`, as scripts/test.sh provides.
+
+use std::time::{Duration, Instant};
+
+use warroom_ingest::gen::{write_night, GenConfig};
+use warroom_tests::kafka::{
+    files_starting, free_port, http_get, metric, monitor_url, produce_configured, start_monitor_on, unique,
+    wait_for_read, PrivateBroker,
+};
+use warroom_tests::rdkafka::ClientConfig;
+use warroom_tests::tls::{Pki, TlsTerminator};
+
+const BIN: &str = env!("CARGO_BIN_EXE_warroom");
+const OPS: &str = "demo-ops-token-0001";
+
+struct Monitor(std::process::Child);
+
+impl Drop for Monitor {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_until(what: &str, secs: u64, mut done: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !done() {
+        assert!(started.elapsed() < Duration::from_secs(secs), "{what}: not reached in {secs} s");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn toml_path(p: &std::path::Path) -> String {
+    p.display().to_string().replace('\\', "\\\\")
+}
+
+/// The monitor's TLS settings, trusting `ca`.
+fn tls_settings(pki: &Pki, ca: &std::path::Path) -> String {
+    format!(
+        "security_protocol = \"ssl\"\nssl_ca_file = \"{}\"\nssl_cert_file = \"{}\"\nssl_key_file = \"{}\"\nssl_key_password_file = \"{}\"\n",
+        toml_path(ca),
+        toml_path(&pki.client_cert),
+        toml_path(&pki.client_key),
+        toml_path(&pki.client_key_password)
+    )
+}
+
+fn write_config(dir: &std::path::Path, kafka: &str) {
+    std::fs::write(
+        dir.join("warroom.toml"),
+        format!(
+            "{}[kafka]\ncheckpoint_interval = \"1s\"\n{kafka}[kafka.properties]\n\"session.timeout.ms\" = \"6000\"\n",
+            warroom_tests::kafka::REFERENCE_RACES
+        ),
+    )
+    .unwrap();
+}
+
+/// Every log and stdout line the monitor wrote, and its effective configuration as printed.
+fn everything_said(dir: &std::path::Path, base: &str) -> String {
+    let mut all = files_starting(dir, "log-") + &files_starting(dir, "out-");
+    all += &http_get(base, "/metrics", Some(OPS), Duration::from_secs(3)).1;
+    all
+}
+
+#[test]
+fn tls_with_client_certificates_counts_exactly_and_a_wrong_ca_is_degraded() {
+    let pki_dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(pki_dir.path());
+    let tls_port = free_port();
+    let broker = PrivateBroker::start(tls_port);
+    let tls = TlsTerminator::start(tls_port, broker.port, pki.server_config(true));
+    let topic = unique("tls");
+    broker.create_topic(&topic, 4);
+    let brokers = format!("127.0.0.1:{tls_port}");
+
+    let mut buf = Vec::new();
+    let g = GenConfig { seed: 83, bad_share: 0.02, merchant_change_share: 0.0, ..GenConfig::default() };
+    write_night(g, 5_000, 1_794_312_000_000, 1_800_000, &mut buf).unwrap();
+    let lines = warroom_tests::lines(&buf);
+    let bad = lines.iter().filter(|l| !warroom_tests::is_valid(l)).count() as f64;
+    assert!(bad > 20.0, "the input has bad lines: {bad}");
+    // The test's producer speaks TLS too (the broker advertises only the TLS port).
+    let mut pc = ClientConfig::new();
+    pc.set("bootstrap.servers", &brokers)
+        .set("security.protocol", "ssl")
+        .set("ssl.ca.location", pki.ca.display().to_string())
+        .set("ssl.certificate.location", pki.client_cert.display().to_string())
+        .set("ssl.key.location", pki.client_key.display().to_string())
+        .set("ssl.key.password", &pki.password);
+    produce_configured(pc, &topic, &lines, true);
+
+    let dir = tempfile::tempdir().unwrap();
+    write_config(dir.path(), &tls_settings(&pki, &pki.ca));
+    let _mon = Monitor(start_monitor_on(BIN, &brokers, &topic, dir.path(), &["--group", &unique("tls-g")], &[]));
+    let base = monitor_url(dir.path());
+    wait_for_read(dir.path(), lines.len() as u64, "every message read over TLS");
+    wait_until("every dead letter delivered over TLS", 60, || {
+        let (_, text) = http_get(&base, "/metrics", Some(OPS), Duration::from_secs(3));
+        metric(&text, "warroom_kafka_dead_lettered_total") == Some(bad)
+    });
+    wait_until("ready over TLS", 30, || http_get(&base, "/readyz", None, Duration::from_secs(3)).0 == 200);
+    // The snapshot file is written every second: wait for one taken after the last message.
+    std::thread::sleep(Duration::from_millis(2_500));
+    let snap: warroom_engine::Snapshot =
+        serde_json::from_slice(&std::fs::read(dir.path().join("snapshot.json")).unwrap()).unwrap();
+    let want = warroom_tests::reference(&lines, &[60_000, 300_000, 3_600_000], 300_000);
+    warroom_tests::assert_matches_reference(&snap, &want, "over mutual TLS");
+    let ok = tls.handshakes.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(ok >= 2, "the monitor's consumer and dead-letter producer both went through TLS: {ok} handshakes");
+    let said = everything_said(dir.path(), &base);
+    assert!(!said.contains(&pki.password), "the key's password reached a log or /metrics");
+    // The effective configuration names the password file, never the password.
+    let cfg = std::process::Command::new(BIN)
+        .args(["config", "--config"])
+        .arg(dir.path().join("warroom.toml"))
+        .output()
+        .expect("warroom config");
+    let shown = String::from_utf8_lossy(&cfg.stdout).to_string() + &String::from_utf8_lossy(&cfg.stderr);
+    assert!(cfg.status.success(), "warroom config: {shown}");
+    assert!(shown.contains("client.key.password") && !shown.contains(&pki.password), "{shown}");
+    drop(_mon);
+
+    // A monitor that trusts another CA refuses the broker's certificate: degraded, and says why.
+    let other_dir = tempfile::tempdir().unwrap();
+    let other = Pki::new(other_dir.path());
+    let refused_before = tls.refused.load(std::sync::atomic::Ordering::Relaxed);
+    let dir2 = tempfile::tempdir().unwrap();
+    write_config(dir2.path(), &tls_settings(&pki, &other.ca));
+    let _mon2 = Monitor(start_monitor_on(BIN, &brokers, &topic, dir2.path(), &["--group", &unique("tls-g")], &[]));
+    let base2 = monitor_url(dir2.path());
+    let mut why = String::new();
+    wait_until("the untrusted broker reported in /readyz", 30, || {
+        let (code, text) = http_get(&base2, "/readyz", None, Duration::from_secs(3));
+        why = text;
+        code == 503 && why.contains("degraded")
+    });
+    eprintln!("wrong CA, {why}");
+    assert!(why.contains("SSL") || why.contains("certificate"), "/readyz says the TLS handshake failed: {why}");
+    assert!(why.contains("ssl_"), "/readyz says what to check: {why}");
+    assert!(tls.refused.load(std::sync::atomic::Ordering::Relaxed) > refused_before, "the handshake was refused");
+    let (_, text) = http_get(&base2, "/metrics", Some(OPS), Duration::from_secs(3));
+    assert_eq!(metric(&text, "warroom_kafka_messages_total"), Some(0.0), "nothing read from an untrusted broker");
+    let log = files_starting(dir2.path(), "log-");
+    assert!(log.contains("certificate verify failed") || log.contains("SSL handshake failed"), "{log}");
+    assert!(!everything_said(dir2.path(), &base2).contains(&pki.password), "the password reached a log");
+}
+
+#[test]
+fn sasl_scram_refused_by_the_broker_is_degraded_and_never_logs_the_password() {
+    let port = free_port();
+    let _broker = PrivateBroker::start_on(port, port, &["--authentication"]);
+    let topic = unique("sasl");
+    let dir = tempfile::tempdir().unwrap();
+    let password = format!("scram-{}-secret", std::process::id());
+    std::fs::write(dir.path().join("sasl.password"), &password).unwrap();
+    write_config(
+        dir.path(),
+        &format!(
+            "security_protocol = \"sasl_plaintext\"\nsasl_mechanism = \"SCRAM-SHA-512\"\nsasl_username = \"warroom\"\nsasl_password_file = \"{}\"\n",
+            toml_path(&dir.path().join("sasl.password"))
+        ),
+    );
+    let _mon = Monitor(start_monitor_on(
+        BIN,
+        &format!("127.0.0.1:{port}"),
+        &topic,
+        dir.path(),
+        &["--group", &unique("sasl-g")],
+        &[],
+    ));
+    let base = monitor_url(dir.path());
+    let mut why = String::new();
+    wait_until("the refused authentication reported in /readyz", 30, || {
+        let (code, text) = http_get(&base, "/readyz", None, Duration::from_secs(3));
+        why = text;
+        code == 503 && why.contains("degraded")
+    });
+    eprintln!("unknown SCRAM user, {why}");
+    assert!(why.contains("SASL") || why.contains("uthentication"), "/readyz says authentication failed: {why}");
+    assert!(why.contains("sasl_"), "/readyz says what to check: {why}");
+    let log = files_starting(dir.path(), "log-");
+    assert!(log.contains("SASL") && log.contains("SCRAM"), "the log shows the SCRAM exchange:\n{log}");
+    assert!(!everything_said(dir.path(), &base).contains(&password), "the SASL password reached a log");
+}
