@@ -26,6 +26,18 @@ if ! command -v chromium >/dev/null 2>&1 || ! fc-list 2>/dev/null | grep -qi "we
   DEBIAN_FRONTEND=noninteractive $sudo_ apt-get install -y -qq chromium fonts-wqy-zenhei >&2
 fi
 chromium --version 2>/dev/null | grep -v '^$' || { echo "error: chromium is not usable; install Debian's chromium" >&2; exit 1; }
+step "tools the tests run: openssl (test certificates), GNU time (peak RSS), taskset (fewer CPUs)"
+missing=()
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+[ -x /usr/bin/time ] || missing+=(time)
+command -v taskset >/dev/null 2>&1 || missing+=(util-linux)
+if [ ${#missing[@]} -gt 0 ]; then
+  sudo_=""
+  if [ "$(id -u)" != 0 ]; then sudo_="sudo"; fi
+  echo "installing ${missing[*]} with apt-get" >&2
+  $sudo_ apt-get update -qq >&2
+  DEBIAN_FRONTEND=noninteractive $sudo_ apt-get install -y -qq "${missing[@]}" >&2
+fi
 step "cargo fmt --check"
 cargo fmt --all -- --check
 step "cargo clippy (every crate, all targets, -D warnings)"
@@ -40,6 +52,8 @@ trap 'scripts/kafka-broker.sh stop' EXIT
 echo "broker at $WARROOM_KAFKA_BROKERS"
 step "cargo test (release: the proptests and the large reference stream run at full speed)"
 cargo test --release --workspace
+step "fuzz targets (decode, WebSocket subscribe, checkpoint loader): a fixed seed and number of runs each"
+scripts/fuzz.sh ci
 step "end-to-end bench, smoke run (loadgen -> broker -> monitor -> 10 WebSocket clients, 15 s)"
 # It proves the SREs' bench works from this checkout; the SLO is loose because CI machines are
 # shared. The measured numbers (and the one-hour soak, which does not fit CI) are in BENCHMARKS.md.

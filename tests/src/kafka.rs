@@ -128,6 +128,37 @@ pub fn read_dead_letters_from(brokers: &str, dlq: &str, n: u64) -> Vec<DeadLette
     out
 }
 
+/// Reads the dead-letter topic `dlq` from its beginning until nothing new has come for
+/// `idle` (at most 120 s): for when the count is not known in advance (a crash can send a
+/// letter twice; its `warroom-source-partition`/`-offset` headers tell the copies apart).
+pub fn read_dead_letters_until_idle(brokers: &str, dlq: &str, idle: Duration) -> Vec<DeadLetter> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::{Headers, Message};
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", unique("dlq-reader"))
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", "6000")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[dlq]).unwrap();
+    let mut out = Vec::new();
+    let started = std::time::Instant::now();
+    let mut last = std::time::Instant::now();
+    while last.elapsed() < idle && started.elapsed() < Duration::from_secs(120) {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+            let h = m.headers().expect("dead letters carry headers");
+            let headers = h
+                .iter()
+                .filter_map(|x| x.value.map(|v| (x.key.to_string(), String::from_utf8_lossy(v).to_string())))
+                .collect();
+            out.push(DeadLetter { headers, payload: m.payload().unwrap_or_default().to_vec() });
+            last = std::time::Instant::now();
+        }
+    }
+    out
+}
+
 /// Produces `lines`, keyed as contract v1.1 says (unless `keyed` is false), each message
 /// stamped with its event's `ts` as the time it was sent: a recorded night produced as if live
 /// (the monitor refuses events stamped far behind their message's time).
@@ -166,10 +197,34 @@ pub fn sent_time(line: &[u8]) -> Option<i64> {
     serde_json::from_slice::<serde_json::Value>(line).ok()?.get("ts")?.as_i64().filter(|t| *t >= 0)
 }
 
+/// A child process that is killed when dropped: a test that fails half-way leaves no monitor
+/// running behind it. Derefs to the [`std::process::Child`].
+pub struct Running(pub std::process::Child);
+
+impl std::ops::Deref for Running {
+    type Target = std::process::Child;
+    fn deref(&self) -> &std::process::Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Running {
+    fn deref_mut(&mut self) -> &mut std::process::Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Starts `warroom run --source kafka` (the binary at `bin`) on `topic` with `dir` holding its
 /// config (`warroom.toml`), state, snapshot file (`snapshot.json`, written every second),
 /// stdout (`out-*.txt`) and log (`log-*.txt`); `extra` arguments are added.
-pub fn start_monitor(bin: &str, topic: &str, dir: &std::path::Path, extra: &[&str]) -> std::process::Child {
+pub fn start_monitor(bin: &str, topic: &str, dir: &std::path::Path, extra: &[&str]) -> Running {
     start_monitor_env(bin, topic, dir, extra, &[])
 }
 
@@ -180,7 +235,7 @@ pub fn start_monitor_env(
     dir: &std::path::Path,
     extra: &[&str],
     env: &[(&str, &str)],
-) -> std::process::Child {
+) -> Running {
     start_monitor_on(bin, &brokers(), topic, dir, extra, env)
 }
 
@@ -192,7 +247,7 @@ pub fn start_monitor_on(
     dir: &std::path::Path,
     extra: &[&str],
     env: &[(&str, &str)],
-) -> std::process::Child {
+) -> Running {
     use std::process::{Command, Stdio};
     let tag = unique("run");
     Command::new(bin)
@@ -208,6 +263,7 @@ pub fn start_monitor_on(
         .stdout(Stdio::from(std::fs::File::create(dir.join(format!("out-{tag}.txt"))).expect("stdout file")))
         .stderr(Stdio::from(std::fs::File::create(dir.join(format!("log-{tag}.txt"))).expect("log file")))
         .spawn()
+        .map(Running)
         .expect("start warroom")
 }
 

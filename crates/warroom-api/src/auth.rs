@@ -32,6 +32,15 @@ pub struct Caller {
 }
 
 impl Caller {
+    /// The merchant a merchant caller is held to (from its token); none for other roles.
+    pub fn own_merchant(&self) -> Option<&str> {
+        if self.role == Role::Merchant {
+            self.merchant_id.as_deref()
+        } else {
+            None
+        }
+    }
+
     pub fn can_read_all(&self) -> bool {
         matches!(self.role, Role::Ops | Role::Admin)
     }

@@ -12,7 +12,8 @@ pub mod auth;
 pub mod hub;
 pub mod metrics;
 pub mod net;
-pub mod scope;
+/// What a caller may see of a snapshot (built beside the snapshot, in the engine).
+pub use warroom_engine::views as scope;
 pub mod webhook;
 mod ws;
 
@@ -504,7 +505,7 @@ async fn audit(State(st): State<Shared>, headers: HeaderMap) -> Result<Response,
 
 /// The scope a caller may see, narrowed by what it asked for.
 pub fn scope_for(caller: &Caller, venue: Option<String>) -> Scope {
-    Scope { merchant: if caller.role == Role::Merchant { caller.merchant_id.clone() } else { None }, venue }
+    Scope::of(caller.own_merchant(), venue)
 }
 
 /// `[api]`: what one client may take of the server, and how long the server waits for it.

@@ -15,6 +15,7 @@ use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
 use tokio::sync::broadcast::error::RecvError;
 
+use crate::scope::{parse_subscription, Scope};
 use crate::{bearer, scope_for, ApiError, AppState, Caller};
 
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
@@ -99,18 +100,6 @@ pub(crate) async fn upgrade(
     }))
 }
 
-#[derive(Deserialize)]
-struct ClientMsg {
-    subscribe: Option<Subscribe>,
-}
-
-#[derive(Deserialize)]
-struct Subscribe {
-    venue: Option<String>,
-    /// Ops and admins may narrow to one merchant's cut (a merchant's own is fixed).
-    merchant: Option<String>,
-}
-
 async fn client(socket: WebSocket, st: Arc<AppState>, caller: Caller, venue: Option<String>) {
     let stats = &st.hub.stats;
     stats.clients.fetch_add(1, Ordering::Relaxed);
@@ -150,21 +139,14 @@ async fn client(socket: WebSocket, st: Arc<AppState>, caller: Caller, venue: Opt
             msg = rx.next() => match msg {
                 None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break,
                 Some(Ok(Message::Pong(_))) => { last_pong = Instant::now(); continue }
-                Some(Ok(Message::Text(t))) => {
-                    match serde_json::from_str::<ClientMsg>(&t) {
-                        Ok(ClientMsg { subscribe: Some(s) }) => {
-                            scope = scope_for(&caller, s.venue);
-                            if scope.merchant.is_none() {
-                                scope.merchant = s.merchant;
-                            }
-                            frames.mark_changed(); // the newest state in the new scope
-                            continue
-                        }
-                        _ => Message::Text(
-                            r#"{"type":"error","message":"send {\"subscribe\": {\"venue\": \"NAME\", \"merchant\": \"ID\"}} (both optional)"}"#.into(),
-                        ),
+                Some(Ok(Message::Text(t))) => match parse_subscription(&t) {
+                    Ok(sub) => {
+                        scope = Scope::subscribed(caller.own_merchant(), sub);
+                        frames.mark_changed(); // the newest state in the new scope
+                        continue
                     }
-                }
+                    Err(help) => Message::Text(serde_json::json!({"type": "error", "message": help}).to_string().into()),
+                },
                 Some(Ok(_)) => continue,
             },
         };

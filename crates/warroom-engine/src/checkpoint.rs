@@ -50,6 +50,8 @@ pub enum CheckpointError {
     Damaged,
     #[error("checkpoint does not decode ({0}): restore the file from a backup, or start over: {START_OVER}")]
     Decode(String),
+    #[error("checkpoint passed its checksum but is inconsistent ({0}): it was not written by this warroom build. Restore the file from a backup, or start over: {START_OVER}")]
+    Invalid(String),
     #[error("checkpoint was written with other windows or horizons ({0}): set them back in the config to resume, or start over: {START_OVER}")]
     Shape(String),
     #[error("{dir} is in use by another warroom monitor (pid {pid}): each monitor needs its own --state-dir; stop the other one first")]
@@ -136,6 +138,57 @@ pub(crate) struct Image<S, E> {
 /// What restoring reads.
 pub(crate) type Loaded = Image<Shard, Vec<u8>>;
 
+/// Most shards a checkpoint may have (far above any machine's CPUs; the engine allocates per shard).
+pub(crate) const MAX_SHARDS: usize = 4096;
+
+impl Loaded {
+    /// Everything the engine will index by, checked before any of it is used: the name tables
+    /// (unique names; each slot's venue and each pair's slot and merchant among them) and
+    /// every shard (see [`crate::shard::Shard::check`]). A payload that passed the checksum
+    /// but was not written by this build is refused with [`CheckpointError::Invalid`].
+    pub(crate) fn check(&self, cx: &crate::shard::Ctx) -> Result<(), CheckpointError> {
+        let bad = |why: String| Err(CheckpointError::Invalid(why));
+        if self.shards.is_empty() || self.shards.len() > MAX_SHARDS {
+            return bad(format!("{} shards", self.shards.len()));
+        }
+        for (what, names) in
+            [("venue", &self.venues), ("slot", &self.slots), ("merchant", &self.merchants), ("channel", &self.channels)]
+        {
+            let mut seen = std::collections::HashSet::with_capacity(names.len());
+            if let Some(n) = names.iter().find(|n| !seen.insert(n.as_str())) {
+                return bad(format!("{what} {n:?} twice"));
+            }
+        }
+        if self.slot_venues.len() != self.slots.len() {
+            return bad("slot venues and slots differ in number".into());
+        }
+        let within = |i: u32, n: usize| i == crate::intern::NONE || (i as usize) < n;
+        if !self.slot_venues.iter().all(|&v| within(v, self.venues.len())) {
+            return bad("a slot's venue out of range".into());
+        }
+        let mut pairs = std::collections::HashSet::with_capacity(self.pairs.len());
+        for &(slot, merchant) in &self.pairs {
+            if (slot as usize) >= self.slots.len()
+                || !within(merchant, self.merchants.len())
+                || !pairs.insert((slot, merchant))
+            {
+                return bad(format!("pair ({slot}, {merchant}) out of range or twice"));
+            }
+        }
+        let n = crate::shard::NameCounts {
+            venues: self.venues.len(),
+            slots: self.slots.len(),
+            merchants: self.merchants.len(),
+            channels: self.channels.len(),
+            pairs: self.pairs.len(),
+        };
+        for (i, s) in self.shards.iter().enumerate() {
+            s.check(cx, &n).or_else(|why| bad(format!("shard {i}: {why}")))?;
+        }
+        Ok(())
+    }
+}
+
 /// Size of the last checkpoint written, to size the next one's buffer: the state is tens of
 /// MB at long horizons, and growing a buffer by doubling would copy it several times.
 static LAST_LEN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
@@ -155,6 +208,23 @@ pub(crate) fn encode(image: &Image<&Shard, &[u8]>) -> Vec<u8> {
     out[12..20].copy_from_slice(&(len as u64).to_le_bytes());
     out[HEADER - 8..HEADER].copy_from_slice(&hash.to_le_bytes());
     out
+}
+
+/// `payload` framed as a checkpoint of this format (header, length, hash): how the fuzz target
+/// reaches the payload decoder past the hash check, which random bytes never pass.
+pub fn seal(payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER + payload.len());
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&FORMAT.to_le_bytes());
+    out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    out.extend_from_slice(&xxhash_rust::xxh3::xxh3_64(payload).to_le_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// The payload of checkpoint bytes (after the header), unchecked: for the fuzz corpus.
+pub fn payload(bytes: &[u8]) -> &[u8] {
+    bytes.get(HEADER..).unwrap_or_default()
 }
 
 pub(crate) fn decode(bytes: &[u8], path: &Path) -> Result<Loaded, CheckpointError> {
@@ -241,5 +311,69 @@ pub fn read(dir: &Path) -> Result<Option<(Vec<u8>, PathBuf)>, CheckpointError> {
         Ok(b) => Ok(Some((b, path))),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(source) => Err(CheckpointError::Io { path, source }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Config, Engine};
+
+    const LINES: [&str; 3] = [
+        r#"{"event_id":"a","type":"click","ts":1794312300000,"user_id":"u-1","venue":"main","slot":"main-000","item_id":"i","merchant_id":"m-0","channel":"search"}"#,
+        r#"{"event_id":"b","type":"pay","ts":1794312301000,"user_id":"u-1","venue":"main","slot":"main-000","item_id":"i","merchant_id":"m-0","channel":"search","order_id":"o-1","amount_cents":1999}"#,
+        r#"{"event_id":"c","type":"click","ts":1794312302000,"user_id":"u-2","venue":"food","slot":"food-001","item_id":"i","merchant_id":"m-9","channel":"feed"}"#,
+    ];
+
+    fn saved() -> (Config, Vec<u8>) {
+        let mut cfg = Config::default();
+        cfg.engine.shards = 2;
+        let e = Engine::new(cfg.clone());
+        let limits = warroom_model::Limits::default();
+        let batch: Vec<_> = LINES
+            .iter()
+            .enumerate()
+            .map(|(i, l)| e.prepare(&warroom_model::decode(l.as_bytes(), &limits).unwrap(), i as u64).unwrap())
+            .collect();
+        e.apply(&batch);
+        e.publish();
+        (cfg, e.checkpoint(b"x"))
+    }
+
+    type Mutation = Box<dyn Fn(&mut Loaded)>;
+
+    /// A payload that passes the checksum but points past its own tables is refused with a
+    /// reason, not restored into an engine that would panic on its first publish.
+    #[test]
+    fn inconsistent_payloads_behind_a_valid_checksum_are_refused() {
+        let (cfg, bytes) = saved();
+        assert!(Engine::restore(cfg.clone(), &bytes, "ok".as_ref()).is_ok());
+        let image = || decode(&bytes, "x".as_ref()).unwrap();
+        let mutations: [(&str, Mutation); 6] = [
+            ("venue \"main\" twice", Box::new(|i| i.venues.push("main".into()))),
+            (
+                "slot venues and slots differ",
+                Box::new(|i| {
+                    i.slot_venues.pop();
+                }),
+            ),
+            ("a slot's venue out of range", Box::new(|i| i.slot_venues[0] = 7)),
+            ("pair (9, 0) out of range", Box::new(|i| i.pairs.push((9, 0)))),
+            ("0 shards", Box::new(|i| i.shards.clear())),
+            (
+                "more pairs, slots or venues than names",
+                Box::new(|i| {
+                    i.pairs.clear();
+                }),
+            ),
+        ];
+        for (why, mutate) in mutations {
+            let mut img = image();
+            mutate(&mut img);
+            let sealed = seal(&postcard::to_allocvec(&img).unwrap());
+            let Err(err) = Engine::restore(cfg.clone(), &sealed, "x".as_ref()) else { panic!("restored: {why}") };
+            assert!(matches!(err, CheckpointError::Invalid(_)), "{why}: {err}");
+            assert!(err.to_string().contains(why) || why == "0 shards", "{why}: {err}");
+        }
     }
 }

@@ -69,6 +69,15 @@ impl GenSet {
         }
     }
 
+    /// That a restored set has the generation width of `horizon_ms` (see `checkpoint::check`).
+    pub(crate) fn check(&self, horizon_ms: i64) -> Result<(), String> {
+        let want = (horizon_ms / 7).max(1);
+        if self.width != want {
+            return Err(format!("id set: generations of {} ms, not {want}", self.width));
+        }
+        Ok(())
+    }
+
     /// Inserts `fp` in the generation of `ts`; false if it was there (a duplicate).
     pub fn insert_at(&mut self, fp: u128, ts: i64) -> bool {
         let n = ts.div_euclid(self.width);

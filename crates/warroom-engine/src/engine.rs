@@ -444,11 +444,15 @@ impl Engine {
         path: &std::path::Path,
     ) -> Result<(Engine, Vec<u8>), crate::checkpoint::CheckpointError> {
         let image = crate::checkpoint::decode(bytes, path)?;
-        let fresh = Engine::with_shards(cfg, image.shards.len());
+        if image.shards.is_empty() {
+            return Err(crate::checkpoint::CheckpointError::Invalid("no shards".into()));
+        }
+        let fresh = Engine::with_shards(cfg, image.shards.len().min(crate::checkpoint::MAX_SHARDS));
         let shape = fresh.shape();
         if image.shape != shape {
             return Err(crate::checkpoint::CheckpointError::Shape(image.shape.differences(&shape)));
         }
+        image.check(&fresh.cx)?;
         if fresh.cfg.engine.shards != 0 && fresh.cfg.engine.shards != image.shards.len() {
             tracing::warn!(
                 configured = fresh.cfg.engine.shards,

@@ -241,6 +241,19 @@ impl SlidingHll {
         }
     }
 
+    /// That a restored sketch has precision `p`, its register count, and ranks an estimate can
+    /// hold (a checkpoint's content is checked before use, see `checkpoint::check`).
+    pub(crate) fn check(&self, p: u32) -> Result<(), String> {
+        if self.p != p || self.regs.len() != 1usize << p {
+            return Err(format!("sliding sketch: precision {} with {} registers, not {p}", self.p, self.regs.len()));
+        }
+        let top = (MAX_RANK as u8).min((64 - p + 1) as u8);
+        if self.regs.iter().any(|r| r.rank.iter().any(|&x| x > top)) {
+            return Err("sliding sketch: a rank out of range".into());
+        }
+        Ok(())
+    }
+
     /// The sketch of the union (same precision).
     pub fn merge(&mut self, other: &SlidingHll) {
         assert_eq!(self.p, other.p, "merging sketches of different precision");
@@ -288,11 +301,27 @@ impl Hll {
         estimate_from_histogram(&hist, self.p).round() as u64
     }
 
+    /// See [`SlidingHll::check`].
+    pub(crate) fn check(&self, p: u32) -> Result<(), String> {
+        if self.p != p || self.regs.len() != 1usize << p {
+            return Err(format!("sketch: precision {} with {} registers, not {p}", self.p, self.regs.len()));
+        }
+        check_bytes(&self.regs, p, "sketch")
+    }
+
     pub fn merge(&mut self, other: &Hll) {
         for (a, b) in self.regs.iter_mut().zip(other.regs.iter()) {
             *a = (*a).max(*b);
         }
     }
+}
+
+/// Registers of a plain sketch hold ranks up to 64 - p + 1 (the estimate's histogram size).
+fn check_bytes(regs: &[u8], p: u32, what: &str) -> Result<(), String> {
+    if regs.iter().any(|&r| r as u32 > 64 - p + 1) {
+        return Err(format!("{what}: a register out of range"));
+    }
+    Ok(())
 }
 
 /// Precision of the bucketed sketches (decomposition only): standard error 2.3%. A bucket is
@@ -318,6 +347,19 @@ impl std::fmt::Debug for BucketHll {
 }
 
 impl BucketHll {
+    /// That a restored ring has the shape `new(width_ms, buckets)` gives (see [`SlidingHll::check`]).
+    pub(crate) fn check(&self, width_ms: i64, buckets: usize) -> Result<(), String> {
+        if self.width_ms != width_ms.max(1) || self.held.len() != buckets || self.regs.len() != buckets << BUCKET_P {
+            return Err(format!(
+                "bucketed sketch: width {} ms, {} buckets, {} registers; expected {width_ms} ms, {buckets}",
+                self.width_ms,
+                self.held.len(),
+                self.regs.len()
+            ));
+        }
+        check_bytes(&self.regs, BUCKET_P, "bucketed sketch")
+    }
+
     pub fn new(width_ms: i64, buckets: usize) -> Self {
         let m = 1usize << BUCKET_P;
         BucketHll {
@@ -381,6 +423,10 @@ mod sparse {
     use serde::ser::{SerializeSeq, Serializer};
     use serde::{Deserialize, Serialize};
 
+    /// More registers than any sketch here has (2^14 sliding, 61 x 2^11 bucketed): a count
+    /// beyond is a damaged checkpoint, refused before allocating it.
+    const MAX_REGISTERS: usize = 1 << 20;
+
     /// Registers of a sliding sketch: (index, register) for those in use, with the total count.
     pub mod regs {
         use super::*;
@@ -401,6 +447,9 @@ mod sparse {
             let mut regs: Vec<Reg> = Vec::new();
             for e in entries {
                 match e {
+                    Entry::Len(n) if n as usize > MAX_REGISTERS => {
+                        return Err(serde::de::Error::custom("register count out of range"))
+                    }
                     Entry::Len(n) => regs = vec![Reg::default(); n as usize],
                     Entry::Reg(i, r) => {
                         let slot =
@@ -441,6 +490,9 @@ mod sparse {
         pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Box<[u8]>, D::Error> {
             Ok(match Repr::deserialize(d)? {
                 Repr::Dense(v) => v.into_boxed_slice(),
+                Repr::Sparse(n, _) if n as usize > MAX_REGISTERS => {
+                    return Err(serde::de::Error::custom("register count out of range"))
+                }
                 Repr::Sparse(n, pairs) => {
                     let mut v = vec![0u8; n as usize];
                     for (i, x) in pairs {

@@ -11,7 +11,7 @@
 //!    resulting [`Snapshot`] for readers ([`Engine::snapshot`]).
 //!
 //! Modules: [`config`] (settings), [`intern`] (names to indices), [`snapshot`] (the reported
-//! document and the first-formula decomposition).
+//! document and the first-formula decomposition), [`views`] (what each caller may see of it).
 
 pub mod checkpoint;
 pub mod config;
@@ -24,6 +24,7 @@ pub mod plan;
 pub mod race;
 pub mod shard;
 pub mod snapshot;
+pub mod views;
 pub mod window;
 
 pub use config::{Config, EngineConfig, RaceConfig};

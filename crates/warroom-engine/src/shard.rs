@@ -86,6 +86,16 @@ impl Ctx {
     }
 }
 
+/// How many names of each kind a restored state has (what its indices may point at).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct NameCounts {
+    pub venues: usize,
+    pub slots: usize,
+    pub merchants: usize,
+    pub channels: usize,
+    pub pairs: usize,
+}
+
 /// The clock of one batch: the wall clock when it was applied, and the cap on watermarks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Clock {
@@ -486,6 +496,81 @@ impl Shard {
             phase_gmv: vec![0; cx.phases.len()],
             plan_gmv: 0,
         }
+    }
+
+    /// That a shard read from a checkpoint has the layout [`Shard::new`] gives for `cx` and
+    /// points only at names and entries that exist: everything the code indexes by or divides
+    /// by is checked, so a payload that passed the checksum without having been written by
+    /// this build is refused instead of panicking later. (The numbers themselves are trusted:
+    /// the checksum vouches for them.)
+    pub(crate) fn check(&self, cx: &Ctx, n: &NameCounts) -> Result<(), String> {
+        let fresh = Shard::new(cx);
+        self.ids.check(cx.dedupe_horizon)?;
+        self.orders.check(cx.order_horizon)?;
+        let site_len = fresh.site.len();
+        if self.site.len() != site_len {
+            return Err(format!("site windows: {}, not {site_len}", self.site.len()));
+        }
+        let money_ok = |m: &[MoneyAgg]| m.is_empty() || m.len() == site_len;
+        if self.pairs.len() > n.pairs || self.slots.len() > n.slots || self.venues.len() > n.venues {
+            return Err("more pairs, slots or venues than names".into());
+        }
+        if self.channels.len() > n.channels {
+            return Err("more channels than names".into());
+        }
+        for p in &self.pairs {
+            if !money_ok(&p.money) || (p.slot != NONE && p.slot as usize >= n.slots) {
+                return Err("a pair's windows or slot out of range".into());
+            }
+        }
+        if self.slots.iter().any(|s| s.merchant != NONE && s.merchant as usize >= n.merchants) {
+            return Err("a slot's merchant out of range".into());
+        }
+        for v in &self.venues {
+            if !money_ok(&v.money) {
+                return Err("a venue's windows out of range".into());
+            }
+            for h in v.sketches.iter().flat_map(|b| b.iter()) {
+                h.check(12)?;
+            }
+        }
+        if self.buyer_marks.keys().any(|&(slot, _)| slot as usize >= self.slots.len()) {
+            return Err("a buyer mark's slot out of range".into());
+        }
+        for h in &self.sketches {
+            h.check(crate::hll::SLIDING_P)?;
+        }
+        for h in &self.totals {
+            h.check(crate::hll::SLIDING_P)?;
+        }
+        if self.prev_sketches.len() != cx.windows.len() {
+            return Err("previous-window sketches out of range".into());
+        }
+        for (hs, &l) in self.prev_sketches.iter().zip(&cx.windows) {
+            for h in hs {
+                h.check((l / 30).max(1), 61)?;
+            }
+        }
+        let (pairs, venues) = (&self.pairs, &self.venues);
+        let pair_money = |i: u32| pairs.get(i as usize).is_none_or(|p| p.money.len() == site_len);
+        self.site_ring.check(fresh.site_ring.lengths(), |r| {
+            let venue_ok = venues.get(r.venue as usize).is_none_or(|v| v.money.len() == site_len);
+            if venue_ok && pair_money(r.pair) {
+                Ok(())
+            } else {
+                Err("a payment's venue or pair without windows".into())
+            }
+        })?;
+        let known = |pair: u32| {
+            if (pair as usize) < pairs.len() {
+                Ok(())
+            } else {
+                Err("a record's pair out of range".to_string())
+            }
+        };
+        self.traffic_ring.check(fresh.traffic_ring.lengths(), |r| known(r.pair))?;
+        self.pay_ring.check(fresh.pay_ring.lengths(), |r| known(r.pair))?;
+        Ok(())
     }
 
     fn pair_mut(&mut self, pair: u32, slot: u32) -> &mut PairState {

@@ -69,6 +69,37 @@ impl<T: Record> Ring<T> {
         Ring { lengths, longest, applied: NEVER, base_sec: 0, buckets: VecDeque::new(), pool: Vec::new(), typical: 0 }
     }
 
+    /// That a restored ring has the window `lengths` of `Ring::new(lengths)`, that every
+    /// record lies in its second, and that its buckets start where expiry left them (so an
+    /// insert never has to fill a gap of years). `check_rec` checks each record's indices.
+    pub(crate) fn check(
+        &self,
+        lengths: &[i64],
+        mut check_rec: impl FnMut(&T) -> Result<(), String>,
+    ) -> Result<(), String> {
+        if self.lengths != lengths || self.longest != lengths.iter().copied().max().unwrap_or(0) {
+            return Err(format!("window ring: lengths {:?}, not {lengths:?}", self.lengths));
+        }
+        if !self.buckets.is_empty()
+            && self.applied != NEVER
+            && self.base_sec * 1000 <= self.applied - self.longest - 1000
+        {
+            return Err("window ring: buckets behind the longest window".into());
+        }
+        if self.base_sec.checked_add(self.buckets.len() as i64).and_then(|s| s.checked_mul(1000)).is_none() {
+            return Err("window ring: seconds out of range".into());
+        }
+        for b in &self.buckets {
+            for r in &b.recs {
+                if r.ms() > 999 {
+                    return Err("window ring: a record's millisecond out of range".into());
+                }
+                check_rec(r)?;
+            }
+        }
+        Ok(())
+    }
+
     pub fn lengths(&self) -> &[i64] {
         &self.lengths
     }

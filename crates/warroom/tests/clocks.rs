@@ -7,7 +7,6 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::Child;
 use std::time::Duration;
 
 use warroom_tests::kafka::{create_topic, produce_now, read_dead_letters, start_monitor, unique, wait_for_read};
@@ -17,15 +16,6 @@ const HOUR: i64 = 3_600_000;
 
 fn now_ms() -> i64 {
     warroom_ingest::now_ms()
-}
-
-struct Monitor(Child);
-
-impl Drop for Monitor {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// Short group timeouts (the shipped session timeout makes joins slow on Tansu) and the
@@ -74,7 +64,7 @@ fn the_future_bound_follows_the_wall_clock_of_a_monitor_up_longer_than_it() {
     create_topic(&topic, 2);
     let dir = tempfile::tempdir().unwrap();
     config(dir.path(), "[limits]\nmax_future = \"3s\"\n");
-    let _m = Monitor(start_monitor(BIN, &topic, dir.path(), &["--group", &unique("g")]));
+    let _m = start_monitor(BIN, &topic, dir.path(), &["--group", &unique("g")]);
     waited_until_assigned(dir.path(), "bound");
     // Up for longer than the allowance (a bound frozen at start would now refuse the present).
     std::thread::sleep(Duration::from_secs(6));
@@ -101,7 +91,7 @@ fn a_producer_with_a_wrong_clock_costs_only_its_own_events() {
     create_topic(&topic, 4);
     let dir = tempfile::tempdir().unwrap();
     config(dir.path(), ""); // the shipped allowance (2 minutes) and horizons
-    let _m = Monitor(start_monitor(BIN, &topic, dir.path(), &["--group", &unique("g")]));
+    let _m = start_monitor(BIN, &topic, dir.path(), &["--group", &unique("g")]);
     waited_until_assigned(dir.path(), "skew");
     let now = now_ms();
     let mut good: Vec<String> = Vec::new();

@@ -16,15 +16,6 @@ use warroom_tests::kafka::{
 const BIN: &str = env!("CARGO_BIN_EXE_warroom");
 const OPS: &str = "demo-ops-token-0001";
 
-struct Monitor(std::process::Child);
-
-impl Drop for Monitor {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn wait_until(what: &str, secs: u64, mut done: impl FnMut() -> bool) {
     let started = Instant::now();
     while !done() {
@@ -48,7 +39,7 @@ fn a_dead_letter_topic_that_fails_then_recovers_loses_nothing_and_blocks_nothing
         ),
     )
     .unwrap();
-    let _mon = Monitor(start_monitor(BIN, &topic, dir.path(), &["--group", &group]));
+    let _mon = start_monitor(BIN, &topic, dir.path(), &["--group", &group]);
     let base = monitor_url(dir.path());
     let mut buf = Vec::new();
     let g = GenConfig { seed: 61, bad_share: 0.03, merchant_change_share: 0.0, ..GenConfig::default() };

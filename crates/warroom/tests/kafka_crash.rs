@@ -3,13 +3,13 @@
 //! Needs the broker that scripts/test.sh starts (WARROOM_KAFKA_BROKERS).
 
 use std::path::Path;
-use std::process::{Child, Command};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use warroom_ingest::gen::{write_night, GenConfig};
-use warroom_tests::kafka::{create_topic, produce, start_monitor, unique, wait_for_read};
+use warroom_tests::kafka::{create_topic, produce, start_monitor, unique, wait_for_read, Running};
 
-fn start(topic: &str, group: &str, dir: &Path) -> Child {
+fn start(topic: &str, group: &str, dir: &Path) -> Running {
     start_monitor(env!("CARGO_BIN_EXE_warroom"), topic, dir, &["--group", group])
 }
 

@@ -23,15 +23,6 @@ use warroom_tests::tls::{Pki, TlsTerminator};
 const BIN: &str = env!("CARGO_BIN_EXE_warroom");
 const OPS: &str = "demo-ops-token-0001";
 
-struct Monitor(std::process::Child);
-
-impl Drop for Monitor {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn wait_until(what: &str, secs: u64, mut done: impl FnMut() -> bool) {
     let started = Instant::now();
     while !done() {
@@ -102,7 +93,7 @@ fn tls_with_client_certificates_counts_exactly_and_a_wrong_ca_is_degraded() {
 
     let dir = tempfile::tempdir().unwrap();
     write_config(dir.path(), &tls_settings(&pki, &pki.ca));
-    let _mon = Monitor(start_monitor_on(BIN, &brokers, &topic, dir.path(), &["--group", &unique("tls-g")], &[]));
+    let mon = start_monitor_on(BIN, &brokers, &topic, dir.path(), &["--group", &unique("tls-g")], &[]);
     let base = monitor_url(dir.path());
     wait_for_read(dir.path(), lines.len() as u64, "every message read over TLS");
     wait_until("every dead letter delivered over TLS", 60, || {
@@ -129,7 +120,7 @@ fn tls_with_client_certificates_counts_exactly_and_a_wrong_ca_is_degraded() {
     let shown = String::from_utf8_lossy(&cfg.stdout).to_string() + &String::from_utf8_lossy(&cfg.stderr);
     assert!(cfg.status.success(), "warroom config: {shown}");
     assert!(shown.contains("client.key.password") && !shown.contains(&pki.password), "{shown}");
-    drop(_mon);
+    drop(mon);
 
     // A monitor that trusts another CA refuses the broker's certificate: degraded, and says why.
     let other_dir = tempfile::tempdir().unwrap();
@@ -137,7 +128,7 @@ fn tls_with_client_certificates_counts_exactly_and_a_wrong_ca_is_degraded() {
     let refused_before = tls.refused.load(std::sync::atomic::Ordering::Relaxed);
     let dir2 = tempfile::tempdir().unwrap();
     write_config(dir2.path(), &tls_settings(&pki, &other.ca));
-    let _mon2 = Monitor(start_monitor_on(BIN, &brokers, &topic, dir2.path(), &["--group", &unique("tls-g")], &[]));
+    let _mon2 = start_monitor_on(BIN, &brokers, &topic, dir2.path(), &["--group", &unique("tls-g")], &[]);
     let base2 = monitor_url(dir2.path());
     let mut why = String::new();
     wait_until("the untrusted broker reported in /readyz", 30, || {
@@ -171,14 +162,8 @@ fn sasl_scram_refused_by_the_broker_is_degraded_and_never_logs_the_password() {
             toml_path(&dir.path().join("sasl.password"))
         ),
     );
-    let _mon = Monitor(start_monitor_on(
-        BIN,
-        &format!("127.0.0.1:{port}"),
-        &topic,
-        dir.path(),
-        &["--group", &unique("sasl-g")],
-        &[],
-    ));
+    let _mon =
+        start_monitor_on(BIN, &format!("127.0.0.1:{port}"), &topic, dir.path(), &["--group", &unique("sasl-g")], &[]);
     let base = monitor_url(dir.path());
     let mut why = String::new();
     wait_until("the refused authentication reported in /readyz", 30, || {

@@ -29,7 +29,7 @@ fn json_file(p: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))).unwrap()
 }
 
-fn stop(mut child: std::process::Child) {
+fn stop(mut child: warroom_tests::kafka::Running) {
     Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     assert!(child.wait().unwrap().success(), "the monitor stops cleanly on SIGTERM");
 }

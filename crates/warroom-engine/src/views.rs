@@ -1,0 +1,280 @@
+//! What a caller may see of a snapshot. A merchant gets the document cut down to its own
+//! slots (SNAPSHOT.md): its slots, totals and windows summed from them, and its slots' places
+//! in each race. Nothing names or measures another merchant: a slot that changed hands
+//! (商品更换) counts for each merchant only the events that named it. Site-wide figures (site totals,
+//! funnel, decomposition, plan, rejections) all measure other merchants, so they are left out.
+//! A subscription narrows further to one venue. (Here, beside the snapshot, so that every
+//! view is built from it in one place, and so that the fuzz targets reach it without the API's
+//! network stack.)
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::snapshot::{MoneyWindow, RankEntry, SlotMerchantStats, SlotStats};
+use crate::{RankChange, Snapshot};
+
+/// What a client asked to see (it can only narrow what its role allows).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Scope {
+    /// Set for merchant callers (from the token, not from the client).
+    pub merchant: Option<String>,
+    pub venue: Option<String>,
+}
+
+impl Scope {
+    /// The scope a caller starts with: a merchant caller (`own`, the merchant id of its token)
+    /// is held to its own merchant; others see everything.
+    pub fn of(own: Option<&str>, venue: Option<String>) -> Scope {
+        Scope { merchant: own.map(str::to_string), venue }
+    }
+
+    /// The scope a subscription asks for. A merchant caller keeps its own merchant whatever it
+    /// asks; others may narrow to one merchant's cut.
+    pub fn subscribed(own: Option<&str>, sub: Subscription) -> Scope {
+        let mut scope = Scope::of(own, sub.venue);
+        if scope.merchant.is_none() {
+            scope.merchant = sub.merchant;
+        }
+        scope
+    }
+}
+
+/// What a screen asks for over its WebSocket: `{"subscribe": {"venue": "NAME", "merchant":
+/// "ID"}}`, both optional (absent: everything its role allows).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Subscription {
+    pub venue: Option<String>,
+    pub merchant: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClientMessage {
+    subscribe: Subscription,
+}
+
+/// What the server answers a client message it cannot take.
+pub const SUBSCRIBE_HELP: &str =
+    r#"send {"subscribe": {"venue": "NAME", "merchant": "ID"}} (both optional; names are 1..128 bytes)"#;
+
+/// Parses a client's WebSocket text message. Names are those of the contract (1..128 bytes),
+/// so a longer or empty one cannot name anything and is refused.
+pub fn parse_subscription(text: &str) -> Result<Subscription, &'static str> {
+    let m: ClientMessage = serde_json::from_str(text).map_err(|_| SUBSCRIBE_HELP)?;
+    let ok = |n: &Option<String>| n.as_ref().is_none_or(|n| (1..=warroom_model::MAX_ID_BYTES).contains(&n.len()));
+    if ok(&m.subscribe.venue) && ok(&m.subscribe.merchant) {
+        Ok(m.subscribe)
+    } else {
+        Err(SUBSCRIBE_HELP)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct MerchantSnapshot {
+    pub as_of_ms: i64,
+    pub published_at_ms: i64,
+    pub last_event_at_ms: i64,
+    pub merchant_id: String,
+    pub totals: MerchantTotals,
+    pub windows: Vec<MoneyWindow>,
+    pub venues: Vec<MerchantVenue>,
+    pub slots: Vec<SlotStats>,
+    /// The rehearsal tag, as in the full snapshot (merchants see the banner too).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rehearsal: Option<crate::snapshot::Rehearsal>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct MerchantTotals {
+    pub gmv_cents: u128,
+    pub paid_orders: u64,
+    pub impressions: u64,
+    pub clicks: u64,
+    pub slots: u64,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct MerchantVenue {
+    pub venue: String,
+    pub race: MerchantRace,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct MerchantRace {
+    pub window_ms: i64,
+    pub rule: String,
+    /// Only the slots this merchant holds now, with their true ranks.
+    pub ranking: Vec<MerchantRankEntry>,
+}
+
+/// A merchant's slot in a race: its place, and the numbers of the merchant's own events in
+/// the race window. For a slot that changed hands inside the window, the slot's score and
+/// buyers measure the other merchant's events too, so they are left out (`null`).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct MerchantRankEntry {
+    pub rank: u32,
+    pub slot: String,
+    pub score: Option<f64>,
+    pub gmv_cents: u128,
+    pub paid_orders: u64,
+    pub impressions: u64,
+    pub clicks: u64,
+    pub buyers: Option<u64>,
+    pub prev_gmv_cents: u128,
+    pub merchant_id: String,
+}
+
+/// The merchant's cut of a snapshot. Every number comes from events naming the merchant
+/// (contract v1.1): a slot that changed hands contributes only this merchant's part of it.
+pub fn merchant_view(snap: &Snapshot, merchant: &str, venue: Option<&str>) -> MerchantSnapshot {
+    let in_venue = |v: &str| venue.is_none_or(|want| want == v);
+    // Slots several merchants named: this merchant's part of each.
+    let mut shared: BTreeMap<&str, Option<&SlotMerchantStats>> = BTreeMap::new();
+    for p in &snap.slot_merchants {
+        let e = shared.entry(p.slot.as_str()).or_default();
+        if p.merchant_id == merchant {
+            *e = Some(p);
+        }
+    }
+    let mut slots: Vec<SlotStats> = Vec::new();
+    for s in snap.slots.iter().filter(|s| in_venue(&s.venue)) {
+        match shared.get(s.slot.as_str()) {
+            Some(Some(p)) => slots.push(SlotStats {
+                slot: s.slot.clone(),
+                venue: s.venue.clone(),
+                merchant_id: merchant.to_string(),
+                gmv_cents: p.gmv_cents,
+                paid_orders: p.paid_orders,
+                impressions: p.impressions,
+                clicks: p.clicks,
+                windows: p.windows.clone(),
+            }),
+            Some(None) => {}
+            None if s.merchant_id == merchant => slots.push(s.clone()),
+            None => {}
+        }
+    }
+    let mut totals = MerchantTotals::default();
+    let mut windows: Vec<MoneyWindow> =
+        snap.windows.iter().map(|w| MoneyWindow { length_ms: w.length_ms, ..Default::default() }).collect();
+    for s in &slots {
+        totals.gmv_cents += s.gmv_cents;
+        totals.paid_orders += s.paid_orders;
+        totals.impressions += s.impressions;
+        totals.clicks += s.clicks;
+        totals.slots += 1;
+        for w in &s.windows {
+            if let Some(t) = windows.iter_mut().find(|t| t.length_ms == w.length_ms) {
+                t.gmv_cents += w.gmv_cents;
+                t.paid_orders += w.paid_orders;
+            }
+        }
+    }
+    let entry = |e: &RankEntry| -> MerchantRankEntry {
+        let own = MerchantRankEntry {
+            rank: e.rank,
+            slot: e.slot.clone(),
+            score: Some(e.score),
+            gmv_cents: e.gmv_cents,
+            paid_orders: e.paid_orders,
+            impressions: e.impressions,
+            clicks: e.clicks,
+            buyers: Some(e.buyers),
+            prev_gmv_cents: e.prev_gmv_cents,
+            merchant_id: e.merchant_id.clone(),
+        };
+        match shared.get(e.slot.as_str()) {
+            None => own,
+            Some(p) => {
+                let r = p.map(|p| p.race).unwrap_or_default();
+                let alone = (r.gmv_cents, r.paid_orders, r.impressions, r.clicks, r.prev_gmv_cents)
+                    == (e.gmv_cents, e.paid_orders, e.impressions, e.clicks, e.prev_gmv_cents);
+                MerchantRankEntry {
+                    score: own.score.filter(|_| alone),
+                    buyers: own.buyers.filter(|_| alone),
+                    gmv_cents: r.gmv_cents,
+                    paid_orders: r.paid_orders,
+                    impressions: r.impressions,
+                    clicks: r.clicks,
+                    prev_gmv_cents: r.prev_gmv_cents,
+                    ..own
+                }
+            }
+        }
+    };
+    let venues = snap
+        .venues
+        .iter()
+        .filter(|v| in_venue(&v.venue))
+        .filter_map(|v| {
+            let ranking: Vec<MerchantRankEntry> =
+                v.race.ranking.iter().filter(|e| e.merchant_id == merchant).map(entry).collect();
+            let has_slots = slots.iter().any(|s| s.venue == v.venue);
+            (has_slots || !ranking.is_empty()).then(|| MerchantVenue {
+                venue: v.venue.clone(),
+                race: MerchantRace { window_ms: v.race.window_ms, rule: v.race.rule.clone(), ranking },
+            })
+        })
+        .collect();
+    MerchantSnapshot {
+        as_of_ms: snap.as_of_ms,
+        published_at_ms: snap.published_at_ms,
+        last_event_at_ms: snap.last_event_at_ms,
+        merchant_id: merchant.to_string(),
+        totals,
+        windows,
+        venues,
+        slots,
+        rehearsal: snap.rehearsal.clone(),
+    }
+}
+
+/// An ops view narrowed to one venue: that venue's entry and slots; site-wide parts stay.
+pub fn venue_view(snap: &Snapshot, venue: &str) -> Snapshot {
+    let mut s = snap.clone();
+    s.venues.retain(|v| v.venue == venue);
+    s.slots.retain(|x| x.venue == venue);
+    s
+}
+
+/// Whether a rank change may be shown in a scope. Rank changes carry no merchant, so the
+/// snapshot they came with says whose slot it is.
+pub fn change_visible(change: &RankChange, scope: &Scope, snap: &Snapshot) -> bool {
+    if scope.venue.as_deref().is_some_and(|v| v != change.venue) {
+        return false;
+    }
+    match &scope.merchant {
+        None => true,
+        Some(m) => snap.slots.iter().any(|s| s.slot == change.slot && &s.merchant_id == m),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sub(venue: Option<&str>, merchant: Option<&str>) -> Subscription {
+        Subscription { venue: venue.map(Into::into), merchant: merchant.map(Into::into) }
+    }
+
+    #[test]
+    fn subscriptions_parse_as_documented_and_refuse_the_rest() {
+        assert_eq!(parse_subscription(r#"{"subscribe": {"venue": "main"}}"#), Ok(sub(Some("main"), None)));
+        assert_eq!(parse_subscription(r#"{"subscribe": {"merchant": "m-4"}}"#), Ok(sub(None, Some("m-4"))));
+        assert_eq!(parse_subscription(r#"{"subscribe": {}}"#), Ok(sub(None, None)));
+        let long = format!(r#"{{"subscribe": {{"venue": "{}"}}}}"#, "v".repeat(129));
+        for bad in ["{}", "[]", "", r#"{"subscribe": {"venue": ""}}"#, r#"{"subscribe": {"shop": "x"}}"#, &long] {
+            assert_eq!(parse_subscription(bad), Err(SUBSCRIBE_HELP), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_merchant_keeps_its_own_scope_whatever_it_asks() {
+        let s = Scope::subscribed(Some("m-4"), sub(Some("main"), Some("m-9")));
+        assert_eq!(s, Scope { merchant: Some("m-4".into()), venue: Some("main".into()) });
+        let ops = Scope::subscribed(None, sub(None, Some("m-9")));
+        assert_eq!(ops, Scope { merchant: Some("m-9".into()), venue: None });
+    }
+}
