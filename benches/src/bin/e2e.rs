@@ -272,6 +272,16 @@ fn monitor_parts(pid: u32) -> [f64; 5] {
     parts
 }
 
+/// `config` with `lines` added to its `[kafka.properties]` table (TOML refuses a second header
+/// of the same table, so the lines go under the existing one if there is one).
+fn with_kafka_properties(config: &str, lines: &str) -> String {
+    const HEADER: &str = "[kafka.properties]\n";
+    match config.find(HEADER) {
+        Some(at) => format!("{}{HEADER}{lines}{}", &config[..at], &config[at + HEADER.len()..]),
+        None => format!("{config}\n{HEADER}{lines}"),
+    }
+}
+
 /// A bench in the making: monitor, clients, load and probes for one rate. Returns the report.
 fn step(a: &Args, rate: u64) -> Value {
     let run = format!("{}-{}", std::process::id(), now_ms());
@@ -280,19 +290,13 @@ fn step(a: &Args, rate: u64) -> Value {
 
     // The monitor.
     let state = std::env::temp_dir().join(format!("warroom-e2e-{run}"));
-    // The shipped config plus short group timeouts (Tansu joins a group only after them).
+    // The shipped config plus a short rebalance timeout (Tansu joins a group only after it).
     let config = std::env::temp_dir().join(format!("warroom-e2e-{run}.toml"));
-    std::fs::write(
-        &config,
-        format!(
-            "{}\n[kafka.properties]\n\"session.timeout.ms\" = \"6000\"\n\"max.poll.interval.ms\" = \"7000\"\n",
-            match &a.monitor_config {
-                Some(p) => std::fs::read_to_string(p).unwrap_or_else(|e| panic!("--monitor-config {p}: {e}")),
-                None => include_str!("../../../config/warroom.toml").to_string(),
-            }
-        ),
-    )
-    .unwrap();
+    let base = match &a.monitor_config {
+        Some(p) => std::fs::read_to_string(p).unwrap_or_else(|e| panic!("--monitor-config {p}: {e}")),
+        None => include_str!("../../../config/warroom.toml").to_string(),
+    };
+    std::fs::write(&config, with_kafka_properties(&base, "\"max.poll.interval.ms\" = \"7000\"\n")).unwrap();
     let mut child = Command::new(&a.warroom)
         .args(["run", "--source", "kafka", "--listen", "127.0.0.1:0", "--brokers", &a.brokers, "--topic", &topic])
         .arg("--config")
