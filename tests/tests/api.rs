@@ -366,6 +366,36 @@ async fn a_rule_change_reorders_the_race_in_the_next_push_and_reconnects_get_a_f
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn screens_are_pushed_the_snapshot_without_the_per_pair_table() {
+    // Slots that change hands fill `slot_merchants`; the REST snapshot keeps it, the ops
+    // screen's frames leave it out (it is what merchant views are cut from, not what a screen
+    // shows) and are otherwise the same document.
+    let mut s = Server::start(Config::default()).await;
+    s.feed(&night_with_merchant_changes());
+    let (code, body) = s.get("/api/v1/snapshot", Some(OPS)).await;
+    assert_eq!(code, StatusCode::OK);
+    let mut rest: Value = serde_json::from_str(&body).unwrap();
+    let pairs = rest.as_object_mut().unwrap().remove("slot_merchants").unwrap();
+    assert!(pairs.as_array().unwrap().len() > 10, "the stream has slots that changed hands");
+    let mut ws = s.ws(OPS, "").await;
+    let frame = next_of(&mut ws, "snapshot").await;
+    assert_eq!(frame["data"], rest);
+    let full = serde_json::to_string(&frame["data"]).unwrap().len() + serde_json::to_string(&pairs).unwrap().len();
+    eprintln!(
+        "frame {} bytes of data; with the pair table {full}",
+        serde_json::to_string(&frame["data"]).unwrap().len()
+    );
+    // A venue's screen: the same cut as the REST venue view, without pairs.
+    ws.send(Message::Text(r#"{"subscribe":{"venue":"main"}}"#.into())).await.unwrap();
+    let narrowed = next_of(&mut ws, "snapshot").await;
+    let (_, body) = s.get("/api/v1/snapshot?venue=main", Some(OPS)).await;
+    let mut rest: Value = serde_json::from_str(&body).unwrap();
+    let pairs = rest.as_object_mut().unwrap().remove("slot_merchants").unwrap();
+    assert!(pairs.as_array().unwrap().iter().all(|p| p["slot"].as_str().unwrap().starts_with("main-")), "{pairs}");
+    assert_eq!(narrowed["data"], rest);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_a_rehearsal_every_pushed_message_and_every_view_is_tagged() {
     let tag = warroom_engine::snapshot::Rehearsal { label: "drill".into(), shift_ms: 3_600_000, speed: 60.0 };
     let mut s = Server::start(Config { rehearsal: Some(tag), ..Config::default() }).await;

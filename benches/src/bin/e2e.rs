@@ -290,13 +290,18 @@ fn step(a: &Args, rate: u64) -> Value {
 
     // The monitor.
     let state = std::env::temp_dir().join(format!("warroom-e2e-{run}"));
-    // The shipped config plus a short rebalance timeout (Tansu joins a group only after it).
+    // The shipped config plus short group timeouts (Tansu joins a group only after them; older
+    // configs, for A/B runs against earlier builds, do not set the session timeout).
     let config = std::env::temp_dir().join(format!("warroom-e2e-{run}.toml"));
     let base = match &a.monitor_config {
         Some(p) => std::fs::read_to_string(p).unwrap_or_else(|e| panic!("--monitor-config {p}: {e}")),
         None => include_str!("../../../config/warroom.toml").to_string(),
     };
-    std::fs::write(&config, with_kafka_properties(&base, "\"max.poll.interval.ms\" = \"7000\"\n")).unwrap();
+    std::fs::write(
+        &config,
+        with_kafka_properties(&base, "\"session.timeout.ms\" = \"6000\"\n\"max.poll.interval.ms\" = \"7000\"\n"),
+    )
+    .unwrap();
     let mut child = Command::new(&a.warroom)
         .args(["run", "--source", "kafka", "--listen", "127.0.0.1:0", "--brokers", &a.brokers, "--topic", &topic])
         .arg("--config")

@@ -15,7 +15,7 @@ use serde::Serialize;
 use tokio::sync::{broadcast, watch};
 use warroom_engine::{RankChange, Snapshot};
 
-use crate::scope::{change_visible, merchant_view, venue_view, Scope};
+use crate::scope::{change_visible, merchant_view, screen_frame, venue_view, Scope};
 
 /// One published state.
 #[derive(Debug)]
@@ -50,8 +50,8 @@ impl Frame {
         let r = self.snap.rehearsal.is_some();
         let bytes = match (&scope.merchant, &scope.venue) {
             (Some(m), v) => envelope("snapshot", self.seq, &merchant_view(&self.snap, m, v.as_deref()), r),
-            (None, Some(v)) => envelope("snapshot", self.seq, &venue_view(&self.snap, v), r),
-            (None, None) => envelope("snapshot", self.seq, &*self.snap, r),
+            (None, Some(v)) => envelope("snapshot", self.seq, &screen_frame(&venue_view(&self.snap, v)), r),
+            (None, None) => envelope("snapshot", self.seq, &screen_frame(&self.snap), r),
         };
         cache.insert(scope.clone(), bytes.clone());
         bytes

@@ -236,7 +236,71 @@ pub fn venue_view(snap: &Snapshot, venue: &str) -> Snapshot {
     let mut s = snap.clone();
     s.venues.retain(|v| v.venue == venue);
     s.slots.retain(|x| x.venue == venue);
+    let kept: std::collections::HashSet<&str> = s.slots.iter().map(|x| x.slot.as_str()).collect();
+    s.slot_merchants.retain(|p| kept.contains(p.slot.as_str()));
     s
+}
+
+/// What an ops screen is pushed: the snapshot without `slot_merchants`, the per-(slot,
+/// merchant) table that merchant views are cut from and `GET /api/v1/snapshot` keeps. The
+/// screen shows slots, not pairs, and where slots change hands often the table was most of
+/// every frame (loadgen's stream: 56 KB of a 70 KB frame, 4x the bytes pushed).
+#[derive(Serialize)]
+pub struct ScreenFrame<'a> {
+    as_of_ms: i64,
+    published_at_ms: i64,
+    last_event_at_ms: i64,
+    totals: &'a crate::snapshot::Totals,
+    windows: &'a [crate::snapshot::WindowStats],
+    venues: &'a [crate::snapshot::VenueStats],
+    slots: &'a [SlotStats],
+    channels: &'a [crate::snapshot::ChannelStats],
+    funnel: &'a crate::snapshot::Funnel,
+    decomposition: &'a [crate::snapshot::Decomposition],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    plan: Option<&'a crate::plan::PlanStatus>,
+    rejections: &'a BTreeMap<String, u64>,
+    counters: &'a crate::snapshot::Counters,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rehearsal: Option<&'a crate::snapshot::Rehearsal>,
+}
+
+pub fn screen_frame(snap: &Snapshot) -> ScreenFrame<'_> {
+    // Destructured so that a field added to the snapshot fails to compile here until it is
+    // placed (or left out) on purpose.
+    let Snapshot {
+        as_of_ms,
+        published_at_ms,
+        last_event_at_ms,
+        totals,
+        windows,
+        venues,
+        slots,
+        slot_merchants: _,
+        channels,
+        funnel,
+        decomposition,
+        plan,
+        rejections,
+        counters,
+        rehearsal,
+    } = snap;
+    ScreenFrame {
+        as_of_ms: *as_of_ms,
+        published_at_ms: *published_at_ms,
+        last_event_at_ms: *last_event_at_ms,
+        totals,
+        windows,
+        venues,
+        slots,
+        channels,
+        funnel,
+        decomposition,
+        plan: plan.as_ref(),
+        rejections,
+        counters,
+        rehearsal: rehearsal.as_ref(),
+    }
 }
 
 /// Whether a rank change may be shown in a scope. Rank changes carry no merchant, so the
