@@ -349,8 +349,9 @@ impl Names {
 #[derive(Debug, Default)]
 pub struct NameCache {
     venues: hashbrown::HashMap<Box<str>, u32>,
-    /// slot -> (slot index, the slot's venue)
-    slots: hashbrown::HashMap<Box<str>, (u32, u32)>,
+    /// slot -> (slot index, the slot's venue, the merchant last seen on it and their pair):
+    /// a slot keeps its merchant for long stretches, so the pair comes with the slot's probe.
+    slots: hashbrown::HashMap<Box<str>, (u32, u32, u32, u32)>,
     merchants: hashbrown::HashMap<Box<str>, u32>,
     channels: hashbrown::HashMap<Box<str>, u32>,
     /// (slot, merchant) -> pair
@@ -374,7 +375,7 @@ impl NameCache {
             Some(n) => self.venues.get(n).copied(),
         };
         let s = match slot {
-            None => Some((NONE, NONE)),
+            None => Some((NONE, NONE, NONE, NONE)),
             Some(n) => self.slots.get(n).copied(),
         };
         let m = match merchant {
@@ -385,8 +386,18 @@ impl NameCache {
             None => Some(NONE),
             Some(n) => self.channels.get(n).copied(),
         };
-        if let (Some(v), Some((s, sv)), Some(m), Some(c)) = (v, s, m, c) {
-            let pair = if s == NONE { Some(NONE) } else { self.pairs.get(&(s, m)).copied() };
+        if let (Some(v), Some((s, sv, last_m, last_pair)), Some(m), Some(c)) = (v, s, m, c) {
+            let pair = if s == NONE || m == last_m {
+                Some(last_pair)
+            } else {
+                let pair = self.pairs.get(&(s, m)).copied();
+                if let (Some(p), Some(n)) = (pair, slot) {
+                    if let Some(e) = self.slots.get_mut(n) {
+                        (e.2, e.3) = (m, p);
+                    }
+                }
+                pair
+            };
             if let Some(pair) = pair {
                 // The slot's venue is its first one; a different venue on the event is a
                 // conflict, counted on every event that has one.
@@ -404,7 +415,7 @@ impl NameCache {
             self.venues.insert(n.into(), names.venues.get(n).unwrap_or(r.venue));
         }
         if let Some(n) = slot {
-            self.slots.insert(n.into(), (r.slot, r.venue));
+            self.slots.insert(n.into(), (r.slot, r.venue, r.merchant, r.pair));
             self.pairs.insert((r.slot, r.merchant), r.pair);
         }
         if let Some(n) = merchant {

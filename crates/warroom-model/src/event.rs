@@ -241,16 +241,26 @@ impl<'a> RawEvent<'a> {
         }
         let user_id = self.user_id.ok_or_else(|| missing("user_id"))?;
         check_id(&user_id, "user_id")?;
-        for (v, f) in [
-            (&self.venue, "venue"),
-            (&self.slot, "slot"),
-            (&self.item_id, "item_id"),
-            (&self.merchant_id, "merchant_id"),
-            (&self.channel, "channel"),
-            (&self.order_id, "order_id"),
-        ] {
-            if let Some(v) = v {
-                check_id(v, f)?;
+        // One branch for the usual case (every name in bounds); the field is found after.
+        let fits = |v: &Option<Str<'_>>| v.as_ref().is_none_or(|s| id_fits(s));
+        if !(fits(&self.venue)
+            & fits(&self.slot)
+            & fits(&self.item_id)
+            & fits(&self.merchant_id)
+            & fits(&self.channel)
+            & fits(&self.order_id))
+        {
+            for (v, f) in [
+                (&self.venue, "venue"),
+                (&self.slot, "slot"),
+                (&self.item_id, "item_id"),
+                (&self.merchant_id, "merchant_id"),
+                (&self.channel, "channel"),
+                (&self.order_id, "order_id"),
+            ] {
+                if let Some(v) = v {
+                    check_id(v, f)?;
+                }
             }
         }
         if kind.needs_order() {
@@ -280,11 +290,24 @@ impl<'a> RawEvent<'a> {
 
 /// Ids and names: 1..=128 bytes (contract v1.1; names were unbounded in v1, which let a flood
 /// of long unique names grow the interner).
+#[inline(always)]
+fn id_fits(s: &str) -> bool {
+    s.len().wrapping_sub(1) < MAX_ID_BYTES
+}
+
+#[inline(always)]
 fn check_id(s: &str, field: &'static str) -> Result<(), Rejection> {
-    if s.is_empty() || s.len() > MAX_ID_BYTES {
-        return Err(Rejection::new(Reason::BadLength, Some(field)).with_detail(format!("{} bytes", s.len())));
+    if id_fits(s) {
+        Ok(())
+    } else {
+        Err(bad_length(s.len(), field))
     }
-    Ok(())
+}
+
+#[cold]
+#[inline(never)]
+fn bad_length(len: usize, field: &'static str) -> Rejection {
+    Rejection::new(Reason::BadLength, Some(field)).with_detail(format!("{len} bytes"))
 }
 
 type Noted<'f> = &'f Cell<Option<(Reason, Option<&'static str>)>>;
