@@ -9,6 +9,7 @@
 pub mod kafka;
 /// The Kafka client the helpers take (`ClientConfig` for [`kafka::produce_configured`]).
 pub use rdkafka;
+pub mod sasl;
 pub mod tls;
 
 use std::collections::{BTreeMap, HashMap, HashSet};

@@ -2,12 +2,14 @@
 //! terminator that requires client certificates (mutual TLS); the monitor's client key is
 //! encrypted and its password is in a file. The numbers are exact, dead letters go out over
 //! TLS too, and the password reaches no log. A monitor that does not trust the broker's
-//! certificate is degraded and says why. SASL: a broker that requires authentication refuses an
-//! unknown SCRAM user: the monitor is degraded, says so, and never logs the password.
+//! certificate is degraded and says why. SASL: through a SCRAM-SHA-512 front that knows one user,
+//! the monitor authenticates and counts exactly, and a wrong password is refused, degraded and
+//! reported; Tansu's own `--authentication` refuses an unknown user the same way. The password
+//! never reaches a log.
 //!
 //! (Tansu accepts `--cert`/`--key` but never performs a TLS handshake, hence the terminator in
-//! `warroom_tests::tls`; and with its memory storage no SCRAM user can be created, so the SASL
-//! success path cannot be exercised here: see RELIABILITY.md.)
+//! `warroom_tests::tls`; and with its memory storage no SCRAM user can be created, hence the
+//! SCRAM front in `warroom_tests::sasl`.)
 //! Needs Tansu (WARROOM_TANSU) and `openssl`, as scripts/test.sh provides.
 
 use std::time::{Duration, Instant};
@@ -18,6 +20,7 @@ use warroom_tests::kafka::{
     wait_for_read, PrivateBroker,
 };
 use warroom_tests::rdkafka::ClientConfig;
+use warroom_tests::sasl::ScramTerminator;
 use warroom_tests::tls::{Pki, TlsTerminator};
 
 const BIN: &str = env!("CARGO_BIN_EXE_warroom");
@@ -145,6 +148,84 @@ fn tls_with_client_certificates_counts_exactly_and_a_wrong_ca_is_degraded() {
     let log = files_starting(dir2.path(), "log-");
     assert!(log.contains("certificate verify failed") || log.contains("SSL handshake failed"), "{log}");
     assert!(!everything_said(dir2.path(), &base2).contains(&pki.password), "the password reached a log");
+}
+
+fn sasl_settings(password_file: &std::path::Path) -> String {
+    format!(
+        "security_protocol = \"sasl_plaintext\"\nsasl_mechanism = \"SCRAM-SHA-512\"\nsasl_username = \"warroom\"\nsasl_password_file = \"{}\"\n",
+        toml_path(password_file)
+    )
+}
+
+#[test]
+fn sasl_scram_authenticates_and_counts_exactly_and_a_wrong_password_is_degraded() {
+    let sasl_port = free_port();
+    let broker = PrivateBroker::start(sasl_port);
+    let password = format!("scram-{}-right", std::process::id());
+    let front = ScramTerminator::start(sasl_port, broker.port, "warroom", &password);
+    let topic = unique("scram");
+    broker.create_topic(&topic, 4);
+    let brokers = format!("127.0.0.1:{sasl_port}");
+
+    let mut buf = Vec::new();
+    let g = GenConfig { seed: 89, bad_share: 0.02, merchant_change_share: 0.0, ..GenConfig::default() };
+    write_night(g, 5_000, 1_794_312_000_000, 1_800_000, &mut buf).unwrap();
+    let lines = warroom_tests::lines(&buf);
+    let bad = lines.iter().filter(|l| !warroom_tests::is_valid(l)).count() as f64;
+    assert!(bad > 20.0, "the input has bad lines: {bad}");
+    // The test's producer authenticates too (the broker advertises only the front's port).
+    let mut pc = ClientConfig::new();
+    pc.set("bootstrap.servers", &brokers)
+        .set("security.protocol", "sasl_plaintext")
+        .set("sasl.mechanism", "SCRAM-SHA-512")
+        .set("sasl.username", "warroom")
+        .set("sasl.password", &password);
+    produce_configured(pc, &topic, &lines, true);
+    let producers = front.authenticated.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(producers >= 1, "the test's producer authenticated");
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("sasl.password"), &password).unwrap();
+    write_config(dir.path(), &sasl_settings(&dir.path().join("sasl.password")));
+    let mon = start_monitor_on(BIN, &brokers, &topic, dir.path(), &["--group", &unique("scram-g")], &[]);
+    let base = monitor_url(dir.path());
+    wait_for_read(dir.path(), lines.len() as u64, "every message read over SASL");
+    wait_until("every dead letter delivered over SASL", 60, || {
+        let (_, text) = http_get(&base, "/metrics", Some(OPS), Duration::from_secs(3));
+        metric(&text, "warroom_kafka_dead_lettered_total") == Some(bad)
+    });
+    wait_until("ready over SASL", 30, || http_get(&base, "/readyz", None, Duration::from_secs(3)).0 == 200);
+    std::thread::sleep(Duration::from_millis(2_500));
+    let snap: warroom_engine::Snapshot =
+        serde_json::from_slice(&std::fs::read(dir.path().join("snapshot.json")).unwrap()).unwrap();
+    let want = warroom_tests::reference(&lines, &[60_000, 300_000, 3_600_000], 300_000);
+    warroom_tests::assert_matches_reference(&snap, &want, "over SASL SCRAM-SHA-512");
+    let authed = front.authenticated.load(std::sync::atomic::Ordering::Relaxed) - producers;
+    assert!(authed >= 2, "the monitor's consumer and dead-letter producer both authenticated: {authed}");
+    assert_eq!(front.refused.load(std::sync::atomic::Ordering::Relaxed), 0);
+    assert!(!everything_said(dir.path(), &base).contains(&password), "the SASL password reached a log");
+    drop(mon);
+
+    // The same monitor with a wrong password: refused by the front, degraded, and says why.
+    let dir2 = tempfile::tempdir().unwrap();
+    let wrong = format!("scram-{}-wrong", std::process::id());
+    std::fs::write(dir2.path().join("sasl.password"), &wrong).unwrap();
+    write_config(dir2.path(), &sasl_settings(&dir2.path().join("sasl.password")));
+    let _mon2 = start_monitor_on(BIN, &brokers, &topic, dir2.path(), &["--group", &unique("scram-g")], &[]);
+    let base2 = monitor_url(dir2.path());
+    let mut why = String::new();
+    wait_until("the refused password reported in /readyz", 30, || {
+        let (code, text) = http_get(&base2, "/readyz", None, Duration::from_secs(3));
+        why = text;
+        code == 503 && why.contains("degraded")
+    });
+    eprintln!("wrong password, {why}");
+    assert!(why.contains("SASL") || why.contains("uthentication"), "/readyz says authentication failed: {why}");
+    assert!(why.contains("sasl_"), "/readyz says what to check: {why}");
+    assert!(front.refused.load(std::sync::atomic::Ordering::Relaxed) >= 1, "the front refused the proof");
+    let (_, text) = http_get(&base2, "/metrics", Some(OPS), Duration::from_secs(3));
+    assert_eq!(metric(&text, "warroom_kafka_messages_total"), Some(0.0), "nothing read without authenticating");
+    assert!(!everything_said(dir2.path(), &base2).contains(&wrong), "the wrong password reached a log");
 }
 
 #[test]
