@@ -18,6 +18,8 @@ use ring::{digest, hmac, pbkdf2};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::tls::Background;
+
 const SASL_HANDSHAKE: i16 = 17;
 const API_VERSIONS: i16 = 18;
 const SASL_AUTHENTICATE: i16 = 36;
@@ -31,15 +33,7 @@ pub struct ScramTerminator {
     pub port: u16,
     pub authenticated: Arc<AtomicU64>,
     pub refused: Arc<AtomicU64>,
-    rt: Option<tokio::runtime::Runtime>,
-}
-
-impl Drop for ScramTerminator {
-    fn drop(&mut self) {
-        if let Some(rt) = self.rt.take() {
-            rt.shutdown_background();
-        }
-    }
+    _rt: Background,
 }
 
 struct User {
@@ -77,7 +71,7 @@ impl ScramTerminator {
                 });
             }
         });
-        ScramTerminator { port, authenticated, refused, rt: Some(rt) }
+        ScramTerminator { port, authenticated, refused, _rt: Background(Some(rt)) }
     }
 }
 

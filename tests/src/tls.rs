@@ -150,12 +150,15 @@ pub struct TlsTerminator {
     pub port: u16,
     pub handshakes: Arc<std::sync::atomic::AtomicU64>,
     pub refused: Arc<std::sync::atomic::AtomicU64>,
-    rt: Option<tokio::runtime::Runtime>,
+    _rt: Background,
 }
 
-impl Drop for TlsTerminator {
+/// A test server's runtime, shut down without waiting when its server is dropped.
+pub struct Background(pub Option<tokio::runtime::Runtime>);
+
+impl Drop for Background {
     fn drop(&mut self) {
-        if let Some(rt) = self.rt.take() {
+        if let Some(rt) = self.0.take() {
             rt.shutdown_background();
         }
     }
@@ -187,7 +190,7 @@ impl TlsTerminator {
                 });
             }
         });
-        TlsTerminator { port, handshakes, refused, rt: Some(rt) }
+        TlsTerminator { port, handshakes, refused, _rt: Background(Some(rt)) }
     }
 }
 
@@ -210,15 +213,7 @@ impl Received {
 pub struct HttpsReceiver {
     pub port: u16,
     pub got: Arc<std::sync::Mutex<Vec<Received>>>,
-    rt: Option<tokio::runtime::Runtime>,
-}
-
-impl Drop for HttpsReceiver {
-    fn drop(&mut self) {
-        if let Some(rt) = self.rt.take() {
-            rt.shutdown_background();
-        }
-    }
+    _rt: Background,
 }
 
 impl HttpsReceiver {
@@ -284,7 +279,7 @@ impl HttpsReceiver {
                 });
             }
         });
-        HttpsReceiver { port, got, rt: Some(rt) }
+        HttpsReceiver { port, got, _rt: Background(Some(rt)) }
     }
 
     pub fn received(&self) -> Vec<Received> {

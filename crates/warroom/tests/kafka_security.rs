@@ -67,6 +67,71 @@ fn everything_said(dir: &std::path::Path, base: &str) -> String {
     all
 }
 
+/// A night with bad lines, produced through `pc` (the broker advertises only the secured
+/// port, so the test's producer speaks its protocol too). Returns the lines and the bad count.
+fn produce_night(pc: ClientConfig, topic: &str, seed: u64) -> (Vec<Vec<u8>>, f64) {
+    let mut buf = Vec::new();
+    let g = GenConfig { seed, bad_share: 0.02, merchant_change_share: 0.0, ..GenConfig::default() };
+    write_night(g, 5_000, 1_794_312_000_000, 1_800_000, &mut buf).unwrap();
+    let lines: Vec<Vec<u8>> = warroom_tests::lines(&buf).iter().map(|l| l.to_vec()).collect();
+    let refs: Vec<&[u8]> = lines.iter().map(|l| l.as_slice()).collect();
+    let bad = refs.iter().filter(|l| !warroom_tests::is_valid(l)).count() as f64;
+    assert!(bad > 20.0, "the input has bad lines: {bad}");
+    produce_configured(pc, topic, &refs, true);
+    (lines, bad)
+}
+
+/// A monitor configured with `kafka` settings reads the night exactly: every message, every
+/// dead letter delivered, ready, and the snapshot equal to the reference. Returns it and its URL.
+fn counts_exactly(
+    brokers: &str,
+    topic: &str,
+    dir: &std::path::Path,
+    kafka: &str,
+    (lines, bad): &(Vec<Vec<u8>>, f64),
+    how: &str,
+) -> (warroom_tests::kafka::Running, String) {
+    write_config(dir, kafka);
+    let mon = start_monitor_on(BIN, brokers, topic, dir, &["--group", &unique("sec-g")], &[]);
+    let base = monitor_url(dir);
+    wait_for_read(dir, lines.len() as u64, &format!("every message read {how}"));
+    wait_until(&format!("every dead letter delivered {how}"), 60, || {
+        let (_, text) = http_get(&base, "/metrics", Some(OPS), Duration::from_secs(3));
+        metric(&text, "warroom_kafka_dead_lettered_total") == Some(*bad)
+    });
+    wait_until(&format!("ready {how}"), 30, || http_get(&base, "/readyz", None, Duration::from_secs(3)).0 == 200);
+    // The snapshot file is written every second: wait for one taken after the last message.
+    std::thread::sleep(Duration::from_millis(2_500));
+    let snap: warroom_engine::Snapshot =
+        serde_json::from_slice(&std::fs::read(dir.join("snapshot.json")).unwrap()).unwrap();
+    let refs: Vec<&[u8]> = lines.iter().map(|l| l.as_slice()).collect();
+    let want = warroom_tests::reference(&refs, &[60_000, 300_000, 3_600_000], 300_000);
+    warroom_tests::assert_matches_reference(&snap, &want, how);
+    (mon, base)
+}
+
+/// A monitor configured with `kafka` settings the broker refuses: degraded, and /readyz says
+/// why. Returns the reason and the URL.
+fn refused(
+    brokers: &str,
+    topic: &str,
+    dir: &std::path::Path,
+    kafka: &str,
+    what: &str,
+) -> (warroom_tests::kafka::Running, String, String) {
+    write_config(dir, kafka);
+    let mon = start_monitor_on(BIN, brokers, topic, dir, &["--group", &unique("sec-g")], &[]);
+    let base = monitor_url(dir);
+    let mut why = String::new();
+    wait_until(&format!("{what} reported in /readyz"), 30, || {
+        let (code, text) = http_get(&base, "/readyz", None, Duration::from_secs(3));
+        why = text;
+        code == 503 && why.contains("degraded")
+    });
+    eprintln!("{what}, {why}");
+    (mon, base, why)
+}
+
 #[test]
 fn tls_with_client_certificates_counts_exactly_and_a_wrong_ca_is_degraded() {
     let pki_dir = tempfile::tempdir().unwrap();
@@ -77,14 +142,6 @@ fn tls_with_client_certificates_counts_exactly_and_a_wrong_ca_is_degraded() {
     let topic = unique("tls");
     broker.create_topic(&topic, 4);
     let brokers = format!("127.0.0.1:{tls_port}");
-
-    let mut buf = Vec::new();
-    let g = GenConfig { seed: 83, bad_share: 0.02, merchant_change_share: 0.0, ..GenConfig::default() };
-    write_night(g, 5_000, 1_794_312_000_000, 1_800_000, &mut buf).unwrap();
-    let lines = warroom_tests::lines(&buf);
-    let bad = lines.iter().filter(|l| !warroom_tests::is_valid(l)).count() as f64;
-    assert!(bad > 20.0, "the input has bad lines: {bad}");
-    // The test's producer speaks TLS too (the broker advertises only the TLS port).
     let mut pc = ClientConfig::new();
     pc.set("bootstrap.servers", &brokers)
         .set("security.protocol", "ssl")
@@ -92,24 +149,11 @@ fn tls_with_client_certificates_counts_exactly_and_a_wrong_ca_is_degraded() {
         .set("ssl.certificate.location", pki.client_cert.display().to_string())
         .set("ssl.key.location", pki.client_key.display().to_string())
         .set("ssl.key.password", &pki.password);
-    produce_configured(pc, &topic, &lines, true);
+    let night = produce_night(pc, &topic, 83);
 
     let dir = tempfile::tempdir().unwrap();
-    write_config(dir.path(), &tls_settings(&pki, &pki.ca));
-    let mon = start_monitor_on(BIN, &brokers, &topic, dir.path(), &["--group", &unique("tls-g")], &[]);
-    let base = monitor_url(dir.path());
-    wait_for_read(dir.path(), lines.len() as u64, "every message read over TLS");
-    wait_until("every dead letter delivered over TLS", 60, || {
-        let (_, text) = http_get(&base, "/metrics", Some(OPS), Duration::from_secs(3));
-        metric(&text, "warroom_kafka_dead_lettered_total") == Some(bad)
-    });
-    wait_until("ready over TLS", 30, || http_get(&base, "/readyz", None, Duration::from_secs(3)).0 == 200);
-    // The snapshot file is written every second: wait for one taken after the last message.
-    std::thread::sleep(Duration::from_millis(2_500));
-    let snap: warroom_engine::Snapshot =
-        serde_json::from_slice(&std::fs::read(dir.path().join("snapshot.json")).unwrap()).unwrap();
-    let want = warroom_tests::reference(&lines, &[60_000, 300_000, 3_600_000], 300_000);
-    warroom_tests::assert_matches_reference(&snap, &want, "over mutual TLS");
+    let settings = tls_settings(&pki, &pki.ca);
+    let (mon, base) = counts_exactly(&brokers, &topic, dir.path(), &settings, &night, "over mutual TLS");
     let ok = tls.handshakes.load(std::sync::atomic::Ordering::Relaxed);
     assert!(ok >= 2, "the monitor's consumer and dead-letter producer both went through TLS: {ok} handshakes");
     let said = everything_said(dir.path(), &base);
@@ -130,16 +174,8 @@ fn tls_with_client_certificates_counts_exactly_and_a_wrong_ca_is_degraded() {
     let other = Pki::new(other_dir.path());
     let refused_before = tls.refused.load(std::sync::atomic::Ordering::Relaxed);
     let dir2 = tempfile::tempdir().unwrap();
-    write_config(dir2.path(), &tls_settings(&pki, &other.ca));
-    let _mon2 = start_monitor_on(BIN, &brokers, &topic, dir2.path(), &["--group", &unique("tls-g")], &[]);
-    let base2 = monitor_url(dir2.path());
-    let mut why = String::new();
-    wait_until("the untrusted broker reported in /readyz", 30, || {
-        let (code, text) = http_get(&base2, "/readyz", None, Duration::from_secs(3));
-        why = text;
-        code == 503 && why.contains("degraded")
-    });
-    eprintln!("wrong CA, {why}");
+    let settings = tls_settings(&pki, &other.ca);
+    let (_mon2, base2, why) = refused(&brokers, &topic, dir2.path(), &settings, "wrong CA");
     assert!(why.contains("SSL") || why.contains("certificate"), "/readyz says the TLS handshake failed: {why}");
     assert!(why.contains("ssl_"), "/readyz says what to check: {why}");
     assert!(tls.refused.load(std::sync::atomic::Ordering::Relaxed) > refused_before, "the handshake was refused");
@@ -166,40 +202,20 @@ fn sasl_scram_authenticates_and_counts_exactly_and_a_wrong_password_is_degraded(
     let topic = unique("scram");
     broker.create_topic(&topic, 4);
     let brokers = format!("127.0.0.1:{sasl_port}");
-
-    let mut buf = Vec::new();
-    let g = GenConfig { seed: 89, bad_share: 0.02, merchant_change_share: 0.0, ..GenConfig::default() };
-    write_night(g, 5_000, 1_794_312_000_000, 1_800_000, &mut buf).unwrap();
-    let lines = warroom_tests::lines(&buf);
-    let bad = lines.iter().filter(|l| !warroom_tests::is_valid(l)).count() as f64;
-    assert!(bad > 20.0, "the input has bad lines: {bad}");
-    // The test's producer authenticates too (the broker advertises only the front's port).
     let mut pc = ClientConfig::new();
     pc.set("bootstrap.servers", &brokers)
         .set("security.protocol", "sasl_plaintext")
         .set("sasl.mechanism", "SCRAM-SHA-512")
         .set("sasl.username", "warroom")
         .set("sasl.password", &password);
-    produce_configured(pc, &topic, &lines, true);
+    let night = produce_night(pc, &topic, 89);
     let producers = front.authenticated.load(std::sync::atomic::Ordering::Relaxed);
     assert!(producers >= 1, "the test's producer authenticated");
 
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("sasl.password"), &password).unwrap();
-    write_config(dir.path(), &sasl_settings(&dir.path().join("sasl.password")));
-    let mon = start_monitor_on(BIN, &brokers, &topic, dir.path(), &["--group", &unique("scram-g")], &[]);
-    let base = monitor_url(dir.path());
-    wait_for_read(dir.path(), lines.len() as u64, "every message read over SASL");
-    wait_until("every dead letter delivered over SASL", 60, || {
-        let (_, text) = http_get(&base, "/metrics", Some(OPS), Duration::from_secs(3));
-        metric(&text, "warroom_kafka_dead_lettered_total") == Some(bad)
-    });
-    wait_until("ready over SASL", 30, || http_get(&base, "/readyz", None, Duration::from_secs(3)).0 == 200);
-    std::thread::sleep(Duration::from_millis(2_500));
-    let snap: warroom_engine::Snapshot =
-        serde_json::from_slice(&std::fs::read(dir.path().join("snapshot.json")).unwrap()).unwrap();
-    let want = warroom_tests::reference(&lines, &[60_000, 300_000, 3_600_000], 300_000);
-    warroom_tests::assert_matches_reference(&snap, &want, "over SASL SCRAM-SHA-512");
+    let settings = sasl_settings(&dir.path().join("sasl.password"));
+    let (mon, base) = counts_exactly(&brokers, &topic, dir.path(), &settings, &night, "over SASL SCRAM-SHA-512");
     let authed = front.authenticated.load(std::sync::atomic::Ordering::Relaxed) - producers;
     assert!(authed >= 2, "the monitor's consumer and dead-letter producer both authenticated: {authed}");
     assert_eq!(front.refused.load(std::sync::atomic::Ordering::Relaxed), 0);
@@ -210,16 +226,8 @@ fn sasl_scram_authenticates_and_counts_exactly_and_a_wrong_password_is_degraded(
     let dir2 = tempfile::tempdir().unwrap();
     let wrong = format!("scram-{}-wrong", std::process::id());
     std::fs::write(dir2.path().join("sasl.password"), &wrong).unwrap();
-    write_config(dir2.path(), &sasl_settings(&dir2.path().join("sasl.password")));
-    let _mon2 = start_monitor_on(BIN, &brokers, &topic, dir2.path(), &["--group", &unique("scram-g")], &[]);
-    let base2 = monitor_url(dir2.path());
-    let mut why = String::new();
-    wait_until("the refused password reported in /readyz", 30, || {
-        let (code, text) = http_get(&base2, "/readyz", None, Duration::from_secs(3));
-        why = text;
-        code == 503 && why.contains("degraded")
-    });
-    eprintln!("wrong password, {why}");
+    let settings = sasl_settings(&dir2.path().join("sasl.password"));
+    let (_mon2, base2, why) = refused(&brokers, &topic, dir2.path(), &settings, "wrong password");
     assert!(why.contains("SASL") || why.contains("uthentication"), "/readyz says authentication failed: {why}");
     assert!(why.contains("sasl_"), "/readyz says what to check: {why}");
     assert!(front.refused.load(std::sync::atomic::Ordering::Relaxed) >= 1, "the front refused the proof");
@@ -236,23 +244,9 @@ fn sasl_scram_refused_by_the_broker_is_degraded_and_never_logs_the_password() {
     let dir = tempfile::tempdir().unwrap();
     let password = format!("scram-{}-secret", std::process::id());
     std::fs::write(dir.path().join("sasl.password"), &password).unwrap();
-    write_config(
-        dir.path(),
-        &format!(
-            "security_protocol = \"sasl_plaintext\"\nsasl_mechanism = \"SCRAM-SHA-512\"\nsasl_username = \"warroom\"\nsasl_password_file = \"{}\"\n",
-            toml_path(&dir.path().join("sasl.password"))
-        ),
-    );
-    let _mon =
-        start_monitor_on(BIN, &format!("127.0.0.1:{port}"), &topic, dir.path(), &["--group", &unique("sasl-g")], &[]);
-    let base = monitor_url(dir.path());
-    let mut why = String::new();
-    wait_until("the refused authentication reported in /readyz", 30, || {
-        let (code, text) = http_get(&base, "/readyz", None, Duration::from_secs(3));
-        why = text;
-        code == 503 && why.contains("degraded")
-    });
-    eprintln!("unknown SCRAM user, {why}");
+    let settings = sasl_settings(&dir.path().join("sasl.password"));
+    let brokers = format!("127.0.0.1:{port}");
+    let (_mon, base, why) = refused(&brokers, &topic, dir.path(), &settings, "unknown SCRAM user");
     assert!(why.contains("SASL") || why.contains("uthentication"), "/readyz says authentication failed: {why}");
     assert!(why.contains("sasl_"), "/readyz says what to check: {why}");
     let log = files_starting(dir.path(), "log-");
