@@ -348,14 +348,50 @@ impl Names {
 /// not grow it), so its size is bounded by the limits. Indices never change once given.
 #[derive(Debug, Default)]
 pub struct NameCache {
-    venues: hashbrown::HashMap<Box<str>, u32>,
+    venues: FewNames,
     /// slot -> (slot index, the slot's venue, the merchant last seen on it and their pair):
     /// a slot keeps its merchant for long stretches, so the pair comes with the slot's probe.
     slots: hashbrown::HashMap<Box<str>, (u32, u32, u32, u32)>,
     merchants: hashbrown::HashMap<Box<str>, u32>,
-    channels: hashbrown::HashMap<Box<str>, u32>,
+    channels: FewNames,
     /// (slot, merchant) -> pair
     pairs: hashbrown::HashMap<(u32, u32), u32>,
+}
+
+/// Names of which a night has a handful (venues, channels): the first few are found by a
+/// linear scan, which beats hashing a short string; any beyond go to a map.
+#[derive(Debug, Default)]
+struct FewNames {
+    few: Vec<(Box<str>, u32)>,
+    more: hashbrown::HashMap<Box<str>, u32>,
+}
+
+impl FewNames {
+    const FEW: usize = 8;
+
+    #[inline]
+    fn get(&self, n: &str) -> Option<&u32> {
+        match self.few.iter().find(|(k, _)| **k == *n) {
+            Some((_, v)) => Some(v),
+            None if self.few.len() < Self::FEW => None,
+            None => self.more.get(n),
+        }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.few.len() + self.more.len()
+    }
+
+    fn insert(&mut self, n: Box<str>, v: u32) {
+        if let Some(e) = self.few.iter_mut().find(|(k, _)| *k == n) {
+            e.1 = v;
+        } else if self.few.len() < Self::FEW {
+            self.few.push((n, v));
+        } else {
+            self.more.insert(n, v);
+        }
+    }
 }
 
 impl NameCache {
