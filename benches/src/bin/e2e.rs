@@ -40,6 +40,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use clap::Parser;
 use futures_util::StreamExt;
 use hdrhistogram::Histogram;
 use rdkafka::config::ClientConfig;
@@ -49,82 +50,72 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 use warroom_ingest::produce::{thread_cpu, usage};
 
+/// The end-to-end bench: loadgen -> Kafka -> the monitor -> WebSocket clients, with probe
+/// events whose latency to the first frame showing them goes into an HDR histogram.
+#[derive(Parser, Debug)]
+#[command(
+    name = "e2e",
+    about = "End-to-end bench: loadgen -> Kafka -> the monitor -> WebSocket clients; p99 of probe latency against an SLO (exit 2 when missed). See the doc comment of benches/src/bin/e2e.rs and BENCHMARKS.md"
+)]
 struct Args {
+    /// Bootstrap servers of the broker (scripts/bench-e2e.sh starts one).
+    #[arg(long)]
     brokers: String,
+    /// Load shape: steady, ramp or double11.
+    #[arg(long, default_value = "steady")]
     profile: String,
+    /// double11: the midnight spike, times the base rate.
+    #[arg(long, default_value_t = 8.0)]
     peak: f64,
+    /// loadgen's producing threads.
+    #[arg(long, default_value_t = 2)]
     threads: usize,
+    /// The broker's pid, to measure its CPU and RSS.
+    #[arg(long)]
     broker_pid: Option<u32>,
+    /// Capacity search: raise the rate step by step until the SLO breaks.
+    #[arg(long)]
     search: bool,
+    #[arg(long, default_value_t = 10_000)]
     search_start: u64,
+    #[arg(long, default_value_t = 1.5)]
     search_factor: f64,
+    #[arg(long, default_value_t = 400_000)]
     search_max: u64,
     /// Milliseconds between probes.
+    #[arg(long, default_value_t = 10)]
     probe_every_ms: u64,
     /// Extra producer settings passed to loadgen (`--producer-prop`), e.g. linger.ms=200.
+    #[arg(long = "loadgen-prop")]
     loadgen_props: Vec<String>,
+    /// The warroom binary to bench.
+    #[arg(long, default_value = "target/release/warroom")]
     warroom: String,
+    /// Events per second (the base rate of a shaped profile).
+    #[arg(long, default_value_t = 20_000)]
     rate: u64,
+    /// Seconds of load (per step when searching).
+    #[arg(long, default_value_t = 60)]
     seconds: u64,
+    /// WebSocket clients.
+    #[arg(long, default_value_t = 100)]
     clients: usize,
+    /// The latency SLO: exits 2 when p99 misses it.
+    #[arg(long, default_value_t = 1000)]
     slo_p99_ms: u64,
+    /// Write the report (JSON) here too.
+    #[arg(long)]
     json_out: Option<String>,
-    /// The monitor's config (default: the shipped one); group timeouts are appended.
+    /// The monitor's config (default: the shipped one); group timeouts are added.
+    #[arg(long)]
     monitor_config: Option<String>,
     /// Seconds between progress lines (RSS, lag, frames).
+    #[arg(long, default_value_t = 5)]
     every: u64,
 }
 
 fn args() -> Args {
-    let mut a = Args {
-        brokers: String::new(),
-        profile: "steady".into(),
-        peak: 8.0,
-        threads: 2,
-        broker_pid: None,
-        search: false,
-        search_start: 10_000,
-        search_factor: 1.5,
-        search_max: 400_000,
-        probe_every_ms: 10,
-        loadgen_props: Vec::new(),
-        warroom: "target/release/warroom".into(),
-        rate: 20_000,
-        seconds: 60,
-        clients: 100,
-        slo_p99_ms: 1000,
-        json_out: None,
-        monitor_config: None,
-        every: 5,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(k) = it.next() {
-        let mut v = || it.next().unwrap_or_else(|| panic!("{k} needs a value"));
-        match k.as_str() {
-            "--brokers" => a.brokers = v(),
-            "--warroom" => a.warroom = v(),
-            "--rate" => a.rate = v().parse().expect("--rate N"),
-            "--seconds" => a.seconds = v().parse().expect("--seconds N"),
-            "--clients" => a.clients = v().parse().expect("--clients N"),
-            "--slo-p99-ms" => a.slo_p99_ms = v().parse().expect("--slo-p99-ms N"),
-            "--json-out" => a.json_out = Some(v()),
-            "--monitor-config" => a.monitor_config = Some(v()),
-            "--every" => a.every = v().parse().expect("--every SECONDS"),
-            "--profile" => a.profile = v(),
-            "--peak" => a.peak = v().parse().expect("--peak X"),
-            "--threads" => a.threads = v().parse().expect("--threads N"),
-            "--broker-pid" => a.broker_pid = v().parse().ok(),
-            "--search" => a.search = true,
-            "--search-start" => a.search_start = v().parse().expect("--search-start RATE"),
-            "--search-factor" => a.search_factor = v().parse().expect("--search-factor X"),
-            "--search-max" => a.search_max = v().parse().expect("--search-max RATE"),
-            "--probe-every-ms" => a.probe_every_ms = v().parse().expect("--probe-every-ms N"),
-            "--loadgen-prop" => a.loadgen_props.push(v()),
-            other => panic!("unknown argument {other}; see the doc comment of benches/src/bin/e2e.rs"),
-        }
-    }
-    assert!(!a.brokers.is_empty(), "--brokers HOST:PORT is required (scripts/bench-e2e.sh starts a broker)");
-    a
+    Args::parse()
 }
 
 fn now_ms() -> i64 {
