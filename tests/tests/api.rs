@@ -365,34 +365,98 @@ async fn a_rule_change_reorders_the_race_in_the_next_push_and_reconnects_get_a_f
     assert!(cut["data"]["slots"].as_array().unwrap().iter().all(|x| x["merchant_id"] == "m-4"));
 }
 
+/// What an ops screen should be pushed, cut here from the REST snapshot: no per-pair table, the
+/// top 20 of each race with the ranking's length, only the followed slots and their count.
+fn expected_screen_frame(mut rest: Value, follow: &[&str]) -> Value {
+    let o = rest.as_object_mut().unwrap();
+    o.remove("slot_merchants");
+    let slots = o.remove("slots").unwrap();
+    let all = slots.as_array().unwrap();
+    o.insert("slots_total".into(), json!(all.len()));
+    let followed: Vec<Value> = all.iter().filter(|x| follow.contains(&x["slot"].as_str().unwrap())).cloned().collect();
+    o.insert("slots".into(), Value::Array(followed));
+    for v in o["venues"].as_array_mut().unwrap() {
+        let race = v["race"].as_object_mut().unwrap();
+        let ranking = race["ranking"].as_array().unwrap().clone();
+        race.insert("ranked".into(), json!(ranking.len()));
+        race.insert("ranking".into(), Value::Array(ranking.into_iter().take(20).collect()));
+    }
+    rest
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn screens_are_pushed_the_snapshot_without_the_per_pair_table() {
-    // Slots that change hands fill `slot_merchants`; the REST snapshot keeps it, the ops
-    // screen's frames leave it out (it is what merchant views are cut from, not what a screen
-    // shows) and are otherwise the same document.
+async fn screens_are_pushed_what_they_show_and_rest_keeps_the_whole_snapshot() {
+    // Slots that change hands fill `slot_merchants`; the REST snapshot keeps it and every slot,
+    // the ops screen's frames carry the top of each race and the slots they follow.
     let mut s = Server::start(Config::default()).await;
     s.feed(&night_with_merchant_changes());
     let (code, body) = s.get("/api/v1/snapshot", Some(OPS)).await;
     assert_eq!(code, StatusCode::OK);
-    let mut rest: Value = serde_json::from_str(&body).unwrap();
-    let pairs = rest.as_object_mut().unwrap().remove("slot_merchants").unwrap();
-    assert!(pairs.as_array().unwrap().len() > 10, "the stream has slots that changed hands");
+    let rest: Value = serde_json::from_str(&body).unwrap();
+    assert!(rest["slot_merchants"].as_array().unwrap().len() > 10, "the stream has slots that changed hands");
     let mut ws = s.ws(OPS, "").await;
     let frame = next_of(&mut ws, "snapshot").await;
-    assert_eq!(frame["data"], rest);
-    let full = serde_json::to_string(&frame["data"]).unwrap().len() + serde_json::to_string(&pairs).unwrap().len();
+    assert_eq!(frame["data"], expected_screen_frame(rest.clone(), &[]));
     eprintln!(
-        "frame {} bytes of data; with the pair table {full}",
-        serde_json::to_string(&frame["data"]).unwrap().len()
+        "frame {} bytes of data; REST {} bytes",
+        serde_json::to_string(&frame["data"]).unwrap().len(),
+        body.len()
     );
-    // A venue's screen: the same cut as the REST venue view, without pairs.
-    ws.send(Message::Text(r#"{"subscribe":{"venue":"main"}}"#.into())).await.unwrap();
+    // Following two slots adds exactly those.
+    ws.send(Message::Text(r#"{"subscribe":{"slots":["main-003","food-001","main-003"]}}"#.into())).await.unwrap();
+    let followed = next_of(&mut ws, "snapshot").await;
+    assert_eq!(followed["data"], expected_screen_frame(rest, &["main-003", "food-001"]));
+    // A venue's screen: the same cut of the REST venue view.
+    ws.send(Message::Text(r#"{"subscribe":{"venue":"main","slots":["main-001"]}}"#.into())).await.unwrap();
     let narrowed = next_of(&mut ws, "snapshot").await;
     let (_, body) = s.get("/api/v1/snapshot?venue=main", Some(OPS)).await;
-    let mut rest: Value = serde_json::from_str(&body).unwrap();
-    let pairs = rest.as_object_mut().unwrap().remove("slot_merchants").unwrap();
-    assert!(pairs.as_array().unwrap().iter().all(|p| p["slot"].as_str().unwrap().starts_with("main-")), "{pairs}");
-    assert_eq!(narrowed["data"], rest);
+    let rest: Value = serde_json::from_str(&body).unwrap();
+    let pairs = rest["slot_merchants"].as_array().unwrap();
+    assert!(pairs.iter().all(|p| p["slot"].as_str().unwrap().starts_with("main-")), "{pairs:?}");
+    assert_eq!(narrowed["data"], expected_screen_frame(rest, &["main-001"]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_twenty_thousand_slots_a_screen_frame_stays_under_64_kb() {
+    // The shipped max_slots: 20,000 slots in 4 venues, each paid for once (distinct amounts,
+    // so the races have a strict order).
+    let mut s = Server::start(Config::default()).await;
+    let t0 = 1_794_312_000_000i64;
+    let venues = ["main", "beauty", "food", "digital"];
+    let mut lines = String::new();
+    for i in 0..20_000u64 {
+        let (v, ts) = (venues[(i % 4) as usize], t0 + (i as i64) * 3);
+        lines += &format!(
+            concat!(
+                r#"{{"event_id":"c-{i}","type":"click","ts":{ts},"user_id":"u-{i}","venue":"{v}","slot":"s-{i:05}","item_id":"i-{i}","merchant_id":"m-{m}"}}"#,
+                "\n",
+                r#"{{"event_id":"p-{i}","type":"pay","ts":{ts},"user_id":"u-{i}","venue":"{v}","slot":"s-{i:05}","item_id":"i-{i}","merchant_id":"m-{m}","order_id":"o-{i}","amount_cents":{a}}}"#,
+                "\n"
+            ),
+            i = i,
+            ts = ts,
+            v = v,
+            m = i % 100,
+            a = 1_000 + i
+        );
+    }
+    s.feed(lines.as_bytes());
+    let (_, body) = s.get("/api/v1/snapshot", Some(OPS)).await;
+    let rest: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(rest["slots"].as_array().unwrap().len(), 20_000, "{:?}", rest["rejections"]);
+    let mut ws = s.ws(OPS, "").await;
+    ws.send(Message::Text(r#"{"subscribe":{"slots":["s-00007","s-19999"]}}"#.into())).await.unwrap();
+    let mut frame = next_of(&mut ws, "snapshot").await;
+    if frame["data"]["slots"].as_array().unwrap().is_empty() {
+        frame = next_of(&mut ws, "snapshot").await; // the one sent before the subscription
+    }
+    let bytes = serde_json::to_string(&frame).unwrap().len();
+    eprintln!("at 20,000 slots: screen frame {bytes} bytes, REST snapshot {} bytes", body.len());
+    assert!(bytes < 64 * 1024, "a screen frame of {bytes} bytes");
+    assert!(body.len() > 1 << 20, "the REST snapshot keeps everything: {} bytes", body.len());
+    assert_eq!(frame["data"], expected_screen_frame(rest.clone(), &["s-00007", "s-19999"]));
+    let main = rest["venues"].as_array().unwrap().iter().find(|v| v["venue"] == "main").unwrap();
+    assert_eq!(main["race"]["ranking"][0]["slot"], "s-19996", "the best-paid slot of main leads its race");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -420,11 +484,16 @@ async fn in_a_rehearsal_every_pushed_message_and_every_view_is_tagged() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_client_skips_to_the_newest_state_and_never_holds_up_the_others() {
     let mut s = Server::start(Config::default()).await;
-    let buf = night(40_000, 13);
+    // 200 slots a venue, the slow client following 200 of them: frames of tens of kB.
+    let mut buf = Vec::new();
+    let cfg = GenConfig { seed: 13, slots_per_venue: 200, merchant_change_share: 0.0, ..GenConfig::default() };
+    write_night(cfg, 40_000, 1_794_312_000_000, 3_600_000, &mut buf).unwrap();
     let lines = warroom_tests::lines(&buf);
     s.feed(&buf[..lines[..100].iter().map(|l| l.len() + 1).sum()]);
     // The slow client connects and then reads nothing for a while.
     let mut slow = s.ws(OPS, "").await;
+    let follow: Vec<String> = (0..200).map(|i| format!("\"main-{i:03}\"")).collect();
+    slow.send(Message::Text(format!(r#"{{"subscribe":{{"slots":[{}]}}}}"#, follow.join(",")).into())).await.unwrap();
     let mut fast = s.ws(OPS, "").await;
     let fast_reader = tokio::spawn(async move {
         let mut seqs = Vec::new();
@@ -441,7 +510,7 @@ async fn a_slow_client_skips_to_the_newest_state_and_never_holds_up_the_others()
             }
         }
     });
-    // 400 publishes of ~20-100 kB frames: megabytes the slow client does not read.
+    // 400 publishes of frames of tens of kB: megabytes the slow client does not read.
     let mut at = lines[..100].iter().map(|l| l.len() + 1).sum::<usize>();
     for chunk in lines[100..].chunks(100) {
         let len: usize = chunk.iter().map(|l| l.len() + 1).sum();

@@ -10,7 +10,8 @@
 //! kafka`) and connects `--clients` WebSocket clients, then runs the real load generator
 //! (`warroom loadgen`, a child process, so its CPU is measured apart) at `--rate` with the
 //! `--profile` shape. Every 10 ms the bench itself produces a *probe*: a click of one user on
-//! the slot `probe-000`. One user means one partition, so the probes stay in order, and a frame
+//! the slot `probe-000`, which every client follows (`{"subscribe": {"slots": ["probe-000"]}}`:
+//! screens are pushed the top of each race and the slots they follow). One user means one partition, so the probes stay in order, and a frame
 //! showing `clicks = k` on that slot includes probes 1..k. Each client takes a probe's latency
 //! as the moment the first frame showing it arrived minus the moment the probe was handed to
 //! the producer. The latencies of all clients go into one HDR histogram.
@@ -41,7 +42,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::Parser;
-use futures_util::StreamExt;
+use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
@@ -356,6 +357,11 @@ fn step(a: &Args, rate: u64) -> Value {
                 Ok(x) => x,
                 Err(e) => panic!("client {c}: {e}"),
             };
+            // Screens are pushed the top of each race and the slots they follow: follow the probe's.
+            let follow = r#"{"subscribe":{"slots":["probe-000"]}}"#;
+            if let Err(e) = ws.send(Message::Text(follow.into())).await {
+                panic!("client {c}: subscribing: {e}");
+            }
             connected.fetch_add(1, Ordering::Relaxed);
             let mut seen = 0u64;
             while let Some(Ok(msg)) = ws.next().await {

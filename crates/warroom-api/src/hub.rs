@@ -50,8 +50,10 @@ impl Frame {
         let r = self.snap.rehearsal.is_some();
         let bytes = match (&scope.merchant, &scope.venue) {
             (Some(m), v) => envelope("snapshot", self.seq, &merchant_view(&self.snap, m, v.as_deref()), r),
-            (None, Some(v)) => envelope("snapshot", self.seq, &screen_frame(&venue_view(&self.snap, v)), r),
-            (None, None) => envelope("snapshot", self.seq, &screen_frame(&self.snap), r),
+            (None, Some(v)) => {
+                envelope("snapshot", self.seq, &screen_frame(&venue_view(&self.snap, v), &scope.slots), r)
+            }
+            (None, None) => envelope("snapshot", self.seq, &screen_frame(&self.snap, &scope.slots), r),
         };
         cache.insert(scope.clone(), bytes.clone());
         bytes

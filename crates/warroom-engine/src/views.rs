@@ -20,13 +20,15 @@ pub struct Scope {
     /// Set for merchant callers (from the token, not from the client).
     pub merchant: Option<String>,
     pub venue: Option<String>,
+    /// Slots the screen follows beyond the top of each race (sorted, no repeats).
+    pub slots: Vec<String>,
 }
 
 impl Scope {
     /// The scope a caller starts with: a merchant caller (`own`, the merchant id of its token)
     /// is held to its own merchant; others see everything.
     pub fn of(own: Option<&str>, venue: Option<String>) -> Scope {
-        Scope { merchant: own.map(str::to_string), venue }
+        Scope { merchant: own.map(str::to_string), venue, slots: Vec::new() }
     }
 
     /// The scope a subscription asks for. A merchant caller keeps its own merchant whatever it
@@ -36,18 +38,32 @@ impl Scope {
         if scope.merchant.is_none() {
             scope.merchant = sub.merchant;
         }
+        let mut slots = sub.slots;
+        slots.sort();
+        slots.dedup();
+        scope.slots = slots;
         scope
     }
 }
 
 /// What a screen asks for over its WebSocket: `{"subscribe": {"venue": "NAME", "merchant":
-/// "ID"}}`, both optional (absent: everything its role allows).
+/// "ID", "slots": ["SLOT", ...]}}`, all optional (absent: everything its role allows; slots:
+/// the slots it follows besides the top of each race, at most [`MAX_SUBSCRIBED_SLOTS`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Subscription {
     pub venue: Option<String>,
     pub merchant: Option<String>,
+    #[serde(default)]
+    pub slots: Vec<String>,
 }
+
+/// Slots one subscription may follow.
+pub const MAX_SUBSCRIBED_SLOTS: usize = 200;
+
+/// Entries of each race an ops screen is pushed (the screen shows six; the REST snapshot has
+/// every one). Rank changes below it are pushed only for followed slots.
+pub const SCREEN_RACE_TOP: usize = 20;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -56,15 +72,16 @@ struct ClientMessage {
 }
 
 /// What the server answers a client message it cannot take.
-pub const SUBSCRIBE_HELP: &str =
-    r#"send {"subscribe": {"venue": "NAME", "merchant": "ID"}} (both optional; names are 1..128 bytes)"#;
+pub const SUBSCRIBE_HELP: &str = r#"send {"subscribe": {"venue": "NAME", "merchant": "ID", "slots": ["SLOT", ...]}} (all optional; names are 1..128 bytes; at most 200 slots)"#;
 
 /// Parses a client's WebSocket text message. Names are those of the contract (1..128 bytes),
 /// so a longer or empty one cannot name anything and is refused.
 pub fn parse_subscription(text: &str) -> Result<Subscription, &'static str> {
     let m: ClientMessage = serde_json::from_str(text).map_err(|_| SUBSCRIBE_HELP)?;
     let ok = |n: &Option<String>| n.as_ref().is_none_or(|n| (1..=warroom_model::MAX_ID_BYTES).contains(&n.len()));
-    if ok(&m.subscribe.venue) && ok(&m.subscribe.merchant) {
+    let slots_ok = m.subscribe.slots.len() <= MAX_SUBSCRIBED_SLOTS
+        && m.subscribe.slots.iter().all(|n| (1..=warroom_model::MAX_ID_BYTES).contains(&n.len()));
+    if ok(&m.subscribe.venue) && ok(&m.subscribe.merchant) && slots_ok {
         Ok(m.subscribe)
     } else {
         Err(SUBSCRIBE_HELP)
@@ -241,10 +258,13 @@ pub fn venue_view(snap: &Snapshot, venue: &str) -> Snapshot {
     s
 }
 
-/// What an ops screen is pushed: the snapshot without `slot_merchants`, the per-(slot,
-/// merchant) table that merchant views are cut from and `GET /api/v1/snapshot` keeps. The
-/// screen shows slots, not pairs, and where slots change hands often the table was most of
-/// every frame (loadgen's stream: 56 KB of a 70 KB frame, 4x the bytes pushed).
+/// What an ops screen is pushed: the snapshot cut to what a screen shows. Site totals,
+/// windows, funnel, decomposition, plan, rejections, counters and channels whole; each venue
+/// with the top [`SCREEN_RACE_TOP`] of its race (`race.ranked` says how many there are); of
+/// the slots, only those the screen follows. The REST snapshot keeps everything, including
+/// `slot_merchants`, the per-(slot, merchant) table that merchant views are cut from. A frame
+/// so costs what a screen shows, not the number of slots: the whole snapshot is 5.9 MB at
+/// 20,000 slots.
 #[derive(Serialize)]
 pub struct ScreenFrame<'a> {
     as_of_ms: i64,
@@ -252,8 +272,10 @@ pub struct ScreenFrame<'a> {
     last_event_at_ms: i64,
     totals: &'a crate::snapshot::Totals,
     windows: &'a [crate::snapshot::WindowStats],
-    venues: &'a [crate::snapshot::VenueStats],
-    slots: &'a [SlotStats],
+    venues: Vec<ScreenVenue<'a>>,
+    slots: Vec<&'a SlotStats>,
+    /// Slots in the snapshot (the REST snapshot lists them).
+    slots_total: usize,
     channels: &'a [crate::snapshot::ChannelStats],
     funnel: &'a crate::snapshot::Funnel,
     decomposition: &'a [crate::snapshot::Decomposition],
@@ -265,7 +287,30 @@ pub struct ScreenFrame<'a> {
     rehearsal: Option<&'a crate::snapshot::Rehearsal>,
 }
 
-pub fn screen_frame(snap: &Snapshot) -> ScreenFrame<'_> {
+/// A venue on a screen: its numbers and the top of its race.
+#[derive(Serialize)]
+pub struct ScreenVenue<'a> {
+    venue: &'a str,
+    gmv_cents: u128,
+    paid_orders: u64,
+    windows: &'a [MoneyWindow],
+    uv: u64,
+    ipv_uv: u64,
+    buyers: u64,
+    race: ScreenRace<'a>,
+}
+
+#[derive(Serialize)]
+pub struct ScreenRace<'a> {
+    window_ms: i64,
+    rule: &'a str,
+    ranking: &'a [RankEntry],
+    /// Slots in the whole ranking.
+    ranked: usize,
+}
+
+/// The frame of an ops screen following `slots` (sorted, as in [`Scope`]).
+pub fn screen_frame<'a>(snap: &'a Snapshot, slots: &[String]) -> ScreenFrame<'a> {
     // Destructured so that a field added to the snapshot fails to compile here until it is
     // placed (or left out) on purpose.
     let Snapshot {
@@ -275,7 +320,7 @@ pub fn screen_frame(snap: &Snapshot) -> ScreenFrame<'_> {
         totals,
         windows,
         venues,
-        slots,
+        slots: all_slots,
         slot_merchants: _,
         channels,
         funnel,
@@ -285,6 +330,29 @@ pub fn screen_frame(snap: &Snapshot) -> ScreenFrame<'_> {
         counters,
         rehearsal,
     } = snap;
+    let venues = venues
+        .iter()
+        .map(|v| ScreenVenue {
+            venue: &v.venue,
+            gmv_cents: v.gmv_cents,
+            paid_orders: v.paid_orders,
+            windows: &v.windows,
+            uv: v.uv,
+            ipv_uv: v.ipv_uv,
+            buyers: v.buyers,
+            race: ScreenRace {
+                window_ms: v.race.window_ms,
+                rule: &v.race.rule,
+                ranking: &v.race.ranking[..v.race.ranking.len().min(SCREEN_RACE_TOP)],
+                ranked: v.race.ranking.len(),
+            },
+        })
+        .collect();
+    let followed = if slots.is_empty() {
+        Vec::new()
+    } else {
+        all_slots.iter().filter(|s| slots.binary_search(&s.slot).is_ok()).collect()
+    };
     ScreenFrame {
         as_of_ms: *as_of_ms,
         published_at_ms: *published_at_ms,
@@ -292,7 +360,8 @@ pub fn screen_frame(snap: &Snapshot) -> ScreenFrame<'_> {
         totals,
         windows,
         venues,
-        slots,
+        slots: followed,
+        slots_total: all_slots.len(),
         channels,
         funnel,
         decomposition,
@@ -310,7 +379,11 @@ pub fn change_visible(change: &RankChange, scope: &Scope, snap: &Snapshot) -> bo
         return false;
     }
     match &scope.merchant {
-        None => true,
+        // An ops screen sees the top of each race, and the slots it follows.
+        None => {
+            let top = SCREEN_RACE_TOP as u32;
+            change.to <= top || change.from.is_some_and(|f| f <= top) || scope.slots.binary_search(&change.slot).is_ok()
+        }
         Some(m) => snap.slots.iter().any(|s| s.slot == change.slot && &s.merchant_id == m),
     }
 }
@@ -320,7 +393,7 @@ mod tests {
     use super::*;
 
     fn sub(venue: Option<&str>, merchant: Option<&str>) -> Subscription {
-        Subscription { venue: venue.map(Into::into), merchant: merchant.map(Into::into) }
+        Subscription { venue: venue.map(Into::into), merchant: merchant.map(Into::into), slots: Vec::new() }
     }
 
     #[test]
@@ -328,8 +401,20 @@ mod tests {
         assert_eq!(parse_subscription(r#"{"subscribe": {"venue": "main"}}"#), Ok(sub(Some("main"), None)));
         assert_eq!(parse_subscription(r#"{"subscribe": {"merchant": "m-4"}}"#), Ok(sub(None, Some("m-4"))));
         assert_eq!(parse_subscription(r#"{"subscribe": {}}"#), Ok(sub(None, None)));
+        let followed = parse_subscription(r#"{"subscribe": {"slots": ["main-007", "food-001"]}}"#).unwrap();
+        assert_eq!(followed.slots, ["main-007", "food-001"]);
         let long = format!(r#"{{"subscribe": {{"venue": "{}"}}}}"#, "v".repeat(129));
-        for bad in ["{}", "[]", "", r#"{"subscribe": {"venue": ""}}"#, r#"{"subscribe": {"shop": "x"}}"#, &long] {
+        let long_slot = format!(r#"{{"subscribe": {{"slots": ["{}"]}}}}"#, "s".repeat(129));
+        let too_many = format!(
+            r#"{{"subscribe": {{"slots": [{}]}}}}"#,
+            (0..=MAX_SUBSCRIBED_SLOTS).map(|i| format!("\"s-{i}\"")).collect::<Vec<_>>().join(",")
+        );
+        let bad_slots = [r#"{"subscribe": {"slots": [""]}}"#, r#"{"subscribe": {"slots": "main-007"}}"#];
+        for bad in ["{}", "[]", "", r#"{"subscribe": {"venue": ""}}"#, r#"{"subscribe": {"shop": "x"}}"#, &long]
+            .into_iter()
+            .chain(bad_slots)
+            .chain([long_slot.as_str(), too_many.as_str()])
+        {
             assert_eq!(parse_subscription(bad), Err(SUBSCRIBE_HELP), "{bad}");
         }
     }
@@ -337,8 +422,33 @@ mod tests {
     #[test]
     fn a_merchant_keeps_its_own_scope_whatever_it_asks() {
         let s = Scope::subscribed(Some("m-4"), sub(Some("main"), Some("m-9")));
-        assert_eq!(s, Scope { merchant: Some("m-4".into()), venue: Some("main".into()) });
+        assert_eq!(s, Scope { merchant: Some("m-4".into()), venue: Some("main".into()), slots: Vec::new() });
         let ops = Scope::subscribed(None, sub(None, Some("m-9")));
-        assert_eq!(ops, Scope { merchant: Some("m-9".into()), venue: None });
+        assert_eq!(ops, Scope { merchant: Some("m-9".into()), venue: None, slots: Vec::new() });
+    }
+
+    #[test]
+    fn an_ops_screen_hears_rank_changes_at_the_top_and_of_the_slots_it_follows() {
+        let snap = Snapshot::default();
+        let change = |slot: &str, from: Option<u32>, to: u32| RankChange {
+            venue: "main".into(),
+            slot: slot.into(),
+            from,
+            to,
+            as_of_ms: 0,
+        };
+        let mut follow = sub(None, None);
+        follow.slots = vec!["s-9".into(), "s-1".into(), "s-9".into()];
+        let ops = Scope::subscribed(None, follow);
+        assert_eq!(ops.slots, ["s-1", "s-9"], "sorted, no repeats");
+        let top = SCREEN_RACE_TOP as u32;
+        assert!(change_visible(&change("s-5", Some(top + 1), top), &ops, &snap), "into the top");
+        assert!(change_visible(&change("s-5", Some(top), top + 1), &ops, &snap), "out of the top");
+        assert!(change_visible(&change("s-5", None, 1), &ops, &snap), "new, at the top");
+        assert!(!change_visible(&change("s-5", Some(400), 399), &ops, &snap), "the long tail");
+        assert!(!change_visible(&change("s-5", None, 400), &ops, &snap), "new in the long tail");
+        assert!(change_visible(&change("s-9", Some(400), 399), &ops, &snap), "a followed slot");
+        let other_venue = Scope::subscribed(None, Subscription { venue: Some("food".into()), ..sub(None, None) });
+        assert!(!change_visible(&change("s-5", None, 1), &other_venue, &snap), "another venue");
     }
 }
