@@ -113,6 +113,10 @@ struct Args {
     /// Seconds between progress lines (RSS, lag, frames).
     #[arg(long, default_value_t = 5)]
     every: u64,
+    /// loadgen's slots per venue (4 venues; default loadgen's 8): 5000 for the shipped
+    /// max_slots of 20,000.
+    #[arg(long)]
+    slots_per_venue: Option<usize>,
 }
 
 fn args() -> Args {
@@ -397,6 +401,7 @@ fn step(a: &Args, rate: u64) -> Value {
         .args(["--run-id", &run, "--progress", "0", "--json-out"])
         .arg(&lg_json)
         .args(a.loadgen_props.iter().flat_map(|p| ["--producer-prop", p.as_str()]))
+        .args(a.slots_per_venue.iter().flat_map(|n| ["--slots-per-venue".to_string(), n.to_string()]))
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
