@@ -259,7 +259,8 @@ fn monitor_parts(pid: u32) -> [f64; 5] {
         let k = match name.as_str() {
             n if n.starts_with("rdk:") || n == "source" || n == "producer pollin" => 0,
             n if n == "warroom-apply" || n.starts_with("wr-engine-") => 1,
-            "warroom" => 2,
+            // The publish loop's thread ("warroom" in builds before issue 11).
+            "publisher" | "warroom" => 2,
             "api" => 3,
             _ => 4,
         };
