@@ -29,6 +29,13 @@ fuzz_target!(|data: &[u8]| {
                     // JSON numbers have no range (RFC 8259); serde_json refuses floats beyond
                     // f64, which an ignored unknown field may hold.
                     Err(err) if err.to_string().starts_with("number out of range") => continue,
+                    // RFC 8259's grammar allows any \uXXXX, lone surrogates included (§8.2);
+                    // serde_json refuses them. In a field the monitor reads, its decoder (also
+                    // serde_json's) refuses them too, so an accepted event has them only in an
+                    // ignored field.
+                    Err(err) if err.to_string().contains("hex escape") || err.to_string().contains("surrogate") => {
+                        continue
+                    }
                     Err(err) => panic!("an accepted event is not JSON to serde_json: {err}"),
                 };
                 let o = v.as_object().expect("an accepted event is an object");
