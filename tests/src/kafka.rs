@@ -102,28 +102,11 @@ pub fn read_dead_letters(dlq: &str, n: u64) -> Vec<DeadLetter> {
 
 /// [`read_dead_letters`] from the given brokers.
 pub fn read_dead_letters_from(brokers: &str, dlq: &str, n: u64) -> Vec<DeadLetter> {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    use rdkafka::message::{Headers, Message};
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", unique("dlq-reader"))
-        .set("auto.offset.reset", "earliest")
-        .set("session.timeout.ms", "6000")
-        .set("max.poll.interval.ms", "7000")
-        .create()
-        .unwrap();
-    consumer.subscribe(&[dlq]).unwrap();
+    let consumer = dead_letter_reader(brokers, dlq);
     let mut out = Vec::new();
     let started = std::time::Instant::now();
     while (out.len() as u64) < n && started.elapsed() < Duration::from_secs(60) {
-        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
-            let h = m.headers().expect("dead letters carry headers");
-            let headers = h
-                .iter()
-                .filter_map(|x| x.value.map(|v| (x.key.to_string(), String::from_utf8_lossy(v).to_string())))
-                .collect();
-            out.push(DeadLetter { headers, payload: m.payload().unwrap_or_default().to_vec() });
-        }
+        out.extend(next_dead_letter(&consumer));
     }
     out
 }
@@ -132,31 +115,42 @@ pub fn read_dead_letters_from(brokers: &str, dlq: &str, n: u64) -> Vec<DeadLette
 /// `idle` (at most 120 s): for when the count is not known in advance (a crash can send a
 /// letter twice; its `warroom-source-partition`/`-offset` headers tell the copies apart).
 pub fn read_dead_letters_until_idle(brokers: &str, dlq: &str, idle: Duration) -> Vec<DeadLetter> {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    use rdkafka::message::{Headers, Message};
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", unique("dlq-reader"))
-        .set("auto.offset.reset", "earliest")
-        .set("session.timeout.ms", "6000")
-        .create()
-        .unwrap();
-    consumer.subscribe(&[dlq]).unwrap();
+    let consumer = dead_letter_reader(brokers, dlq);
     let mut out = Vec::new();
     let started = std::time::Instant::now();
     let mut last = std::time::Instant::now();
     while last.elapsed() < idle && started.elapsed() < Duration::from_secs(120) {
-        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
-            let h = m.headers().expect("dead letters carry headers");
-            let headers = h
-                .iter()
-                .filter_map(|x| x.value.map(|v| (x.key.to_string(), String::from_utf8_lossy(v).to_string())))
-                .collect();
-            out.push(DeadLetter { headers, payload: m.payload().unwrap_or_default().to_vec() });
+        if let Some(letter) = next_dead_letter(&consumer) {
+            out.push(letter);
             last = std::time::Instant::now();
         }
     }
     out
+}
+
+/// A consumer of `dlq` from its beginning, in a group of its own.
+fn dead_letter_reader(brokers: &str, dlq: &str) -> rdkafka::consumer::BaseConsumer {
+    use rdkafka::consumer::Consumer;
+    let consumer: rdkafka::consumer::BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", unique("dlq-reader"))
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", "6000")
+        .set("max.poll.interval.ms", "7000")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[dlq]).unwrap();
+    consumer
+}
+
+/// The next dead letter within 200 ms, if any.
+fn next_dead_letter(consumer: &rdkafka::consumer::BaseConsumer) -> Option<DeadLetter> {
+    use rdkafka::message::{Headers, Message};
+    let m = consumer.poll(Duration::from_millis(200))?.ok()?;
+    let h = m.headers().expect("dead letters carry headers");
+    let headers =
+        h.iter().filter_map(|x| x.value.map(|v| (x.key.to_string(), String::from_utf8_lossy(v).to_string()))).collect();
+    Some(DeadLetter { headers, payload: m.payload().unwrap_or_default().to_vec() })
 }
 
 /// Produces `lines`, keyed as contract v1.1 says (unless `keyed` is false), each message
@@ -485,4 +479,13 @@ pub fn committed(group: &str, topic: &str, partitions: i32) -> std::collections:
     }
     let got = c.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
     got.elements().iter().map(|e| (e.partition(), if let Offset::Offset(o) = e.offset() { o } else { 0 })).collect()
+}
+
+/// Waits until `done`, polling every 200 ms; fails the test after `secs` seconds.
+pub fn wait_until(what: &str, secs: u64, mut done: impl FnMut() -> bool) {
+    let started = std::time::Instant::now();
+    while !done() {
+        assert!(started.elapsed() < std::time::Duration::from_secs(secs), "{what}: not reached in {secs} s");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
 }

@@ -906,56 +906,44 @@ fn serve_api(
     Ok(ApiServer { addr, shutdown: Some(tx), thread: Some(thread) })
 }
 
-/// Reloads the auth file when it changes (checked every 2 s): a revoked token stops working
-/// without a restart. An invalid file is refused, with the reason logged, and the tokens in
-/// force stay.
-fn watch_auth_file(path: PathBuf, api: Arc<warroom_api::AppState>, stop: Arc<AtomicBool>) {
+/// Calls `changed` on a thread of its own whenever `path`'s modification time changes
+/// (checked every 2 s), until `stop`.
+fn watch_file(thread: &str, path: PathBuf, stop: Arc<AtomicBool>, mut changed: impl FnMut(&Path) + Send + 'static) {
     let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
     let mut seen = modified(&path);
-    let _ = std::thread::Builder::new().name("auth-watch".into()).spawn(move || {
+    let _ = std::thread::Builder::new().name(thread.into()).spawn(move || {
         while !stop.load(Ordering::Relaxed) {
             std::thread::sleep(Duration::from_secs(2));
             let now = modified(&path);
-            if now == seen {
-                continue;
-            }
-            seen = now;
-            match warroom_api::Auth::load(Some(&path)) {
-                Ok(a) => {
-                    let n = a.len();
-                    api.replace_auth(a);
-                    tracing::info!(path = %path.display(), tokens = n, "auth file reloaded");
-                }
-                Err(e) => tracing::error!(error = %e, "auth file not reloaded; the tokens in force stay"),
+            if now != seen {
+                seen = now;
+                changed(&path);
             }
         }
     });
 }
 
-/// Reloads the alert rules when the config file changes (checked every 2 s). Invalid rules are
-/// refused, with every problem logged, and the previous rules stay in force.
-fn watch_alert_rules(path: PathBuf, api: Arc<warroom_api::AppState>, stop: Arc<AtomicBool>) {
-    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    let mut seen = modified(&path);
-    let _ = std::thread::Builder::new().name("config-watch".into()).spawn(move || {
-        while !stop.load(Ordering::Relaxed) {
-            std::thread::sleep(Duration::from_secs(2));
-            let now = modified(&path);
-            if now == seen {
-                continue;
-            }
-            seen = now;
-            match Settings::load(Some(&path)) {
-                Ok(s) => match api.reload_alerts(s.alerts) {
-                    Ok(()) => tracing::info!(path = %path.display(), "alert rules reloaded"),
-                    Err(e) => {
-                        tracing::error!(problems = %e.join("; "), "alert rules not reloaded; the previous ones stay")
-                    }
-                },
-                Err(e) => {
-                    tracing::error!(error = %format!("{e:#}"), "config not reloaded; the previous alert rules stay")
-                }
-            }
+/// Reloads the auth file when it changes: a revoked token stops working without a restart.
+/// An invalid file is refused, with the reason logged, and the tokens in force stay.
+fn watch_auth_file(path: PathBuf, api: Arc<warroom_api::AppState>, stop: Arc<AtomicBool>) {
+    watch_file("auth-watch", path, stop, move |path| match warroom_api::Auth::load(Some(path)) {
+        Ok(a) => {
+            let n = a.len();
+            api.replace_auth(a);
+            tracing::info!(path = %path.display(), tokens = n, "auth file reloaded");
         }
+        Err(e) => tracing::error!(error = %e, "auth file not reloaded; the tokens in force stay"),
+    });
+}
+
+/// Reloads the alert rules when the config file changes. Invalid rules are refused, with every
+/// problem logged, and the previous rules stay in force.
+fn watch_alert_rules(path: PathBuf, api: Arc<warroom_api::AppState>, stop: Arc<AtomicBool>) {
+    watch_file("config-watch", path, stop, move |path| match Settings::load(Some(path)) {
+        Ok(s) => match api.reload_alerts(s.alerts) {
+            Ok(()) => tracing::info!(path = %path.display(), "alert rules reloaded"),
+            Err(e) => tracing::error!(problems = %e.join("; "), "alert rules not reloaded; the previous ones stay"),
+        },
+        Err(e) => tracing::error!(error = %format!("{e:#}"), "config not reloaded; the previous alert rules stay"),
     });
 }

@@ -111,29 +111,34 @@ fn http_get(addr: &str, path: &str) -> String {
     text
 }
 
-#[test]
-fn alert_rules_are_reloaded_when_the_config_file_changes() {
+/// Starts `cmd` (a `warroom run`) and returns it with the address of the URL it prints on the
+/// line starting with `prefix`; the rest of its output is drained.
+fn started(cmd: &mut Command, prefix: &str) -> (std::process::Child, String) {
     use std::io::BufRead;
-    let cfg = tmp("reload.toml");
-    let base =
-        std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../config/warroom.toml")).unwrap();
-    std::fs::write(&cfg, &base).unwrap();
-    let mut child = bin()
-        .args(["run", "--rate", "2000", "--duration", "60s", "--listen", "127.0.0.1:0", "--config"])
-        .arg(&cfg)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child =
+        cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::null()).spawn().expect("warroom run");
     let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
     let addr = loop {
         let mut line = String::new();
         assert!(out.read_line(&mut line).unwrap() > 0, "no URL printed");
-        if let Some(rest) = line.strip_prefix("screen (ops):") {
+        if let Some(rest) = line.strip_prefix(prefix) {
             break rest.trim().trim_start_matches("http://").split('/').next().unwrap().to_string();
         }
     };
     std::thread::spawn(move || for _ in out.lines() {});
+    (child, addr)
+}
+
+#[test]
+fn alert_rules_are_reloaded_when_the_config_file_changes() {
+    let cfg = tmp("reload.toml");
+    let base =
+        std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../config/warroom.toml")).unwrap();
+    std::fs::write(&cfg, &base).unwrap();
+    let (mut child, addr) = started(
+        bin().args(["run", "--rate", "2000", "--duration", "60s", "--listen", "127.0.0.1:0", "--config"]).arg(&cfg),
+        "screen (ops):",
+    );
     let has_rule = |name: &str| http_get(&addr, "/api/v1/alerts").contains(&format!("\"rule\":\"{name}\""));
     // A rule that fires at once on any GMV, added to the running monitor's config file.
     std::thread::sleep(std::time::Duration::from_secs(3));
@@ -224,26 +229,13 @@ fn the_demo_tokens_are_refused_beyond_loopback() {
 
 #[test]
 fn the_auth_file_is_reloaded_when_it_changes() {
-    use std::io::BufRead;
     let auth = tmp("auth-reload.toml");
     let token = |name: &str, t: &str| format!("[[tokens]]\ntoken = \"{t}\"\nrole = \"ops\"\nname = \"{name}\"\n");
     std::fs::write(&auth, token("a", "token-a-0123456789") + &token("b", "token-b-0123456789")).unwrap();
-    let mut child = bin()
-        .args(["run", "--rate", "500", "--duration", "60s", "--listen", "127.0.0.1:0", "--auth-file"])
-        .arg(&auth)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
-    let addr = loop {
-        let mut line = String::new();
-        assert!(out.read_line(&mut line).unwrap() > 0, "no URL printed");
-        if let Some(rest) = line.strip_prefix("screen: ") {
-            break rest.trim().trim_start_matches("http://").split('/').next().unwrap().to_string();
-        }
-    };
-    std::thread::spawn(move || for _ in out.lines() {});
+    let (mut child, addr) = started(
+        bin().args(["run", "--rate", "500", "--duration", "60s", "--listen", "127.0.0.1:0", "--auth-file"]).arg(&auth),
+        "screen: ",
+    );
     let status = |t: &str| {
         use std::io::{Read, Write};
         let mut s = std::net::TcpStream::connect(&addr).unwrap();

@@ -10,19 +10,11 @@ use std::time::{Duration, Instant};
 use warroom_ingest::gen::{write_night, GenConfig};
 use warroom_tests::kafka::{
     committed, consume_all, create_topic, free_port, http_get, metric, monitor_url, produce, read_dead_letters_from,
-    start_monitor, unique, wait_for_read, PrivateBroker,
+    start_monitor, unique, wait_for_read, wait_until, PrivateBroker,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_warroom");
 const OPS: &str = "demo-ops-token-0001";
-
-fn wait_until(what: &str, secs: u64, mut done: impl FnMut() -> bool) {
-    let started = Instant::now();
-    while !done() {
-        assert!(started.elapsed() < Duration::from_secs(secs), "{what}: not reached in {secs} s");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
 
 #[test]
 fn a_dead_letter_topic_that_fails_then_recovers_loses_nothing_and_blocks_nothing() {

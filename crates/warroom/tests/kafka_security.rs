@@ -12,12 +12,12 @@
 //! SCRAM front in `warroom_tests::sasl`.)
 //! Needs Tansu (WARROOM_TANSU) and `openssl`, as scripts/test.sh provides.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use warroom_ingest::gen::{write_night, GenConfig};
 use warroom_tests::kafka::{
     files_starting, free_port, http_get, metric, monitor_url, produce_configured, start_monitor_on, unique,
-    wait_for_read, PrivateBroker,
+    wait_for_read, wait_until, PrivateBroker,
 };
 use warroom_tests::rdkafka::ClientConfig;
 use warroom_tests::sasl::ScramTerminator;
@@ -25,14 +25,6 @@ use warroom_tests::tls::{Pki, TlsTerminator};
 
 const BIN: &str = env!("CARGO_BIN_EXE_warroom");
 const OPS: &str = "demo-ops-token-0001";
-
-fn wait_until(what: &str, secs: u64, mut done: impl FnMut() -> bool) {
-    let started = Instant::now();
-    while !done() {
-        assert!(started.elapsed() < Duration::from_secs(secs), "{what}: not reached in {secs} s");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
 
 fn toml_path(p: &std::path::Path) -> String {
     p.display().to_string().replace('\\', "\\\\")
