@@ -15,7 +15,7 @@ use serde::Serialize;
 use tokio::sync::{broadcast, watch};
 use warroom_engine::{RankChange, Snapshot};
 
-use crate::scope::{change_visible, merchant_view, screen_frame, venue_view, Scope};
+use crate::scope::{change_visible, merchant_view, screen_frame, Scope};
 
 /// One published state.
 #[derive(Debug)]
@@ -50,10 +50,7 @@ impl Frame {
         let r = self.snap.rehearsal.is_some();
         let bytes = match (&scope.merchant, &scope.venue) {
             (Some(m), v) => envelope("snapshot", self.seq, &merchant_view(&self.snap, m, v.as_deref()), r),
-            (None, Some(v)) => {
-                envelope("snapshot", self.seq, &screen_frame(&venue_view(&self.snap, v), &scope.slots), r)
-            }
-            (None, None) => envelope("snapshot", self.seq, &screen_frame(&self.snap, &scope.slots), r),
+            (None, v) => envelope("snapshot", self.seq, &screen_frame(&self.snap, v.as_deref(), &scope.slots), r),
         };
         cache.insert(scope.clone(), bytes.clone());
         bytes
@@ -137,9 +134,7 @@ impl Hub {
     pub fn publish(&self, snap: Arc<Snapshot>, changes: Vec<RankChange>) {
         let unchanged = {
             let cur = self.frames.borrow();
-            let mut a = (*cur.snap).clone();
-            a.published_at_ms = snap.published_at_ms;
-            cur.seq > 0 && a == *snap
+            cur.seq > 0 && cur.snap.same_data(&snap)
         };
         if !unchanged {
             let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;

@@ -14,7 +14,7 @@
 //! caller ([`Refusal`]), which keeps it for inspection like any decoder rejection
 //! (`--rejects-out`, the dead-letter topic).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -693,10 +693,16 @@ impl Engine {
         let rules = self.rules.load();
         let mut changes = Vec::new();
         let mut venues = Vec::new();
+        // Each venue's slots, in one pass over the slots.
+        let mut members_of: Vec<Vec<usize>> = vec![Vec::new(); venue_names.len()];
+        for i in (0..n_slots).filter(|&i| slot_cum[i].seen) {
+            if let Some(list) = slot_venues.get(i).and_then(|&v| members_of.get_mut(v as usize)) {
+                list.push(i);
+            }
+        }
         for (vi, vname) in venue_names.iter().enumerate() {
             let v = m.venues.get(vi).copied().unwrap_or_default();
-            let members: Vec<usize> =
-                (0..n_slots).filter(|&i| slot_cum[i].seen && slot_venues.get(i).copied() == Some(vi as u32)).collect();
+            let members = std::mem::take(&mut members_of[vi]);
             if !v.seen && members.is_empty() {
                 continue;
             }
@@ -720,9 +726,9 @@ impl Engine {
             let scores = race::scores(rule, &inputs);
             let mut order: Vec<(String, f64)> =
                 members.iter().zip(&scores).map(|(&i, &s)| (slot_names[i].to_string(), s)).collect();
-            let prev = state.previous.get(&**vname).cloned().unwrap_or_default();
+            let prev = state.previous.remove(&**vname).unwrap_or_default();
             race::rank(&mut order, &prev, self.cfg.race.hysteresis);
-            let by_name: BTreeMap<&str, usize> =
+            let by_name: HashMap<&str, usize> =
                 members.iter().enumerate().map(|(k, &i)| (&*slot_names[i], k)).collect();
             let ranking: Vec<RankEntry> = order
                 .iter()
@@ -746,8 +752,9 @@ impl Engine {
                 })
                 .collect();
             if !prev.is_empty() {
+                let was: HashMap<&str, u32> = prev.iter().zip(1..).map(|(p, r)| (p.as_str(), r)).collect();
                 for e in &ranking {
-                    let from = prev.iter().position(|p| *p == e.slot).map(|p| p as u32 + 1);
+                    let from = was.get(e.slot.as_str()).copied();
                     if from != Some(e.rank) {
                         changes.push(RankChange {
                             venue: vname.to_string(),

@@ -6,7 +6,7 @@
 //! and `gmv_growth` inputs compare the race window with the window before it, which is how
 //! operators express "whoever's combined data rises most in the same period ranks first".
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 
@@ -139,8 +139,15 @@ pub fn rank(entries: &mut [(String, f64)], previous: &[String], hysteresis: f64)
         return;
     }
     // Start from the previous order (new slots keep their strict place after the known ones).
-    let pos = |name: &str| previous.iter().position(|p| p == name).unwrap_or(usize::MAX);
-    entries.sort_by_key(|e| pos(&e.0));
+    // Positions are looked up once per entry: O(n), not a scan of `previous` per comparison.
+    let at: HashMap<&str, usize> = previous.iter().enumerate().map(|(i, p)| (p.as_str(), i)).collect();
+    let mut keyed: Vec<(usize, usize)> =
+        entries.iter().enumerate().map(|(k, e)| (at.get(e.0.as_str()).copied().unwrap_or(usize::MAX), k)).collect();
+    keyed.sort_unstable();
+    let mut strict: Vec<(String, f64)> = entries.iter_mut().map(|e| (std::mem::take(&mut e.0), e.1)).collect();
+    for (e, &(_, k)) in entries.iter_mut().zip(&keyed) {
+        *e = (std::mem::take(&mut strict[k].0), strict[k].1);
+    }
     let beats = |a: &(String, f64), b: &(String, f64)| a.1 > b.1 + hysteresis * b.1.abs().max(f64::MIN_POSITIVE);
     // Insertion sort with the margin: not a total order, so no std sort (which may panic).
     for i in 1..entries.len() {
@@ -191,6 +198,43 @@ mod tests {
         let mut v = e(&[("a", 100.0), ("b", 106.0)]);
         rank(&mut v, &prev, 0.05);
         assert_eq!(names(&v), ["b", "a"], "6% overtakes");
+    }
+
+    /// The ranking as first written: a scan of `previous` per comparison (O(n^2 log n)).
+    fn naive_rank(entries: &mut [(String, f64)], previous: &[String], hysteresis: f64) {
+        entries.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        if hysteresis <= 0.0 || previous.is_empty() {
+            return;
+        }
+        let pos = |name: &str| previous.iter().position(|p| p == name).unwrap_or(usize::MAX);
+        entries.sort_by_key(|e| pos(&e.0));
+        let beats = |a: &(String, f64), b: &(String, f64)| a.1 > b.1 + hysteresis * b.1.abs().max(f64::MIN_POSITIVE);
+        for i in 1..entries.len() {
+            let mut j = i;
+            while j > 0 && beats(&entries[j], &entries[j - 1]) {
+                entries.swap(j, j - 1);
+                j -= 1;
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn ranking_matches_the_naive_ranking(
+            scores in proptest::collection::vec(0u32..50, 0..60),
+            previous in proptest::collection::vec(0usize..80, 0..60),
+            h in proptest::sample::select(vec![0.0, 0.05, 0.5]),
+        ) {
+            let entries: Vec<(String, f64)> =
+                scores.iter().enumerate().map(|(i, &s)| (format!("s-{i:02}"), s as f64)).collect();
+            let mut seen = std::collections::HashSet::new();
+            let previous: Vec<String> =
+                previous.into_iter().filter(|p| seen.insert(*p)).map(|p| format!("s-{p:02}")).collect();
+            let (mut a, mut b) = (entries.clone(), entries);
+            rank(&mut a, &previous, h);
+            naive_rank(&mut b, &previous, h);
+            proptest::prop_assert_eq!(a, b);
+        }
     }
 
     #[test]

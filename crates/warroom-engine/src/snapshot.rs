@@ -47,6 +47,46 @@ pub struct Snapshot {
     pub rehearsal: Option<Rehearsal>,
 }
 
+impl Snapshot {
+    /// Whether `other` holds the same data, whatever its publish time: what tells a publish
+    /// worth pushing from an idle tick, without copying either snapshot. The destructuring
+    /// names every field, so a new field cannot be forgotten here.
+    pub fn same_data(&self, other: &Snapshot) -> bool {
+        let Snapshot {
+            as_of_ms,
+            published_at_ms: _,
+            last_event_at_ms,
+            totals,
+            windows,
+            venues,
+            slots,
+            slot_merchants,
+            channels,
+            funnel,
+            decomposition,
+            plan,
+            rejections,
+            counters,
+            rehearsal,
+        } = self;
+        // Cheap scalars first: on a live night they differ and the comparison stops there.
+        *as_of_ms == other.as_of_ms
+            && *last_event_at_ms == other.last_event_at_ms
+            && *totals == other.totals
+            && *counters == other.counters
+            && *windows == other.windows
+            && *rejections == other.rejections
+            && *funnel == other.funnel
+            && *decomposition == other.decomposition
+            && *plan == other.plan
+            && *rehearsal == other.rehearsal
+            && *channels == other.channels
+            && *venues == other.venues
+            && *slots == other.slots
+            && *slot_merchants == other.slot_merchants
+    }
+}
+
 /// The tag of a rehearsal run: a recorded night replayed through Kafka with its event times
 /// (and the plan's phases) moved by `shift_ms`, at `speed` times real time.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

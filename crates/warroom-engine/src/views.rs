@@ -309,8 +309,9 @@ pub struct ScreenRace<'a> {
     ranked: usize,
 }
 
-/// The frame of an ops screen following `slots` (sorted, as in [`Scope`]).
-pub fn screen_frame<'a>(snap: &'a Snapshot, slots: &[String]) -> ScreenFrame<'a> {
+/// The frame of an ops screen following `slots` (sorted, as in [`Scope`]), narrowed to one
+/// venue if `venue` is given (as [`venue_view`] narrows the REST snapshot, without copying it).
+pub fn screen_frame<'a>(snap: &'a Snapshot, venue: Option<&str>, slots: &[String]) -> ScreenFrame<'a> {
     // Destructured so that a field added to the snapshot fails to compile here until it is
     // placed (or left out) on purpose.
     let Snapshot {
@@ -332,6 +333,7 @@ pub fn screen_frame<'a>(snap: &'a Snapshot, slots: &[String]) -> ScreenFrame<'a>
     } = snap;
     let venues = venues
         .iter()
+        .filter(|v| venue.is_none_or(|n| n == v.venue))
         .map(|v| ScreenVenue {
             venue: &v.venue,
             gmv_cents: v.gmv_cents,
@@ -348,11 +350,15 @@ pub fn screen_frame<'a>(snap: &'a Snapshot, slots: &[String]) -> ScreenFrame<'a>
             },
         })
         .collect();
-    let followed = if slots.is_empty() {
-        Vec::new()
-    } else {
-        all_slots.iter().filter(|s| slots.binary_search(&s.slot).is_ok()).collect()
-    };
+    // The snapshot's slots are sorted by name: each followed slot is a lookup.
+    let in_scope = |s: &SlotStats| venue.is_none_or(|n| n == s.venue);
+    let followed = slots
+        .iter()
+        .filter_map(|f| all_slots.binary_search_by(|s| s.slot.as_str().cmp(f)).ok())
+        .map(|i| &all_slots[i])
+        .filter(|s| in_scope(s))
+        .collect();
+    let slots_total = if venue.is_none() { all_slots.len() } else { all_slots.iter().filter(|s| in_scope(s)).count() };
     ScreenFrame {
         as_of_ms: *as_of_ms,
         published_at_ms: *published_at_ms,
@@ -361,7 +367,7 @@ pub fn screen_frame<'a>(snap: &'a Snapshot, slots: &[String]) -> ScreenFrame<'a>
         windows,
         venues,
         slots: followed,
-        slots_total: all_slots.len(),
+        slots_total,
         channels,
         funnel,
         decomposition,
@@ -384,7 +390,11 @@ pub fn change_visible(change: &RankChange, scope: &Scope, snap: &Snapshot) -> bo
             let top = SCREEN_RACE_TOP as u32;
             change.to <= top || change.from.is_some_and(|f| f <= top) || scope.slots.binary_search(&change.slot).is_ok()
         }
-        Some(m) => snap.slots.iter().any(|s| s.slot == change.slot && &s.merchant_id == m),
+        // The snapshot's slots are sorted by name: a lookup, not a scan per change and client.
+        Some(m) => snap
+            .slots
+            .binary_search_by(|s| s.slot.as_str().cmp(&change.slot))
+            .is_ok_and(|i| &snap.slots[i].merchant_id == m),
     }
 }
 
