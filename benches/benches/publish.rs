@@ -5,8 +5,10 @@
 //!   `Engine::publish` and the hub's publish (the screen frame encoded once). Only the tick is
 //!   timed, not the events' apply.
 //! - `applier_batch/<n>_slots/{alone,publisher_10hz}`: an applier's batch of 1,250 events, with
-//!   no publisher, and with a publisher thread publishing ten times a second on the same
-//!   engine. Equal times mean that the publisher does not hold the appliers up.
+//!   no publisher, with the live publisher publishing ten times a second on the same engine
+//!   (`Engine::publish_live`: the applier hands deltas over, no lock), and with a publisher
+//!   that takes each shard's lock instead (`Engine::publish`). Criterion reports the means;
+//!   the tails (p99, p99.9, max, from an HDR histogram) are printed after each.
 //!
 //! Run: `cargo bench -p warroom-benches --bench publish`; results in BENCHMARKS.md §12.
 
@@ -115,11 +117,21 @@ fn publish_tick(c: &mut Criterion) {
     g.finish();
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Publisher {
+    None,
+    Live,
+    Locking,
+}
+
 fn applier_batch(c: &mut Criterion) {
     let mut g = c.benchmark_group("applier_batch");
     for spv in [500, 5_000] {
         let night = Night::new(spv);
-        for with_publisher in [false, true] {
+        // No publisher; the live publisher (lock-free: the applier answers with deltas); a
+        // publisher that takes each shard's lock to read it (Engine::publish, as before).
+        for kind in [Publisher::None, Publisher::Live, Publisher::Locking] {
+            let with_publisher = kind != Publisher::None;
             let (mut engine, mut evs) = night.engine();
             let mut next = 0;
             let stop = Arc::new(AtomicBool::new(false));
@@ -131,12 +143,22 @@ fn applier_batch(c: &mut Criterion) {
                     while !stop.load(Ordering::Relaxed) {
                         std::thread::sleep(Duration::from_millis(100));
                         let e = shared.lock().unwrap().clone();
-                        let (snap, changes) = e.publish();
+                        let (snap, changes) = if kind == Publisher::Live {
+                            e.publish_live(Duration::from_millis(50))
+                        } else {
+                            e.publish()
+                        };
                         hub.publish(snap, changes);
                     }
                 })
             });
-            let label = if with_publisher { "publisher_10hz" } else { "alone" };
+            let label = match kind {
+                Publisher::None => "alone",
+                Publisher::Live => "publisher_10hz",
+                Publisher::Locking => "locking_publisher_10hz",
+            };
+            // Criterion reports means; a publisher that held an applier up shows in the tail.
+            let mut tail = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).unwrap();
             g.bench_function(BenchmarkId::new(night.name(), label), |b| {
                 b.iter_custom(|iters| {
                     let mut spent = Duration::ZERO;
@@ -153,11 +175,23 @@ fn applier_batch(c: &mut Criterion) {
                         for (s, batch) in by.iter().enumerate() {
                             engine.apply_routed(s, batch, &mut refused);
                         }
-                        spent += t.elapsed();
+                        let took = t.elapsed();
+                        tail.saturating_record(took.as_nanos() as u64);
+                        spent += took;
                     }
                     spent
                 })
             });
+            let us = |q: f64| tail.value_at_quantile(q) as f64 / 1e3;
+            println!(
+                "applier_batch/{}/{label}: batches {}, p50 {:.0} us, p99 {:.0} us, p99.9 {:.0} us, max {:.0} us",
+                night.name(),
+                tail.len(),
+                us(0.5),
+                us(0.99),
+                us(0.999),
+                tail.max() as f64 / 1e3
+            );
             stop.store(true, Ordering::Relaxed);
             if let Some(p) = publisher {
                 p.join().unwrap();

@@ -109,3 +109,70 @@ fn writers_and_readers_at_once() {
         assert_eq!(key(a), key(b), "race of {}", b.venue);
     }
 }
+
+/// The live publisher folds the shards' deltas in as writers run: what it shows at the end
+/// (after the writers stop, answering for the idle shards itself) equals one publish of the
+/// same events applied by one thread, slot by slot, pair by pair, venue by venue. A delta
+/// that dropped a change, or a sum that kept a stale one, shows here.
+#[test]
+fn the_live_publisher_folds_deltas_into_the_same_snapshot() {
+    let cfg = GenConfig { seed: 4, resend_share: 0.0, merchant_change_share: 0.05, ..GenConfig::default() };
+    let mut input = Vec::new();
+    write_night(cfg, 120_000, 1_794_312_000_000, 3_600_000, &mut input).unwrap();
+    let sequential = Engine::new(Config::default());
+    let evs = prepared(&sequential, &input);
+    sequential.apply(&evs);
+    let (want, _) = sequential.publish();
+
+    let engine = Arc::new(Engine::new(Config::default()));
+    let evs = prepared(&engine, &input);
+    let done = Arc::new(AtomicBool::new(false));
+    let publisher = {
+        let (engine, done) = (engine.clone(), done.clone());
+        std::thread::spawn(move || {
+            let mut publishes = 0u64;
+            while !done.load(Ordering::Relaxed) {
+                let (snap, _) = engine.publish_live(std::time::Duration::from_millis(50));
+                let slot_gmv: u128 = snap.slots.iter().map(|s| s.gmv_cents).sum();
+                assert!(slot_gmv <= snap.totals.gmv_cents, "slots hold more GMV than the total");
+                publishes += 1;
+            }
+            publishes
+        })
+    };
+    // One writer, batch by batch, as a source's applier does.
+    for batch in evs.chunks(700) {
+        engine.apply(batch);
+    }
+    done.store(true, Ordering::Relaxed);
+    let publishes = publisher.join().expect("publisher panicked");
+    assert!(publishes > 1, "the publisher should have published while the writer ran");
+    // Nothing writes now: the publisher answers for every shard itself.
+    let (got, _) = engine.publish_live(std::time::Duration::from_millis(5));
+    assert_eq!(got.as_of_ms, want.as_of_ms);
+    assert_eq!(got.totals, want.totals);
+    assert_eq!(got.slots, want.slots, "slots");
+    assert_eq!(got.slot_merchants, want.slot_merchants, "(slot, merchant) pairs");
+    assert_eq!(got.channels, want.channels, "channels");
+    assert_eq!(got.venues.len(), want.venues.len());
+    for (a, b) in got.venues.iter().zip(&want.venues) {
+        assert_eq!(
+            (&a.venue, a.gmv_cents, a.paid_orders, &a.windows),
+            (&b.venue, b.gmv_cents, b.paid_orders, &b.windows)
+        );
+        let numbers = |v: &warroom_engine::VenueStats| -> Vec<(String, u128, u64, u64, u64)> {
+            let mut r: Vec<_> = v
+                .race
+                .ranking
+                .iter()
+                .map(|e| (e.slot.clone(), e.gmv_cents, e.paid_orders, e.clicks, e.buyers))
+                .collect();
+            r.sort();
+            r
+        };
+        assert_eq!(numbers(a), numbers(b), "race numbers of {}", a.venue);
+    }
+    for (a, b) in got.windows.iter().zip(&want.windows) {
+        assert_eq!((a.length_ms, a.gmv_cents, a.paid_orders), (b.length_ms, b.gmv_cents, b.paid_orders));
+    }
+}

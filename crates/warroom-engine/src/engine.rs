@@ -2,12 +2,18 @@
 //!
 //! Writers (any number of threads) call [`Engine::prepare`] (hashing and name interning, no
 //! shard involved) and then [`Engine::apply`] or [`Engine::apply_routed`]. Each shard is a
-//! `Mutex<Shard>` taken only by writers and by the publisher; it is uncontended when each
-//! thread owns its shard (the replay pipeline) and briefly contended otherwise.
+//! `Mutex<Shard>` taken by its writers: uncontended when one thread writes a shard at a time
+//! (the pipelines do).
 //!
-//! Readers never touch a shard: [`Engine::publish`] merges the shards' summaries into an
-//! immutable [`Snapshot`] and swaps it into an `ArcSwap`; [`Engine::snapshot`] is a wait-free
-//! load of the newest one. Rule changes swap an `ArcSwap` too and apply from the next publish.
+//! The live publisher never takes a shard's lock ([`Engine::publish_live`]). It raises a
+//! request (an atomic counter); each shard's writer answers at the end of its next batch (or
+//! when idle, [`Engine::service`]) with an immutable [`ShardDelta`] of what changed since its
+//! last one, through a bounded single-producer channel. The publisher folds the deltas into its
+//! own copy of each shard's tables and re-sums only what changed. A shard whose writer has not
+//! answered within the wait (nothing is writing it) is answered for by the publisher with a
+//! `try_lock`, which never waits either. Readers never touch a shard: the snapshot is swapped
+//! into an `ArcSwap`; [`Engine::snapshot`] is a wait-free load of the newest one. Rule changes
+//! swap an `ArcSwap` too and apply from the next publish.
 //!
 //! Refusals: an event the engine refuses after decoding (a name past a cardinality limit, a
 //! time it cannot check for re-deliveries) is counted by reason *and* handed back to the
@@ -26,7 +32,7 @@ use crate::config::Config;
 use crate::intern::{Interner, NameCache, Names, PairInterner, SlotInterner, NONE};
 use crate::race::{self, RaceInputs, RankChange, Rule, RuleSpec};
 use crate::shard::{
-    Clock, Ctx, Merged, MoneyAgg, Outcome, PairCum, PairWin, Prepared, Shard, ShardCounters, ShardSummary,
+    Clock, Ctx, Merged, MoneyAgg, Outcome, PairCum, PairWin, Prepared, Shard, ShardCounters, ShardDelta, ShardSummary,
 };
 use crate::snapshot::{
     decompose, ChannelStats, Counters, Funnel, MoneyWindow, PairRace, Race, RankEntry, SlotMerchantStats, SlotStats,
@@ -73,6 +79,49 @@ pub struct Refusal {
 struct PublishState {
     /// Venue -> slot names in the last published order.
     previous: BTreeMap<String, Vec<String>>,
+    /// Each shard's tables as of its last delta, and their sum.
+    mirrors: Vec<Merged>,
+    sum: Merged,
+    /// Each shard's last delta's watermark and summary.
+    summaries: Vec<Option<(i64, ShardSummary)>>,
+    /// Pairs and slots folded in since the sum was last brought up to date.
+    pending_pairs: Vec<u32>,
+    pending_slots: Vec<u32>,
+}
+
+/// Where a shard's writer leaves its deltas for the publisher.
+#[derive(Debug)]
+struct Mailbox {
+    tx: crossbeam_channel::Sender<ShardDelta>,
+    rx: crossbeam_channel::Receiver<ShardDelta>,
+    /// The newest request the shard has answered (written by its writer only).
+    answered: AtomicU64,
+}
+
+impl Mailbox {
+    fn new() -> Mailbox {
+        let (tx, rx) = crossbeam_channel::bounded(MAILBOX_DELTAS);
+        Mailbox { tx, rx, answered: AtomicU64::new(0) }
+    }
+}
+
+/// Deltas a shard may leave unread: a writer that finds its mailbox full keeps its changes for
+/// the next request (values are absolute: nothing is lost by waiting).
+const MAILBOX_DELTAS: usize = 4;
+
+/// What a publish cost, for `/metrics`: where the time of a tick goes.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PublishCost {
+    /// Waiting for the shards' writers to answer.
+    pub wait: std::time::Duration,
+    /// Folding the deltas in and re-summing what changed.
+    pub fold: std::time::Duration,
+    /// Ranking and building the snapshot.
+    pub build: std::time::Duration,
+    /// Pairs the deltas carried.
+    pub changed_pairs: u64,
+    /// Shards the publisher answered for (idle writers).
+    pub answered_for: u64,
 }
 
 #[derive(Debug)]
@@ -89,6 +138,11 @@ pub struct Engine {
     published: ArcSwap<Snapshot>,
     publish_state: Mutex<PublishState>,
     publishes: AtomicU64,
+    /// One per shard.
+    mail: Box<[Mailbox]>,
+    /// The publisher's newest request for deltas.
+    requested: AtomicU64,
+    last_cost: Mutex<PublishCost>,
 }
 
 /// The shard context of `cfg`.
@@ -171,6 +225,9 @@ impl Engine {
             published: ArcSwap::from_pointee(Snapshot::default()),
             publish_state: Mutex::new(PublishState::default()),
             publishes: AtomicU64::new(0),
+            mail: (0..n.max(1)).map(|_| Mailbox::new()).collect(),
+            requested: AtomicU64::new(0),
+            last_cost: Mutex::new(PublishCost::default()),
             cfg,
         }
     }
@@ -282,7 +339,12 @@ impl Engine {
     }
 
     fn apply_filtered<'a>(&self, s: usize, mut events: impl Iterator<Item = &'a Prepared>, refused: &mut Vec<Refusal>) {
-        let Some(first) = events.next() else { return };
+        let Some(first) = events.next() else {
+            if self.asked(s) {
+                self.answer(s, &mut lock(&self.shards[s]));
+            }
+            return;
+        };
         let clock = self.clock();
         let mut shard = lock(&self.shards[s]);
         let mut newest = i64::MIN;
@@ -296,10 +358,42 @@ impl Engine {
                 }
             }
         }
-        drop(shard);
         if newest != i64::MIN {
             self.watermark.fetch_max(newest.min(clock.cap), Ordering::Relaxed);
             self.last_event_at.fetch_max(clock.now, Ordering::Relaxed);
+        }
+        if self.asked(s) {
+            self.answer(s, &mut shard);
+        }
+    }
+
+    /// Whether the publisher waits for a delta from shard `s` (one atomic load).
+    #[inline]
+    fn asked(&self, s: usize) -> bool {
+        self.mail[s].answered.load(Ordering::Relaxed) < self.requested.load(Ordering::Acquire)
+    }
+
+    /// Shard `s`'s writer (holding its lock) answers the publisher's newest request with a
+    /// delta; with a full mailbox it keeps its changes for the next request.
+    fn answer(&self, s: usize, shard: &mut Shard) {
+        let want = self.requested.load(Ordering::Acquire);
+        let mb = &self.mail[s];
+        if mb.answered.load(Ordering::Relaxed) >= want || mb.tx.is_full() {
+            return;
+        }
+        let d = shard.delta(self.watermark(), &self.cx);
+        // This writer is the mailbox's only sender and found room: the send cannot fail.
+        let _ = mb.tx.try_send(d);
+        mb.answered.store(want, Ordering::Release);
+    }
+
+    /// Answers a pending publish request for every shard: for a source's thread (a writer)
+    /// with nothing to apply, so that the publisher is not kept waiting by idle shards.
+    pub fn service(&self) {
+        for s in 0..self.shards.len() {
+            if self.asked(s) {
+                self.answer(s, &mut lock(&self.shards[s]));
+            }
         }
     }
 
@@ -495,32 +589,101 @@ impl Engine {
         Ok((engine, image.extra))
     }
 
-    /// Merges all shards at the global watermark into a new snapshot, stores it for readers
-    /// and returns it with the rank changes since the previous publish.
+    /// Publishes with every shard's numbers as of now: the caller answers for each shard
+    /// itself, under its lock (a final publish, tests, benches: nothing else is writing, or
+    /// the writers may wait). Exact: every shard stands at one watermark.
     pub fn publish(&self) -> (Arc<Snapshot>, Vec<RankChange>) {
         let mut state = lock(&self.publish_state);
-        let as_of = self.watermark();
-        if as_of == i64::MIN {
-            let snap = Arc::new(self.empty_snapshot());
-            self.published.store(snap.clone());
-            self.publishes.fetch_add(1, Ordering::Relaxed);
-            return (snap, Vec::new());
+        let t = std::time::Instant::now();
+        self.requested.fetch_add(1, Ordering::AcqRel);
+        for s in 0..self.shards.len() {
+            let mut shard = lock(&self.shards[s]);
+            // Room for the answer: what an earlier request left unread is folded in first.
+            self.fold(s, &mut state);
+            self.answer(s, &mut shard);
         }
-        let mut merged = Merged { windows: self.cx.windows.len(), ..Merged::default() };
-        let sums: Vec<ShardSummary> = self
-            .shards
-            .iter()
-            .map(|s| {
-                let mut shard = lock(s);
-                let sum = shard.summarize(as_of, &self.cx);
-                shard.accumulate(&mut merged);
-                sum
-            })
-            .collect();
-        let (snap, changes) = self.merge(as_of, &sums, &merged, &mut state);
+        let wait = t.elapsed();
+        self.finish(&mut state, wait)
+    }
+
+    /// The live publisher's publish: asks the shards' writers for their deltas, waits for
+    /// them up to `wait` (a batch's time), and answers for the shards whose writers did not
+    /// (idle: nothing writes them) only if their lock is free. Never waits on a shard's lock;
+    /// a writer waits on the publisher only if it starts a batch on a shard while the publisher
+    /// answers for it.
+    pub fn publish_live(&self, wait: std::time::Duration) -> (Arc<Snapshot>, Vec<RankChange>) {
+        let mut state = lock(&self.publish_state);
+        let t = std::time::Instant::now();
+        let want = self.requested.fetch_add(1, Ordering::AcqRel) + 1;
+        let answered = |s: usize| self.mail[s].answered.load(Ordering::Acquire) >= want;
+        while !(0..self.shards.len()).all(answered) && t.elapsed() < wait {
+            std::thread::sleep(std::time::Duration::from_micros(500));
+        }
+        let mut answered_for = 0;
+        for s in (0..self.shards.len()).filter(|&s| !answered(s)) {
+            if let Ok(mut shard) = self.shards[s].try_lock() {
+                self.fold(s, &mut state);
+                self.answer(s, &mut shard);
+                answered_for += 1;
+            }
+        }
+        let wait = t.elapsed();
+        let r = self.finish(&mut state, wait);
+        lock(&self.last_cost).answered_for = answered_for;
+        r
+    }
+
+    /// What the last publish cost.
+    pub fn last_publish_cost(&self) -> PublishCost {
+        *lock(&self.last_cost)
+    }
+
+    /// Folds shard `s`'s unread deltas into its mirror, noting the pairs and slots changed.
+    fn fold(&self, s: usize, state: &mut PublishState) {
+        let n = self.shards.len();
+        let nw = self.cx.windows.len();
+        if state.mirrors.len() != n {
+            state.mirrors = vec![Merged { windows: nw, ..Merged::default() }; n];
+            state.summaries = vec![None; n];
+            state.sum = Merged { windows: nw, ..Merged::default() };
+        }
+        while let Ok(d) = self.mail[s].rx.try_recv() {
+            state.mirrors[s].apply(&d, &mut state.pending_pairs, &mut state.pending_slots);
+            state.summaries[s] = Some((d.as_of, d.summary));
+        }
+    }
+
+    /// Folds every shard's deltas in, re-sums what changed, builds and stores the snapshot.
+    fn finish(&self, state: &mut PublishState, wait: std::time::Duration) -> (Arc<Snapshot>, Vec<RankChange>) {
+        let t = std::time::Instant::now();
+        for s in 0..self.shards.len() {
+            self.fold(s, state);
+        }
+        let (mut pairs, mut slots) =
+            (std::mem::take(&mut state.pending_pairs), std::mem::take(&mut state.pending_slots));
+        pairs.sort_unstable();
+        pairs.dedup();
+        slots.sort_unstable();
+        slots.dedup();
+        state.sum.resum(&state.mirrors, &pairs, &slots);
+        let fold = t.elapsed();
+        let t = std::time::Instant::now();
+        let as_of = self.watermark();
+        let sums: Vec<ShardSummary> = state.summaries.iter().flatten().map(|(_, s)| s.clone()).collect();
+        let snap_as_of = state.summaries.iter().flatten().map(|&(a, _)| a).max().unwrap_or(i64::MIN);
+        let (snap, changes) = if as_of == i64::MIN || snap_as_of == i64::MIN {
+            (self.empty_snapshot(), Vec::new())
+        } else {
+            let sum = std::mem::take(&mut state.sum);
+            let r = self.merge(snap_as_of, &sums, &sum, state);
+            state.sum = sum;
+            r
+        };
         let snap = Arc::new(snap);
         self.published.store(snap.clone());
         self.publishes.fetch_add(1, Ordering::Relaxed);
+        *lock(&self.last_cost) =
+            PublishCost { wait, fold, build: t.elapsed(), changed_pairs: pairs.len() as u64, answered_for: 0 };
         (snap, changes)
     }
 

@@ -28,7 +28,7 @@ pub mod views;
 pub mod window;
 
 pub use config::{Config, EngineConfig, RaceConfig};
-pub use engine::{Engine, EngineError, Refusal, RuleChange};
+pub use engine::{Engine, EngineError, PublishCost, Refusal, RuleChange};
 pub use race::{RankChange, RuleSpec};
 pub use shard::{Clock, Prepared};
-pub use snapshot::Snapshot;
+pub use snapshot::{Snapshot, VenueStats};

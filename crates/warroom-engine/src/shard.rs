@@ -252,6 +252,18 @@ struct PairState {
     win: [PairWin; 2],
     /// Money per site window length ([L0, 2*L0, L1, 2*L1, ...]); empty until its first pay.
     money: Vec<MoneyAgg>,
+    /// Changed since the shard's last delta (then it is in `Shard::dirty`).
+    #[serde(skip)]
+    dirty: bool,
+}
+
+/// Marks pair `i` changed since the last delta: one flag test per change.
+#[inline]
+fn touch(p: &mut PairState, dirty: &mut Vec<u32>, i: u32) {
+    if !p.dirty {
+        p.dirty = true;
+        dirty.push(i);
+    }
 }
 
 /// Which race windows a (slot, buyer) is counted in, and their newest payment.
@@ -395,10 +407,42 @@ pub struct Shard {
     minutes: BTreeMap<i64, MoneyAgg>,
     phase_gmv: Vec<u128>,
     plan_gmv: u128,
+    /// Pairs changed since the last delta (each once: `PairState::dirty`).
+    #[serde(skip)]
+    dirty: Vec<u32>,
+    /// The next delta carries every pair: a new or restored shard, whose reader has nothing.
+    #[serde(skip, default = "yes")]
+    all_dirty: bool,
 }
 
-/// What every shard adds its per-pair, per-slot, per-venue and per-channel numbers into, under
-/// its lock, when a snapshot is published ([`Shard::accumulate`]): no shard copies its tables.
+fn yes() -> bool {
+    true
+}
+
+/// What a shard hands the publisher ([`Shard::delta`]): its scalar summary, the pairs that
+/// changed since its previous delta with their slots' state, and its venues and channels (a
+/// few, whole). Immutable once sent; built by the shard's writer, so the publisher never takes
+/// the shard's lock. Values are absolute, not increments: a reader that applies deltas in
+/// order holds the shard's tables as of the last one.
+#[derive(Debug, Clone, Default)]
+pub struct ShardDelta {
+    /// The watermark the shard's windows were brought to.
+    pub as_of: i64,
+    pub summary: ShardSummary,
+    /// Changed pairs and, per pair, its numbers (`windows` money entries per pair) and its
+    /// slot's state.
+    pub pairs: Vec<u32>,
+    pub pair_cum: Vec<PairCum>,
+    pub pair_win: Vec<[PairWin; 2]>,
+    pub pair_money: Vec<MoneyAgg>,
+    pub slots: Vec<(u32, SlotMeta)>,
+    pub venues: Vec<VenueSum>,
+    pub venue_money: Vec<MoneyAgg>,
+    pub channels: Vec<ChannelAgg>,
+}
+
+/// Per-pair, per-slot, per-venue and per-channel numbers, dense by index: the publisher keeps
+/// one per shard (the shard's tables as of its last [`ShardDelta`]) and one for their sum.
 #[derive(Debug, Clone, Default)]
 pub struct Merged {
     /// Reported windows.
@@ -413,6 +457,100 @@ pub struct Merged {
     /// Money in each reported window, `windows` entries per venue.
     pub venue_money: Vec<MoneyAgg>,
     pub channels: Vec<ChannelAgg>,
+}
+
+impl Merged {
+    /// Takes in a shard's delta (this is that shard's mirror); the pairs and slots it changed
+    /// are appended to `pairs` and `slots`.
+    pub fn apply(&mut self, d: &ShardDelta, pairs: &mut Vec<u32>, slots: &mut Vec<u32>) {
+        let nw = self.windows;
+        if let Some(&top) = d.pairs.iter().max() {
+            let n = top as usize + 1;
+            grow(&mut self.pair_cum, n, PairCum::default());
+            grow(&mut self.pair_win, n, [PairWin::default(); 2]);
+            grow(&mut self.pair_money, n * nw, MoneyAgg::default());
+        }
+        for (k, &i) in d.pairs.iter().enumerate() {
+            let i = i as usize;
+            self.pair_cum[i] = d.pair_cum[k];
+            self.pair_win[i] = d.pair_win[k];
+            self.pair_money[i * nw..(i + 1) * nw].copy_from_slice(&d.pair_money[k * nw..(k + 1) * nw]);
+        }
+        pairs.extend_from_slice(&d.pairs);
+        for &(slot, meta) in &d.slots {
+            grow(&mut self.slots, slot as usize + 1, SlotMeta::default());
+            self.slots[slot as usize] = meta;
+            slots.push(slot);
+        }
+        self.venues.clone_from(&d.venues);
+        self.venue_money.clone_from(&d.venue_money);
+        self.channels.clone_from(&d.channels);
+    }
+
+    /// Makes this (the sum) the sum of `parts` (the shards' mirrors) at the given pairs and
+    /// slots, and at every venue and channel. Cost: what changed, times the shard count.
+    pub fn resum(&mut self, parts: &[Merged], pairs: &[u32], slots: &[u32]) {
+        let nw = self.windows;
+        let top = |v: &[u32]| v.iter().max().map_or(0, |&t| t as usize + 1);
+        let (np, ns) = (top(pairs), top(slots));
+        grow(&mut self.pair_cum, np, PairCum::default());
+        grow(&mut self.pair_win, np, [PairWin::default(); 2]);
+        grow(&mut self.pair_money, np * nw, MoneyAgg::default());
+        grow(&mut self.slots, ns, SlotMeta::default());
+        let mut money = vec![MoneyAgg::default(); nw];
+        for &i in pairs {
+            let i = i as usize;
+            let (mut cum, mut win) = (PairCum::default(), [PairWin::default(); 2]);
+            money.fill(MoneyAgg::default());
+            for m in parts {
+                if let Some(c) = m.pair_cum.get(i) {
+                    cum.merge(c);
+                    win[0].merge(&m.pair_win[i][0]);
+                    win[1].merge(&m.pair_win[i][1]);
+                    for (a, b) in money.iter_mut().zip(&m.pair_money[i * nw..(i + 1) * nw]) {
+                        a.merge(b);
+                    }
+                }
+            }
+            self.pair_cum[i] = cum;
+            self.pair_win[i] = win;
+            self.pair_money[i * nw..(i + 1) * nw].copy_from_slice(&money);
+        }
+        for &i in slots {
+            let i = i as usize;
+            let mut a = SlotMeta::default();
+            for b in parts.iter().filter_map(|m| m.slots.get(i)) {
+                a.buyers[0] += b.buyers[0];
+                a.buyers[1] += b.buyers[1];
+                if b.merchant != NONE && b.merchant_at >= a.merchant_at {
+                    a.merchant = b.merchant;
+                    a.merchant_at = b.merchant_at;
+                }
+            }
+            self.slots[i] = a;
+        }
+        let nv = parts.iter().map(|m| m.venues.len()).max().unwrap_or(0);
+        self.venues = vec![VenueSum::default(); nv];
+        self.venue_money = vec![MoneyAgg::default(); nv * nw];
+        let nc = parts.iter().map(|m| m.channels.len()).max().unwrap_or(0);
+        self.channels = vec![ChannelAgg::default(); nc];
+        for m in parts {
+            for (a, v) in self.venues.iter_mut().zip(&m.venues) {
+                a.seen |= v.seen;
+                a.gmv += v.gmv;
+                a.orders += v.orders;
+                for (d, x) in a.distinct.iter_mut().zip(v.distinct) {
+                    *d += x;
+                }
+            }
+            for (a, x) in self.venue_money.iter_mut().zip(&m.venue_money) {
+                a.merge(x);
+            }
+            for (a, b) in self.channels.iter_mut().zip(&m.channels) {
+                a.merge(b);
+            }
+        }
+    }
 }
 
 /// A venue's numbers, summed over shards.
@@ -495,6 +633,8 @@ impl Shard {
             minutes: BTreeMap::new(),
             phase_gmv: vec![0; cx.phases.len()],
             plan_gmv: 0,
+            dirty: Vec::new(),
+            all_dirty: true,
         }
     }
 
@@ -575,10 +715,17 @@ impl Shard {
 
     fn pair_mut(&mut self, pair: u32, slot: u32) -> &mut PairState {
         let i = pair as usize;
-        let empty = PairState { slot: NONE, cum: PairCum::default(), win: [PairWin::default(); 2], money: Vec::new() };
+        let empty = PairState {
+            slot: NONE,
+            cum: PairCum::default(),
+            win: [PairWin::default(); 2],
+            money: Vec::new(),
+            dirty: false,
+        };
         grow(&mut self.pairs, i + 1, empty);
         let p = &mut self.pairs[i];
         p.slot = slot;
+        touch(p, &mut self.dirty, pair);
         p
     }
 
@@ -852,7 +999,7 @@ impl Shard {
 
     /// Expires window records up to `wm`.
     fn advance(&mut self, wm: i64) {
-        let (site, venues, pairs) = (&mut self.site, &mut self.venues, &mut self.pairs);
+        let (site, venues, pairs, dirty) = (&mut self.site, &mut self.venues, &mut self.pairs, &mut self.dirty);
         self.site_ring.advance(wm, |w, r| {
             site[w].sub(r.amount);
             if let Some(v) = venues.get_mut(r.venue as usize) {
@@ -860,10 +1007,13 @@ impl Shard {
             }
             if let Some(p) = pairs.get_mut(r.pair as usize) {
                 p.money[w].sub(r.amount);
+                touch(p, dirty, r.pair);
             }
         });
         self.traffic_ring.advance(wm, |w, r| {
-            let s = &mut pairs[r.pair as usize].win[w];
+            let p = &mut pairs[r.pair as usize];
+            touch(p, dirty, r.pair);
+            let s = &mut p.win[w];
             if r.click {
                 s.clicks -= 1;
             } else {
@@ -874,6 +1024,7 @@ impl Shard {
         let (marks, slots) = (&mut self.buyer_marks, &mut self.slots);
         self.pay_ring.advance(wm, |w, r| {
             let p = &mut pairs[r.pair as usize];
+            touch(p, dirty, r.pair);
             p.win[w].gmv -= r.amount as u128;
             p.win[w].orders -= 1;
             let key = (p.slot, r.user);
@@ -889,51 +1040,51 @@ impl Shard {
         });
     }
 
-    /// Adds this shard's per-pair, per-slot, per-venue and per-channel numbers into `m` (after
-    /// [`Shard::summarize`] brought its windows to the snapshot's time).
-    pub fn accumulate(&self, m: &mut Merged) {
-        let nw = m.windows;
-        grow(&mut m.pair_cum, self.pairs.len(), PairCum::default());
-        grow(&mut m.pair_win, self.pairs.len(), [PairWin::default(); 2]);
-        grow(&mut m.pair_money, self.pairs.len() * nw, MoneyAgg::default());
-        for (i, p) in self.pairs.iter().enumerate() {
-            m.pair_cum[i].merge(&p.cum);
-            m.pair_win[i][0].merge(&p.win[0]);
-            m.pair_win[i][1].merge(&p.win[1]);
+    /// Brings the windows to `as_of` and hands out what changed since the previous delta (see
+    /// [`ShardDelta`]). Cost: the changed pairs, the venues and channels, and the summary's
+    /// sketch estimates; not the shard's slot count.
+    pub fn delta(&mut self, as_of: i64, cx: &Ctx) -> ShardDelta {
+        let summary = self.summarize(as_of, cx);
+        let nw = cx.windows.len();
+        let mut d = ShardDelta { as_of, summary, ..ShardDelta::default() };
+        if std::mem::take(&mut self.all_dirty) {
+            self.dirty.clear();
+            self.dirty.extend((0..self.pairs.len() as u32).filter(|&i| self.pairs[i as usize].slot != NONE));
+        }
+        d.pairs = std::mem::take(&mut self.dirty);
+        d.pair_cum.reserve_exact(d.pairs.len());
+        d.pair_win.reserve_exact(d.pairs.len());
+        d.pair_money.reserve_exact(d.pairs.len() * nw);
+        d.slots.reserve_exact(d.pairs.len());
+        for &i in &d.pairs {
+            let p = &mut self.pairs[i as usize];
+            p.dirty = false;
+            d.pair_cum.push(p.cum);
+            d.pair_win.push(p.win);
             // Current windows only: the money vector holds [L0, 2*L0, L1, 2*L1, ...].
-            for (k, a) in p.money.iter().step_by(2).enumerate() {
-                m.pair_money[i * nw + k].merge(a);
-            }
+            let money = p.money.iter().step_by(2).copied().chain(std::iter::repeat(MoneyAgg::default()));
+            d.pair_money.extend(money.take(nw));
+            d.slots.push((p.slot, self.slots.get(p.slot as usize).copied().unwrap_or_default()));
         }
-        grow(&mut m.slots, self.slots.len(), SlotMeta::default());
-        for (a, b) in m.slots.iter_mut().zip(&self.slots) {
-            a.buyers[0] += b.buyers[0];
-            a.buyers[1] += b.buyers[1];
-            if b.merchant != NONE && b.merchant_at >= a.merchant_at {
-                a.merchant = b.merchant;
-                a.merchant_at = b.merchant_at;
-            }
-        }
-        grow(&mut m.venues, self.venues.len(), VenueSum::default());
-        grow(&mut m.venue_money, self.venues.len() * nw, MoneyAgg::default());
-        for (i, v) in self.venues.iter().enumerate() {
-            let a = &mut m.venues[i];
-            a.seen |= v.seen;
-            a.gmv += v.gmv;
-            a.orders += v.orders;
-            if let Some(s) = &v.sketches {
-                for (d, h) in a.distinct.iter_mut().zip(s.iter()) {
-                    *d += h.estimate();
+        d.venues = self
+            .venues
+            .iter()
+            .map(|v| {
+                let mut distinct = [0; 3];
+                if let Some(s) = &v.sketches {
+                    for (d, h) in distinct.iter_mut().zip(s.iter()) {
+                        *d = h.estimate();
+                    }
                 }
-            }
-            for (k, x) in v.money.iter().step_by(2).enumerate() {
-                m.venue_money[i * nw + k].merge(x);
-            }
+                VenueSum { seen: v.seen, gmv: v.gmv, orders: v.orders, distinct }
+            })
+            .collect();
+        for v in &self.venues {
+            let money = v.money.iter().step_by(2).copied().chain(std::iter::repeat(MoneyAgg::default()));
+            d.venue_money.extend(money.take(nw));
         }
-        grow(&mut m.channels, self.channels.len(), ChannelAgg::default());
-        for (a, b) in m.channels.iter_mut().zip(&self.channels) {
-            a.merge(b);
-        }
+        d.channels = self.channels.clone();
+        d
     }
 
     /// Recomputes the phases' and the plan's GMV from the minute series, for a plan that may

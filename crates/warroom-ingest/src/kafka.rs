@@ -25,7 +25,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
-use std::sync::mpsc::{channel, sync_channel, Receiver, SyncSender};
+use std::sync::mpsc::{channel, sync_channel, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -421,6 +421,10 @@ struct Inner {
     positions: Positions,
 }
 
+/// How long the applier thread waits for a batch before it answers the publisher's pending
+/// request for deltas itself: well inside the publisher's wait (`PUBLISH_WAIT`, 50 ms).
+const IDLE_SERVICE: Duration = Duration::from_millis(10);
+
 /// What travels from the poll thread to the applier thread.
 enum Job {
     Batch(Pending),
@@ -523,7 +527,16 @@ impl Shared {
     /// The applier thread: applies batches in the order they were taken.
     fn apply_batches(&self, jobs: Receiver<Job>, spare: std::sync::mpsc::Sender<Pending>) {
         let _poison = PoisonOnPanic(&self.poisoned);
-        for job in jobs {
+        loop {
+            // Idle: answer the publisher's request for deltas (this thread is the writer).
+            let job = match jobs.recv_timeout(IDLE_SERVICE) {
+                Ok(job) => job,
+                Err(RecvTimeoutError::Timeout) => {
+                    self.engine.service();
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
+            };
             match job {
                 Job::Batch(mut batch) => {
                     // (A fault here: a batch taken from Kafka that is never applied.)

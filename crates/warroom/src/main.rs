@@ -643,7 +643,8 @@ fn run(o: RunOpts) -> anyhow::Result<()> {
             while !stop.load(Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_millis(250));
                 warroom_ingest::parts::fault::hit("publisher");
-                let (snap, changes) = engine.publish();
+                // Lock-free: the shards' writers answer with deltas (see Engine::publish_live).
+                let (snap, changes) = engine.publish_live(PUBLISH_WAIT);
                 moves += changes.len();
                 for c in &changes {
                     tracing::debug!(venue = %c.venue, slot = %c.slot, from = ?c.from, to = c.to, "race: rank change");
@@ -708,6 +709,11 @@ fn run(o: RunOpts) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// How long a publish waits for the shards' writers to answer with their deltas: more than a
+/// batch takes and than the Kafka applier's idle service (10 ms); shards still silent after it
+/// are idle, and the publisher answers for them if their lock is free.
+const PUBLISH_WAIT: Duration = Duration::from_millis(50);
 
 fn loadgen(o: LoadgenOpts) -> anyhow::Result<()> {
     use warroom_ingest::loadgen::{self, LoadConfig, Shape};
