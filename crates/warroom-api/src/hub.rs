@@ -130,8 +130,10 @@ impl Hub {
     }
 
     /// Offers a newly published snapshot and its rank changes to the clients. A snapshot
-    /// equal to the last one (but for its publish time) is not pushed again.
-    pub fn publish(&self, snap: Arc<Snapshot>, changes: Vec<RankChange>) {
+    /// equal to the last one (but for its publish time) is not pushed again. Returns the bytes
+    /// of the full screen frame when one was pushed.
+    pub fn publish(&self, snap: Arc<Snapshot>, changes: Vec<RankChange>) -> Option<usize> {
+        let mut pushed = None;
         let unchanged = {
             let cur = self.frames.borrow();
             cur.seq > 0 && cur.snap.same_data(&snap)
@@ -141,6 +143,7 @@ impl Hub {
             let frame = Arc::new(Frame { seq, snap: snap.clone(), encoded: Mutex::default() });
             let full = frame.encoded(&Scope::default());
             self.stats.last_frame_bytes.store(full.len() as u64, Ordering::Relaxed);
+            pushed = Some(full.len());
             self.stats.frames_published.fetch_add(1, Ordering::Relaxed);
             self.frames.send_replace(frame);
         }
@@ -149,6 +152,7 @@ impl Hub {
             let encoded = envelope("race_change", seq, &change, snap.rehearsal.is_some());
             let _ = self.events.send(Arc::new(Event::RaceChange { change, snap: snap.clone(), encoded }));
         }
+        pushed
     }
 
     /// Pushes an alert (any serialisable alert document) to the clients allowed to see it.

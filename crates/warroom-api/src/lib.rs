@@ -74,6 +74,8 @@ pub struct AppState {
     webhook_tx: tokio::sync::mpsc::Sender<alerts::Alert>,
     webhook_rx: Mutex<Option<tokio::sync::mpsc::Receiver<alerts::Alert>>>,
     pub webhook_stats: metrics::WebhookStats,
+    /// The monitor's own metrics recorder and histograms.
+    pub metrics: metrics::Registry,
     /// The monitor's parts and whether each is alive (`/readyz`).
     pub parts: Arc<warroom_ingest::parts::Parts>,
     /// Connection caps and timeouts.
@@ -85,11 +87,16 @@ pub struct AppState {
 impl AppState {
     pub fn new(engine: Arc<Engine>, auth: Auth, hub: Arc<Hub>, source: Source) -> AppState {
         let (webhook_tx, webhook_rx) = tokio::sync::mpsc::channel(WEBHOOK_QUEUE);
+        let registry = metrics::Registry::new();
+        if let Source::Kafka(k) = &source {
+            k.stats.set_batch_histogram(registry.batch_apply.clone());
+        }
         AppState {
             alerts: Mutex::default(),
             webhook_tx,
             webhook_rx: Mutex::new(Some(webhook_rx)),
             webhook_stats: metrics::WebhookStats::default(),
+            metrics: registry,
             engine,
             auth: arc_swap::ArcSwap::from_pointee(auth),
             hub,
@@ -125,9 +132,19 @@ impl AppState {
         changes: Vec<warroom_engine::RankChange>,
         now: i64,
     ) {
+        let t = Instant::now();
+        let cost = self.engine.last_publish_cost();
+        let m = &self.metrics;
+        metrics::seconds(&m.publish, cost.wait + cost.fold + cost.build);
+        metrics::seconds(&m.publish_wait, cost.wait);
+        metrics::seconds(&m.publish_merge, cost.fold);
+        metrics::seconds(&m.publish_rank_build, cost.build);
+        m.changed_pairs.record(cost.changed_pairs as f64);
         let lag = self.ingest_lag();
         let changed = lock(&self.alerts).evaluate(&snap, &changes, now, lag);
-        self.hub.publish(snap, changes);
+        if let Some(bytes) = self.hub.publish(snap, changes) {
+            m.frame_bytes.record(bytes as f64);
+        }
         for a in changed {
             tracing::info!(target: "alert", id = %a.id, state = ?a.state, severity = ?a.severity, value = a.value, "{}", a.message);
             self.hub.alert(&a, a.merchant_id.clone(), a.venue.clone(), a.rehearsal);
@@ -143,6 +160,7 @@ impl AppState {
                 }
             }
         }
+        metrics::seconds(&m.tick, cost.wait + cost.fold + cost.build + t.elapsed());
     }
 
     /// New alert rules (hot reload); invalid ones are refused with every problem listed.

@@ -324,9 +324,16 @@ pub struct SourceStats {
     rate_milli: AtomicU64,
     /// Per partition, the end of its log (high watermark) from librdkafka's statistics.
     ends: Mutex<BTreeMap<i32, i64>>,
+    /// Where each batch's apply time goes (the API's metrics registry), once it is known.
+    batch_apply: std::sync::OnceLock<metrics::Histogram>,
 }
 
 impl SourceStats {
+    /// Records each batch's decode-and-apply time into `h` from now on.
+    pub fn set_batch_histogram(&self, h: metrics::Histogram) {
+        let _ = self.batch_apply.set(h);
+    }
+
     pub fn health(&self) -> Health {
         match self.health.load(Ordering::Relaxed) {
             1 => Health::Ok,
@@ -559,6 +566,7 @@ impl Shared {
             return;
         }
         let _span = tracing::debug_span!("kafka_batch", messages = pending.meta.len()).entered();
+        let started = Instant::now();
         // A live monitor refuses a rehearsal's messages before decoding them.
         let refuse = |m: &Taken| m.rehearsal && !self.cfg.rehearsal;
         let mut rejected = Vec::new();
@@ -577,6 +585,9 @@ impl Shared {
         let lanes: Vec<u16> = taken.iter().map(|&i| meta[i].partition as u16).collect();
         let sent: Vec<i64> = taken.iter().map(|&i| meta[i].sent).collect();
         let decoded = proc.process_messages(&msgs, &seqs, &lanes, &sent);
+        if let Some(h) = self.stats.batch_apply.get() {
+            h.record(started.elapsed().as_secs_f64());
+        }
         rejected.extend(decoded.into_iter().map(|r| (taken[r.line as usize], r.rejection)));
         self.stats.messages.fetch_add(meta.len() as u64, Ordering::Relaxed);
         self.stats.rejected.fetch_add(rejected.len() as u64, Ordering::Relaxed);
