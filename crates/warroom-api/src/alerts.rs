@@ -104,6 +104,11 @@ pub struct RuleConfig {
     /// `rank_change`: the watched slots.
     #[serde(default)]
     pub slots: Vec<String>,
+    /// `rank_change`: a slot that moved raises at most one alert per cooldown (default 1
+    /// minute): a slot oscillating between two places is one alert, not one per move. The
+    /// moves held back are counted (`warroom_alert_cooldown_suppressed_total`).
+    #[serde(default, with = "humantime_serde")]
+    pub cooldown: Option<Duration>,
     /// `slot_no_sales`: clicks in the race window needed before "no sales" means anything.
     #[serde(default)]
     pub min_clicks: Option<u64>,
@@ -163,6 +168,9 @@ impl AlertsConfig {
                     errs.push(format!("{at}: kind {:?} needs window = \"5m\" (or another window)", r.kind));
                 }
                 _ => {}
+            }
+            if r.cooldown.is_some() && r.kind != Kind::RankChange {
+                errs.push(format!("{at}: cooldown applies to kind rank_change only (others use pending and clear)"));
             }
         }
         if let Some(w) = &self.webhook {
@@ -250,7 +258,12 @@ pub struct AlertStats {
     pub suppressed: u64,
     pub fired: u64,
     pub resolved: u64,
+    /// Rank changes of a slot inside its rule's cooldown: no new alert.
+    pub cooldown_suppressed: u64,
 }
+
+/// A `rank_change` rule's cooldown when none is given.
+pub const RANK_CHANGE_COOLDOWN: Duration = Duration::from_secs(60);
 
 /// The rules and the alerts they raised.
 #[derive(Debug, Default)]
@@ -263,6 +276,8 @@ pub struct AlertEngine {
     pub stats: AlertStats,
     /// The snapshot being evaluated is a rehearsal's.
     rehearsal: bool,
+    /// `rank_change` alerts: when each (rule, slot) last fired, for the cooldown.
+    rank_fired: std::collections::HashMap<String, i64>,
 }
 
 const HISTORY: usize = 500;
@@ -459,7 +474,12 @@ impl AlertEngine {
                     subject: c.slot.clone(),
                     value: c.from.map_or(0.0, |f| f as f64 - c.to as f64),
                     venue: Some(c.venue.clone()),
-                    merchant: snap.slots.iter().find(|s| s.slot == c.slot).map(|s| s.merchant_id.clone()),
+                    // The snapshot's slots are sorted by name.
+                    merchant: snap
+                        .slots
+                        .binary_search_by(|s| s.slot.as_str().cmp(&c.slot))
+                        .ok()
+                        .map(|i| snap.slots[i].merchant_id.clone()),
                 })
                 .collect(),
         }
@@ -471,9 +491,17 @@ impl AlertEngine {
         let breaches = |v: f64| if r.below { v < r.fire } else { v > r.fire };
         let cleared = |v: f64| if r.below { v >= clear } else { v <= clear };
         if r.kind == Kind::RankChange {
-            // Events, not levels: each move fires at once and resolves after `pending` (hold).
+            // Events, not levels: a move fires at once and resolves after `pending` (hold);
+            // further moves of the slot within the cooldown raise nothing new.
+            let cooldown = r.cooldown.unwrap_or(RANK_CHANGE_COOLDOWN).as_millis() as i64;
+            self.rank_fired.retain(|_, &mut t| now_ms - t < cooldown);
             for o in obs {
                 let id = format!("{}:{}", r.name, o.subject);
+                if self.rank_fired.contains_key(&id) {
+                    self.stats.cooldown_suppressed += 1;
+                    continue;
+                }
+                self.rank_fired.insert(id.clone(), now_ms);
                 let mut a = self.new_alert(r, &o, &id, now_ms, clear);
                 a.state = State::Firing;
                 a.fired_at_ms = Some(now_ms);
@@ -662,6 +690,41 @@ fn describe(r: &RuleConfig, v: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The demo's `leader-moved` rule logged 81 alerts for one slot in 2.5 minutes: the slot
+    /// swapped places with its neighbour at almost every publish. With the cooldown, one alert
+    /// per minute of such moves; each move past it is counted as held back.
+    #[test]
+    fn a_slot_oscillating_between_two_places_raises_one_alert_per_cooldown() {
+        let rules: AlertsConfig = toml::from_str(
+            r#"
+            [[rules]]
+            name = "leader-moved"
+            kind = "rank_change"
+            slots = ["main-001"]
+            fire = 0.0
+            pending = "30s"
+            cooldown = "1m"
+            "#,
+        )
+        .unwrap();
+        rules.validate().unwrap();
+        let mut e = AlertEngine::new(rules);
+        let snap = Snapshot { as_of_ms: 1, last_event_at_ms: 1, ..Default::default() };
+        let mut fired = 0;
+        // 2.5 minutes of publishes, 4 a second; the slot moves 1 -> 2 -> 1 ... every publish.
+        for tick in 0..600i64 {
+            let now = tick * 250;
+            let (from, to) = if tick % 2 == 0 { (1, 2) } else { (2, 1) };
+            let change =
+                RankChange { venue: "main".into(), slot: "main-001".into(), from: Some(from), to, as_of_ms: now };
+            let out = e.evaluate(&snap, &[change], now, None);
+            fired += out.iter().filter(|a| a.state == State::Firing).count();
+        }
+        assert_eq!(fired, 3, "at 0, 60 and 120 s");
+        assert_eq!(e.stats.fired, 3);
+        assert_eq!(e.stats.cooldown_suppressed, 600 - 3);
+    }
 
     #[test]
     fn baseline_curves_interpolate_linearly_and_do_not_extrapolate() {

@@ -347,6 +347,12 @@ fn set_values(st: &AppState) {
     p.one("alert_evaluations_total", Counter, "Alert rule evaluations (one per publish).", stats.evaluations);
     p.one("alert_suppressed_total", Counter, "Business rule evaluations held back by stale data.", stats.suppressed);
     p.one("alerts_fired_total", Counter, "Alerts that fired.", stats.fired);
+    p.one(
+        "alert_cooldown_suppressed_total",
+        Counter,
+        "Rank changes of a slot inside its rule's cooldown (no new alert).",
+        stats.cooldown_suppressed,
+    );
     p.one("alerts_resolved_total", Counter, "Alerts that resolved.", stats.resolved);
     p.head("alerts_active", Gauge, "Pending and firing alerts.");
     for state in ["pending", "firing"] {
