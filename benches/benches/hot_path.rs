@@ -81,6 +81,7 @@ fn engine_apply(c: &mut Criterion) {
     for p in [
         Input { name: "32_slots", lines: 50_000, slots_per_venue: 8 },
         Input { name: "2000_slots", lines: 50_000, slots_per_venue: 500 },
+        Input { name: "20000_slots", lines: 50_000, slots_per_venue: 5_000 },
     ] {
         let input = generate(&p);
         let template = Engine::new(Config::default());
@@ -110,6 +111,7 @@ fn snapshot(c: &mut Criterion) {
     for p in [
         Input { name: "32_slots", lines: 100_000, slots_per_venue: 8 },
         Input { name: "2000_slots", lines: 100_000, slots_per_venue: 500 },
+        Input { name: "20000_slots", lines: 100_000, slots_per_venue: 5_000 },
     ] {
         let input = generate(&p);
         let engine = Engine::new(Config::default());

@@ -546,6 +546,10 @@ pub struct ApiConfig {
     /// Data older than this (wall clock since the last applied event) is stale.
     #[serde(with = "humantime_serde")]
     pub stale_after: std::time::Duration,
+    /// How often a snapshot is published and pushed (ticks at a fixed rate; a tick that takes
+    /// longer delays the next, none piles up). The floor under the screens' latency.
+    #[serde(with = "humantime_serde")]
+    pub publish_interval: std::time::Duration,
 }
 
 impl Default for ApiConfig {
@@ -557,6 +561,7 @@ impl Default for ApiConfig {
             request_timeout: std::time::Duration::from_secs(10),
             idle_timeout: std::time::Duration::from_secs(60),
             stale_after: std::time::Duration::from_secs(10),
+            publish_interval: std::time::Duration::from_millis(250),
         }
     }
 }
@@ -566,6 +571,13 @@ impl ApiConfig {
         let mut errs = Vec::new();
         if self.max_connections == 0 || self.max_connections_per_token == 0 {
             errs.push("api.max_connections and api.max_connections_per_token must be above 0".to_string());
+        }
+        if !(std::time::Duration::from_millis(50)..=std::time::Duration::from_secs(10)).contains(&self.publish_interval)
+        {
+            errs.push(
+                "api.publish_interval must be between 50ms and 10s (e.g. \"250ms\", or \"100ms\" for 10 a second)"
+                    .to_string(),
+            );
         }
         if !(64..=1 << 20).contains(&self.ws_max_message_bytes) {
             errs.push("api.ws_max_message_bytes must be between 64 and 1048576".to_string());

@@ -47,27 +47,7 @@ enum Cmd {
     /// Run the monitor on a live source (default: the embedded Double-11 simulator).
     Run(RunOpts),
     /// Generate a Double-11-shaped event file with duplicates, re-sent payments, late and bad lines.
-    Gen {
-        #[arg(long)]
-        out: PathBuf,
-        /// Number of events (lines).
-        #[arg(long, default_value_t = 100_000)]
-        events: u64,
-        #[arg(long, default_value_t = 11)]
-        seed: u64,
-        /// Event-time span of the night.
-        #[arg(long, default_value = "6h", value_parser = humantime_serde::re::humantime::parse_duration)]
-        span: Duration,
-        /// Start of the night, ms since the epoch (default: 2026-11-10 20:00 +08:00).
-        #[arg(long, default_value_t = 1_794_312_000_000)]
-        start_ms: i64,
-        /// Distinct users.
-        #[arg(long, default_value_t = 200_000)]
-        users: u64,
-        /// Traffic shape: the Double-11 night, or a steady rate (memory and soak runs).
-        #[arg(long, value_enum, default_value_t = Profile::Night)]
-        profile: Profile,
-    },
+    Gen(GenOpts),
     /// Check a configuration file and print every problem found.
     CheckConfig {
         #[arg(long)]
@@ -305,9 +285,7 @@ fn main() {
             replay(&input, &snapshot_out, rejects_out.as_deref(), config.as_deref(), quiet)
         }
         Cmd::Run(opts) => run(opts),
-        Cmd::Gen { out, events, seed, span, start_ms, users, profile } => {
-            generate(&out, events, seed, span, start_ms, users, profile)
-        }
+        Cmd::Gen(o) => generate(o),
         Cmd::CheckConfig { config } => Settings::load(Some(&config)).map(|_| println!("{}: ok", config.display())),
         Cmd::Config { config } => {
             Settings::load_with_origins(config.as_deref()).map(|(_, origins)| print!("{}", origins.render()))
@@ -402,17 +380,39 @@ fn replay(input: &Path, out: &Path, rejects: Option<&Path>, config: Option<&Path
     Ok(())
 }
 
-fn generate(
-    out: &Path,
+#[derive(Debug, clap::Args)]
+struct GenOpts {
+    #[arg(long)]
+    out: PathBuf,
+    /// Number of events (lines).
+    #[arg(long, default_value_t = 100_000)]
     events: u64,
+    #[arg(long, default_value_t = 11)]
     seed: u64,
+    /// Event-time span of the night.
+    #[arg(long, default_value = "6h", value_parser = humantime_serde::re::humantime::parse_duration)]
     span: Duration,
+    /// Start of the night, ms since the epoch (default: 2026-11-10 20:00 +08:00).
+    #[arg(long, default_value_t = 1_794_312_000_000)]
     start_ms: i64,
+    /// Distinct users.
+    #[arg(long, default_value_t = 200_000)]
     users: u64,
+    /// Traffic shape: the Double-11 night, or a steady rate (memory and soak runs).
+    #[arg(long, value_enum, default_value_t = Profile::Night)]
     profile: Profile,
-) -> anyhow::Result<()> {
+    /// Slots per venue (4 venues): 8 gives the 32 slots of the replay bench, 100 the 400 of
+    /// its dense night.
+    #[arg(long, default_value_t = 8)]
+    slots_per_venue: usize,
+}
+
+fn generate(o: GenOpts) -> anyhow::Result<()> {
+    let GenOpts { out, events, seed, span, start_ms, users, profile, slots_per_venue } = o;
+    anyhow::ensure!(slots_per_venue > 0, "--slots-per-venue must be at least 1");
+    let out = out.as_path();
     let f = BufWriter::new(File::create(out).with_context(|| format!("cannot create --out {}", out.display()))?);
-    let cfg = gen::GenConfig { seed, users, ..Default::default() };
+    let cfg = gen::GenConfig { seed, users, slots_per_venue, ..Default::default() };
     let span = span.as_millis() as i64;
     let n = match profile {
         Profile::Night => gen::write_night(cfg, events, start_ms, span, f)?,
@@ -640,8 +640,12 @@ fn run(o: RunOpts) -> anyhow::Result<()> {
             let guard = parts.start("publisher");
             let mut last_line = Instant::now();
             let mut moves = 0usize;
+            let every = api.config.publish_interval;
+            let mut next = Instant::now();
             while !stop.load(Ordering::Relaxed) {
-                std::thread::sleep(Duration::from_millis(250));
+                // A fixed rate: a slow tick delays the next one; missed ticks are not made up.
+                next = (next + every).max(Instant::now());
+                std::thread::sleep(next.saturating_duration_since(Instant::now()));
                 warroom_ingest::parts::fault::hit("publisher");
                 // Lock-free: the shards' writers answer with deltas (see Engine::publish_live).
                 let (snap, changes) = engine.publish_live(PUBLISH_WAIT);
