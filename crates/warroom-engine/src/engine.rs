@@ -20,7 +20,7 @@
 //! caller ([`Refusal`]), which keeps it for inspection like any decoder rejection
 //! (`--rejects-out`, the dead-letter topic).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -77,8 +77,14 @@ pub struct Refusal {
 
 #[derive(Debug, Default)]
 struct PublishState {
-    /// Venue -> slot names in the last published order.
-    previous: BTreeMap<String, Vec<String>>,
+    /// Venue -> slots (indices) in the last published order.
+    previous: BTreeMap<String, Vec<u32>>,
+    /// Every interned slot, sorted by name.
+    by_name: Vec<u32>,
+    /// Per slot, scratch for one venue's ranking: its place among the venue's members and its
+    /// previous rank.
+    member_at: Vec<u32>,
+    prev_rank: Vec<u32>,
     /// Each shard's tables as of its last delta, and their sum.
     mirrors: Vec<Merged>,
     sum: Merged,
@@ -87,6 +93,13 @@ struct PublishState {
     /// Pairs and slots folded in since the sum was last brought up to date.
     pending_pairs: Vec<u32>,
     pending_slots: Vec<u32>,
+}
+
+/// Grows a scratch table to `n` entries (zeros).
+fn grow_to(v: &mut Vec<u32>, n: usize) {
+    if v.len() < n {
+        v.resize(n, 0);
+    }
 }
 
 /// Where a shard's writer leaves its deltas for the publisher.
@@ -814,8 +827,17 @@ impl Engine {
             }
             slot_pairs[i] = slot_pairs[i].saturating_add(1);
         }
-        let mut slots: Vec<SlotStats> = (0..n_slots)
-            .filter(|&i| slot_cum[i].seen)
+        // Slots by name: the order of the names interned so far, kept from publish to publish
+        // (a name's index never changes); only new names are sorted in.
+        if state.by_name.len() < n_slots {
+            state.by_name.extend(state.by_name.len() as u32..n_slots as u32);
+            state.by_name.sort_by(|&a, &b| slot_names[a as usize].cmp(&slot_names[b as usize]));
+        }
+        let slots: Vec<SlotStats> = state
+            .by_name
+            .iter()
+            .map(|&i| i as usize)
+            .filter(|&i| i < n_slots && slot_cum[i].seen)
             .map(|i| SlotStats {
                 windows: money_windows(&slot_money[i * nw..(i + 1) * nw]),
                 slot: slot_names[i].to_string(),
@@ -827,7 +849,6 @@ impl Engine {
                 clicks: slot_cum[i].clicks,
             })
             .collect();
-        slots.sort_by(|a, b| a.slot.cmp(&b.slot));
         let mut slot_merchants: Vec<SlotMerchantStats> = (0..n_pairs)
             .filter(|&p| m.pair_cum[p].seen && slot_pairs.get(pairs[p].0 as usize).is_some_and(|&n| n > 1))
             .map(|p| {
@@ -887,23 +908,33 @@ impl Engine {
                 })
                 .collect();
             let scores = race::scores(rule, &inputs);
-            let mut order: Vec<(String, f64)> =
-                members.iter().zip(&scores).map(|(&i, &s)| (slot_names[i].to_string(), s)).collect();
+            // Ranked by slot index (names only break ties): no name is copied or hashed.
+            let mut order: Vec<(u32, f64)> = members.iter().zip(&scores).map(|(&i, &s)| (i as u32, s)).collect();
             let prev = state.previous.remove(&**vname).unwrap_or_default();
-            race::rank(&mut order, &prev, self.cfg.race.hysteresis);
-            let by_name: HashMap<&str, usize> =
-                members.iter().enumerate().map(|(k, &i)| (&*slot_names[i], k)).collect();
+            race::rank_by(&mut order, &prev, self.cfg.race.hysteresis, |&a, &b| {
+                slot_names[a as usize].cmp(&slot_names[b as usize])
+            });
+            // Where each slot sits in `members` (and `inputs`), and its previous rank (0: none).
+            grow_to(&mut state.member_at, n_slots);
+            grow_to(&mut state.prev_rank, n_slots);
+            for (k, &i) in members.iter().enumerate() {
+                state.member_at[i] = k as u32;
+            }
+            for (r, &i) in prev.iter().enumerate() {
+                if let Some(x) = state.prev_rank.get_mut(i as usize) {
+                    *x = r as u32 + 1;
+                }
+            }
             let ranking: Vec<RankEntry> = order
                 .iter()
                 .enumerate()
-                .map(|(r, (name, score))| {
-                    let k = by_name[name.as_str()];
-                    let i = members[k];
-                    let inp = &inputs[k];
+                .map(|(r, &(i, score))| {
+                    let i = i as usize;
+                    let inp = &inputs[state.member_at[i] as usize];
                     RankEntry {
                         rank: r as u32 + 1,
-                        slot: name.clone(),
-                        score: *score,
+                        slot: slot_names[i].to_string(),
+                        score,
                         gmv_cents: inp.gmv,
                         paid_orders: inp.paid_orders,
                         impressions: inp.impressions,
@@ -915,9 +946,8 @@ impl Engine {
                 })
                 .collect();
             if !prev.is_empty() {
-                let was: HashMap<&str, u32> = prev.iter().zip(1..).map(|(p, r)| (p.as_str(), r)).collect();
-                for e in &ranking {
-                    let from = was.get(e.slot.as_str()).copied();
+                for (e, &(i, _)) in ranking.iter().zip(&order) {
+                    let from = Some(state.prev_rank[i as usize]).filter(|&r| r != 0);
                     if from != Some(e.rank) {
                         changes.push(RankChange {
                             venue: vname.to_string(),
@@ -929,7 +959,12 @@ impl Engine {
                     }
                 }
             }
-            state.previous.insert(vname.to_string(), order.into_iter().map(|(n, _)| n).collect());
+            for &i in &prev {
+                if let Some(x) = state.prev_rank.get_mut(i as usize) {
+                    *x = 0;
+                }
+            }
+            state.previous.insert(vname.to_string(), order.into_iter().map(|(i, _)| i).collect());
             venues.push(VenueStats {
                 windows: money_windows(m.venue_money.get(vi * nw..(vi + 1) * nw).unwrap_or(&[])),
                 venue: vname.to_string(),

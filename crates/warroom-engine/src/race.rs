@@ -134,21 +134,31 @@ pub fn scores(rule: &Rule, slots: &[RaceInputs]) -> Vec<f64> {
 /// h (relative): near-equal slots keep their places instead of flapping on noise. h = 0
 /// gives the strict order whatever the start.
 pub fn rank(entries: &mut [(String, f64)], previous: &[String], hysteresis: f64) {
-    entries.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    rank_by(entries, previous, hysteresis, |a, b| a.cmp(b));
+}
+
+/// [`rank`] over any slot key (the engine ranks slot indices), ties broken by `by_name`.
+pub fn rank_by<K: Clone + Eq + std::hash::Hash>(
+    entries: &mut [(K, f64)],
+    previous: &[K],
+    hysteresis: f64,
+    by_name: impl Fn(&K, &K) -> std::cmp::Ordering,
+) {
+    entries.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| by_name(&a.0, &b.0)));
     if hysteresis <= 0.0 || previous.is_empty() {
         return;
     }
     // Start from the previous order (new slots keep their strict place after the known ones).
     // Positions are looked up once per entry: O(n), not a scan of `previous` per comparison.
-    let at: HashMap<&str, usize> = previous.iter().enumerate().map(|(i, p)| (p.as_str(), i)).collect();
+    let at: HashMap<&K, usize> = previous.iter().enumerate().map(|(i, p)| (p, i)).collect();
     let mut keyed: Vec<(usize, usize)> =
-        entries.iter().enumerate().map(|(k, e)| (at.get(e.0.as_str()).copied().unwrap_or(usize::MAX), k)).collect();
+        entries.iter().enumerate().map(|(k, e)| (at.get(&e.0).copied().unwrap_or(usize::MAX), k)).collect();
     keyed.sort_unstable();
-    let mut strict: Vec<(String, f64)> = entries.iter_mut().map(|e| (std::mem::take(&mut e.0), e.1)).collect();
+    let strict: Vec<(K, f64)> = entries.to_vec();
     for (e, &(_, k)) in entries.iter_mut().zip(&keyed) {
-        *e = (std::mem::take(&mut strict[k].0), strict[k].1);
+        *e = strict[k].clone();
     }
-    let beats = |a: &(String, f64), b: &(String, f64)| a.1 > b.1 + hysteresis * b.1.abs().max(f64::MIN_POSITIVE);
+    let beats = |a: &(K, f64), b: &(K, f64)| a.1 > b.1 + hysteresis * b.1.abs().max(f64::MIN_POSITIVE);
     // Insertion sort with the margin: not a total order, so no std sort (which may panic).
     for i in 1..entries.len() {
         let mut j = i;
