@@ -19,18 +19,22 @@ fn prepared(engine: &Engine, input: &[u8]) -> Vec<Prepared> {
         .collect()
 }
 
+/// A generated night of 120,000 events, and the snapshot of one thread applying it all.
+fn night_and_one_thread_snapshot(cfg: GenConfig) -> (Vec<u8>, Arc<warroom_engine::Snapshot>) {
+    let mut input = Vec::new();
+    write_night(cfg, 120_000, 1_794_312_000_000, 3_600_000, &mut input).unwrap();
+    let sequential = Engine::new(Config::default());
+    sequential.apply(&prepared(&sequential, &input));
+    let (want, _) = sequential.publish();
+    (input, want)
+}
+
 #[test]
 fn writers_and_readers_at_once() {
     // No re-sent payments: which delivery of an order counts would then depend on thread
     // timing (its amount would not, its event time could).
     let cfg = GenConfig { seed: 3, resend_share: 0.0, duplicate_share: 0.03, late_share: 0.02, ..GenConfig::default() };
-    let mut input = Vec::new();
-    write_night(cfg, 120_000, 1_794_312_000_000, 3_600_000, &mut input).unwrap();
-
-    let sequential = Engine::new(Config::default());
-    let evs = prepared(&sequential, &input);
-    sequential.apply(&evs);
-    let (want, _) = sequential.publish();
+    let (input, want) = night_and_one_thread_snapshot(cfg);
 
     let engine = Arc::new(Engine::new(Config::default()));
     let evs = Arc::new(prepared(&engine, &input));
@@ -117,12 +121,7 @@ fn writers_and_readers_at_once() {
 #[test]
 fn the_live_publisher_folds_deltas_into_the_same_snapshot() {
     let cfg = GenConfig { seed: 4, resend_share: 0.0, merchant_change_share: 0.05, ..GenConfig::default() };
-    let mut input = Vec::new();
-    write_night(cfg, 120_000, 1_794_312_000_000, 3_600_000, &mut input).unwrap();
-    let sequential = Engine::new(Config::default());
-    let evs = prepared(&sequential, &input);
-    sequential.apply(&evs);
-    let (want, _) = sequential.publish();
+    let (input, want) = night_and_one_thread_snapshot(cfg);
 
     let engine = Arc::new(Engine::new(Config::default()));
     let evs = prepared(&engine, &input);
