@@ -452,14 +452,22 @@ impl AlertEngine {
             }
             Kind::SlotNoSales => {
                 let min = r.min_clicks.unwrap_or(1);
+                // Only the slots that breach, or whose alert is active, can change anything: the
+                // rest (nearly all of 20,000 slots) are not observed, instead of being copied
+                // into an observation and keyed every publish.
+                let active: std::collections::HashSet<&str> =
+                    self.active.values().filter(|a| a.rule == r.name).map(|a| a.subject.as_str()).collect();
+                let breaches = |v: f64| if r.below { v < r.fire } else { v > r.fire };
                 snap.venues
                     .iter()
                     .filter(|v| r.venue.as_ref().is_none_or(|want| *want == v.venue))
-                    .flat_map(|v| {
-                        v.race.ranking.iter().map(move |e| Observation {
+                    .flat_map(|v| v.race.ranking.iter().map(move |e| (v, e)))
+                    .filter_map(|(v, e)| {
+                        // Clicks without a sale; a slot that sells reads 0.
+                        let value = if e.gmv_cents == 0 && e.clicks >= min { e.clicks as f64 } else { 0.0 };
+                        (breaches(value) || active.contains(e.slot.as_str())).then(|| Observation {
                             subject: e.slot.clone(),
-                            // Clicks without a sale; a slot that sells reads 0.
-                            value: if e.gmv_cents == 0 && e.clicks >= min { e.clicks as f64 } else { 0.0 },
+                            value,
                             venue: Some(v.venue.clone()),
                             merchant: Some(e.merchant_id.clone()),
                         })
@@ -724,6 +732,61 @@ mod tests {
         assert_eq!(fired, 3, "at 0, 60 and 120 s");
         assert_eq!(e.stats.fired, 3);
         assert_eq!(e.stats.cooldown_suppressed, 600 - 3);
+    }
+
+    /// A slot with clicks and no sales goes pending, fires after `pending`, and resolves when
+    /// it sells; among 20,000 slots that sell, no alert, and the quiet slots are not carried
+    /// as observations (only the breaching one and active ones are).
+    #[test]
+    fn a_slot_with_clicks_and_no_sales_fires_after_pending_and_resolves_when_it_sells() {
+        let rules: AlertsConfig = toml::from_str(
+            r#"
+            [[rules]]
+            name = "no-sales"
+            kind = "slot_no_sales"
+            min_clicks = 30
+            fire = 29.0
+            clear = 0.5
+            pending = "1m"
+            "#,
+        )
+        .unwrap();
+        rules.validate().unwrap();
+        let mut e = AlertEngine::new(rules.clone());
+        let entry = |slot: String, clicks: u64, gmv_cents: u128| warroom_engine::snapshot::RankEntry {
+            rank: 1,
+            slot,
+            score: 0.0,
+            gmv_cents,
+            paid_orders: 0,
+            impressions: 0,
+            clicks,
+            buyers: 0,
+            prev_gmv_cents: 0,
+            merchant_id: "m-1".into(),
+        };
+        let snap = |dead_gmv: u128| {
+            let mut ranking: Vec<_> = (0..20_000).map(|i| entry(format!("s-{i:05}"), 50, 100)).collect();
+            ranking.push(entry("dead".into(), 40, dead_gmv));
+            let venue = warroom_engine::snapshot::VenueStats {
+                venue: "main".into(),
+                race: warroom_engine::snapshot::Race { ranking, ..Default::default() },
+                ..Default::default()
+            };
+            Snapshot { as_of_ms: 1, last_event_at_ms: 1, venues: vec![venue], ..Default::default() }
+        };
+        let no_sales = snap(0);
+        assert_eq!(e.observe(&rules.rules[0], &no_sales, &[], 0, None).len(), 1, "only the breaching slot");
+        let out = e.evaluate(&no_sales, &[], 0, None);
+        assert_eq!(out.iter().map(|a| (a.subject.as_str(), a.state)).collect::<Vec<_>>(), [("dead", State::Pending)]);
+        assert!(e.evaluate(&no_sales, &[], 30_000, None).is_empty(), "still pending");
+        let out = e.evaluate(&no_sales, &[], 60_000, None);
+        assert_eq!(out.iter().map(|a| (a.subject.as_str(), a.state)).collect::<Vec<_>>(), [("dead", State::Firing)]);
+        let sold = snap(1_999);
+        assert_eq!(e.observe(&rules.rules[0], &sold, &[], 61_000, None).len(), 1, "the active one is still observed");
+        let out = e.evaluate(&sold, &[], 61_000, None);
+        assert_eq!(out.iter().map(|a| (a.subject.as_str(), a.state)).collect::<Vec<_>>(), [("dead", State::Resolved)]);
+        assert_eq!((e.stats.fired, e.stats.resolved), (1, 1));
     }
 
     #[test]
