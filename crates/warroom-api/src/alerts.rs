@@ -117,6 +117,17 @@ pub struct RuleConfig {
     pub baseline: Option<Vec<(i64, u64)>>,
 }
 
+impl RuleConfig {
+    /// Whether `value` is on the firing side of `fire`.
+    fn breaches(&self, value: f64) -> bool {
+        if self.below {
+            value < self.fire
+        } else {
+            value > self.fire
+        }
+    }
+}
+
 fn default_severity() -> Severity {
     Severity::Warning
 }
@@ -457,7 +468,6 @@ impl AlertEngine {
                 // into an observation and keyed every publish.
                 let active: std::collections::HashSet<&str> =
                     self.active.values().filter(|a| a.rule == r.name).map(|a| a.subject.as_str()).collect();
-                let breaches = |v: f64| if r.below { v < r.fire } else { v > r.fire };
                 snap.venues
                     .iter()
                     .filter(|v| r.venue.as_ref().is_none_or(|want| *want == v.venue))
@@ -465,7 +475,7 @@ impl AlertEngine {
                     .filter_map(|(v, e)| {
                         // Clicks without a sale; a slot that sells reads 0.
                         let value = if e.gmv_cents == 0 && e.clicks >= min { e.clicks as f64 } else { 0.0 };
-                        (breaches(value) || active.contains(e.slot.as_str())).then(|| Observation {
+                        (r.breaches(value) || active.contains(e.slot.as_str())).then(|| Observation {
                             subject: e.slot.clone(),
                             value,
                             venue: Some(v.venue.clone()),
@@ -482,12 +492,7 @@ impl AlertEngine {
                     subject: c.slot.clone(),
                     value: c.from.map_or(0.0, |f| f as f64 - c.to as f64),
                     venue: Some(c.venue.clone()),
-                    // The snapshot's slots are sorted by name.
-                    merchant: snap
-                        .slots
-                        .binary_search_by(|s| s.slot.as_str().cmp(&c.slot))
-                        .ok()
-                        .map(|i| snap.slots[i].merchant_id.clone()),
+                    merchant: snap.slot(&c.slot).map(|s| s.merchant_id.clone()),
                 })
                 .collect(),
         }
@@ -496,7 +501,7 @@ impl AlertEngine {
     fn step(&mut self, r: &RuleConfig, obs: Vec<Observation>, now_ms: i64, out: &mut Vec<Alert>) {
         let clear = r.clear.unwrap_or(r.fire);
         let pending_ms = r.pending.map_or(0, |p| p.as_millis() as i64);
-        let breaches = |v: f64| if r.below { v < r.fire } else { v > r.fire };
+        let breaches = |v: f64| r.breaches(v);
         let cleared = |v: f64| if r.below { v >= clear } else { v <= clear };
         if r.kind == Kind::RankChange {
             // Events, not levels: a move fires at once and resolves after `pending` (hold);
@@ -699,12 +704,19 @@ fn describe(r: &RuleConfig, v: f64) -> String {
 mod tests {
     use super::*;
 
+    /// Rules from TOML, validated.
+    fn rules_of(text: &str) -> AlertsConfig {
+        let rules: AlertsConfig = toml::from_str(text).unwrap();
+        rules.validate().unwrap();
+        rules
+    }
+
     /// The demo's `leader-moved` rule logged 81 alerts for one slot in 2.5 minutes: the slot
     /// swapped places with its neighbour at almost every publish. With the cooldown, one alert
     /// per minute of such moves; each move past it is counted as held back.
     #[test]
     fn a_slot_oscillating_between_two_places_raises_one_alert_per_cooldown() {
-        let rules: AlertsConfig = toml::from_str(
+        let rules = rules_of(
             r#"
             [[rules]]
             name = "leader-moved"
@@ -714,9 +726,7 @@ mod tests {
             pending = "30s"
             cooldown = "1m"
             "#,
-        )
-        .unwrap();
-        rules.validate().unwrap();
+        );
         let mut e = AlertEngine::new(rules);
         let snap = Snapshot { as_of_ms: 1, last_event_at_ms: 1, ..Default::default() };
         let mut fired = 0;
@@ -739,7 +749,7 @@ mod tests {
     /// as observations (only the breaching one and active ones are).
     #[test]
     fn a_slot_with_clicks_and_no_sales_fires_after_pending_and_resolves_when_it_sells() {
-        let rules: AlertsConfig = toml::from_str(
+        let rules = rules_of(
             r#"
             [[rules]]
             name = "no-sales"
@@ -749,9 +759,7 @@ mod tests {
             clear = 0.5
             pending = "1m"
             "#,
-        )
-        .unwrap();
-        rules.validate().unwrap();
+        );
         let mut e = AlertEngine::new(rules.clone());
         let entry = |slot: String, clicks: u64, gmv_cents: u128| warroom_engine::snapshot::RankEntry {
             rank: 1,
@@ -801,7 +809,7 @@ mod tests {
 
     #[test]
     fn a_change_against_a_baseline_fires_when_behind_the_past_promotion() {
-        let rules: AlertsConfig = toml::from_str(
+        let rules = rules_of(
             r#"
             [[rules]]
             name = "vs-last-year"
@@ -811,9 +819,7 @@ mod tests {
             clear = 0.9
             baseline = [[0, 0], [3600000, 1000000]]
             "#,
-        )
-        .unwrap();
-        rules.validate().unwrap();
+        );
         let mut e = AlertEngine::new(rules);
         let mut snap = Snapshot { as_of_ms: 1_800_000, last_event_at_ms: 1, ..Default::default() };
         snap.plan = Some(warroom_engine::plan::PlanStatus { start_ms: 0, ..Default::default() });

@@ -616,7 +616,7 @@ impl Engine {
             self.answer(s, &mut shard);
         }
         let wait = t.elapsed();
-        self.finish(&mut state, wait)
+        self.finish(&mut state, wait, 0)
     }
 
     /// The live publisher's publish: asks the shards' writers for their deltas, waits for
@@ -641,9 +641,7 @@ impl Engine {
             }
         }
         let wait = t.elapsed();
-        let r = self.finish(&mut state, wait);
-        lock(&self.last_cost).answered_for = answered_for;
-        r
+        self.finish(&mut state, wait, answered_for)
     }
 
     /// What the last publish cost.
@@ -667,7 +665,12 @@ impl Engine {
     }
 
     /// Folds every shard's deltas in, re-sums what changed, builds and stores the snapshot.
-    fn finish(&self, state: &mut PublishState, wait: std::time::Duration) -> (Arc<Snapshot>, Vec<RankChange>) {
+    fn finish(
+        &self,
+        state: &mut PublishState,
+        wait: std::time::Duration,
+        answered_for: u64,
+    ) -> (Arc<Snapshot>, Vec<RankChange>) {
         let t = std::time::Instant::now();
         for s in 0..self.shards.len() {
             self.fold(s, state);
@@ -696,7 +699,7 @@ impl Engine {
         self.published.store(snap.clone());
         self.publishes.fetch_add(1, Ordering::Relaxed);
         *lock(&self.last_cost) =
-            PublishCost { wait, fold, build: t.elapsed(), changed_pairs: pairs.len() as u64, answered_for: 0 };
+            PublishCost { wait, fold, build: t.elapsed(), changed_pairs: pairs.len() as u64, answered_for };
         (snap, changes)
     }
 

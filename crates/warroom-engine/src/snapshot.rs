@@ -48,6 +48,11 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// The slot named `name`: a binary search (the slots are sorted by name).
+    pub fn slot(&self, name: &str) -> Option<&SlotStats> {
+        self.slots.binary_search_by(|s| s.slot.as_str().cmp(name)).ok().map(|i| &self.slots[i])
+    }
+
     /// Whether `other` holds the same data, whatever its publish time: what tells a publish
     /// worth pushing from an idle tick, without copying either snapshot. The destructuring
     /// names every field, so a new field cannot be forgotten here.

@@ -352,12 +352,7 @@ pub fn screen_frame<'a>(snap: &'a Snapshot, venue: Option<&str>, slots: &[String
         .collect();
     // The snapshot's slots are sorted by name: each followed slot is a lookup.
     let in_scope = |s: &SlotStats| venue.is_none_or(|n| n == s.venue);
-    let followed = slots
-        .iter()
-        .filter_map(|f| all_slots.binary_search_by(|s| s.slot.as_str().cmp(f)).ok())
-        .map(|i| &all_slots[i])
-        .filter(|s| in_scope(s))
-        .collect();
+    let followed = slots.iter().filter_map(|f| snap.slot(f)).filter(|s| in_scope(s)).collect();
     let slots_total = if venue.is_none() { all_slots.len() } else { all_slots.iter().filter(|s| in_scope(s)).count() };
     ScreenFrame {
         as_of_ms: *as_of_ms,
@@ -390,11 +385,8 @@ pub fn change_visible(change: &RankChange, scope: &Scope, snap: &Snapshot) -> bo
             let top = SCREEN_RACE_TOP as u32;
             change.to <= top || change.from.is_some_and(|f| f <= top) || scope.slots.binary_search(&change.slot).is_ok()
         }
-        // The snapshot's slots are sorted by name: a lookup, not a scan per change and client.
-        Some(m) => snap
-            .slots
-            .binary_search_by(|s| s.slot.as_str().cmp(&change.slot))
-            .is_ok_and(|i| &snap.slots[i].merchant_id == m),
+        // A lookup, not a scan per change and client.
+        Some(m) => snap.slot(&change.slot).is_some_and(|s| &s.merchant_id == m),
     }
 }
 
