@@ -1106,7 +1106,9 @@ impl Shard {
         }
         let epoch = self.epoch;
         let rel = |t: i64| if epoch == UNSEEN || t <= epoch { 0 } else { (t - epoch).min(u32::MAX as i64) as u32 };
-        let starts: Vec<u32> = cx.windows.iter().map(|&l| rel(as_of - l)).collect();
+        // Before any event (`as_of` unknown) every window is empty.
+        let start = |l: i64| if as_of == i64::MIN { u32::MAX } else { rel(as_of.saturating_sub(l)) };
+        let starts: Vec<u32> = cx.windows.iter().map(|&l| start(l)).collect();
         let est: Vec<Vec<u64>> = self.sketches.iter().map(|s| s.estimate(&starts)).collect();
         let distinct_total = [self.totals[UV].estimate(), self.totals[IPV].estimate(), self.totals[BUYERS].estimate()];
         let distinct_windows = (0..cx.windows.len()).map(|k| [est[UV][k], est[IPV][k], est[BUYERS][k]]).collect();
@@ -1115,10 +1117,8 @@ impl Shard {
             .iter()
             .zip(&self.prev_sketches)
             .map(|(&l, p)| {
-                (
-                    [p[0].estimate(as_of - l, as_of), p[2].estimate(as_of - l, as_of)],
-                    [p[0].estimate(as_of - 2 * l, as_of - l), p[2].estimate(as_of - 2 * l, as_of - l)],
-                )
+                let (a, b) = (as_of.saturating_sub(l), as_of.saturating_sub(2 * l));
+                ([p[0].estimate(a, as_of), p[2].estimate(a, as_of)], [p[0].estimate(b, a), p[2].estimate(b, a)])
             })
             .collect();
         let windows = (0..cx.windows.len())
