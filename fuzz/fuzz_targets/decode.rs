@@ -1,11 +1,14 @@
 //! `decode` against serde_json: whatever the bytes, decoding never panics, is deterministic,
 //! and an accepted event is exactly what a general JSON parser reads in the same bytes, within
 //! the contract's bounds (names 1..128 bytes, money 0..10^12, ts within the limits).
-//! A rejection names a known reason.
+//! A rejection names a known reason. The decoder's fast path (flat objects of plain values)
+//! gives exactly what its general path (serde_json alone) gives: the same event or the same
+//! reason and field.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
+use warroom_model::event::decode_general;
 use warroom_model::{decode, Limits, Reason, MAX_AMOUNT_CENTS, MAX_ID_BYTES};
 
 fuzz_target!(|data: &[u8]| {
@@ -19,6 +22,11 @@ fuzz_target!(|data: &[u8]| {
             (Ok(a), Ok(b)) => assert_eq!(format!("{a:?}"), format!("{b:?}")),
             (Err(a), Err(b)) => assert_eq!(a.reason, b.reason),
             _ => panic!("decode is not deterministic"),
+        }
+        match (&first, &decode_general(data, &limits)) {
+            (Ok(a), Ok(b)) => assert_eq!(a, b, "fast and general paths differ"),
+            (Err(a), Err(b)) => assert_eq!((a.reason, a.field), (b.reason, b.field), "fast and general paths differ"),
+            (a, b) => panic!("fast path {a:?}, general path {b:?}"),
         }
         match first {
             Err(r) => assert_eq!(Reason::from_name(r.reason.as_str()), Some(r.reason), "{r}"),

@@ -153,7 +153,20 @@ impl Limits {
 }
 
 /// Decodes and validates one message.
+#[inline]
 pub fn decode<'a>(bytes: &'a [u8], limits: &Limits) -> Result<Event<'a>, Rejection> {
+    decode_with(bytes, limits, true)
+}
+
+/// [`decode`] without its fast path (every message through serde_json): what tests and the
+/// fuzz target hold the fast path to.
+#[doc(hidden)]
+pub fn decode_general<'a>(bytes: &'a [u8], limits: &Limits) -> Result<Event<'a>, Rejection> {
+    decode_with(bytes, limits, false)
+}
+
+#[inline(always)]
+fn decode_with<'a>(bytes: &'a [u8], limits: &Limits, fast: bool) -> Result<Event<'a>, Rejection> {
     if bytes.len() > limits.max_message_bytes {
         return Err(Rejection::new(Reason::TooLarge, None).with_detail(format!(
             "{} bytes > {}",
@@ -171,6 +184,15 @@ pub fn decode<'a>(bytes: &'a [u8], limits: &Limits) -> Result<Event<'a>, Rejecti
             return Err(Rejection::new(Reason::NotJson, None).with_detail(e));
         }
     };
+    let mut raw = RawEvent::default();
+    if !fast || crate::flat::read(text, &mut raw).is_none() {
+        raw = read_general(text)?;
+    }
+    raw.validate(limits)
+}
+
+/// The general path: serde_json reads any JSON and the visitor names what is wrong.
+fn read_general(text: &str) -> Result<RawEvent<'_>, Rejection> {
     let failure: Cell<Option<(Reason, Option<&'static str>)>> = Cell::new(None);
     let mut de = serde_json::Deserializer::from_str(text);
     // The visitor fills `raw` in place: the event is built once, not moved through serde's
@@ -182,7 +204,7 @@ pub fn decode<'a>(bytes: &'a [u8], limits: &Limits) -> Result<Event<'a>, Rejecti
     if let Err(e) = de.end() {
         return Err(Rejection::new(Reason::NotJson, None).with_detail(e.to_string()));
     }
-    raw.validate(limits)
+    Ok(raw)
 }
 
 fn classify(e: serde_json::Error, noted: Option<(Reason, Option<&'static str>)>) -> Rejection {
@@ -197,19 +219,19 @@ fn classify(e: serde_json::Error, noted: Option<(Reason, Option<&'static str>)>)
 
 /// Fields as read, before the cross-field checks.
 #[derive(Default)]
-struct RawEvent<'a> {
-    event_id: Option<Str<'a>>,
-    kind: Option<Str<'a>>,
-    ts: Option<i64>,
-    user_id: Option<Str<'a>>,
-    venue: Option<Str<'a>>,
-    slot: Option<Str<'a>>,
-    item_id: Option<Str<'a>>,
-    merchant_id: Option<Str<'a>>,
-    channel: Option<Str<'a>>,
-    order_id: Option<Str<'a>>,
-    amount_cents: Option<u64>,
-    coupon_cents: Option<u64>,
+pub(crate) struct RawEvent<'a> {
+    pub(crate) event_id: Option<Str<'a>>,
+    pub(crate) kind: Option<Str<'a>>,
+    pub(crate) ts: Option<i64>,
+    pub(crate) user_id: Option<Str<'a>>,
+    pub(crate) venue: Option<Str<'a>>,
+    pub(crate) slot: Option<Str<'a>>,
+    pub(crate) item_id: Option<Str<'a>>,
+    pub(crate) merchant_id: Option<Str<'a>>,
+    pub(crate) channel: Option<Str<'a>>,
+    pub(crate) order_id: Option<Str<'a>>,
+    pub(crate) amount_cents: Option<u64>,
+    pub(crate) coupon_cents: Option<u64>,
 }
 
 impl<'a> RawEvent<'a> {

@@ -9,6 +9,7 @@
 //! - [`reject`]: rejection reasons, their stable names, and per-reason counters.
 
 pub mod event;
+mod flat;
 pub mod reject;
 
 pub use event::{decode, Event, EventKind, Limits, Str};
