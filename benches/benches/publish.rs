@@ -173,7 +173,7 @@ fn applier_batch(c: &mut Criterion) {
                         let mut refused = Vec::new();
                         let t = Instant::now();
                         for (s, batch) in by.iter().enumerate() {
-                            engine.apply_routed(s, batch, &mut refused);
+                            engine.apply_routed(s, batch, 0, &mut refused);
                         }
                         let took = t.elapsed();
                         tail.saturating_record(took.as_nanos() as u64);

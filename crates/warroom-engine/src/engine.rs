@@ -339,19 +339,27 @@ impl Engine {
     pub fn apply(&self, batch: &[Prepared]) {
         let mut refused = Vec::new();
         for s in 0..self.shards.len() {
-            self.apply_filtered(s, batch.iter().filter(|e| self.shard_of(e) == s), &mut refused);
+            self.apply_filtered(s, batch.iter().filter(|e| self.shard_of(e) == s), 0, &mut refused);
         }
     }
 
     /// Applies `batch`, all of whose events the caller has routed to shard `s` with
     /// [`Engine::shard_of`] (the pipeline does so while decoding). Events the shard refuses
     /// are counted and appended to `refused`.
-    pub fn apply_routed(&self, s: usize, batch: &[Prepared], refused: &mut Vec<Refusal>) {
+    /// `seq_base` is added to each event's `seq` (a replay's decoders number lines from the
+    /// start of their part, before the parts' line counts are known).
+    pub fn apply_routed(&self, s: usize, batch: &[Prepared], seq_base: u64, refused: &mut Vec<Refusal>) {
         debug_assert!(batch.iter().all(|e| self.shard_of(e) == s), "events routed to the wrong shard");
-        self.apply_filtered(s, batch.iter(), refused);
+        self.apply_filtered(s, batch.iter(), seq_base, refused);
     }
 
-    fn apply_filtered<'a>(&self, s: usize, mut events: impl Iterator<Item = &'a Prepared>, refused: &mut Vec<Refusal>) {
+    fn apply_filtered<'a>(
+        &self,
+        s: usize,
+        mut events: impl Iterator<Item = &'a Prepared>,
+        seq_base: u64,
+        refused: &mut Vec<Refusal>,
+    ) {
         let Some(first) = events.next() else {
             if self.asked(s) {
                 self.answer(s, &mut lock(&self.shards[s]));
@@ -362,6 +370,7 @@ impl Engine {
         let mut shard = lock(&self.shards[s]);
         let mut newest = i64::MIN;
         for ev in std::iter::once(first).chain(events) {
+            let ev = &Prepared { seq: ev.seq + seq_base, ..*ev };
             match shard.apply(ev, &self.cx, clock) {
                 Outcome::Accepted => newest = newest.max(ev.ts),
                 Outcome::Duplicate => {}
