@@ -92,7 +92,7 @@ pub struct ChunkResult {
 
 impl ChunkProcessor {
     pub fn new(engine: Arc<Engine>, limits: Limits) -> Self {
-        let n = rayon::current_num_threads().max(1) * 2;
+        let n = rayon::current_num_threads().max(1) * 4;
         let refused = (0..engine.shard_count()).map(|_| Vec::new()).collect();
         ChunkProcessor {
             engine,
