@@ -110,7 +110,7 @@ struct Value {
     end: usize,
 }
 
-#[inline]
+#[inline(always)]
 fn value(b: &[u8], i: usize) -> Option<Value> {
     match *b.get(i)? {
         b'"' => {
@@ -147,7 +147,7 @@ fn value(b: &[u8], i: usize) -> Option<Value> {
 
 /// The contents of a string starting at `i` (just past its opening quote): `(i, closing
 /// quote)`, or `None` if it holds an escape or a control character before its end.
-#[inline]
+#[inline(always)]
 fn string(b: &[u8], i: usize) -> Option<(usize, usize)> {
     let mut j = i;
     // Eight bytes at a time: stop at the first word holding `"`, `\` or a byte below 0x20.
