@@ -86,7 +86,7 @@ impl FpTable {
     #[inline(always)]
     pub fn prefetch(&self, fp: u128) {
         if !self.slots.is_empty() {
-            prefetch(&self.slots[self.home(fp)]);
+            crate::mem::prefetch(&self.slots[self.home(fp)]);
         }
     }
 
@@ -156,20 +156,6 @@ impl<'de> Deserialize<'de> for FpTable {
         }
         Ok(t)
     }
-}
-
-/// A prefetch hint for the cache line holding `r`.
-#[inline(always)]
-#[allow(unsafe_code)]
-fn prefetch<T>(r: &T) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: `_mm_prefetch` only hints the cache; it reads no memory architecturally and
-    // cannot fault. SSE is part of the x86_64 baseline, so the target feature is present.
-    unsafe {
-        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>((r as *const T).cast::<i8>());
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = r;
 }
 
 pub type FpSet = FpTable;

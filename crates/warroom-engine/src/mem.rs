@@ -61,6 +61,20 @@ pub fn keep_half_free<K: Eq + Hash, V, S: BuildHasher>(m: &mut HashMap<K, V, S>)
     }
 }
 
+/// A prefetch hint for the cache line holding `r`.
+#[inline(always)]
+#[allow(unsafe_code)]
+pub(crate) fn prefetch<T>(r: &T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: `_mm_prefetch` only hints the cache; it reads no memory architecturally and
+    // cannot fault. SSE is part of the x86_64 baseline, so the target feature is present.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>((r as *const T).cast::<i8>());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = r;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -782,13 +782,21 @@ impl Shard {
         self.epoch = epoch;
     }
 
-    /// Prefetches the id-set slots [`Shard::apply`] of `ev` will touch: on a dense night those
-    /// sets are far larger than the caches, and the writer asks a few events ahead.
+    /// Prefetches what [`Shard::apply`] of `ev` will touch at random: its id-set slot (a pay's
+    /// order slots) and its distinct-count register. On a dense night the id sets are far
+    /// larger than the caches and the sliding sketches' registers miss too; the writer asks a
+    /// few events ahead.
     #[inline]
     pub fn prefetch(&self, ev: &Prepared) {
         self.ids.prefetch_at(ev.id, ev.ts);
-        if ev.kind == EventKind::Pay {
-            self.orders.prefetch_any(ev.order);
+        match ev.kind {
+            EventKind::Impression => self.sketches[UV].prefetch(ev.user),
+            EventKind::Click => self.sketches[IPV].prefetch(ev.user),
+            EventKind::Pay => {
+                self.orders.prefetch_any(ev.order);
+                self.sketches[BUYERS].prefetch(ev.user);
+            }
+            _ => {}
         }
     }
 
