@@ -50,27 +50,17 @@ pub(crate) fn read<'a>(text: &'a str, raw: &mut RawEvent<'a>) -> Option<()> {
                 $slot = $read;
             }};
         }
-        let text_of = |v: &Value| match v.kind {
-            Kind::Null => Some(None),
-            Kind::Str => Some(Some(Cow::Borrowed(&text[v.start..v.stop]))),
-            Kind::Int(_) => None,
-        };
-        let int_of = |v: &Value| match v.kind {
-            Kind::Null => Some(None),
-            Kind::Int(n) => Some(Some(n)),
-            Kind::Str => None,
-        };
         match key {
-            b"event_id" => set!(raw.event_id, text_of(&v)?),
-            b"type" => set!(raw.kind, text_of(&v)?),
+            b"event_id" => set!(raw.event_id, text_of(text, &v)?),
+            b"type" => set!(raw.kind, text_of(text, &v)?),
             b"ts" => set!(raw.ts, int_of(&v)?.map(|n| n as i64)),
-            b"user_id" => set!(raw.user_id, text_of(&v)?),
-            b"venue" => set!(raw.venue, text_of(&v)?),
-            b"slot" => set!(raw.slot, text_of(&v)?),
-            b"item_id" => set!(raw.item_id, text_of(&v)?),
-            b"merchant_id" => set!(raw.merchant_id, text_of(&v)?),
-            b"channel" => set!(raw.channel, text_of(&v)?),
-            b"order_id" => set!(raw.order_id, text_of(&v)?),
+            b"user_id" => set!(raw.user_id, text_of(text, &v)?),
+            b"venue" => set!(raw.venue, text_of(text, &v)?),
+            b"slot" => set!(raw.slot, text_of(text, &v)?),
+            b"item_id" => set!(raw.item_id, text_of(text, &v)?),
+            b"merchant_id" => set!(raw.merchant_id, text_of(text, &v)?),
+            b"channel" => set!(raw.channel, text_of(text, &v)?),
+            b"order_id" => set!(raw.order_id, text_of(text, &v)?),
             b"amount_cents" => set!(raw.amount_cents, amount(int_of(&v)?)?),
             b"coupon_cents" => set!(raw.coupon_cents, amount(int_of(&v)?)?),
             _ => {}
@@ -81,6 +71,26 @@ pub(crate) fn read<'a>(text: &'a str, raw: &mut RawEvent<'a>) -> Option<()> {
             b'}' => return end(b, i + 1),
             _ => return None,
         }
+    }
+}
+
+/// A string field's value: `Some(None)` for `null`, `None` (give up) for a number.
+#[inline(always)]
+fn text_of<'a>(text: &'a str, v: &Value) -> Option<Option<Cow<'a, str>>> {
+    match v.kind {
+        Kind::Null => Some(None),
+        Kind::Str => Some(Some(Cow::Borrowed(&text[v.start..v.stop]))),
+        Kind::Int(_) => None,
+    }
+}
+
+/// A numeric field's value: `Some(None)` for `null`, `None` (give up) for a string.
+#[inline(always)]
+fn int_of(v: &Value) -> Option<Option<u64>> {
+    match v.kind {
+        Kind::Null => Some(None),
+        Kind::Int(n) => Some(Some(n)),
+        Kind::Str => None,
     }
 }
 
