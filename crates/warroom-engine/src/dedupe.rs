@@ -32,6 +32,21 @@ impl FpTable {
         (k as u64 as usize) & (self.slots.len() - 1)
     }
 
+    /// Where `fp` (non-zero) is: `Ok(slot)`, or `Err(the free slot that ends its run)`. The
+    /// table must have slots.
+    #[inline(always)]
+    fn probe(&self, fp: u128) -> Result<usize, usize> {
+        let mask = self.slots.len() - 1;
+        let mut i = self.home(fp);
+        loop {
+            match self.slots[i] {
+                s if s == fp => return Ok(i),
+                0 => return Err(i),
+                _ => i = (i + 1) & mask,
+            }
+        }
+    }
+
     /// Inserts `fp`; false if it was there.
     #[inline]
     pub fn insert(&mut self, fp: u128) -> bool {
@@ -45,20 +60,13 @@ impl FpTable {
         if (self.len + 1) * 4 > self.slots.len() * 3 {
             self.grow();
         }
-        let k = fp;
-        let mask = self.slots.len() - 1;
-        let mut i = self.home(k);
-        loop {
-            let s = self.slots[i];
-            if s == k {
-                return false;
-            }
-            if s == 0 {
-                self.slots[i] = k;
+        match self.probe(fp) {
+            Ok(_) => false,
+            Err(free) => {
+                self.slots[free] = fp;
                 self.len += 1;
-                return true;
+                true
             }
-            i = (i + 1) & mask;
         }
     }
 
@@ -67,19 +75,7 @@ impl FpTable {
         if fp == 0 || self.slots.is_empty() {
             return fp == 0 && self.zero;
         }
-        let k = fp;
-        let mask = self.slots.len() - 1;
-        let mut i = self.home(k);
-        loop {
-            let s = self.slots[i];
-            if s == k {
-                return true;
-            }
-            if s == 0 {
-                return false;
-            }
-            i = (i + 1) & mask;
-        }
+        self.probe(fp).is_ok()
     }
 
     /// Asks the CPU to bring `fp`'s home slot into the cache (a hint: no effect on the set).
