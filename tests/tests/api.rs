@@ -11,7 +11,7 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
-use warroom_api::{AppState, Auth, Hub, Source};
+use warroom_api::{AppState, Auth, Hub};
 use warroom_engine::{Config, Engine};
 use warroom_ingest::gen::{write_night, GenConfig};
 use warroom_ingest::ChunkProcessor;
@@ -37,7 +37,7 @@ impl Server {
     async fn start_with(cfg: Config, api: warroom_api::ApiConfig) -> Server {
         let engine = Arc::new(Engine::new(cfg));
         let hub = Arc::new(Hub::new());
-        let mut state = AppState::new(engine.clone(), Auth::load(None).unwrap(), hub.clone(), Source::Sim);
+        let mut state = AppState::new(engine.clone(), Auth::load(None).unwrap(), hub.clone(), None);
         state.config = api;
         let state = Arc::new(state);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -81,7 +81,7 @@ fn a_consumer_group_counts_exactly_what_replay_counts_and_dead_letters_the_bad()
         engine.clone(),
         warroom_api::Auth::load(None).unwrap(),
         Arc::new(warroom_api::Hub::new()),
-        warroom_api::Source::Kafka(source.clone()),
+        Some(source.clone() as Arc<dyn warroom_api::IngestStatus>),
     );
     let started = Instant::now();
     while source.stats.partition_ends().len() < 4 || source.stats.last_checkpoint_ms.load(Ordering::Relaxed) == 0 {

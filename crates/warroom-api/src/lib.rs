@@ -28,18 +28,15 @@ use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use warroom_engine::{Engine, RuleSpec};
-use warroom_ingest::kafka::{Health, KafkaSource};
+pub use warroom_status::IngestStatus;
 
 pub use auth::{Auth, Caller, Role};
 pub use hub::Hub;
 use scope::{merchant_view, venue_view, Scope};
 
-/// Where the events come from, for readiness and metrics.
-pub enum Source {
-    Sim,
-    File,
-    Kafka(Arc<KafkaSource>),
-}
+/// What feeds the engine, as far as readiness, lag and metrics go: `None` for a source with
+/// nothing to report (the embedded simulator, a file).
+pub type Source = Option<Arc<dyn IngestStatus>>;
 
 /// A race-rule change, as kept in the audit trail.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -77,7 +74,7 @@ pub struct AppState {
     /// The monitor's own metrics recorder and histograms.
     pub metrics: metrics::Registry,
     /// The monitor's parts and whether each is alive (`/readyz`).
-    pub parts: Arc<warroom_ingest::parts::Parts>,
+    pub parts: Arc<warroom_status::parts::Parts>,
     /// Connection caps and timeouts.
     pub config: ApiConfig,
     /// WebSocket connections open, in all and per token (by the token's digest).
@@ -88,8 +85,8 @@ impl AppState {
     pub fn new(engine: Arc<Engine>, auth: Auth, hub: Arc<Hub>, source: Source) -> AppState {
         let (webhook_tx, webhook_rx) = tokio::sync::mpsc::channel(WEBHOOK_QUEUE);
         let registry = metrics::Registry::new();
-        if let Source::Kafka(k) = &source {
-            k.stats.set_batch_histogram(registry.batch_apply.clone());
+        if let Some(source) = &source {
+            source.set_batch_histogram(registry.batch_apply.clone());
         }
         AppState {
             alerts: Mutex::default(),
@@ -105,7 +102,7 @@ impl AppState {
             started: Instant::now(),
             http: metrics::HttpStats::default(),
             stale_after_ms: 10_000,
-            parts: warroom_ingest::parts::Parts::new(),
+            parts: warroom_status::parts::Parts::new(),
             config: ApiConfig::default(),
             ws_open: Mutex::default(),
         }
@@ -170,15 +167,9 @@ impl AppState {
         Ok(())
     }
 
-    /// Messages behind the Kafka partitions' ends, when the source is Kafka.
+    /// Messages behind the source's partitions' ends, when it knows them (Kafka).
     pub fn ingest_lag(&self) -> Option<u64> {
-        let Source::Kafka(k) = &self.source else { return None };
-        let positions = k.positions();
-        let ends = k.stats.partition_ends();
-        if ends.is_empty() {
-            return None;
-        }
-        Some(ends.iter().map(|(p, end)| (end - positions.next.get(p).copied().unwrap_or(0)).max(0) as u64).sum())
+        self.source.as_ref()?.lag()
     }
 }
 
@@ -358,21 +349,8 @@ async fn readyz(State(st): State<Shared>) -> Response {
     if st.engine.publishes() == 0 {
         return unavailable("nothing published yet".into());
     }
-    if let Source::Kafka(k) = &st.source {
-        match k.stats.health() {
-            Health::Ok => {}
-            Health::Starting => return unavailable("kafka source starting: waiting for the group assignment".into()),
-            Health::Degraded => {
-                let why = k.stats.last_error().unwrap_or_else(|| "brokers unreachable".into());
-                return unavailable(format!(
-                    "kafka source degraded ({why}); serving the last state and retrying. Check kafka.brokers, \
-                     kafka.security_protocol and the ssl_*/sasl_* settings"
-                ));
-            }
-        }
-        if let Some(p) = k.dead_letter_problem() {
-            return unavailable(format!("degraded: {p}"));
-        }
+    if let Some(why) = st.source.as_ref().and_then(|s| s.not_ready()) {
+        return unavailable(why);
     }
     (StatusCode::OK, "ready\n").into_response()
 }

@@ -11,14 +11,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ::metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Histogram, Unit};
+use ::metrics::{describe_histogram, histogram, Histogram, Unit};
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 
-use crate::{now_ms, ApiError, AppState, Source};
+use warroom_status::Exposition;
+use warroom_status::Kind::{Counter, Gauge};
+
+use crate::{now_ms, ApiError, AppState};
 
 /// Seconds: 100 us to 10 s.
 const SECONDS: &[f64] =
@@ -148,48 +151,6 @@ pub(crate) async fn count_requests(State(st): State<Arc<AppState>>, req: Request
     resp
 }
 
-/// Sets the values read when `/metrics` is read, into the monitor's own recorder.
-struct Prom;
-
-#[derive(Clone, Copy)]
-enum Kind {
-    Counter,
-    Gauge,
-}
-use Kind::{Counter, Gauge};
-
-/// A value as Prometheus takes it.
-trait Value {
-    fn f64(self) -> f64;
-}
-macro_rules! value {
-    ($($t:ty),*) => {$(impl Value for $t { fn f64(self) -> f64 { self as f64 } })*};
-}
-value!(u8, u64, u128, i64, usize, f64);
-
-impl Prom {
-    fn head(&self, name: &str, kind: Kind, help: &'static str) {
-        let name = format!("warroom_{name}");
-        match kind {
-            Counter => describe_counter!(name, help),
-            Gauge => describe_gauge!(name, help),
-        }
-    }
-    fn one(&self, name: &str, kind: Kind, help: &'static str, v: impl Value) {
-        self.head(name, kind, help);
-        self.labelled(name, kind, &[], v);
-    }
-    fn labelled(&self, name: &str, kind: Kind, labels: &[(&'static str, String)], v: impl Value) {
-        let name = format!("warroom_{name}");
-        let labels: Vec<::metrics::Label> = labels.iter().map(|(k, v)| ::metrics::Label::new(*k, v.clone())).collect();
-        match kind {
-            // Counts kept elsewhere (atomics, the snapshot): the exporter shows their value.
-            Counter => counter!(name, labels).absolute(v.f64() as u64),
-            Gauge => gauge!(name, labels).set(v.f64()),
-        }
-    }
-}
-
 pub(crate) async fn handler(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Result<Response, ApiError> {
     let caller = st.caller(&headers)?;
     if !caller.can_read_all() {
@@ -205,7 +166,7 @@ pub fn render(st: &AppState) -> String {
 }
 
 fn set_values(st: &AppState) {
-    let p = Prom;
+    let p = Exposition;
     let snap = st.engine.snapshot();
     let now = now_ms();
     let r = |a: &AtomicU64| a.load(Ordering::Relaxed);
@@ -258,61 +219,9 @@ fn set_values(st: &AppState) {
         "1 when the data is older than the staleness limit.",
         u8::from(age < 0 || age > st.stale_after_ms),
     );
-    // Ingest.
-    if let Source::Kafka(k) = &st.source {
-        let s = &k.stats;
-        p.one("kafka_messages_total", Counter, "Messages consumed and applied.", r(&s.messages));
-        p.one("kafka_rejected_total", Counter, "Messages rejected by the decoder.", r(&s.rejected));
-        let d = k.dead_letters();
-        p.one(
-            "kafka_dead_lettered_total",
-            Counter,
-            "Dead letters the broker confirmed (delivery reports, not sends).",
-            r(&d.delivered),
-        );
-        p.one(
-            "kafka_dlq_failed_attempts_total",
-            Counter,
-            "Dead-letter delivery attempts that failed (each letter is retried until delivered).",
-            r(&d.failed_attempts),
-        );
-        p.one("kafka_dlq_pending", Gauge, "Dead letters not delivered yet (kept in memory).", k.dead_letters_pending());
-        p.one(
-            "kafka_dlq_healthy",
-            Gauge,
-            "0 while the dead-letter topic does not take messages (checkpoints and commits wait).",
-            u8::from(k.dead_letter_problem().is_none()),
-        );
-        p.one("kafka_checkpoints_total", Counter, "Checkpoints written.", r(&s.checkpoints));
-        p.one("kafka_assignments_total", Counter, "Partition assignments received.", r(&s.assignments));
-        p.one(
-            "kafka_idle_partitions",
-            Gauge,
-            "Assigned partitions caught up and silent (they hold back no eviction).",
-            r(&s.idle_partitions),
-        );
-        p.one("kafka_health", Gauge, "0 starting, 1 ok, 2 degraded.", s.health() as u8);
-        let last = r(&s.last_checkpoint_ms) as i64;
-        let ckpt_age = if last > 0 { (now - last).max(0) as f64 / 1000.0 } else { -1.0 };
-        p.one("kafka_checkpoint_age_seconds", Gauge, "Seconds since the last checkpoint (-1: none yet).", ckpt_age);
-        p.one(
-            "kafka_checkpoint_duration_seconds",
-            Gauge,
-            "Duration of the last checkpoint (write and fsync).",
-            r(&s.last_checkpoint_duration_us) as f64 / 1e6,
-        );
-        p.one("kafka_consume_rate", Gauge, "Messages per second over the last few seconds.", s.rate());
-        let positions = k.positions();
-        let ends = s.partition_ends();
-        p.head("kafka_partition_position", Gauge, "Next offset the state covers, per partition.");
-        for (part, next) in &positions.next {
-            p.labelled("kafka_partition_position", Gauge, &[("partition", part.to_string())], *next);
-        }
-        p.head("kafka_partition_lag", Gauge, "Messages behind the partition's end (from librdkafka statistics).");
-        for (part, end) in &ends {
-            let pos = positions.next.get(part).copied().unwrap_or(0);
-            p.labelled("kafka_partition_lag", Gauge, &[("partition", part.to_string())], (end - pos).max(0));
-        }
+    // Ingest: the source describes its own.
+    if let Some(source) = &st.source {
+        source.expose_metrics(&p, now);
     }
     // API and WebSocket.
     let h = &st.hub.stats;

@@ -56,7 +56,7 @@ pub(crate) async fn run(st: std::sync::Arc<AppState>, mut rx: tokio::sync::mpsc:
     // (config, client) as last built: rebuilt when the alert config is reloaded.
     let mut cached: Option<(AlertsConfig, reqwest::Client)> = None;
     while let Some(alert) = rx.recv().await {
-        warroom_ingest::parts::fault::hit("webhook");
+        warroom_status::parts::fault::hit("webhook");
         let cfg = lock(&st.alerts).config().clone();
         let Some(url) = cfg.webhook.clone() else { continue };
         if cached.as_ref().is_none_or(|(c, _)| c.webhook_ca_file != cfg.webhook_ca_file) {

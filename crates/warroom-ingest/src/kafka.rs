@@ -44,6 +44,8 @@ use warroom_model::{Limits, Reason, Rejection};
 use crate::dlq::{DeadLetters, Letter};
 use crate::parts::Parts;
 use crate::pipeline::ChunkProcessor;
+use warroom_status::Exposition;
+use warroom_status::Kind::{Counter, Gauge};
 
 /// Settings of the Kafka source (`[kafka]` in the config file, or flags). Secrets are never
 /// in it: passwords are read from the files it names (see [`KafkaConfig::client_config`]).
@@ -1090,6 +1092,100 @@ impl KafkaSource {
     /// The positions the engine state covers now.
     pub fn positions(&self) -> Positions {
         lock(&self.shared.inner).positions.clone()
+    }
+}
+
+/// What the API knows of the Kafka source: readiness, lag and metrics, through the small
+/// interface of `warroom-status` (the API does not depend on this crate).
+impl warroom_status::IngestStatus for KafkaSource {
+    fn not_ready(&self) -> Option<String> {
+        match self.stats.health() {
+            Health::Ok => {}
+            Health::Starting => return Some("kafka source starting: waiting for the group assignment".into()),
+            Health::Degraded => {
+                let why = self.stats.last_error().unwrap_or_else(|| "brokers unreachable".into());
+                return Some(format!(
+                    "kafka source degraded ({why}); serving the last state and retrying. Check kafka.brokers, \
+                     kafka.security_protocol and the ssl_*/sasl_* settings"
+                ));
+            }
+        }
+        self.dead_letter_problem().map(|p| format!("degraded: {p}"))
+    }
+
+    fn lag(&self) -> Option<u64> {
+        let positions = self.positions();
+        let ends = self.stats.partition_ends();
+        if ends.is_empty() {
+            return None;
+        }
+        Some(ends.iter().map(|(p, end)| (end - positions.next.get(p).copied().unwrap_or(0)).max(0) as u64).sum())
+    }
+
+    fn expose_metrics(&self, p: &Exposition, now: i64) {
+        let r = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let s = &self.stats;
+        p.one("kafka_messages_total", Counter, "Messages consumed and applied.", r(&s.messages));
+        p.one("kafka_rejected_total", Counter, "Messages rejected by the decoder.", r(&s.rejected));
+        let d = self.dead_letters();
+        p.one(
+            "kafka_dead_lettered_total",
+            Counter,
+            "Dead letters the broker confirmed (delivery reports, not sends).",
+            r(&d.delivered),
+        );
+        p.one(
+            "kafka_dlq_failed_attempts_total",
+            Counter,
+            "Dead-letter delivery attempts that failed (each letter is retried until delivered).",
+            r(&d.failed_attempts),
+        );
+        p.one(
+            "kafka_dlq_pending",
+            Gauge,
+            "Dead letters not delivered yet (kept in memory).",
+            self.dead_letters_pending(),
+        );
+        p.one(
+            "kafka_dlq_healthy",
+            Gauge,
+            "0 while the dead-letter topic does not take messages (checkpoints and commits wait).",
+            u8::from(self.dead_letter_problem().is_none()),
+        );
+        p.one("kafka_checkpoints_total", Counter, "Checkpoints written.", r(&s.checkpoints));
+        p.one("kafka_assignments_total", Counter, "Partition assignments received.", r(&s.assignments));
+        p.one(
+            "kafka_idle_partitions",
+            Gauge,
+            "Assigned partitions caught up and silent (they hold back no eviction).",
+            r(&s.idle_partitions),
+        );
+        p.one("kafka_health", Gauge, "0 starting, 1 ok, 2 degraded.", s.health() as u8);
+        let last = r(&s.last_checkpoint_ms) as i64;
+        let ckpt_age = if last > 0 { (now - last).max(0) as f64 / 1000.0 } else { -1.0 };
+        p.one("kafka_checkpoint_age_seconds", Gauge, "Seconds since the last checkpoint (-1: none yet).", ckpt_age);
+        p.one(
+            "kafka_checkpoint_duration_seconds",
+            Gauge,
+            "Duration of the last checkpoint (write and fsync).",
+            r(&s.last_checkpoint_duration_us) as f64 / 1e6,
+        );
+        p.one("kafka_consume_rate", Gauge, "Messages per second over the last few seconds.", s.rate());
+        let positions = self.positions();
+        let ends = s.partition_ends();
+        p.head("kafka_partition_position", Gauge, "Next offset the state covers, per partition.");
+        for (part, next) in &positions.next {
+            p.labelled("kafka_partition_position", Gauge, &[("partition", part.to_string())], *next);
+        }
+        p.head("kafka_partition_lag", Gauge, "Messages behind the partition's end (from librdkafka statistics).");
+        for (part, end) in &ends {
+            let pos = positions.next.get(part).copied().unwrap_or(0);
+            p.labelled("kafka_partition_lag", Gauge, &[("partition", part.to_string())], (end - pos).max(0));
+        }
+    }
+
+    fn set_batch_histogram(&self, h: metrics::Histogram) {
+        self.stats.set_batch_histogram(h);
     }
 }
 

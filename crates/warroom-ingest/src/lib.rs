@@ -9,14 +9,14 @@
 //!
 //! - [`kafka`]: the Kafka source (consumer group, checkpoints, exactly-once counting), with
 //!   [`dlq`], the dead-letter outbox that never blocks it and never loses a letter.
-//! - [`parts`]: the monitor's long-running parts, whether each is alive, and injected faults.
+//! - [`parts`] (from `warroom-status`): the monitor's long-running parts, whether each is
+//!   alive, and injected faults.
 //! - [`loadgen`], [`rehearse`], [`produce`]: the producing side for load tests and rehearsals.
 
 pub mod dlq;
 pub mod gen;
 pub mod kafka;
 pub mod loadgen;
-pub mod parts;
 pub mod pipeline;
 pub mod produce;
 pub mod rehearse;
@@ -26,6 +26,8 @@ pub mod sim;
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
+
+pub use warroom_status::parts;
 
 pub use pipeline::{replay, ChunkProcessor, RejectedLine, ReplayStats};
 

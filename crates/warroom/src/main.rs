@@ -573,11 +573,8 @@ fn run(o: RunOpts) -> anyhow::Result<()> {
     }
     let auth = warroom_api::Auth::load(o.auth_file.as_deref())?;
     let hub = Arc::new(warroom_api::Hub::new());
-    let api_source = match &kafka {
-        Some(k) => warroom_api::Source::Kafka(k.clone()),
-        None if matches!(source, Source::File) => warroom_api::Source::File,
-        None => warroom_api::Source::Sim,
-    };
+    // The API sees the source only through its status (readiness, lag, metrics).
+    let api_source: warroom_api::Source = kafka.clone().map(|k| k as Arc<dyn warroom_api::IngestStatus>);
     let mut state = warroom_api::AppState::new(engine.clone(), auth, hub, api_source);
     state.stale_after_ms = settings.api.stale_after.as_millis() as i64;
     state.parts = parts.clone();
