@@ -1,21 +1,21 @@
-//! `warroom`: a thin command-line wrapper; the logic lives in the library crates.
-
-mod settings;
+//! `warroom`: a thin command-line wrapper; the logic lives in the library (`warroom::node`
+//! wires a running node) and the crates under it.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
-use warroom_engine::{Engine, Snapshot};
-use warroom_ingest::sim::{Night, SimConfig};
+use warroom_engine::Engine;
+use warroom_ingest::sim::SimConfig;
 use warroom_ingest::{gen, ChunkProcessor};
 
-use crate::settings::Settings;
+use warroom::node::{self, write_json_atomically, Ended, NodeSpec, SourceKind};
+use warroom::settings::Settings;
 
 #[derive(Parser, Debug)]
 #[command(name = "warroom", version, about = "Real-time monitor for big e-commerce promotions (大促作战室)")]
@@ -299,18 +299,6 @@ fn main() {
     }
 }
 
-fn write_json_atomically(path: &Path, snap: &Snapshot) -> anyhow::Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut f = BufWriter::new(
-        File::create(&tmp).with_context(|| format!("cannot create {} (does its directory exist?)", tmp.display()))?,
-    );
-    serde_json::to_writer_pretty(&mut f, snap)?;
-    f.write_all(b"\n")?;
-    f.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(())
-}
-
 fn replay(input: &Path, out: &Path, rejects: Option<&Path>, config: Option<&Path>, quiet: bool) -> anyhow::Result<()> {
     let settings = Settings::load(config)?;
     let engine = Arc::new(Engine::new(settings.engine_config()));
@@ -422,58 +410,9 @@ fn generate(o: GenOpts) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn yuan(cents: u128) -> String {
-    let s = (cents / 100).to_string();
-    let mut out = String::new();
-    for (i, ch) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(ch);
-    }
-    format!("¥{out}.{:02}", cents % 100)
-}
-
-/// One line per second: what the screen will show once the API exists.
-fn summary_line(s: &Snapshot) -> String {
-    let t = &s.totals;
-    let w = |len: i64| s.windows.iter().find(|w| w.length_ms == len).map_or(0, |w| w.gmv_cents);
-    let plan = s
-        .plan
-        .as_ref()
-        .map(|p| format!(" phase={} pace={:.0}% progress={:.1}%", p.phase, p.pace * 100.0, p.progress * 100.0))
-        .unwrap_or_default();
-    let leaders: Vec<String> =
-        s.venues.iter().filter_map(|v| v.race.ranking.first().map(|e| format!("{}:{}", v.venue, e.slot))).collect();
-    let age = if s.last_event_at_ms > 0 {
-        format!("{:.1}s", (s.published_at_ms - s.last_event_at_ms).max(0) as f64 / 1000.0)
-    } else {
-        "-".into()
-    };
-    format!(
-        "GMV {} (1m {}, 5m {}) orders={} uv={} buyers={} conv={:.2}% aov={} | accepted={} rejected={} dup={} resent={} late={}{} | leaders {} | last event {} ago",
-        yuan(t.gmv_cents),
-        yuan(w(60_000)),
-        yuan(w(300_000)),
-        t.paid_orders,
-        t.uv,
-        t.buyers,
-        s.funnel.conversion * 100.0,
-        yuan(s.funnel.aov_cents),
-        t.accepted,
-        t.rejected,
-        t.duplicates,
-        s.counters.resent_pays,
-        s.counters.late,
-        plan,
-        leaders.join(" "),
-        age,
-    )
-}
-
 fn run(o: RunOpts) -> anyhow::Result<()> {
     let RunOpts { source, input, config, duration, speed, rate, .. } = o;
-    let (mut settings, mut origins) = Settings::load_with_origins(config.as_deref())?;
+    let (settings, mut origins) = Settings::load_with_origins(config.as_deref())?;
     let mut kcfg = settings.kafka.clone();
     let mut flag = |key: &str, flag: &str, env: &str, v: &str| {
         origins.set(key, toml::Value::String(v.to_string()), &flag_origin(flag, env, v));
@@ -504,10 +443,6 @@ fn run(o: RunOpts) -> anyhow::Result<()> {
         speed: speed.unwrap_or(settings.sim.speed).max(1.0),
         night: settings.sim.night,
     };
-    let night = Night::starting_now(&sim_cfg);
-    if matches!(source, Source::Sim) && settings.plan.is_none() {
-        settings.plan = Some(night.plan(&sim_cfg));
-    }
     let rehearsal = o.rehearsal_shift_ms.map(|shift_ms| warroom_engine::snapshot::Rehearsal {
         label: "演练 REHEARSAL: a recorded night replayed with shifted times, not live trade".into(),
         shift_ms,
@@ -515,9 +450,6 @@ fn run(o: RunOpts) -> anyhow::Result<()> {
     });
     kcfg.rehearsal = rehearsal.is_some();
     if let Some(r) = &rehearsal {
-        if let Some(p) = &settings.plan {
-            settings.plan = Some(p.shifted(r.shift_ms).map_err(|e| anyhow::anyhow!(e))?);
-        }
         if o.group.is_none() {
             kcfg.group = format!("{}-rehearsal", kcfg.group);
         }
@@ -532,189 +464,42 @@ fn run(o: RunOpts) -> anyhow::Result<()> {
             "REHEARSAL (演练): replayed data; every report is tagged"
         );
     }
-    let mut engine_cfg = settings.engine_config();
-    engine_cfg.rehearsal = rehearsal.clone();
-    // Live events: watermarks stop at the wall clock, so a producer whose clock runs ahead
-    // (inside limits.max_future) cannot move everybody's windows.
-    engine_cfg.live = matches!(source, Source::Kafka);
-    // One monitor per state directory: a second one would overwrite the first one's
-    // checkpoints. Held until the process ends (the kernel drops it even on kill -9).
-    let _state_lock = match source {
-        Source::Kafka => Some(warroom_engine::checkpoint::StateDirLock::acquire(&kcfg.state_dir)?),
-        _ => None,
+    let source = match source {
+        Source::Sim => SourceKind::Sim,
+        Source::File => SourceKind::File(input.context("--source file needs --input FILE")?),
+        Source::Kafka => SourceKind::Kafka,
     };
-    let (engine, positions) = match source {
-        Source::Kafka => {
-            let (e, p) = warroom_ingest::kafka::open_engine(engine_cfg, &kcfg)
-                .with_context(|| format!("opening the state in {}", kcfg.state_dir.display()))?;
-            (Arc::new(e), Some(p))
-        }
-        _ => (Arc::new(Engine::new(engine_cfg)), None),
+    let demo = o.auth_file.is_none();
+    let spec = NodeSpec {
+        source,
+        settings,
+        kafka: kcfg,
+        sim: sim_cfg,
+        listen: o.listen,
+        auth_file: o.auth_file,
+        config_path: config,
+        duration,
+        snapshot_out: o.snapshot_out,
+        rehearsal,
     };
     let stop = stop_on_ctrl_c("stopping: writing a final checkpoint (press Ctrl-C again to exit at once)")?;
-    let parts = warroom_ingest::parts::Parts::new();
-    let mut proc = ChunkProcessor::new(engine.clone(), settings.limits());
-    if matches!(source, Source::Sim) {
-        // The simulator's clock is its own (a night played faster than real time).
-        proc = ChunkProcessor::new(engine.clone(), warroom_model::Limits::default());
-    }
-    let kafka = match (source, positions) {
-        (Source::Kafka, Some(p)) => Some(Arc::new(
-            warroom_ingest::kafka::KafkaSource::new(engine.clone(), p, kcfg.clone(), settings.limits())
-                .context("starting the Kafka consumer (check --brokers and the [kafka] security settings)")?,
-        )),
-        _ => None,
-    };
-    if o.auth_file.is_none() && !o.listen.ip().is_loopback() {
-        anyhow::bail!(
-            "refusing to serve the demo tokens on {}: they are public. Pass --auth-file with your own tokens (see config/auth.demo.toml for the format), or listen on loopback",
-            o.listen
-        );
-    }
-    let auth = warroom_api::Auth::load(o.auth_file.as_deref())?;
-    let hub = Arc::new(warroom_api::Hub::new());
-    // The API sees the source only through its status (readiness, lag, metrics).
-    let api_source: warroom_api::Source = kafka.clone().map(|k| k as Arc<dyn warroom_api::IngestStatus>);
-    let mut state = warroom_api::AppState::new(engine.clone(), auth, hub, api_source);
-    state.stale_after_ms = settings.api.stale_after.as_millis() as i64;
-    state.parts = parts.clone();
-    state.config = settings.api.clone();
-    let api = Arc::new(state);
-    api.reload_alerts(settings.alerts.clone())
-        .map_err(|e| anyhow::anyhow!("invalid alert rules:\n  - {}", e.join("\n  - ")))?;
-    if let Some(path) = config.clone() {
-        watch_alert_rules(path, api.clone(), stop.clone());
-    }
-    if let Some(path) = o.auth_file.clone() {
-        watch_auth_file(path, api.clone(), stop.clone());
-    }
-    let server = serve_api(o.listen, api.clone(), stop.clone(), parts.clone())?;
-    let base = format!("http://{}", server.addr);
-    if o.auth_file.is_none() {
-        println!("screen (ops):      {base}/#token=demo-ops-token-0001");
-        println!("screen (merchant): {base}/#token=demo-merchant-m4-token");
-        println!("API:               curl -H 'Authorization: Bearer demo-ops-token-0001' {base}/api/v1/snapshot");
-        println!("(demo tokens from config/auth.demo.toml, loopback only; use --auth-file for your own)");
-    } else {
-        println!("screen: {base}/#token=YOUR_TOKEN   API: {base}/api/v1/openapi.json");
-    }
-    tracing::info!(
-        source = ?source,
-        shards = engine.shard_count(),
-        listen = %server.addr,
-        "warroom running; one summary line per second; stop with Ctrl-C"
-    );
-    let feeder = {
-        let (stop, parts) = (stop.clone(), parts.clone());
-        std::thread::Builder::new().name("source".into()).spawn(move || -> anyhow::Result<()> {
-            let guard = parts.start("source");
-            match source {
-                Source::Kafka => {
-                    if let Some(k) = kafka {
-                        k.run_with(&stop, &parts);
-                    }
-                }
-                Source::Sim => {
-                    warroom_ingest::sim::run(&sim_cfg, night, &mut proc, &stop);
-                }
-                Source::File => {
-                    let path = input.context("--source file needs --input FILE")?;
-                    let f = File::open(&path).with_context(|| format!("cannot open --input {}", path.display()))?;
-                    let size = f.metadata().ok().map(|m| m.len());
-                    let st = warroom_ingest::replay(f, size, &mut proc, |_| Ok(()), |_| {})?;
-                    tracing::info!(lines = st.lines, "input file played; serving its final state");
-                }
-            }
-            guard.finished();
-            Ok(())
-        })?
-    };
-    let tag = if rehearsal.is_some() { "[演练 REHEARSAL] " } else { "" };
-    let publisher = {
-        let (stop, parts, engine, api, out) =
-            (stop.clone(), parts.clone(), engine.clone(), api.clone(), o.snapshot_out.clone());
-        std::thread::Builder::new().name("publisher".into()).spawn(move || {
-            let guard = parts.start("publisher");
-            let mut last_line = Instant::now();
-            let mut moves = 0usize;
-            let every = api.config.publish_interval;
-            let mut next = Instant::now();
-            while !stop.load(Ordering::Relaxed) {
-                // A fixed rate: a slow tick delays the next one; missed ticks are not made up.
-                next = (next + every).max(Instant::now());
-                std::thread::sleep(next.saturating_duration_since(Instant::now()));
-                warroom_ingest::parts::fault::hit("publisher");
-                // Lock-free: the shards' writers answer with deltas (see Engine::publish_live).
-                let (snap, changes) = engine.publish_live(PUBLISH_WAIT);
-                moves += changes.len();
-                for c in &changes {
-                    tracing::debug!(venue = %c.venue, slot = %c.slot, from = ?c.from, to = c.to, "race: rank change");
-                }
-                api.on_publish(snap.clone(), changes);
-                if last_line.elapsed() >= Duration::from_secs(1) {
-                    last_line = Instant::now();
-                    println!("{tag}{} | rank moves {moves}", summary_line(&snap));
-                    moves = 0;
-                    if let Some(p) = &out {
-                        if let Err(e) = write_json_atomically(p, &snap) {
-                            tracing::warn!(error = %e, "could not write --snapshot-out");
-                        }
-                    }
-                }
-            }
-            guard.finished();
-        })?
-    };
-    // The main thread watches the parts: a dead one stops the monitor, non-zero, within
-    // seconds (/readyz says why meanwhile), for its supervisor to restart it.
-    let started = Instant::now();
-    let dead = loop {
-        std::thread::sleep(Duration::from_millis(100));
-        if let Some(d) = parts.dead() {
-            break Some(d);
+    let ended = node::run(spec, stop, |addr, _| {
+        let base = format!("http://{addr}");
+        if demo {
+            println!("screen (ops):      {base}/#token=demo-ops-token-0001");
+            println!("screen (merchant): {base}/#token=demo-merchant-m4-token");
+            println!("API:               curl -H 'Authorization: Bearer demo-ops-token-0001' {base}/api/v1/snapshot");
+            println!("(demo tokens from config/auth.demo.toml, loopback only; use --auth-file for your own)");
+        } else {
+            println!("screen: {base}/#token=YOUR_TOKEN   API: {base}/api/v1/openapi.json");
         }
-        if stop.load(Ordering::Relaxed) && feeder.is_finished() {
-            break None;
-        }
-        if feeder.is_finished() && matches!(source, Source::Sim) {
-            break None;
-        }
-        if duration.is_some_and(|d| started.elapsed() >= d) {
-            break None;
-        }
-    };
-    if let Some((part, why)) = dead {
-        tracing::error!(part, reason = %why, "a part of the monitor died: stopping (exit code 70) so that the supervisor restarts it from its last checkpoint");
-        // Long enough for a prober to see /readyz at 503; then the source stops (its final
-        // checkpoint is refused if the applier died mid-batch) and the process exits.
-        std::thread::sleep(Duration::from_secs(1));
-        stop.store(true, Ordering::Relaxed);
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while !feeder.is_finished() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
-        }
+    })?;
+    if let Ended::PartDied { part, why } = ended {
         eprintln!("error: the {part} died ({why}); exiting for the supervisor to restart the monitor");
         std::process::exit(70);
     }
-    stop.store(true, Ordering::Relaxed);
-    let _ = publisher.join();
-    server.stop();
-    match feeder.join() {
-        Ok(r) => r?,
-        Err(_) => anyhow::bail!("the source thread panicked; see the log above"),
-    }
-    let (snap, _) = engine.publish();
-    println!("{tag}{}", summary_line(&snap));
-    if let Some(p) = &o.snapshot_out {
-        write_json_atomically(p, &snap)?;
-    }
     Ok(())
 }
-
-/// How long a publish waits for the shards' writers to answer with their deltas: more than a
-/// batch takes and than the Kafka applier's idle service (10 ms); shards still silent after it
-/// are idle, and the publisher answers for them if their lock is free.
-const PUBLISH_WAIT: Duration = Duration::from_millis(50);
 
 fn loadgen(o: LoadgenOpts) -> anyhow::Result<()> {
     use warroom_ingest::loadgen::{self, LoadConfig, Shape};
@@ -858,99 +643,4 @@ fn stop_on_ctrl_c(what: &'static str) -> anyhow::Result<Arc<AtomicBool>> {
     })
     .context("installing the signal handler")?;
     Ok(stop)
-}
-
-/// The API server, on its own tokio runtime thread.
-struct ApiServer {
-    addr: std::net::SocketAddr,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl ApiServer {
-    fn stop(mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-fn serve_api(
-    listen: std::net::SocketAddr,
-    state: Arc<warroom_api::AppState>,
-    stop: Arc<AtomicBool>,
-    parts: Arc<warroom_ingest::parts::Parts>,
-) -> anyhow::Result<ApiServer> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("api")
-        .enable_all()
-        .build()
-        .context("starting the API runtime")?;
-    let listener = rt.block_on(tokio::net::TcpListener::bind(listen)).with_context(|| {
-        format!("cannot listen on {listen}: is another monitor running? Pass --listen 127.0.0.1:PORT")
-    })?;
-    let addr = listener.local_addr()?;
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let thread = std::thread::Builder::new().name("api".into()).spawn(move || {
-        let guard = parts.start("API server");
-        let shutdown = async move {
-            let _ = rx.await;
-        };
-        match rt.block_on(warroom_api::serve(listener, state, shutdown)) {
-            Ok(()) => guard.finished(),
-            Err(e) => {
-                tracing::error!(error = %e, "the API server stopped; the monitor stops too");
-                stop.store(true, Ordering::Relaxed);
-                drop(guard);
-            }
-        }
-        rt.shutdown_timeout(Duration::from_secs(2));
-    })?;
-    Ok(ApiServer { addr, shutdown: Some(tx), thread: Some(thread) })
-}
-
-/// Calls `changed` on a thread of its own whenever `path`'s modification time changes
-/// (checked every 2 s), until `stop`.
-fn watch_file(thread: &str, path: PathBuf, stop: Arc<AtomicBool>, mut changed: impl FnMut(&Path) + Send + 'static) {
-    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    let mut seen = modified(&path);
-    let _ = std::thread::Builder::new().name(thread.into()).spawn(move || {
-        while !stop.load(Ordering::Relaxed) {
-            std::thread::sleep(Duration::from_secs(2));
-            let now = modified(&path);
-            if now != seen {
-                seen = now;
-                changed(&path);
-            }
-        }
-    });
-}
-
-/// Reloads the auth file when it changes: a revoked token stops working without a restart.
-/// An invalid file is refused, with the reason logged, and the tokens in force stay.
-fn watch_auth_file(path: PathBuf, api: Arc<warroom_api::AppState>, stop: Arc<AtomicBool>) {
-    watch_file("auth-watch", path, stop, move |path| match warroom_api::Auth::load(Some(path)) {
-        Ok(a) => {
-            let n = a.len();
-            api.replace_auth(a);
-            tracing::info!(path = %path.display(), tokens = n, "auth file reloaded");
-        }
-        Err(e) => tracing::error!(error = %e, "auth file not reloaded; the tokens in force stay"),
-    });
-}
-
-/// Reloads the alert rules when the config file changes. Invalid rules are refused, with every
-/// problem logged, and the previous rules stay in force.
-fn watch_alert_rules(path: PathBuf, api: Arc<warroom_api::AppState>, stop: Arc<AtomicBool>) {
-    watch_file("config-watch", path, stop, move |path| match Settings::load(Some(path)) {
-        Ok(s) => match api.reload_alerts(s.alerts) {
-            Ok(()) => tracing::info!(path = %path.display(), "alert rules reloaded"),
-            Err(e) => tracing::error!(problems = %e.join("; "), "alert rules not reloaded; the previous ones stay"),
-        },
-        Err(e) => tracing::error!(error = %format!("{e:#}"), "config not reloaded; the previous alert rules stay"),
-    });
 }
