@@ -269,15 +269,26 @@ fn tune_allocator() {
     }
 }
 
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`). `WARROOM_LOG_FORMAT=json`: one JSON
+/// object per line (timestamp, level, target, fields, span), for a log shipper collecting the
+/// logs of many nodes; anything else: human-readable text.
+fn init_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match std::env::var("WARROOM_LOG_FORMAT").as_deref() {
+        Ok("json") => logs.json().with_current_span(true).init(),
+        Ok("text") | Err(_) => logs.init(),
+        Ok(other) => {
+            logs.init();
+            tracing::warn!(format = other, "WARROOM_LOG_FORMAT is json or text; logging as text");
+        }
+    }
+}
+
 fn main() {
     tune_allocator();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    init_logs();
     let cli = Cli::parse();
     warroom_ingest::name_engine_threads();
     let res = match cli.cmd {

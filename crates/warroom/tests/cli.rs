@@ -260,3 +260,33 @@ fn the_auth_file_is_reloaded_when_it_changes() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[test]
+fn logs_are_json_lines_on_request() {
+    let out = bin()
+        .args(["run", "--duration", "2s", "--listen", "127.0.0.1:0"])
+        .env("WARROOM_LOG_FORMAT", "json")
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", show(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<serde_json::Value> =
+        err.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l}"))).collect();
+    assert!(
+        lines.iter().any(|l| l["level"] == "INFO"
+            && l["fields"]["message"].as_str().is_some_and(|m| m.starts_with("warroom running"))),
+        "no start line among {} JSON lines",
+        lines.len()
+    );
+    // Text otherwise: the same start line is not JSON.
+    let out = bin()
+        .args(["run", "--duration", "1s", "--listen", "127.0.0.1:0"])
+        .env_remove("WARROOM_LOG_FORMAT")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err
+        .lines()
+        .any(|l| l.contains("warroom running") && serde_json::from_str::<serde_json::Value>(l).is_err()));
+}
