@@ -154,8 +154,6 @@ impl<'de> Deserialize<'de> for FpTable {
     }
 }
 
-pub type FpSet = FpTable;
-
 /// Fingerprints split into event-time generations of `horizon / 7`, kept until
 /// [`GenSet::evict_before`] is told that no lane can still need them. A generation is a set of
 /// its own, so a lagging lane (a partition consumed behind the others) still finds the
@@ -163,10 +161,10 @@ pub type FpSet = FpTable;
 #[derive(Debug, Serialize, Deserialize)]
 pub struct GenSet {
     width: i64,
-    gens: std::collections::BTreeMap<i64, FpSet>,
+    gens: std::collections::BTreeMap<i64, FpTable>,
     /// Emptied generations, kept for reuse (capacity only).
     #[serde(skip, default)]
-    spare: Vec<FpSet>,
+    spare: Vec<FpTable>,
     /// Ids per evicted generation, smoothed: a set far larger (a traffic spike's generation)
     /// is freed rather than kept as a spare at the spike's size.
     #[serde(skip, default)]

@@ -494,7 +494,7 @@ fn run(o: RunOpts) -> anyhow::Result<()> {
         rehearsal,
     };
     let stop = stop_on_ctrl_c("stopping: writing a final checkpoint (press Ctrl-C again to exit at once)")?;
-    let ended = node::run(spec, stop, |addr, _| {
+    let ended = node::run(spec, stop, |addr| {
         let base = format!("http://{addr}");
         if demo {
             println!("screen (ops):      {base}/#token=demo-ops-token-0001");

@@ -73,12 +73,8 @@ pub enum Ended {
 }
 
 /// Runs a node until `stop` is set, `spec.duration` has passed, the simulator's night ends or
-/// a part dies. `on_listening` is called once the API listens, with its address and state.
-pub fn run(
-    spec: NodeSpec,
-    stop: Arc<AtomicBool>,
-    on_listening: impl FnOnce(SocketAddr, &Arc<warroom_api::AppState>),
-) -> anyhow::Result<Ended> {
+/// a part dies. `on_listening` is called once the API listens, with its address.
+pub fn run(spec: NodeSpec, stop: Arc<AtomicBool>, on_listening: impl FnOnce(SocketAddr)) -> anyhow::Result<Ended> {
     let NodeSpec {
         source,
         mut settings,
@@ -156,7 +152,7 @@ pub fn run(
         watch_auth_file(path, api.clone(), stop.clone());
     }
     let server = serve_api(listen, api.clone(), stop.clone(), parts.clone())?;
-    on_listening(server.addr, &api);
+    on_listening(server.addr);
     tracing::info!(
         source = source.name(),
         shards = engine.shard_count(),

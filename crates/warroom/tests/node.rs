@@ -31,7 +31,7 @@ fn a_node_runs_in_process_and_ends_with_the_replay_of_its_file() {
     let (tx, rx) = mpsc::channel();
     let node = {
         let stop = stop.clone();
-        std::thread::spawn(move || node::run(spec, stop, move |addr, _| tx.send(addr).unwrap()))
+        std::thread::spawn(move || node::run(spec, stop, move |addr| tx.send(addr).unwrap()))
     };
     let base = format!("http://{}", rx.recv_timeout(Duration::from_secs(20)).expect("the node listens"));
     // The API serves the file's state once it is played and published.
