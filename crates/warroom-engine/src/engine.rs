@@ -34,12 +34,13 @@ use crate::race::{self, RaceInputs, RankChange, Rule, RuleSpec};
 use crate::shard::{
     Clock, Ctx, Merged, MoneyAgg, Outcome, PairCum, PairWin, Prepared, Shard, ShardCounters, ShardDelta, ShardSummary,
 };
+use crate::sketches::Distinct;
 use crate::snapshot::{
     decompose, ChannelStats, Counters, Funnel, MoneyWindow, PairRace, Race, RankEntry, SlotMerchantStats, SlotStats,
     Snapshot, Totals, VenueStats, WindowStats,
 };
 
-fn wall_ms() -> i64 {
+pub(crate) fn wall_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
@@ -76,7 +77,7 @@ pub struct Refusal {
 }
 
 #[derive(Debug, Default)]
-struct PublishState {
+pub(crate) struct PublishState {
     /// Venue -> slots (indices) in the last published order.
     previous: BTreeMap<String, Vec<u32>>,
     /// Every interned slot, sorted by name.
@@ -139,23 +140,25 @@ pub struct PublishCost {
 
 #[derive(Debug)]
 pub struct Engine {
-    cfg: Config,
-    cx: Ctx,
-    shards: Box<[Mutex<Shard>]>,
-    names: Names,
-    rejects: RejectCounts,
-    watermark: AtomicI64,
-    last_event_at: AtomicI64,
+    pub(crate) cfg: Config,
+    pub(crate) cx: Ctx,
+    pub(crate) shards: Box<[Mutex<Shard>]>,
+    pub(crate) names: Names,
+    pub(crate) rejects: RejectCounts,
+    pub(crate) watermark: AtomicI64,
+    pub(crate) last_event_at: AtomicI64,
     rules: ArcSwap<RuleSet>,
     named_rules: BTreeMap<String, RuleSpec>,
-    published: ArcSwap<Snapshot>,
-    publish_state: Mutex<PublishState>,
-    publishes: AtomicU64,
+    pub(crate) published: ArcSwap<Snapshot>,
+    pub(crate) publish_state: Mutex<PublishState>,
+    pub(crate) publishes: AtomicU64,
     /// One per shard.
     mail: Box<[Mailbox]>,
     /// The publisher's newest request for deltas.
     requested: AtomicU64,
-    last_cost: Mutex<PublishCost>,
+    pub(crate) last_cost: Mutex<PublishCost>,
+    /// What this engine has read of other engines' partials (an API node; see [`crate::partial`]).
+    pub(crate) parts: Mutex<crate::partial::Parts>,
 }
 
 /// The shard context of `cfg`.
@@ -171,7 +174,7 @@ fn base_ctx(cfg: &Config) -> Ctx {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding a shard leaves it consistent enough to keep serving: every update
     // is a handful of additions. Keep going rather than poison the whole monitor; a source
     // whose applier panicked refuses to checkpoint (its state may be torn) and the process
@@ -241,6 +244,7 @@ impl Engine {
             mail: (0..n.max(1)).map(|_| Mailbox::new()).collect(),
             requested: AtomicU64::new(0),
             last_cost: Mutex::new(PublishCost::default()),
+            parts: Mutex::new(crate::partial::Parts::default()),
             cfg,
         }
     }
@@ -711,7 +715,8 @@ impl Engine {
             (self.empty_snapshot(), Vec::new())
         } else {
             let sum = std::mem::take(&mut state.sum);
-            let r = self.merge(snap_as_of, &sums, &sum, state);
+            let distinct = Distinct::sum(&sums);
+            let r = self.merge(snap_as_of, &sums, &distinct, &sum, state);
             state.sum = sum;
             r
         };
@@ -723,7 +728,7 @@ impl Engine {
         (snap, changes)
     }
 
-    fn empty_snapshot(&self) -> Snapshot {
+    pub(crate) fn empty_snapshot(&self) -> Snapshot {
         let mut s =
             Snapshot { published_at_ms: wall_ms(), rehearsal: self.cfg.rehearsal.clone(), ..Snapshot::default() };
         s.totals.rejected = self.rejects.total();
@@ -740,10 +745,14 @@ impl Engine {
         s
     }
 
-    fn merge(
+    /// The snapshot of merged parts: `sums` their scalar summaries, `distinct` their distinct
+    /// counts, `m` their tables summed. Shards of one engine and partials of many (an API node,
+    /// [`crate::partial`]) are published through it alike.
+    pub(crate) fn merge(
         &self,
         as_of: i64,
         sums: &[ShardSummary],
+        distinct: &Distinct,
         m: &Merged,
         state: &mut PublishState,
     ) -> (Snapshot, Vec<RankChange>) {
@@ -752,13 +761,7 @@ impl Engine {
         for s in sums {
             c.add(&s.c);
         }
-        let sum3 = |f: &dyn Fn(&ShardSummary) -> [u64; 3]| {
-            sums.iter().fold([0u64; 3], |a, s| {
-                let b = f(s);
-                [a[0] + b[0], a[1] + b[1], a[2] + b[2]]
-            })
-        };
-        let dt = sum3(&|s| s.distinct_total);
+        let dt = distinct.total;
         let totals = Totals {
             gmv_cents: c.gmv,
             paid_orders: c.paid_orders,
@@ -786,7 +789,7 @@ impl Engine {
                 cur.merge(&s.windows[k].0);
                 prev.merge(&s.windows[k].1);
             }
-            let d = sum3(&|s| s.distinct_windows[k]);
+            let d = distinct.windows[k];
             windows.push(WindowStats {
                 length_ms: len,
                 gmv_cents: cur.gmv,
@@ -795,10 +798,7 @@ impl Engine {
                 ipv_uv: d[1],
                 buyers: d[2],
             });
-            let f = sums.iter().fold(([0u64; 2], [0u64; 2]), |a, s| {
-                let (c2, p2) = s.formula[k];
-                ([a.0[0] + c2[0], a.0[1] + c2[1]], [a.1[0] + p2[0], a.1[1] + p2[1]])
-            });
+            let f = distinct.formula[k];
             decomposition.push(decompose(len, (cur.gmv, f.0[0], f.0[1]), (prev.gmv, f.1[0], f.1[1])));
         }
 

@@ -87,7 +87,7 @@ pub const LPFM: usize = 6;
 /// One register of a sliding sketch: its "list of possible future maxima", newest first,
 /// ranks strictly increasing towards the past (an older pair survives only with a higher
 /// rank). 32 bytes: half a cache line.
-#[derive(Clone, Copy, Default, Serialize, Deserialize)]
+#[derive(Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[repr(C, align(32))]
 struct Reg {
     ts: [u32; LPFM],
@@ -224,14 +224,41 @@ impl SlidingHll {
 
     /// Distinct count of items seen at a time `> start` (0 = everything kept), one per start.
     pub fn estimate(&self, starts: &[u32]) -> Vec<u64> {
-        let q = 64 - self.p as usize;
-        let mut hists = vec![vec![0u32; q + 2]; starts.len()];
-        for reg in self.regs.iter() {
-            for (k, &start) in starts.iter().enumerate() {
-                hists[k][reg.rank_since(start)] += 1;
+        Self::estimate_union(&[(self, starts)])
+    }
+
+    /// Distinct count of the union of several sketches (same precision), each read from its
+    /// own starts (the sketches may keep time from different epochs), one count per window:
+    /// per register, the highest rank any of them saw in the window. What an API node reads
+    /// from the partitions' sketches (a buyer's pays land on several partitions).
+    pub fn estimate_union(parts: &[(&SlidingHll, &[u32])]) -> Vec<u64> {
+        let Some(&(first, starts)) = parts.first() else { return Vec::new() };
+        let p = first.p;
+        assert!(parts.iter().all(|(h, s)| h.p == p && s.len() == starts.len()), "sketches of one shape");
+        let mut hists = vec![vec![0u32; 64 - p as usize + 2]; starts.len()];
+        for i in 0..first.regs.len() {
+            for (k, hist) in hists.iter_mut().enumerate() {
+                let rank = parts.iter().map(|(h, s)| h.regs[i].rank_since(s[k])).max().unwrap_or(0);
+                hist[rank] += 1;
             }
         }
-        hists.iter().map(|h| estimate_from_histogram(h, self.p).round() as u64).collect()
+        hists.iter().map(|h| estimate_from_histogram(h, p).round() as u64).collect()
+    }
+
+    /// The registers that differ from `shadow` (a copy of this sketch as a reader last got
+    /// it), which is brought up to date: what a partial carries of the sketch. An insert
+    /// changes at most one register, so a diff costs what was inserted since.
+    pub fn diff_into(&self, shadow: &mut SlidingHll) -> SlidingDiff {
+        SlidingDiff(diff_into(&self.regs, &mut shadow.regs))
+    }
+
+    /// Applies a diff made by [`SlidingHll::diff_into`] against this copy.
+    pub fn apply(&mut self, d: &SlidingDiff) -> Result<(), String> {
+        let top = (MAX_RANK as u8).min((64 - self.p + 1) as u8);
+        if d.0.iter().any(|(_, r)| r.rank.iter().any(|&x| x > top)) {
+            return Err("sliding sketch diff: a rank out of range".into());
+        }
+        apply_diff(&mut self.regs, &d.0)
     }
 
     /// Moves every kept time `by` ms into the past (the clock's epoch moved forwards by as
@@ -301,11 +328,29 @@ impl Hll {
     }
 
     pub fn estimate(&self) -> u64 {
-        let mut hist = vec![0u32; 64 - self.p as usize + 2];
-        for &r in self.regs.iter() {
-            hist[r as usize] += 1;
+        Self::estimate_union(&[self])
+    }
+
+    /// Distinct count of the union of sketches of one precision (register-wise maximum).
+    pub fn estimate_union(parts: &[&Hll]) -> u64 {
+        let Some(first) = parts.first() else { return 0 };
+        assert!(parts.iter().all(|h| h.p == first.p), "sketches of one precision");
+        let mut hist = vec![0u32; 64 - first.p as usize + 2];
+        for i in 0..first.regs.len() {
+            hist[parts.iter().map(|h| h.regs[i]).max().unwrap_or(0) as usize] += 1;
         }
-        estimate_from_histogram(&hist, self.p).round() as u64
+        estimate_from_histogram(&hist, first.p).round() as u64
+    }
+
+    /// See [`SlidingHll::diff_into`].
+    pub fn diff_into(&self, shadow: &mut Hll) -> ByteDiff {
+        ByteDiff(diff_into(&self.regs, &mut shadow.regs))
+    }
+
+    /// Applies a diff made by [`Hll::diff_into`].
+    pub fn apply(&mut self, d: &ByteDiff) -> Result<(), String> {
+        apply_diff(&mut self.regs, &d.0)?;
+        check_bytes(&self.regs, self.p, "sketch")
     }
 
     /// See [`SlidingHll::check`].
@@ -403,14 +448,24 @@ impl BucketHll {
 
     /// Distinct count over buckets whose range lies in `(start, end]`, rounded to buckets.
     pub fn estimate(&self, start: i64, end: i64) -> u64 {
-        let first = start.div_euclid(self.width_ms) + 1;
-        let last = end.div_euclid(self.width_ms);
+        Self::estimate_union(&[self], start, end)
+    }
+
+    /// The same over the union of rings of one shape (bucket numbers are absolute times, so
+    /// rings of different writers line up).
+    pub fn estimate_union(parts: &[&BucketHll], start: i64, end: i64) -> u64 {
+        let Some(one) = parts.first() else { return 0 };
+        let first = start.div_euclid(one.width_ms) + 1;
+        let last = end.div_euclid(one.width_ms);
         let m = 1usize << BUCKET_P;
         let mut merged = vec![0u8; m];
-        for (pos, &b) in self.held.iter().enumerate() {
-            if b >= first && b <= last {
-                for (x, y) in merged.iter_mut().zip(&self.regs[pos * m..(pos + 1) * m]) {
-                    *x = (*x).max(*y);
+        for ring in parts {
+            assert_eq!(ring.width_ms, one.width_ms, "rings of one shape");
+            for (pos, &b) in ring.held.iter().enumerate() {
+                if b >= first && b <= last {
+                    for (x, y) in merged.iter_mut().zip(&ring.regs[pos * m..(pos + 1) * m]) {
+                        *x = (*x).max(*y);
+                    }
                 }
             }
         }
@@ -420,6 +475,79 @@ impl BucketHll {
         }
         estimate_from_histogram(&hist, BUCKET_P).round() as u64
     }
+}
+
+impl BucketHll {
+    /// See [`SlidingHll::diff_into`]; the ring's bucket numbers go whole when they moved.
+    pub fn diff_into(&self, shadow: &mut BucketHll) -> BucketDiff {
+        let held = (self.held != shadow.held).then(|| self.held.to_vec());
+        shadow.held.clone_from(&self.held);
+        BucketDiff { held, regs: ByteDiff(diff_into(&self.regs, &mut shadow.regs)) }
+    }
+
+    /// Applies a diff made by [`BucketHll::diff_into`].
+    pub fn apply(&mut self, d: &BucketDiff) -> Result<(), String> {
+        if let Some(held) = &d.held {
+            if held.len() != self.held.len() {
+                return Err("bucketed sketch diff: ring size".into());
+            }
+            self.held.copy_from_slice(held);
+        }
+        apply_diff(&mut self.regs, &d.regs.0)?;
+        check_bytes(&self.regs, BUCKET_P, "bucketed sketch")
+    }
+}
+
+/// Changed registers of a [`SlidingHll`] (see [`SlidingHll::diff_into`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlidingDiff(Vec<(u32, Reg)>);
+
+impl std::fmt::Debug for Reg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reg").field("ts", &self.ts).field("rank", &self.rank).finish()
+    }
+}
+
+/// Changed registers of a byte sketch ([`Hll`], [`BucketHll`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ByteDiff(Vec<(u32, u8)>);
+
+/// Changed buckets and registers of a [`BucketHll`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BucketDiff {
+    held: Option<Vec<i64>>,
+    regs: ByteDiff,
+}
+
+impl SlidingDiff {
+    /// Registers carried.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// `(index, value)` of each register of `new` that differs from `shadow`, which is updated.
+fn diff_into<T: Copy + PartialEq>(new: &[T], shadow: &mut [T]) -> Vec<(u32, T)> {
+    assert_eq!(new.len(), shadow.len(), "a diff against a sketch of another shape");
+    let mut out = Vec::new();
+    for (i, (a, b)) in new.iter().zip(shadow.iter_mut()).enumerate() {
+        if a != b {
+            *b = *a;
+            out.push((i as u32, *a));
+        }
+    }
+    out
+}
+
+fn apply_diff<T: Copy>(regs: &mut [T], d: &[(u32, T)]) -> Result<(), String> {
+    for &(i, v) in d {
+        *regs.get_mut(i as usize).ok_or_else(|| format!("sketch diff: register {i} out of range"))? = v;
+    }
+    Ok(())
 }
 
 /// Sketches as checkpoints hold them: only what is in use. A sketch of a small shard, or of

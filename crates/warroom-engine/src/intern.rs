@@ -118,6 +118,11 @@ impl Interner {
         read(&self.names).clone()
     }
 
+    /// The names from index `from` on.
+    pub fn names_from(&self, from: usize) -> Vec<String> {
+        read(&self.names).get(from..).unwrap_or(&[]).iter().map(|n| n.to_string()).collect()
+    }
+
     /// Bytes held for the names (texts, list and map entries).
     pub fn allocated_bytes(&self) -> u64 {
         self.bytes.load(Ordering::Relaxed)
@@ -189,6 +194,11 @@ impl PairInterner {
         read(&self.pairs).clone()
     }
 
+    /// The pairs from index `from` on.
+    pub fn pairs_from(&self, from: usize) -> Vec<(u32, u32)> {
+        read(&self.pairs).get(from..).unwrap_or(&[]).to_vec()
+    }
+
     pub fn len(&self) -> usize {
         self.len.load(Ordering::Relaxed)
     }
@@ -222,7 +232,7 @@ impl SlotInterner {
     }
 
     /// The slot's venue, recording `venue` as it if the slot has none yet.
-    fn venue_of(&self, idx: u32, venue: u32) -> u32 {
+    pub(crate) fn venue_of(&self, idx: u32, venue: u32) -> u32 {
         let known = read(&self.venues).get(idx as usize).copied();
         match known {
             Some(v) if v != NONE || venue == NONE => v,
@@ -250,6 +260,15 @@ impl SlotInterner {
 
     pub fn venues(&self) -> Vec<u32> {
         read(&self.venues).clone()
+    }
+
+    /// The index of slot `name`, registering it with `venue` if new (the first venue known
+    /// for a slot stays its venue); `None` past the limit. For names that were accepted
+    /// elsewhere (a partial's), so conflicts are not counted again.
+    pub fn intern(&self, name: &str, venue: u32) -> Option<u32> {
+        let idx = self.names.get_or_insert(name)?;
+        self.venue_of(idx, venue);
+        Some(idx)
     }
 }
 

@@ -27,9 +27,10 @@ use serde::{Deserialize, Serialize};
 use warroom_model::EventKind;
 
 use crate::dedupe::GenSet;
-use crate::hll::{BucketHll, Hll, SlidingHll, SLIDING_P};
+use crate::hll::Hll;
 use crate::intern::NONE;
 use crate::mem::keep_half_free;
+use crate::sketches::{Distinct, Sketches};
 use crate::window::{Record, Ring};
 
 /// An event reduced to what the engine needs: fixed size (96 bytes), no borrowed strings.
@@ -352,7 +353,7 @@ const RETIRED: i64 = i64::MAX;
 /// Marks a lane open but without events yet (see [`Shard::open_lane`]): below every time.
 const OPEN: i64 = i64::MIN + 1;
 /// A lane not seen at all.
-const UNSEEN: i64 = i64::MIN;
+pub(crate) const UNSEEN: i64 = i64::MIN;
 
 /// One input lane (a partition) as this shard saw it.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
@@ -396,12 +397,8 @@ pub struct Shard {
     buyer_marks: HashMap<(u32, u64), BuyerMark>,
     venues: Vec<VenueState>,
     channels: Vec<ChannelAgg>,
-    /// Base of the sketches' 32-bit millisecond clocks (`UNSEEN` before the first event).
-    epoch: i64,
-    sketches: [SlidingHll; 3],
-    totals: [Hll; 3],
-    /// Per reported window: uv, ipv, buyers per bucket of L/30, for the previous window.
-    prev_sketches: Vec<[BucketHll; 3]>,
+    /// The distinct-count sketches (uv, ipv, buyers).
+    pub(crate) sk: Sketches,
     /// GMV and paid orders per minute of event time: the phases' and the plan's numbers are
     /// sums over it, so a changed plan is recomputed from it (see [`Shard::replan`]).
     minutes: BTreeMap<i64, MoneyAgg>,
@@ -424,7 +421,7 @@ fn yes() -> bool {
 /// few, whole). Immutable once sent; built by the shard's writer, so the publisher never takes
 /// the shard's lock. Values are absolute, not increments: a reader that applies deltas in
 /// order holds the shard's tables as of the last one.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ShardDelta {
     /// The watermark the shard's windows were brought to.
     pub as_of: i64,
@@ -554,7 +551,7 @@ impl Merged {
 }
 
 /// A venue's numbers, summed over shards.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VenueSum {
     pub seen: bool,
     pub gmv: u128,
@@ -576,18 +573,14 @@ fn grow<T: Clone>(v: &mut Vec<T>, n: usize, fill: T) {
 }
 
 /// The scalar part of a shard, as of one watermark.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ShardSummary {
     pub wm: i64,
     pub c: ShardCounters,
     /// Per reported window: (current, previous) money.
     pub windows: Vec<(MoneyAgg, MoneyAgg)>,
-    /// Distinct [uv, ipv, buyers] since start and per reported window.
-    pub distinct_total: [u64; 3],
-    pub distinct_windows: Vec<[u64; 3]>,
-    /// Per reported window: distinct [uv, buyers] in the current and previous window, from
-    /// the bucketed sketches (for the decomposition).
-    pub formula: Vec<([u64; 2], [u64; 2])>,
+    /// Distinct counts (this shard's own sketches).
+    pub distinct: Distinct,
     pub phase_gmv: Vec<u128>,
     pub plan_gmv: u128,
     pub dedupe_ids: u64,
@@ -618,18 +611,7 @@ impl Shard {
             buyer_marks: HashMap::new(),
             venues: Vec::new(),
             channels: Vec::new(),
-            epoch: UNSEEN,
-            sketches: [SlidingHll::new(), SlidingHll::new(), SlidingHll::new()],
-            totals: [Hll::new(SLIDING_P), Hll::new(SLIDING_P), Hll::new(SLIDING_P)],
-            prev_sketches: cx
-                .windows
-                .iter()
-                .map(|&l| {
-                    // 30 buckets per window: the previous window's edges are rounded to L/30.
-                    let w = (l / 30).max(1);
-                    [BucketHll::new(w, 61), BucketHll::new(w, 61), BucketHll::new(w, 61)]
-                })
-                .collect(),
+            sk: Sketches::new(cx),
             minutes: BTreeMap::new(),
             phase_gmv: vec![0; cx.phases.len()],
             plan_gmv: 0,
@@ -677,20 +659,7 @@ impl Shard {
         if self.buyer_marks.keys().any(|&(slot, _)| slot as usize >= self.slots.len()) {
             return Err("a buyer mark's slot out of range".into());
         }
-        for h in &self.sketches {
-            h.check(crate::hll::SLIDING_P)?;
-        }
-        for h in &self.totals {
-            h.check(crate::hll::SLIDING_P)?;
-        }
-        if self.prev_sketches.len() != cx.windows.len() {
-            return Err("previous-window sketches out of range".into());
-        }
-        for (hs, &l) in self.prev_sketches.iter().zip(&cx.windows) {
-            for h in hs {
-                h.check((l / 30).max(1), 61)?;
-            }
-        }
+        self.sk.check(cx)?;
         let (pairs, venues) = (&self.pairs, &self.venues);
         let pair_money = |i: u32| pairs.get(i as usize).is_none_or(|p| p.money.len() == site_len);
         self.site_ring.check(fresh.site_ring.lengths(), |r| {
@@ -764,22 +733,22 @@ impl Shard {
     /// epoch become "long ago", which they are: more than 24 days before the newest event).
     #[inline]
     fn rel(&mut self, ts: i64) -> u32 {
-        if self.epoch == UNSEEN || ts - self.epoch >= SPAN_MS - EPOCH_MARGIN_MS {
+        if self.sk.epoch == UNSEEN || ts - self.sk.epoch >= SPAN_MS - EPOCH_MARGIN_MS {
             self.rebase(ts);
         }
-        (ts - self.epoch).clamp(1, u32::MAX as i64) as u32
+        (ts - self.sk.epoch).clamp(1, u32::MAX as i64) as u32
     }
 
     #[cold]
     fn rebase(&mut self, ts: i64) {
         let epoch = ts.div_euclid(DAY_MS) * DAY_MS - EPOCH_LEAD_MS;
-        if self.epoch != UNSEEN {
-            let by = epoch - self.epoch;
-            for s in &mut self.sketches {
+        if self.sk.epoch != UNSEEN {
+            let by = epoch - self.sk.epoch;
+            for s in &mut self.sk.sliding {
                 s.shift_back(by.clamp(0, u32::MAX as i64) as u32);
             }
         }
-        self.epoch = epoch;
+        self.sk.epoch = epoch;
     }
 
     /// Prefetches what [`Shard::apply`] of `ev` will touch at random: its id-set slot (a pay's
@@ -790,11 +759,11 @@ impl Shard {
     pub fn prefetch(&self, ev: &Prepared) {
         self.ids.prefetch_at(ev.id, ev.ts);
         match ev.kind {
-            EventKind::Impression => self.sketches[UV].prefetch(ev.user),
-            EventKind::Click => self.sketches[IPV].prefetch(ev.user),
+            EventKind::Impression => self.sk.sliding[UV].prefetch(ev.user),
+            EventKind::Click => self.sk.sliding[IPV].prefetch(ev.user),
             EventKind::Pay => {
                 self.orders.prefetch_any(ev.order);
-                self.sketches[BUYERS].prefetch(ev.user);
+                self.sk.sliding[BUYERS].prefetch(ev.user);
             }
             _ => {}
         }
@@ -853,9 +822,9 @@ impl Shard {
                 } else {
                     self.c.impressions += 1;
                 }
-                self.sketches[metric].insert(ev.user, t);
-                self.totals[metric].insert(ev.user);
-                for p in &mut self.prev_sketches {
+                self.sk.sliding[metric].insert(ev.user, t);
+                self.sk.totals[metric].insert(ev.user);
+                for p in &mut self.sk.prev {
                     p[if click { 1 } else { 0 }].insert(ev.user, ev.ts);
                 }
                 if ev.venue != NONE {
@@ -912,9 +881,9 @@ impl Shard {
         self.c.paid_orders += 1;
         self.c.coupon_cents += ev.coupon as u128;
         self.minutes.entry(ev.ts.div_euclid(60_000)).or_default().add(amount);
-        self.sketches[BUYERS].insert(ev.user, t);
-        self.totals[BUYERS].insert(ev.user);
-        for p in &mut self.prev_sketches {
+        self.sk.sliding[BUYERS].insert(ev.user, t);
+        self.sk.totals[BUYERS].insert(ev.user);
+        for p in &mut self.sk.prev {
             p[2].insert(ev.user, ev.ts);
         }
         if ev.channel != NONE {
@@ -1058,6 +1027,11 @@ impl Shard {
         });
     }
 
+    /// Makes the next delta carry every pair (a reader starting from nothing).
+    pub fn mark_all_dirty(&mut self) {
+        self.all_dirty = true;
+    }
+
     /// Brings the windows to `as_of` and hands out what changed since the previous delta (see
     /// [`ShardDelta`]). Cost: the changed pairs, the venues and channels, and the summary's
     /// sketch estimates; not the shard's slot count.
@@ -1122,23 +1096,7 @@ impl Shard {
         if as_of != i64::MIN {
             self.advance(as_of);
         }
-        let epoch = self.epoch;
-        let rel = |t: i64| if epoch == UNSEEN || t <= epoch { 0 } else { (t - epoch).min(u32::MAX as i64) as u32 };
-        // Before any event (`as_of` unknown) every window is empty.
-        let start = |l: i64| if as_of == i64::MIN { u32::MAX } else { rel(as_of.saturating_sub(l)) };
-        let starts: Vec<u32> = cx.windows.iter().map(|&l| start(l)).collect();
-        let est: Vec<Vec<u64>> = self.sketches.iter().map(|s| s.estimate(&starts)).collect();
-        let distinct_total = [self.totals[UV].estimate(), self.totals[IPV].estimate(), self.totals[BUYERS].estimate()];
-        let distinct_windows = (0..cx.windows.len()).map(|k| [est[UV][k], est[IPV][k], est[BUYERS][k]]).collect();
-        let formula = cx
-            .windows
-            .iter()
-            .zip(&self.prev_sketches)
-            .map(|(&l, p)| {
-                let (a, b) = (as_of.saturating_sub(l), as_of.saturating_sub(2 * l));
-                ([p[0].estimate(a, as_of), p[2].estimate(a, as_of)], [p[0].estimate(b, a), p[2].estimate(b, a)])
-            })
-            .collect();
+        let distinct = Sketches::distinct(&[&self.sk], as_of, cx);
         let windows = (0..cx.windows.len())
             .map(|k| {
                 let cur = self.site[2 * k];
@@ -1150,9 +1108,7 @@ impl Shard {
             wm: self.wm,
             c: self.c,
             windows,
-            distinct_total,
-            distinct_windows,
-            formula,
+            distinct,
             phase_gmv: self.phase_gmv.clone(),
             plan_gmv: self.plan_gmv,
             dedupe_ids: self.ids.len() as u64,
@@ -1241,7 +1197,7 @@ mod tests {
             s.apply(&ev(10 + k, now - 30_000 + k as i64, 1), &cx, Clock::EVENT_TIME);
         }
         let sum = s.summarize(now, &cx);
-        let uv = sum.distinct_windows[0][UV];
+        let uv = sum.distinct.windows[0][UV];
         assert!((980..=1020).contains(&uv), "1-minute UV {uv}, want ~1000");
     }
 

@@ -1,0 +1,201 @@
+//! The distinct-count sketches of a part of the state (a shard, or an input partition's
+//! state on a worker), their diffs and their union.
+//!
+//! Within one process the shards split the users, so their estimates add up. Across input
+//! partitions they do not: contract v1.1 keys traffic by `user_id` (UV and IPV users are
+//! partition-disjoint) but pays by `order_id`, so one buyer's pays land on several partitions.
+//! Distinct counts are therefore always read from the *union* of the parts' sketches
+//! ([`Sketches::distinct`]), which is exact for disjoint parts and for overlapping ones alike.
+//! A reader (an API node) keeps a copy of each part's sketches, brought up to date by diffs
+//! ([`Sketches::diff_into`]): an insert changes at most one register of each sketch, so a diff
+//! costs what was inserted since the previous one, not the sketches' size.
+
+use serde::{Deserialize, Serialize};
+
+use crate::hll::{BucketDiff, BucketHll, ByteDiff, Hll, SlidingDiff, SlidingHll, SLIDING_P};
+use crate::shard::{Ctx, UNSEEN};
+
+/// Buckets of a previous-window ring: 30 per window, two windows and one spare.
+const PREV_BUCKETS: usize = 61;
+
+/// uv, ipv_uv and buyers: since the start, sliding over the reported windows, and bucketed for
+/// the previous window of the first-formula decomposition.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Sketches {
+    /// Base of the sliding sketches' 32-bit millisecond clocks (`UNSEEN` before the first
+    /// event).
+    pub(crate) epoch: i64,
+    pub(crate) sliding: [SlidingHll; 3],
+    pub(crate) totals: [Hll; 3],
+    /// Per reported window: uv, ipv, buyers per bucket of L/30, for the previous window.
+    pub(crate) prev: Vec<[BucketHll; 3]>,
+}
+
+/// Distinct counts read from sketches as of one watermark.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Distinct {
+    /// uv, ipv_uv, buyers since the start.
+    pub total: [u64; 3],
+    /// The same per reported window.
+    pub windows: Vec<[u64; 3]>,
+    /// Per reported window: [uv, buyers] in the current and in the previous window.
+    pub formula: Vec<([u64; 2], [u64; 2])>,
+}
+
+impl Distinct {
+    /// The sum of the shards' own counts: right when they count disjoint sets (the shards of
+    /// one engine split the users), as they do within a process.
+    pub fn sum(sums: &[crate::shard::ShardSummary]) -> Distinct {
+        let add = |a: &mut [u64], b: &[u64]| a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
+        let nw = sums.first().map_or(0, |s| s.distinct.windows.len());
+        let mut d = Distinct { total: [0; 3], windows: vec![[0; 3]; nw], formula: vec![([0; 2], [0; 2]); nw] };
+        for s in sums {
+            add(&mut d.total, &s.distinct.total);
+            for (a, b) in d.windows.iter_mut().zip(&s.distinct.windows) {
+                add(a, b);
+            }
+            for (a, b) in d.formula.iter_mut().zip(&s.distinct.formula) {
+                add(&mut a.0, &b.0);
+                add(&mut a.1, &b.1);
+            }
+        }
+        d
+    }
+}
+
+/// What changed in a part's [`Sketches`] since a reader's copy (see [`Sketches::diff_into`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SketchDiff {
+    epoch: i64,
+    sliding: Vec<SlidingDiff>,
+    totals: Vec<ByteDiff>,
+    prev: Vec<Vec<BucketDiff>>,
+}
+
+impl SketchDiff {
+    /// Sliding registers carried (the bulk of a diff).
+    pub fn sliding_registers(&self) -> usize {
+        self.sliding.iter().map(|d| d.len()).sum()
+    }
+}
+
+fn prev_width(l: i64) -> i64 {
+    // 30 buckets per window: the previous window's edges are rounded to L/30.
+    (l / 30).max(1)
+}
+
+impl Sketches {
+    pub fn new(cx: &Ctx) -> Self {
+        let ring = |l: i64| BucketHll::new(prev_width(l), PREV_BUCKETS);
+        Sketches {
+            epoch: UNSEEN,
+            sliding: [SlidingHll::new(), SlidingHll::new(), SlidingHll::new()],
+            totals: [Hll::new(SLIDING_P), Hll::new(SLIDING_P), Hll::new(SLIDING_P)],
+            prev: cx.windows.iter().map(|&l| [ring(l), ring(l), ring(l)]).collect(),
+        }
+    }
+
+    /// That sketches read from a checkpoint or a partial have the shape [`Sketches::new`]
+    /// gives for `cx`.
+    pub(crate) fn check(&self, cx: &Ctx) -> Result<(), String> {
+        for h in &self.sliding {
+            h.check(SLIDING_P)?;
+        }
+        for h in &self.totals {
+            h.check(SLIDING_P)?;
+        }
+        if self.prev.len() != cx.windows.len() {
+            return Err("previous-window sketches out of range".into());
+        }
+        for (hs, &l) in self.prev.iter().zip(&cx.windows) {
+            for h in hs {
+                h.check(prev_width(l), PREV_BUCKETS)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The distinct counts of the union of `parts` as of `as_of` (the global watermark).
+    /// Parts that have seen nothing are left out (their clocks have no epoch).
+    pub fn distinct(parts: &[&Sketches], as_of: i64, cx: &Ctx) -> Distinct {
+        let parts: Vec<&Sketches> = parts.iter().copied().filter(|s| s.epoch != UNSEEN).collect();
+        let nw = cx.windows.len();
+        if parts.is_empty() {
+            return Distinct { total: [0; 3], windows: vec![[0; 3]; nw], formula: vec![([0; 2], [0; 2]); nw] };
+        }
+        // Each part's window starts on its own clock; before any event (`as_of` unknown)
+        // every window is empty.
+        let starts: Vec<Vec<u32>> = parts
+            .iter()
+            .map(|s| {
+                let rel = |t: i64| if t <= s.epoch { 0 } else { (t - s.epoch).min(u32::MAX as i64) as u32 };
+                cx.windows
+                    .iter()
+                    .map(|&l| if as_of == i64::MIN { u32::MAX } else { rel(as_of.saturating_sub(l)) })
+                    .collect()
+            })
+            .collect();
+        let sliding = |m: usize| {
+            let v: Vec<(&SlidingHll, &[u32])> =
+                parts.iter().zip(&starts).map(|(s, st)| (&s.sliding[m], st.as_slice())).collect();
+            SlidingHll::estimate_union(&v)
+        };
+        let est = [sliding(0), sliding(1), sliding(2)];
+        let total = |m: usize| Hll::estimate_union(&parts.iter().map(|s| &s.totals[m]).collect::<Vec<_>>());
+        let ring = |k: usize, m: usize, a: i64, b: i64| {
+            BucketHll::estimate_union(&parts.iter().map(|s| &s.prev[k][m]).collect::<Vec<_>>(), a, b)
+        };
+        Distinct {
+            total: [total(0), total(1), total(2)],
+            windows: (0..nw).map(|k| [est[0][k], est[1][k], est[2][k]]).collect(),
+            formula: cx
+                .windows
+                .iter()
+                .enumerate()
+                .map(|(k, &l)| {
+                    let (a, b) = (as_of.saturating_sub(l), as_of.saturating_sub(2 * l));
+                    ([ring(k, 0, a, as_of), ring(k, 2, a, as_of)], [ring(k, 0, b, a), ring(k, 2, b, a)])
+                })
+                .collect(),
+        }
+    }
+
+    /// What differs from `shadow` (a reader's copy, brought up to date).
+    pub fn diff_into(&self, shadow: &mut Sketches) -> SketchDiff {
+        shadow.epoch = self.epoch;
+        SketchDiff {
+            epoch: self.epoch,
+            sliding: self.sliding.iter().zip(shadow.sliding.iter_mut()).map(|(a, b)| a.diff_into(b)).collect(),
+            totals: self.totals.iter().zip(shadow.totals.iter_mut()).map(|(a, b)| a.diff_into(b)).collect(),
+            prev: self
+                .prev
+                .iter()
+                .zip(shadow.prev.iter_mut())
+                .map(|(a, b)| a.iter().zip(b.iter_mut()).map(|(x, y)| x.diff_into(y)).collect())
+                .collect(),
+        }
+    }
+
+    /// Applies a diff made by [`Sketches::diff_into`] against this copy.
+    pub fn apply(&mut self, d: &SketchDiff) -> Result<(), String> {
+        if d.sliding.len() != 3 || d.totals.len() != 3 || d.prev.len() != self.prev.len() {
+            return Err("sketch diff of another shape".into());
+        }
+        self.epoch = d.epoch;
+        for (h, x) in self.sliding.iter_mut().zip(&d.sliding) {
+            h.apply(x)?;
+        }
+        for (h, x) in self.totals.iter_mut().zip(&d.totals) {
+            h.apply(x)?;
+        }
+        for (hs, xs) in self.prev.iter_mut().zip(&d.prev) {
+            if xs.len() != 3 {
+                return Err("sketch diff of another shape".into());
+            }
+            for (h, x) in hs.iter_mut().zip(xs) {
+                h.apply(x)?;
+            }
+        }
+        Ok(())
+    }
+}
