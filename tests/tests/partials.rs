@@ -219,3 +219,32 @@ fn a_reader_that_starts_late_catches_up_from_full_partials_alone() {
     let d = differences(&snap, &want);
     assert!(d.is_empty(), "{}", d.join("\n"));
 }
+
+#[test]
+fn a_buyer_paying_one_slot_through_two_partitions_counts_once_in_its_race() {
+    // Two orders of one user on one slot: keyed by order_id, they land on two partitions.
+    let ts = 1_794_312_000_000i64;
+    let pay = |id: &str, order: &str, t: i64| {
+        format!(
+            r#"{{"event_id":"{id}","type":"pay","ts":{t},"user_id":"u1","order_id":"{order}","amount_cents":1000,"venue":"main","slot":"main-001","merchant_id":"m-1"}}"#
+        )
+    };
+    let lines = [pay("e1", "o1", ts), pay("e2", "o2", ts + 1000)];
+    let reader = Engine::new(Config::default());
+    for (p, l) in lines.iter().enumerate() {
+        let mut o = Owner {
+            engine: Arc::new(Engine::new(cfg())),
+            writer: PartialWriter::new(format!("events/{p}"), 1),
+            next: 0,
+        };
+        feed(&mut o, &[l.as_bytes()], 1);
+        assert_eq!(reader.absorb(&publish(&mut o, ts + 1000, false)).unwrap(), Absorbed::Applied);
+    }
+    let (snap, _) = reader.publish_parts();
+    let race = &snap.venues[0].race.ranking[0];
+    assert_eq!((race.slot.as_str(), race.paid_orders, race.buyers), ("main-001", 2, 1));
+    assert_eq!(snap.totals.buyers, 1);
+    let all: Vec<&[u8]> = lines.iter().map(|l| l.as_bytes()).collect();
+    let d = differences(&snap, &reference(&all, &WINDOWS, 300_000));
+    assert!(d.is_empty(), "{}", d.join("\n"));
+}

@@ -116,6 +116,11 @@ impl PartialWriter {
     pub fn part(&self) -> &str {
         &self.part
     }
+
+    /// The next partial is full (the previous one may not have reached the readers).
+    pub fn restart(&mut self) {
+        self.next_seq = 0;
+    }
 }
 
 /// What [`Engine::absorb`] did with a partial.
@@ -176,6 +181,10 @@ pub struct Parts {
     sum: Merged,
     pending_pairs: Vec<u32>,
     pending_slots: Vec<u32>,
+    /// Slot buyers of every part: (slot, user hash) -> newest pay. Kept as the maximum over
+    /// parts: a part's former owner had the same partition's events, so what it sent is also
+    /// in its new owner's state (the union is exact whoever sent a mark).
+    buyers: HashMap<(u32, u64), i64>,
     /// Partials ignored, and names refused by the reader's limits.
     pub stale: u64,
     pub gaps: u64,
@@ -210,6 +219,7 @@ impl Engine {
         let shards = (0..n)
             .map(|s| {
                 let mut shard = lock(&self.shards[s]);
+                shard.track_buyers();
                 if full {
                     shard.mark_all_dirty();
                 }
@@ -326,6 +336,13 @@ impl Engine {
         for (s, &i) in p.shards.iter().zip(&part.subs) {
             let d = translate(&s.delta, map, nw);
             st.mirrors[i].apply(&d, &mut st.pending_pairs, &mut st.pending_slots);
+            for &(slot, user, latest) in &s.delta.buyers {
+                let slot = NameMap::get(&map.slots, slot);
+                if slot != NONE {
+                    let t = st.buyers.entry((slot, user)).or_insert(latest);
+                    *t = (*t).max(latest);
+                }
+            }
             st.summaries[i] = Some((d.as_of, d.summary));
             st.sketches[i].apply(&s.sketches)?;
         }
@@ -373,6 +390,7 @@ impl Engine {
         st.sum.windows = self.cx.windows.len();
         st.sum.resum(&st.mirrors, &pairs, &slots);
         let as_of = st.summaries.iter().flatten().map(|&(a, _)| a).max().unwrap_or(i64::MIN);
+        count_slot_buyers(st, as_of, self.cx.race_window);
         let last = st.parts.iter().map(|p| p.last_event_at).max().unwrap_or(0);
         self.last_event_at.store(last, Ordering::Relaxed);
         self.observe_watermark(as_of);
@@ -395,6 +413,28 @@ impl Engine {
         self.published.store(snap.clone());
         self.publishes.fetch_add(1, Ordering::Relaxed);
         (snap, changes)
+    }
+}
+
+/// Each slot's distinct buyers in the race window and the double race window, from the union
+/// of the parts' marks: a buyer is in a window when its newest pay on the slot is (as a shard
+/// counts them); marks older than both windows are forgotten. Cost: the marks held.
+fn count_slot_buyers(st: &mut Parts, as_of: i64, race: i64) {
+    if as_of == i64::MIN {
+        return;
+    }
+    let (cut1, cut2) = (as_of - race, as_of - 2 * race);
+    st.buyers.retain(|_, &mut latest| latest > cut2);
+    for m in st.sum.slots.iter_mut() {
+        m.buyers = [0; 2];
+    }
+    for (&(slot, _), &latest) in &st.buyers {
+        if let Some(m) = st.sum.slots.get_mut(slot as usize) {
+            m.buyers[1] += 1;
+            if latest > cut1 {
+                m.buyers[0] += 1;
+            }
+        }
     }
 }
 

@@ -410,6 +410,9 @@ pub struct Shard {
     /// The next delta carries every pair: a new or restored shard, whose reader has nothing.
     #[serde(skip, default = "yes")]
     all_dirty: bool,
+    /// Slot buyers changed since the last delta, kept only for a reader of partials.
+    #[serde(skip)]
+    touched_buyers: Option<Vec<(u32, u64)>>,
 }
 
 fn yes() -> bool {
@@ -436,6 +439,10 @@ pub struct ShardDelta {
     pub venues: Vec<VenueSum>,
     pub venue_money: Vec<MoneyAgg>,
     pub channels: Vec<ChannelAgg>,
+    /// For a reader merging several partitions (whose buyers overlap): (slot, user hash,
+    /// newest pay) of the slot buyers changed since the previous delta, when the shard tracks
+    /// them ([`Shard::track_buyers`]); all of them in a full one.
+    pub buyers: Vec<(u32, u64, i64)>,
 }
 
 /// Per-pair, per-slot, per-venue and per-channel numbers, dense by index: the publisher keeps
@@ -617,6 +624,7 @@ impl Shard {
             plan_gmv: 0,
             dirty: Vec::new(),
             all_dirty: true,
+            touched_buyers: None,
         }
     }
 
@@ -930,6 +938,9 @@ impl Shard {
             keep_half_free(&mut self.buyer_marks);
             let mark = self.buyer_marks.entry(key).or_insert(BuyerMark { latest: ev.ts, mask: 0 });
             mark.latest = mark.latest.max(ev.ts);
+            if let Some(t) = &mut self.touched_buyers {
+                t.push(key);
+            }
             let win = &mut self.pairs[ev.pair as usize].win;
             let buyers = &mut self.slots[ev.slot as usize].buyers;
             self.pay_ring.insert(ev.ts, SlotPayRec { pair: ev.pair, ms, amount, user: ev.user }, |w| {
@@ -1027,9 +1038,23 @@ impl Shard {
         });
     }
 
-    /// Makes the next delta carry every pair (a reader starting from nothing).
+    /// Makes the next delta carry every pair (a reader starting from nothing), and every
+    /// slot buyer if they are tracked.
     pub fn mark_all_dirty(&mut self) {
         self.all_dirty = true;
+        if let Some(t) = &mut self.touched_buyers {
+            t.clear();
+            t.extend(self.buyer_marks.keys().copied());
+        }
+    }
+
+    /// Keeps the slot buyers changed between deltas for a reader elsewhere: a partition's
+    /// buyers overlap other partitions' (pays are keyed by order), so their per-slot counts
+    /// cannot be added up; the reader counts the union ([`crate::partial`]).
+    pub fn track_buyers(&mut self) {
+        if self.touched_buyers.is_none() {
+            self.touched_buyers = Some(self.buyer_marks.keys().copied().collect());
+        }
     }
 
     /// Brings the windows to `as_of` and hands out what changed since the previous delta (see
@@ -1076,6 +1101,12 @@ impl Shard {
             d.venue_money.extend(money.take(nw));
         }
         d.channels = self.channels.clone();
+        if let Some(t) = &mut self.touched_buyers {
+            t.sort_unstable();
+            t.dedup();
+            let marks = &self.buyer_marks;
+            d.buyers = t.drain(..).filter_map(|k| marks.get(&k).map(|m| (k.0, k.1, m.latest))).collect();
+        }
         d
     }
 

@@ -103,6 +103,20 @@ pub struct KafkaConfig {
     pub sasl_password_file: Option<PathBuf>,
     /// Any librdkafka property, passed through (e.g. `session.timeout.ms`).
     pub properties: BTreeMap<String, String>,
+    /// Ingest workers and API nodes (`--source worker`, `--source partials`): the topic the
+    /// workers publish their partitions' partials to; default `<topic>.partials`.
+    pub partials_topic: Option<String>,
+    /// How often a worker publishes what changed in each of its partitions.
+    #[serde(with = "humantime_serde")]
+    pub partial_interval: Duration,
+    /// How often a worker publishes each partition's whole state (what an API node that
+    /// starts needs; it reads the partials topic from twice this long ago).
+    #[serde(with = "humantime_serde")]
+    pub full_partial_interval: Duration,
+    /// Ingest workers: the state store every worker can read (a shared directory: a network
+    /// file system, or one directory for all workers of one machine), where each partition's
+    /// state is checkpointed and restored from when the partition moves.
+    pub state_store: Option<PathBuf>,
     /// This monitor runs a rehearsal (`warroom run --rehearsal-shift-ms`). A live one
     /// rejects messages carrying the rehearsal header as `rehearsal_on_live`.
     #[serde(skip)]
@@ -134,6 +148,10 @@ impl Default for KafkaConfig {
             sasl_username: None,
             sasl_password_file: None,
             properties: BTreeMap::new(),
+            partials_topic: None,
+            partial_interval: Duration::from_millis(250),
+            full_partial_interval: Duration::from_secs(5),
+            state_store: None,
             rehearsal: false,
         }
     }
@@ -179,6 +197,12 @@ impl KafkaConfig {
                     "kafka properties `{k}`: put secrets in files (sasl_password_file, ssl_key_password_file), not in the config"
                 ));
             }
+        }
+        if self.partial_interval < Duration::from_millis(20) || self.partial_interval > Duration::from_secs(10) {
+            errs.push("kafka.partial_interval must be between 20ms and 10s".to_string());
+        }
+        if self.full_partial_interval < self.partial_interval {
+            errs.push("kafka.full_partial_interval must be at least kafka.partial_interval".to_string());
         }
         if self.dlq_max_pending == 0 {
             errs.push("kafka.dlq_max_pending must be above 0".to_string());
@@ -245,6 +269,10 @@ impl KafkaConfig {
             c.set("sasl.password", secret("sasl_password_file", p)?);
         }
         Ok(c)
+    }
+
+    pub fn partials(&self) -> String {
+        self.partials_topic.clone().unwrap_or_else(|| format!("{}.partials", self.topic))
     }
 
     pub fn dlq(&self) -> String {

@@ -17,10 +17,12 @@ pub mod dlq;
 pub mod gen;
 pub mod kafka;
 pub mod loadgen;
+pub mod partials;
 pub mod pipeline;
 pub mod produce;
 pub mod rehearse;
 pub mod sim;
+pub mod worker;
 
 /// Wall-clock milliseconds since the epoch.
 pub fn now_ms() -> i64 {

@@ -182,6 +182,11 @@ enum Source {
     File,
     /// A Kafka topic, in a consumer group, counting exactly once across restarts.
     Kafka,
+    /// Scale-out: an ingest worker (a consumer-group member whose per-partition state lives in
+    /// --state-store and is published as partials; serves health and metrics).
+    Worker,
+    /// Scale-out: an API node (merges the workers' partials; serves the API and the screen).
+    Partials,
 }
 
 /// `warroom run`'s options.
@@ -215,6 +220,12 @@ struct RunOpts {
     /// Kafka: where checkpoints (state + offsets) are kept; one per instance.
     #[arg(long, env = "WARROOM_STATE_DIR")]
     state_dir: Option<PathBuf>,
+    /// Workers: the shared state store (a directory every worker can read).
+    #[arg(long, env = "WARROOM_STATE_STORE")]
+    state_store: Option<PathBuf>,
+    /// Workers and API nodes: the partials topic (default `<topic>.partials`).
+    #[arg(long, env = "WARROOM_PARTIALS_TOPIC")]
+    partials_topic: Option<String>,
     /// Write the snapshot here every second (atomically), and on exit.
     #[arg(long)]
     snapshot_out: Option<PathBuf>,
@@ -444,6 +455,14 @@ fn run(o: RunOpts) -> anyhow::Result<()> {
         flag("kafka.state_dir", "--state-dir", "WARROOM_STATE_DIR", &d.display().to_string());
         kcfg.state_dir = d.clone();
     }
+    if let Some(d) = &o.state_store {
+        flag("kafka.state_store", "--state-store", "WARROOM_STATE_STORE", &d.display().to_string());
+        kcfg.state_store = Some(d.clone());
+    }
+    if let Some(t) = &o.partials_topic {
+        flag("kafka.partials_topic", "--partials-topic", "WARROOM_PARTIALS_TOPIC", t);
+        kcfg.partials_topic = Some(t.clone());
+    }
     if o.print_config {
         print!("{}", origins.render());
         return Ok(());
@@ -479,6 +498,8 @@ fn run(o: RunOpts) -> anyhow::Result<()> {
         Source::Sim => SourceKind::Sim,
         Source::File => SourceKind::File(input.context("--source file needs --input FILE")?),
         Source::Kafka => SourceKind::Kafka,
+        Source::Worker => SourceKind::Worker,
+        Source::Partials => SourceKind::Partials,
     };
     let demo = o.auth_file.is_none();
     let spec = NodeSpec {

@@ -30,6 +30,11 @@ pub enum SourceKind {
     File(PathBuf),
     /// A Kafka topic in a consumer group, counting exactly once across restarts.
     Kafka,
+    /// An ingest worker: a member of the consumer group whose state is kept per partition in
+    /// the shared state store and published as partials; it serves health and metrics only.
+    Worker,
+    /// An API node: merges the workers' partials and serves the view; no state of its own.
+    Partials,
 }
 
 impl SourceKind {
@@ -38,6 +43,8 @@ impl SourceKind {
             SourceKind::Sim => "sim",
             SourceKind::File(_) => "file",
             SourceKind::Kafka => "kafka",
+            SourceKind::Worker => "worker",
+            SourceKind::Partials => "partials",
         }
     }
 }
@@ -100,7 +107,7 @@ pub fn run(spec: NodeSpec, stop: Arc<AtomicBool>, on_listening: impl FnOnce(Sock
     engine_cfg.rehearsal = rehearsal.clone();
     // Live events: watermarks stop at the wall clock, so a producer whose clock runs ahead
     // (inside limits.max_future) cannot move everybody's windows.
-    engine_cfg.live = matches!(source, SourceKind::Kafka);
+    engine_cfg.live = matches!(source, SourceKind::Kafka | SourceKind::Worker);
     // One monitor per state directory: a second one would overwrite the first one's
     // checkpoints. Held until the process ends (the kernel drops it even on kill -9).
     let _state_lock = match source {
@@ -109,11 +116,13 @@ pub fn run(spec: NodeSpec, stop: Arc<AtomicBool>, on_listening: impl FnOnce(Sock
     };
     let (engine, positions) = match source {
         SourceKind::Kafka => {
-            let (e, p) = warroom_ingest::kafka::open_engine(engine_cfg, &kcfg)
+            let (e, p) = warroom_ingest::kafka::open_engine(engine_cfg.clone(), &kcfg)
                 .with_context(|| format!("opening the state in {}", kcfg.state_dir.display()))?;
             (Arc::new(e), Some(p))
         }
-        _ => (Arc::new(Engine::new(engine_cfg)), None),
+        // A worker's engines are its partitions' (the node's own stays empty); an API node's
+        // holds what it merged.
+        _ => (Arc::new(Engine::new(engine_cfg.clone())), None),
     };
     let parts = warroom_ingest::parts::Parts::new();
     let mut proc = ChunkProcessor::new(engine.clone(), settings.limits());
@@ -128,6 +137,20 @@ pub fn run(spec: NodeSpec, stop: Arc<AtomicBool>, on_listening: impl FnOnce(Sock
         )),
         _ => None,
     };
+    let worker = match source {
+        SourceKind::Worker => Some(Arc::new(
+            warroom_ingest::worker::Worker::new(engine_cfg, kcfg.clone(), settings.limits())
+                .context("starting the ingest worker (check --brokers, --state-store and the [kafka] settings)")?,
+        )),
+        _ => None,
+    };
+    let partials = match source {
+        SourceKind::Partials => Some(Arc::new(
+            warroom_ingest::partials::PartialsSource::new(engine.clone(), kcfg.clone())
+                .context("starting the partials reader (check --brokers and the [kafka] settings)")?,
+        )),
+        _ => None,
+    };
     if auth_file.is_none() && !listen.ip().is_loopback() {
         anyhow::bail!(
             "refusing to serve the demo tokens on {}: they are public. Pass --auth-file with your own tokens (see config/auth.demo.toml for the format), or listen on loopback",
@@ -137,7 +160,13 @@ pub fn run(spec: NodeSpec, stop: Arc<AtomicBool>, on_listening: impl FnOnce(Sock
     let auth = warroom_api::Auth::load(auth_file.as_deref())?;
     let hub = Arc::new(warroom_api::Hub::new());
     // The API sees the source only through its status (readiness, lag, metrics).
-    let api_source: warroom_api::Source = kafka.clone().map(|k| k as Arc<dyn warroom_api::IngestStatus>);
+    let api_source: warroom_api::Source = match (&kafka, &worker, &partials) {
+        (Some(k), _, _) => Some(k.clone() as Arc<dyn warroom_api::IngestStatus>),
+        (_, Some(w), _) => Some(w.clone() as Arc<dyn warroom_api::IngestStatus>),
+        (_, _, Some(p)) => Some(p.clone() as Arc<dyn warroom_api::IngestStatus>),
+        _ => None,
+    };
+    let merging = partials.is_some();
     let mut state = warroom_api::AppState::new(engine.clone(), auth, hub, api_source);
     state.stale_after_ms = settings.api.stale_after.as_millis() as i64;
     state.parts = parts.clone();
@@ -169,6 +198,16 @@ pub fn run(spec: NodeSpec, stop: Arc<AtomicBool>, on_listening: impl FnOnce(Sock
                         k.run_with(&stop, &parts);
                     }
                 }
+                SourceKind::Worker => {
+                    if let Some(w) = worker {
+                        w.run(&stop);
+                    }
+                }
+                SourceKind::Partials => {
+                    if let Some(p) = partials {
+                        p.run(&stop);
+                    }
+                }
                 SourceKind::Sim => {
                     warroom_ingest::sim::run(&sim_cfg, night, &mut proc, &stop);
                 }
@@ -198,8 +237,9 @@ pub fn run(spec: NodeSpec, stop: Arc<AtomicBool>, on_listening: impl FnOnce(Sock
                 next = (next + every).max(Instant::now());
                 std::thread::sleep(next.saturating_duration_since(Instant::now()));
                 warroom_ingest::parts::fault::hit("publisher");
-                // Lock-free: the shards' writers answer with deltas (see Engine::publish_live).
-                let (snap, changes) = engine.publish_live(PUBLISH_WAIT);
+                // Lock-free: the shards' writers answer with deltas (see Engine::publish_live);
+                // an API node publishes what it merged of the partials.
+                let (snap, changes) = if merging { engine.publish_parts() } else { engine.publish_live(PUBLISH_WAIT) };
                 moves += changes.len();
                 for c in &changes {
                     tracing::debug!(venue = %c.venue, slot = %c.slot, from = ?c.from, to = c.to, "race: rank change");
@@ -256,7 +296,7 @@ pub fn run(spec: NodeSpec, stop: Arc<AtomicBool>, on_listening: impl FnOnce(Sock
         Ok(r) => r?,
         Err(_) => anyhow::bail!("the source thread panicked; see the log above"),
     }
-    let (snap, _) = engine.publish();
+    let (snap, _) = if merging { engine.publish_parts() } else { engine.publish() };
     println!("{tag}{}", summary_line(&snap));
     if let Some(p) = &snapshot_out {
         write_json_atomically(p, &snap)?;

@@ -1,0 +1,203 @@
+//! Scale-out on the real broker, through real processes: ingest workers
+//! (`warroom run --source worker`) in one consumer group, per-partition state in a shared store,
+//! partials merged by API nodes (`warroom run --source partials`). Both API nodes must show the
+//! naive reference's numbers (money and counts exact, distinct counts within 2%) on data with
+//! duplicates, re-sent pays, late and bad events, keyed as contract v1.1 producers key them,
+//! through: a worker killed with SIGKILL mid-stream, a worker joining mid-stream, a worker's
+//! local disk wiped while it is down, an API node restarted mid-stream.
+//! Needs the broker scripts/test.sh starts (WARROOM_KAFKA_BROKERS).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use warroom_engine::Snapshot;
+use warroom_ingest::gen::{write_night, GenConfig};
+use warroom_tests::kafka::{brokers, create_topic, files_starting, produce, unique, Running};
+
+const BIN: &str = env!("CARGO_BIN_EXE_warroom");
+const PARTITIONS: i32 = 12;
+
+struct Cluster {
+    topic: String,
+    group: String,
+    dir: tempfile::TempDir,
+    store: PathBuf,
+}
+
+impl Cluster {
+    fn new(prefix: &str) -> Cluster {
+        let topic = unique(prefix);
+        create_topic(&topic, PARTITIONS);
+        let dir = tempfile::tempdir().unwrap();
+        // Dynamic membership (Tansu never expires a static member that does not come back);
+        // short group timeouts; partials 4 times a second, a full one every 2 s.
+        std::fs::write(
+            dir.path().join("warroom.toml"),
+            format!(
+                "{}[kafka]\ninstance_id = \"\"\ncheckpoint_interval = \"1s\"\npartial_interval = \"250ms\"\nfull_partial_interval = \"2s\"\n[kafka.properties]\n\"session.timeout.ms\" = \"4000\"\n\"max.poll.interval.ms\" = \"5000\"\n",
+                warroom_tests::kafka::REFERENCE_RACES
+            ),
+        )
+        .unwrap();
+        let store = dir.path().join("store");
+        Cluster { topic, group: unique("workers"), dir, store }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn start(&self, name: &str, role: &str) -> Running {
+        let local = self.path(&format!("local-{name}"));
+        std::fs::create_dir_all(&local).unwrap();
+        Command::new(BIN)
+            .args(["run", "--source", role, "--listen", "127.0.0.1:0", "--brokers", &brokers()])
+            .args(["--topic", &self.topic, "--group", &self.group])
+            .arg("--config")
+            .arg(self.path("warroom.toml"))
+            .arg("--state-dir")
+            .arg(&local)
+            .arg("--state-store")
+            .arg(&self.store)
+            .arg("--snapshot-out")
+            .arg(self.path(&format!("{name}.json")))
+            .stdout(Stdio::from(std::fs::File::create(self.path(&format!("out-{name}.txt"))).unwrap()))
+            .stderr(Stdio::from(std::fs::File::create(self.path(&format!("log-{name}.txt"))).unwrap()))
+            .spawn()
+            .map(Running)
+            .expect("start warroom")
+    }
+
+    fn snapshot(&self, name: &str) -> Option<Snapshot> {
+        serde_json::from_slice(&std::fs::read(self.path(&format!("{name}.json"))).ok()?).ok()
+    }
+
+    /// Messages an API node's view covers (accepted + rejected + duplicates).
+    fn read(&self, name: &str) -> u64 {
+        self.snapshot(name).map_or(0, |s| s.totals.accepted + s.totals.rejected + s.totals.duplicates)
+    }
+
+    fn wait_read(&self, names: &[&str], n: u64, what: &str) {
+        let started = Instant::now();
+        while names.iter().any(|x| self.read(x) != n) {
+            assert!(
+                started.elapsed() < Duration::from_secs(120),
+                "{what}: API nodes read {:?} of {n} in 120 s; logs:\n{}",
+                names.iter().map(|x| self.read(x)).collect::<Vec<_>>(),
+                files_starting(self.dir.path(), "log-")
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+fn night(seed: u64, events: u64) -> Vec<u8> {
+    let mut buf = Vec::new();
+    let cfg = GenConfig {
+        seed,
+        users: 5_000,
+        merchant_change_share: 0.0,
+        duplicate_share: 0.02,
+        resend_share: 0.02,
+        late_share: 0.02,
+        bad_share: 0.005,
+        ..GenConfig::default()
+    };
+    write_night(cfg, events, 1_794_312_000_000, 3_600_000, &mut buf).unwrap();
+    buf
+}
+
+fn kill9(r: &mut Running) {
+    r.kill().unwrap(); // SIGKILL
+    r.wait().unwrap();
+}
+
+/// Every API node's view equals the reference within 10 s of having read everything: the
+/// workers bring their windows to one clock (the newest event time of any of them) with their
+/// next partials.
+fn check(c: &Cluster, names: &[&str], lines: &[&[u8]], what: &str) {
+    let want = warroom_tests::reference(lines, &[60_000, 300_000, 3_600_000], 300_000);
+    for n in names {
+        let started = Instant::now();
+        loop {
+            let snap = c.snapshot(n).unwrap();
+            let d = warroom_tests::differences(&snap, &want);
+            if d.is_empty() {
+                eprintln!("{what}: API node {n} equals the reference after {:?}", started.elapsed());
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(10), "{what}, API node {n}:\n{}", d.join("\n"));
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+fn stored_partitions(store: &Path, topic: &str) -> usize {
+    std::fs::read_dir(store.join(topic)).map_or(0, |d| d.count())
+}
+
+#[test]
+fn three_workers_two_api_nodes_match_the_reference_through_kill_join_wipe_and_restart() {
+    let buf = night(21, 48_000);
+    let lines = warroom_tests::lines(&buf);
+    let n = lines.len();
+    let q = n / 4;
+    let c = Cluster::new("scaleout");
+    let mut w1 = c.start("w1", "worker");
+    let _w2 = c.start("w2", "worker");
+    let mut w3 = c.start("w3", "worker");
+    let _a1 = c.start("a1", "partials");
+    let mut a2 = c.start("a2", "partials");
+
+    // 1. The first quarter, read by three workers, merged by both API nodes.
+    produce(&c.topic, &lines[..q]);
+    c.wait_read(&["a1", "a2"], q as u64, "first quarter");
+    check(&c, &["a1", "a2"], &lines[..q], "three workers");
+    let wait = Instant::now();
+    while stored_partitions(&c.store, &c.topic) < PARTITIONS as usize {
+        assert!(wait.elapsed() < Duration::from_secs(30), "every partition's state stored");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // 2. A worker killed mid-stream, with events applied since its last checkpoint: its
+    // partitions are counted again by their new owners from the store (nothing lost, nothing
+    // twice; re-sent pays of orders paid before the move are caught because de-duplication
+    // moved with the partition).
+    let h = q + q / 2;
+    produce(&c.topic, &lines[q..h]);
+    c.wait_read(&["a1", "a2"], h as u64, "second quarter, first half");
+    kill9(&mut w1);
+    let killed = Instant::now();
+    produce(&c.topic, &lines[h..2 * q]);
+    c.wait_read(&["a1", "a2"], 2 * q as u64, "second quarter after kill -9 of a worker");
+    let took = killed.elapsed();
+    eprintln!("a killed worker's partitions counted again within {took:?} (session timeout 4 s)");
+    assert!(took < Duration::from_secs(10), "counted again in {took:?}");
+    check(&c, &["a1", "a2"], &lines[..2 * q], "after kill -9 of a worker");
+
+    // 3. A fourth worker joins and another worker's local disk is wiped while it is down, both
+    // mid-stream.
+    kill9(&mut w3);
+    std::fs::remove_dir_all(c.path("local-w3")).unwrap();
+    let _w4 = c.start("w4", "worker");
+    produce(&c.topic, &lines[2 * q..3 * q]);
+    let _w3 = c.start("w3", "worker");
+    c.wait_read(&["a1", "a2"], 3 * q as u64, "third quarter (a join, a wiped disk)");
+    check(&c, &["a1", "a2"], &lines[..3 * q], "after a join and a wiped disk");
+
+    // 4. An API node restarted: it rebuilds the whole view from Kafka alone, then follows.
+    kill9(&mut a2);
+    let _ = std::fs::remove_file(c.path("a2.json"));
+    let restarted = Instant::now();
+    let _a2 = c.start("a2", "partials");
+    c.wait_read(&["a2"], 3 * q as u64, "a restarted API node");
+    eprintln!("a restarted API node had the whole view within {:?} (process start included)", restarted.elapsed());
+    check(&c, &["a2"], &lines[..3 * q], "a restarted API node");
+    produce(&c.topic, &lines[3 * q..]);
+    c.wait_read(&["a1", "a2"], n as u64, "everything");
+    std::thread::sleep(Duration::from_secs(2));
+    check(&c, &["a1", "a2"], &lines, "end of stream");
+    let snap = c.snapshot("a1").unwrap();
+    assert!(snap.counters.resent_pays > 0 && snap.totals.duplicates > 0 && snap.totals.rejected > 0);
+}
