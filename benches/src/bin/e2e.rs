@@ -117,6 +117,16 @@ struct Args {
     /// max_slots of 20,000.
     #[arg(long)]
     slots_per_venue: Option<usize>,
+    /// Scale-out shape: this many ingest workers (`--source worker`, one shared state store)
+    /// and `--api-nodes` API nodes (`--source partials`) instead of one monitor; the clients
+    /// are spread over the API nodes. 0: one monitor (`--source kafka`).
+    #[arg(long, default_value_t = 0)]
+    workers: usize,
+    #[arg(long, default_value_t = 2)]
+    api_nodes: usize,
+    /// Partitions of the events topic (default 4 for one monitor, 12 for the scale-out shape).
+    #[arg(long)]
+    partitions: Option<i32>,
 }
 
 fn args() -> Args {
@@ -283,9 +293,10 @@ fn with_kafka_properties(config: &str, lines: &str) -> String {
 fn step(a: &Args, rate: u64) -> Value {
     let run = format!("{}-{}", std::process::id(), now_ms());
     let topic = format!("e2e-{run}");
-    warroom_benches::create_topic(&a.brokers, &topic, 4);
+    let partitions = a.partitions.unwrap_or(if a.workers > 0 { 12 } else { 4 });
+    warroom_benches::create_topic(&a.brokers, &topic, partitions);
 
-    // The monitor.
+    // The monitor, or the workers and API nodes.
     let state = std::env::temp_dir().join(format!("warroom-e2e-{run}"));
     // The shipped config plus short group timeouts (Tansu joins a group only after them; older
     // configs, for A/B runs against earlier builds, do not set the session timeout).
@@ -294,47 +305,83 @@ fn step(a: &Args, rate: u64) -> Value {
         Some(p) => std::fs::read_to_string(p).unwrap_or_else(|e| panic!("--monitor-config {p}: {e}")),
         None => include_str!("../../../config/warroom.toml").to_string(),
     };
-    std::fs::write(
-        &config,
-        with_kafka_properties(&base, "\"session.timeout.ms\" = \"6000\"\n\"max.poll.interval.ms\" = \"7000\"\n"),
-    )
-    .unwrap();
-    let mut child = Command::new(&a.warroom)
-        .args(["run", "--source", "kafka", "--listen", "127.0.0.1:0", "--brokers", &a.brokers, "--topic", &topic])
-        .arg("--config")
-        .arg(&config)
-        .args(["--group", &format!("e2e-{run}"), "--state-dir"])
-        .arg(&state)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {}: {e}; build it with cargo build --release", a.warroom));
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let monitor = Monitor(child);
-    let base = loop {
-        let mut line = String::new();
-        assert!(out.read_line(&mut line).unwrap() > 0, "the monitor exited before printing its URL");
-        if let Some(rest) = line.strip_prefix("screen (ops):") {
-            break rest.trim().split("/#").next().unwrap().trim_start_matches("http://").to_string();
-        }
-    };
-    let show = std::env::var_os("E2E_MONITOR_LINES").is_some();
-    std::thread::spawn(move || {
-        for l in out.lines().map_while(Result::ok) {
-            if show {
-                eprintln!("monitor: {l}");
+    let mut text =
+        with_kafka_properties(&base, "\"session.timeout.ms\" = \"6000\"\n\"max.poll.interval.ms\" = \"7000\"\n");
+    if a.workers > 0 {
+        // Dynamic membership: workers come and go; their state is in the shared store.
+        text = text.replacen("[kafka]\n", "[kafka]\ninstance_id = \"\"\n", 1);
+    }
+    std::fs::write(&config, text).unwrap();
+    let group = format!("e2e-{run}");
+    let node = |role: &str, name: &str| -> (Monitor, String) {
+        let mut child = Command::new(&a.warroom)
+            .args(["run", "--source", role, "--listen", "127.0.0.1:0", "--brokers", &a.brokers, "--topic", &topic])
+            .arg("--config")
+            .arg(&config)
+            .args(["--group", &group, "--state-dir"])
+            .arg(state.join(name))
+            .arg("--state-store")
+            .arg(state.join("store"))
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}; build it with cargo build --release", a.warroom));
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let monitor = Monitor(child);
+        let base = loop {
+            let mut line = String::new();
+            assert!(out.read_line(&mut line).unwrap() > 0, "{name} exited before printing its URL");
+            if let Some(rest) = line.strip_prefix("screen (ops):") {
+                break rest.trim().split("/#").next().unwrap().trim_start_matches("http://").to_string();
             }
-        }
-    });
-    let pid = monitor.0.id();
-    eprintln!("monitor pid {pid} at {base}; topic {topic}; waiting for its partitions");
+        };
+        let show = std::env::var_os("E2E_MONITOR_LINES").is_some();
+        let tag = name.to_string();
+        std::thread::spawn(move || {
+            for l in out.lines().map_while(Result::ok) {
+                if show {
+                    eprintln!("{tag}: {l}");
+                }
+            }
+        });
+        (monitor, base)
+    };
+    let (mut nodes, mut screens, mut consumers) = (Vec::new(), Vec::new(), Vec::new());
     let joined = Instant::now();
-    while metric(&base, "warroom_kafka_assignments_total").unwrap_or(0.0) < 1.0 {
-        assert!(joined.elapsed() < Duration::from_secs(60), "the monitor got no partitions within 60 s");
+    if a.workers == 0 {
+        let (m, base) = node("kafka", "monitor");
+        eprintln!("monitor pid {} at {base}; topic {topic}; waiting for its partitions", m.0.id());
+        nodes.push(m);
+        screens.push(base.clone());
+        consumers.push(base);
+    } else {
+        for w in 0..a.workers {
+            let (m, base) = node("worker", &format!("worker-{w}"));
+            eprintln!("worker {w} pid {} at {base}", m.0.id());
+            nodes.push(m);
+            consumers.push(base);
+        }
+        for k in 0..a.api_nodes.max(1) {
+            let (m, base) = node("partials", &format!("api-{k}"));
+            eprintln!("API node {k} pid {} at {base}", m.0.id());
+            nodes.push(m);
+            screens.push(base);
+        }
+    }
+    let (assigned, consumed_metric) = if a.workers == 0 {
+        ("warroom_kafka_assignments_total", "warroom_kafka_messages_total")
+    } else {
+        ("warroom_worker_assignments_total", "warroom_worker_messages_total")
+    };
+    while consumers.iter().any(|b| metric(b, assigned).unwrap_or(0.0) < 1.0) {
+        assert!(joined.elapsed() < Duration::from_secs(60), "partitions not assigned within 60 s");
         std::thread::sleep(Duration::from_millis(100));
     }
     eprintln!("partitions assigned after {:.1} s", joined.elapsed().as_secs_f64());
+    let pids: Vec<u32> = nodes.iter().map(|m| m.0.id()).collect();
+    let pid = pids[0];
+    let base = screens[0].clone();
 
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     // Probe k (1-based) was handed to the producer at sent_us[k - 1] (µs since t0).
@@ -347,7 +394,7 @@ fn step(a: &Args, rate: u64) -> Value {
     let t0 = Instant::now();
     for c in 0..a.clients {
         let (base, sent_us, hist, frames, bytes, connected, done) = (
-            base.clone(),
+            screens[c % screens.len()].clone(),
             sent_us.clone(),
             hist.clone(),
             frames.clone(),
@@ -420,8 +467,17 @@ fn step(a: &Args, rate: u64) -> Value {
     let started = Instant::now();
     let (mut probe, mut last_report, mut last_lag) = (0u64, Instant::now(), Instant::now());
     let broker0 = a.broker_pid.map(|p| usage(Some(p)).cpu_s).unwrap_or(0.0);
+    let all_usage =
+        |pids: &[u32]| pids.iter().map(|&p| usage(Some(p))).fold((0.0, 0.0), |(c, r), u| (c + u.cpu_s, r + u.rss_mb));
+    let all_parts = |pids: &[u32]| {
+        pids.iter().map(|&p| monitor_parts(p)).fold([0.0; 5], |mut a, b| {
+            a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
+            a
+        })
+    };
     let mon0 = usage(Some(pid));
-    let parts0 = monitor_parts(pid);
+    let (cpu0, _) = all_usage(&pids);
+    let parts0 = all_parts(&pids);
     let self0 = usage(None).cpu_s;
     let (mut rss_max, mut lag_max, mut lags) = (mon0.rss_mb, 0f64, Vec::<(u64, f64)>::new());
     let (mut lg_cpu, mut loadgen_done) = (0.0f64, false);
@@ -446,7 +502,7 @@ fn step(a: &Args, rate: u64) -> Value {
         }
         if last_lag.elapsed() >= Duration::from_secs(1) {
             last_lag = Instant::now();
-            let lag: f64 = metrics_text(&base)
+            let lag: f64 = metrics_text(&consumers[0])
                 .lines()
                 .filter(|l| l.starts_with("warroom_kafka_partition_lag{"))
                 .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
@@ -485,22 +541,38 @@ fn step(a: &Args, rate: u64) -> Value {
     // Let the last probes arrive.
     std::thread::sleep(Duration::from_secs(3));
     let mon1 = usage(Some(pid));
-    let parts1 = monitor_parts(pid);
+    let (cpu1, rss_all) = all_usage(&pids);
+    let parts1 = all_parts(&pids);
     let broker_cpu = a.broker_pid.map(|p| usage(Some(p)).cpu_s - broker0);
     let self_cpu = usage(None).cpu_s - self0;
     rss_max = rss_max.max(mon1.rss_mb);
     done.store(true, Ordering::Relaxed);
-    let consumed: u64 = metric(&base, "warroom_kafka_messages_total").unwrap_or(0.0) as u64;
-    let m = |n: &str| metric(&base, n).unwrap_or(-1.0);
+    let consumed: u64 = consumers.iter().map(|b| metric(b, consumed_metric).unwrap_or(0.0) as u64).sum();
+    let sum = |n: &str| screens.iter().map(|b| metric(b, n).unwrap_or(0.0)).sum::<f64>();
     let server = json!({
-        "ws_clients_at_end": m("warroom_ws_clients"),
-        "frames_published": m("warroom_ws_frames_published_total"),
-        "frames_sent": m("warroom_ws_frames_sent_total"),
-        "frames_skipped": m("warroom_ws_frames_skipped_total"),
-        "send_timeouts": m("warroom_ws_send_timeouts_total"),
-        "last_frame_bytes": m("warroom_ws_last_frame_bytes"),
+        "ws_clients_at_end": sum("warroom_ws_clients"),
+        "frames_published": sum("warroom_ws_frames_published_total"),
+        "frames_sent": sum("warroom_ws_frames_sent_total"),
+        "frames_skipped": sum("warroom_ws_frames_skipped_total"),
+        "send_timeouts": sum("warroom_ws_send_timeouts_total"),
+        "last_frame_bytes": metric(&base, "warroom_ws_last_frame_bytes").unwrap_or(-1.0),
     });
-    drop(monitor);
+    // The scale-out shape's extra hop: partials, worker -> Kafka -> API node.
+    let scale_out = (a.workers > 0).then(|| {
+        let partial_bytes: f64 = consumers.iter().map(|b| metric(b, "warroom_worker_partial_bytes_total").unwrap_or(0.0)).sum();
+        let n = screens.len() as f64;
+        json!({
+            "workers": a.workers,
+            "api_nodes": screens.len(),
+            "partitions": partitions,
+            "partial_bytes": partial_bytes,
+            "partial_bytes_per_event": partial_bytes / (consumed.max(1) as f64),
+            "partials_hop_ms_mean": sum("warroom_partials_delay_ms_mean") / n,
+            "partials_hop_ms_max": screens.iter().map(|b| metric(b, "warroom_partials_delay_ms_max").unwrap_or(0.0)).fold(0.0, f64::max),
+            "rss_mb_all_nodes": rss_all,
+        })
+    });
+    drop(nodes);
     rt.shutdown_timeout(Duration::from_secs(2));
     let _ = std::fs::remove_dir_all(&state);
     let _ = std::fs::remove_file(&config);
@@ -518,7 +590,8 @@ fn step(a: &Args, rate: u64) -> Value {
     // Cores while the load ran (CPU over the whole step, which adds only the short drain).
     let cores = |s: f64| s / produce_s;
     let part = |k: usize| cores(parts1[k] - parts0[k]);
-    let mon_cores = cores(mon1.cpu_s - mon0.cpu_s);
+    let _ = mon0;
+    let mon_cores = cores(cpu1 - cpu0);
     let lg_cores = lg_report["cpu_s"].as_f64().map_or(cores(lg_cpu), cores);
     let broker_cores = broker_cpu.map(cores);
     let clients_cores = cores(self_cpu);
@@ -564,6 +637,7 @@ fn step(a: &Args, rate: u64) -> Value {
         "loadgen": lg_report,
         "slo_p99_ms": a.slo_p99_ms,
         "server": server,
+        "scale_out": scale_out,
     });
     // The verdict, and when it failed, what ran out.
     let failed = if h.len() < probes_expected * 9 / 10 {
@@ -665,6 +739,13 @@ fn print_step(a: &Args, r: &Value) {
         f(&r["monitor_rss_mb"]["max"]),
         f(&r["loadgen"]["cpu_us_per_event"])
     );
+    if !r["scale_out"].is_null() {
+        let so = &r["scale_out"];
+        println!(
+            "  scale-out    {} workers, {} API nodes, {} partitions; partials {:.1} bytes/event; hop worker -> API node mean {:.0} ms, max {:.0} ms",
+            so["workers"], so["api_nodes"], so["partitions"], f(&so["partial_bytes_per_event"]), f(&so["partials_hop_ms_mean"]), f(&so["partials_hop_ms_max"])
+        );
+    }
     match r["failed"].as_str() {
         Some(why) => println!("  verdict      FAILED: {why}; bottleneck: {}", r["bottleneck"].as_str().unwrap_or("")),
         None => println!("  verdict      held (p99 <= {} ms)", a.slo_p99_ms),

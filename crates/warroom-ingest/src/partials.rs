@@ -32,6 +32,11 @@ pub struct PartialsStats {
     pub bytes: AtomicU64,
     /// Wall-clock ms when the reader first reached the end of the topic (0: not yet).
     pub caught_up_ms: AtomicU64,
+    /// The hop of live partials: from the worker producing one to this node taking it in
+    /// (ms; sum and count of those read after catching up, and the largest).
+    pub delay_ms_sum: AtomicU64,
+    pub delay_count: AtomicU64,
+    pub delay_ms_max: AtomicU64,
 }
 
 /// A running partials reader.
@@ -142,6 +147,14 @@ impl PartialsSource {
                     continue;
                 }
             };
+            if self.stats.caught_up_ms.load(Ordering::Relaxed) != 0 {
+                if let Some(sent) = m.timestamp().to_millis() {
+                    let d = (now_ms() - sent).max(0) as u64;
+                    self.stats.delay_ms_sum.fetch_add(d, Ordering::Relaxed);
+                    self.stats.delay_count.fetch_add(1, Ordering::Relaxed);
+                    self.stats.delay_ms_max.fetch_max(d, Ordering::Relaxed);
+                }
+            }
             let bytes = m.payload().unwrap_or_default();
             self.stats.bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
             let _span = tracing::debug_span!("partial_merge", topic = %topic, offset = m.offset()).entered();
@@ -197,6 +210,20 @@ impl warroom_status::IngestStatus for PartialsSource {
         p.one("partials_gaps_total", Counter, "Partials out of sequence (the part waits for a full one).", c(&s.gaps));
         p.one("partials_invalid_total", Counter, "Partials refused as damaged or of another layout.", c(&s.invalid));
         p.one("partials_bytes_total", Counter, "Bytes of partials read.", c(&s.bytes));
+        let n = c(&s.delay_count);
+        let mean = if n > 0 { c(&s.delay_ms_sum) as f64 / n as f64 } else { 0.0 };
+        p.one(
+            "partials_delay_ms_mean",
+            Gauge,
+            "Mean time from a worker producing a partial to this node reading it.",
+            mean,
+        );
+        p.one(
+            "partials_delay_ms_max",
+            Gauge,
+            "Largest time from a worker producing a partial to this node reading it.",
+            c(&s.delay_ms_max),
+        );
         let parts = self.engine.parts_status();
         p.one("partials_parts", Gauge, "Parts (input partitions) merged.", parts.len());
         p.head("partials_part_watermark_lag_ms", Gauge, "Event time of the newest part minus this part's.");
