@@ -61,7 +61,7 @@ fn auth_loads(text: &str, what: &str) {
     let p = dir.path().join("auth.toml");
     std::fs::write(&p, text).unwrap();
     let a = warroom_api::Auth::load(Some(&p)).unwrap_or_else(|e| panic!("{what}: {e}"));
-    assert!(a.len() > 0, "{what}: no tokens");
+    assert!(!a.is_empty(), "{what}: no tokens");
 }
 
 #[test]
