@@ -28,7 +28,7 @@ use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use warroom_engine::{Engine, RuleSpec};
-pub use warroom_status::IngestStatus;
+pub use warroom_status::{AlertClaims, IngestStatus};
 
 pub use auth::{Auth, Caller, Role};
 pub use hub::Hub;
@@ -77,6 +77,8 @@ pub struct AppState {
     pub parts: Arc<warroom_status::parts::Parts>,
     /// Connection caps and timeouts.
     pub config: ApiConfig,
+    /// Several API nodes: which one sends each alert change to the webhook (`None`: this one).
+    pub claims: Option<Arc<dyn warroom_status::AlertClaims>>,
     /// WebSocket connections open, in all and per token (by the token's digest).
     pub(crate) ws_open: Mutex<std::collections::HashMap<[u8; 32], usize>>,
 }
@@ -93,6 +95,7 @@ impl AppState {
             webhook_tx,
             webhook_rx: Mutex::new(Some(webhook_rx)),
             webhook_stats: metrics::WebhookStats::default(),
+            claims: None,
             metrics: registry,
             engine,
             auth: arc_swap::ArcSwap::from_pointee(auth),

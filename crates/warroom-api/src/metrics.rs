@@ -138,6 +138,8 @@ pub struct WebhookStats {
     pub failed: AtomicU64,
     /// Alert changes dropped because the webhook's queue was full.
     pub dropped: AtomicU64,
+    /// Alert changes another API node claimed (and sends).
+    pub claimed_elsewhere: AtomicU64,
 }
 
 pub(crate) async fn count_requests(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
@@ -273,6 +275,12 @@ fn set_values(st: &AppState) {
     p.one("alert_webhook_sent_total", Counter, "Alert webhook deliveries.", r(&st.webhook_stats.sent));
     p.one("alert_webhook_retries_total", Counter, "Alert webhook retries.", r(&st.webhook_stats.retries));
     p.one("alert_webhook_failed_total", Counter, "Alert webhook deliveries given up.", r(&st.webhook_stats.failed));
+    p.one(
+        "alert_webhook_claimed_elsewhere_total",
+        Counter,
+        "Alert changes another API node sends (several nodes evaluate the same alerts).",
+        r(&st.webhook_stats.claimed_elsewhere),
+    );
     p.one(
         "alert_webhook_dropped_total",
         Counter,

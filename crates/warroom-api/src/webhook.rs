@@ -59,6 +59,14 @@ pub(crate) async fn run(st: std::sync::Arc<AppState>, mut rx: tokio::sync::mpsc:
         warroom_status::parts::fault::hit("webhook");
         let cfg = lock(&st.alerts).config().clone();
         let Some(url) = cfg.webhook.clone() else { continue };
+        if let Some(claims) = st.claims.clone() {
+            let (id, state) = (alert.id.clone(), format!("{:?}", alert.state));
+            let mine = tokio::task::spawn_blocking(move || claims.claim(&id, &state)).await.unwrap_or(true);
+            if !mine {
+                st.webhook_stats.claimed_elsewhere.fetch_add(1, Relaxed);
+                continue;
+            }
+        }
         if cached.as_ref().is_none_or(|(c, _)| c.webhook_ca_file != cfg.webhook_ca_file) {
             match client(&cfg) {
                 Ok(c) => cached = Some((cfg.clone(), c)),

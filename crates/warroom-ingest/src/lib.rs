@@ -13,6 +13,7 @@
 //!   alive, and injected faults.
 //! - [`loadgen`], [`rehearse`], [`produce`]: the producing side for load tests and rehearsals.
 
+pub mod claims;
 pub mod dlq;
 pub mod gen;
 pub mod kafka;

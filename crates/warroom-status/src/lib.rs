@@ -31,6 +31,15 @@ pub trait IngestStatus: Send + Sync {
     fn set_batch_histogram(&self, h: Histogram);
 }
 
+/// Which node tells the webhook of an alert change, when several nodes (API nodes merging
+/// the same partials) evaluate the same alerts: without it, each would send each change.
+pub trait AlertClaims: Send + Sync {
+    /// Whether this node sends the change of alert `id` to `state`; may wait (a few seconds
+    /// at most) for the other nodes' claims. Every node must get the same answer for the same
+    /// change, and exactly one of them `true`.
+    fn claim(&self, id: &str, state: &str) -> bool;
+}
+
 /// Counter or gauge.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {

@@ -171,6 +171,11 @@ pub fn run(spec: NodeSpec, stop: Arc<AtomicBool>, on_listening: impl FnOnce(Sock
     state.stale_after_ms = settings.api.stale_after.as_millis() as i64;
     state.parts = parts.clone();
     state.config = settings.api.clone();
+    if merging {
+        // Several API nodes evaluate the same alerts: the webhook hears each change once.
+        let claims = warroom_ingest::claims::KafkaClaims::start(&kcfg).context("starting the alert claims")?;
+        state.claims = Some(claims as Arc<dyn warroom_api::AlertClaims>);
+    }
     let api = Arc::new(state);
     api.reload_alerts(settings.alerts.clone())
         .map_err(|e| anyhow::anyhow!("invalid alert rules:\n  - {}", e.join("\n  - ")))?;

@@ -23,6 +23,49 @@ struct Cluster {
     group: String,
     dir: tempfile::TempDir,
     store: PathBuf,
+    /// Bodies the alert webhook received.
+    hooks: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+/// A webhook receiver: records each POST's body, answers 200 (HTTP/1.1, keep-alive).
+fn webhook() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let got: std::sync::Arc<std::sync::Mutex<Vec<String>>> = Default::default();
+    let g = got.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let g = g.clone();
+            std::thread::spawn(move || {
+                let mut w = conn.try_clone().unwrap();
+                let mut r = BufReader::new(conn);
+                loop {
+                    let mut len = 0usize;
+                    let mut line = String::new();
+                    loop {
+                        line.clear();
+                        if r.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if line == "\r\n" {
+                            break;
+                        }
+                        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                            len = v.trim().parse().unwrap_or(0);
+                        }
+                    }
+                    let mut body = vec![0; len];
+                    if r.read_exact(&mut body).is_err() {
+                        return;
+                    }
+                    g.lock().unwrap().push(String::from_utf8_lossy(&body).into_owned());
+                    let _ = w.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
+                }
+            });
+        }
+    });
+    (port, got)
 }
 
 impl Cluster {
@@ -30,18 +73,19 @@ impl Cluster {
         let topic = unique(prefix);
         create_topic(&topic, PARTITIONS);
         let dir = tempfile::tempdir().unwrap();
+        let (hook_port, hooks) = webhook();
         // Dynamic membership (Tansu never expires a static member that does not come back);
         // short group timeouts; partials 4 times a second, a full one every 2 s.
         std::fs::write(
             dir.path().join("warroom.toml"),
             format!(
-                "{}[kafka]\ninstance_id = \"\"\ncheckpoint_interval = \"1s\"\npartial_interval = \"250ms\"\nfull_partial_interval = \"2s\"\n[kafka.properties]\n\"session.timeout.ms\" = \"4000\"\n\"max.poll.interval.ms\" = \"5000\"\n",
+                "{}[kafka]\ninstance_id = \"\"\ncheckpoint_interval = \"1s\"\npartial_interval = \"250ms\"\nfull_partial_interval = \"2s\"\n[kafka.properties]\n\"session.timeout.ms\" = \"4000\"\n\"max.poll.interval.ms\" = \"5000\"\n[alerts]\nwebhook = \"http://127.0.0.1:{hook_port}/hook\"\n[[alerts.rules]]\nname = \"any-gmv\"\nkind = \"threshold\"\nmetric = \"gmv_cents\"\nwindow = \"1h\"\nfire = 0.0\n",
                 warroom_tests::kafka::REFERENCE_RACES
             ),
         )
         .unwrap();
         let store = dir.path().join("store");
-        Cluster { topic, group: unique("workers"), dir, store }
+        Cluster { topic, group: unique("workers"), dir, store, hooks }
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -198,6 +242,10 @@ fn three_workers_two_api_nodes_match_the_reference_through_kill_join_wipe_and_re
     c.wait_read(&["a1", "a2"], n as u64, "everything");
     std::thread::sleep(Duration::from_secs(2));
     check(&c, &["a1", "a2"], &lines, "end of stream");
+    // Both API nodes (and the restarted one) evaluate the same alert; the webhook heard of its
+    // firing once.
+    let fired = c.hooks.lock().unwrap().iter().filter(|b| b.contains("\"any-gmv") && b.contains("\"firing\"")).count();
+    assert_eq!(fired, 1, "the webhook heard of the alert's firing once: {:?}", c.hooks.lock().unwrap());
     let snap = c.snapshot("a1").unwrap();
     assert!(snap.counters.resent_pays > 0 && snap.totals.duplicates > 0 && snap.totals.rejected > 0);
 }
