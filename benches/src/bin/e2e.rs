@@ -320,8 +320,8 @@ fn step(a: &Args, rate: u64) -> Value {
             .arg(&config)
             .args(["--group", &group, "--state-dir"])
             .arg(state.join(name))
-            .arg("--state-store")
-            .arg(state.join("store"))
+            // Only workers take it (builds from before the scale-out issue have no such flag).
+            .args(if role == "worker" { vec!["--state-store".into(), state.join("store")] } else { vec![] })
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

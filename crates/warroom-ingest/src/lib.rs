@@ -23,6 +23,7 @@ pub mod pipeline;
 pub mod produce;
 pub mod rehearse;
 pub mod sim;
+pub mod trace;
 pub mod worker;
 
 /// Wall-clock milliseconds since the epoch.

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
+use rdkafka::message::{Headers, Message};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use warroom_engine::partial::{Absorbed, Partial};
 use warroom_engine::Engine;
@@ -157,7 +157,17 @@ impl PartialsSource {
             }
             let bytes = m.payload().unwrap_or_default();
             self.stats.bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
-            let _span = tracing::debug_span!("partial_merge", topic = %topic, offset = m.offset()).entered();
+            let span = tracing::debug_span!("partial_merge", topic = %topic, offset = m.offset());
+            let parent = m.headers().and_then(|h| {
+                h.iter()
+                    .find(|x| x.key == crate::trace::HEADER)
+                    .and_then(|x| x.value)
+                    .map(|v| String::from_utf8_lossy(v).into_owned())
+            });
+            if let Some(tp) = parent {
+                crate::trace::follow(&span, &tp);
+            }
+            let _span = span.entered();
             match Partial::decode(bytes).and_then(|p| self.engine.absorb(&p)) {
                 Ok(Absorbed::Applied) => self.stats.applied.fetch_add(1, Ordering::Relaxed),
                 Ok(Absorbed::Stale) => self.stats.stale.fetch_add(1, Ordering::Relaxed),

@@ -31,7 +31,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
@@ -243,6 +243,7 @@ impl Shared {
 
     /// Applies messages of one partition; rejected ones go to the dead-letter topic.
     fn apply(&self, o: &mut Owned, partition: i32, msgs: &[BorrowedMessage<'_>]) {
+        let _span = tracing::debug_span!("apply", partition, messages = msgs.len()).entered();
         let payloads: Vec<&[u8]> = msgs.iter().map(|m| m.payload().unwrap_or_default()).collect();
         let seqs: Vec<u64> = msgs.iter().map(|m| m.offset() as u64).collect();
         let lanes = vec![0u16; msgs.len()];
@@ -438,6 +439,7 @@ impl Worker {
                 wait = Duration::ZERO;
             }
             if !batch.is_empty() {
+                let _consume = tracing::debug_span!("consume", messages = batch.len()).entered();
                 let mut owned = lock(&self.shared.owned);
                 let mut by_partition: BTreeMap<i32, Vec<BorrowedMessage<'_>>> = BTreeMap::new();
                 for m in batch.drain(..) {
@@ -493,8 +495,13 @@ impl Worker {
             let span = tracing::debug_span!("partial_publish", part = o.writer.part(), full).entered();
             let p = o.engine.partial(&mut o.writer, o.pos.next, full);
             let bytes = p.encode();
+            let parent = crate::trace::traceparent(&span);
             drop(span);
-            let record = BaseRecord::<str, [u8]>::to(&topic).key(o.writer.part()).payload(&bytes);
+            let mut record = BaseRecord::<str, [u8]>::to(&topic).key(o.writer.part()).payload(&bytes);
+            if let Some(tp) = &parent {
+                record =
+                    record.headers(OwnedHeaders::new().insert(Header { key: crate::trace::HEADER, value: Some(tp) }));
+            }
             match self.producer.send(record) {
                 Ok(()) => {
                     self.stats.partials.fetch_add(1, Ordering::Relaxed);

@@ -282,24 +282,71 @@ fn tune_allocator() {
 
 /// Logs to stderr, filtered by `RUST_LOG` (default `info`). `WARROOM_LOG_FORMAT=json`: one JSON
 /// object per line (timestamp, level, target, fields, span), for a log shipper collecting the
-/// logs of many nodes; anything else: human-readable text.
-fn init_logs() {
+/// logs of many nodes; anything else: human-readable text. With `OTEL_EXPORTER_OTLP_ENDPOINT`
+/// set (e.g. `http://collector:4318`), spans also go to that OpenTelemetry collector over
+/// OTLP/HTTP (consume, apply, partial publish, merge, publish, push; the partial's trace
+/// context travels in its Kafka headers, so a trace follows an event's partial from a worker
+/// into every API node), filtered by `WARROOM_OTLP_FILTER` (default: debug for warroom's
+/// crates); the service name is `OTEL_SERVICE_NAME` (default `warroom`). Returns the tracer
+/// provider to flush at exit.
+fn init_logs() -> Option<opentelemetry_sdk::trace::SdkTracerProvider> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    match std::env::var("WARROOM_LOG_FORMAT").as_deref() {
-        Ok("json") => logs.json().with_current_span(true).init(),
-        Ok("text") | Err(_) => logs.init(),
-        Ok(other) => {
-            logs.init();
+    let format = std::env::var("WARROOM_LOG_FORMAT");
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = match format.as_deref() {
+        Ok("json") => fmt.json().with_current_span(true).with_filter(filter).boxed(),
+        _ => fmt.with_filter(filter).boxed(),
+    };
+    let (otel, provider) = match otlp() {
+        Ok(Some((layer, provider))) => (Some(layer), Some(provider)),
+        Ok(None) => (None, None),
+        Err(e) => {
+            eprintln!("warning: spans are not exported over OTLP: {e} (check OTEL_EXPORTER_OTLP_ENDPOINT)");
+            (None, None)
+        }
+    };
+    let mut layers = vec![fmt];
+    layers.extend(otel);
+    tracing_subscriber::registry().with(layers).init();
+    if let Ok(other) = format {
+        if other != "json" && other != "text" {
             tracing::warn!(format = other, "WARROOM_LOG_FORMAT is json or text; logging as text");
         }
     }
+    provider
+}
+
+type BoxedLayer = Box<dyn tracing_subscriber::Layer<tracing_subscriber::Registry> + Send + Sync>;
+
+/// The OTLP span layer, when `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
+fn otlp() -> anyhow::Result<Option<(BoxedLayer, opentelemetry_sdk::trace::SdkTracerProvider)>> {
+    use opentelemetry::trace::TracerProvider;
+    use tracing_subscriber::Layer;
+    if std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_none() {
+        return Ok(None);
+    }
+    let exporter = opentelemetry_otlp::SpanExporter::builder().with_http().build()?;
+    let name = std::env::var("OTEL_SERVICE_NAME").unwrap_or_else(|_| "warroom".into());
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(opentelemetry_sdk::Resource::builder().with_service_name(name).build())
+        .build();
+    let filter = std::env::var("WARROOM_OTLP_FILTER")
+        .unwrap_or_else(|_| "warn,warroom=debug,warroom_ingest=debug,warroom_api=debug,warroom_engine=debug".into());
+    let layer = tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer("warroom"))
+        .with_filter(tracing_subscriber::EnvFilter::new(filter))
+        .boxed();
+    Ok(Some((layer, provider)))
 }
 
 fn main() {
     tune_allocator();
-    init_logs();
+    let otlp = init_logs();
     let cli = Cli::parse();
     warroom_ingest::name_engine_threads();
     let res = match cli.cmd {
@@ -315,6 +362,10 @@ fn main() {
         Cmd::Loadgen(o) => loadgen(o),
         Cmd::Rehearse(o) => rehearse(o),
     };
+    if let Some(p) = otlp {
+        // The spans still in the batch go out before the process ends.
+        let _ = p.shutdown();
+    }
     if let Err(e) = res {
         eprintln!("error: {e:#}");
         std::process::exit(1);

@@ -244,12 +244,16 @@ pub fn run(spec: NodeSpec, stop: Arc<AtomicBool>, on_listening: impl FnOnce(Sock
                 warroom_ingest::parts::fault::hit("publisher");
                 // Lock-free: the shards' writers answer with deltas (see Engine::publish_live);
                 // an API node publishes what it merged of the partials.
+                let publish = tracing::debug_span!("publish", merging).entered();
                 let (snap, changes) = if merging { engine.publish_parts() } else { engine.publish_live(PUBLISH_WAIT) };
+                drop(publish);
                 moves += changes.len();
                 for c in &changes {
                     tracing::debug!(venue = %c.venue, slot = %c.slot, from = ?c.from, to = c.to, "race: rank change");
                 }
+                let push = tracing::debug_span!("push", changes = changes.len()).entered();
                 api.on_publish(snap.clone(), changes);
+                drop(push);
                 if last_line.elapsed() >= Duration::from_secs(1) {
                     last_line = Instant::now();
                     println!("{tag}{} | rank moves {moves}", summary_line(&snap));

@@ -24,15 +24,21 @@ struct Cluster {
     dir: tempfile::TempDir,
     store: PathBuf,
     /// Bodies the alert webhook received.
-    hooks: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    hooks: Bodies,
+    /// OTLP/HTTP export requests (protobuf) the nodes sent.
+    spans: Bodies,
+    otlp_port: u16,
 }
 
-/// A webhook receiver: records each POST's body, answers 200 (HTTP/1.1, keep-alive).
-fn webhook() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+type Bodies = std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>;
+
+/// An HTTP receiver (the alert webhook, the OTLP collector): records each POST's body,
+/// answers 200 (HTTP/1.1, keep-alive).
+fn receiver() -> (u16, Bodies) {
     use std::io::{BufRead, BufReader, Read, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
-    let got: std::sync::Arc<std::sync::Mutex<Vec<String>>> = Default::default();
+    let got: Bodies = Default::default();
     let g = got.clone();
     std::thread::spawn(move || {
         for conn in listener.incoming().flatten() {
@@ -59,7 +65,7 @@ fn webhook() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
                     if r.read_exact(&mut body).is_err() {
                         return;
                     }
-                    g.lock().unwrap().push(String::from_utf8_lossy(&body).into_owned());
+                    g.lock().unwrap().push(body);
                     let _ = w.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
                 }
             });
@@ -73,7 +79,8 @@ impl Cluster {
         let topic = unique(prefix);
         create_topic(&topic, PARTITIONS);
         let dir = tempfile::tempdir().unwrap();
-        let (hook_port, hooks) = webhook();
+        let (hook_port, hooks) = receiver();
+        let (otlp_port, spans) = receiver();
         // Dynamic membership (Tansu never expires a static member that does not come back);
         // short group timeouts; partials 4 times a second, a full one every 2 s.
         std::fs::write(
@@ -85,7 +92,7 @@ impl Cluster {
         )
         .unwrap();
         let store = dir.path().join("store");
-        Cluster { topic, group: unique("workers"), dir, store, hooks }
+        Cluster { topic, group: unique("workers"), dir, store, hooks, spans, otlp_port }
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -106,6 +113,9 @@ impl Cluster {
             .arg(&self.store)
             .arg("--snapshot-out")
             .arg(self.path(&format!("{name}.json")))
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://127.0.0.1:{}", self.otlp_port))
+            .env("OTEL_SERVICE_NAME", format!("warroom-{name}"))
+            .env("OTEL_BSP_SCHEDULE_DELAY", "500")
             .stdout(Stdio::from(std::fs::File::create(self.path(&format!("out-{name}.txt"))).unwrap()))
             .stderr(Stdio::from(std::fs::File::create(self.path(&format!("log-{name}.txt"))).unwrap()))
             .spawn()
@@ -244,8 +254,51 @@ fn three_workers_two_api_nodes_match_the_reference_through_kill_join_wipe_and_re
     check(&c, &["a1", "a2"], &lines, "end of stream");
     // Both API nodes (and the restarted one) evaluate the same alert; the webhook heard of its
     // firing once.
-    let fired = c.hooks.lock().unwrap().iter().filter(|b| b.contains("\"any-gmv") && b.contains("\"firing\"")).count();
-    assert_eq!(fired, 1, "the webhook heard of the alert's firing once: {:?}", c.hooks.lock().unwrap());
+    let hooks: Vec<String> = c.hooks.lock().unwrap().iter().map(|b| String::from_utf8_lossy(b).into_owned()).collect();
+    let fired = hooks.iter().filter(|b| b.contains("\"any-gmv") && b.contains("\"firing\"")).count();
+    assert_eq!(fired, 1, "the webhook heard of the alert's firing once: {hooks:?}");
+    spans_follow_partials_across_nodes(&c);
     let snap = c.snapshot("a1").unwrap();
     assert!(snap.counters.resent_pays > 0 && snap.totals.duplicates > 0 && snap.totals.rejected > 0);
+}
+
+/// The nodes exported their spans over OTLP, and a trace follows a partial from the worker
+/// that published it into an API node that merged it (same trace, parent = the worker's span).
+fn spans_follow_partials_across_nodes(c: &Cluster) {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use prost::Message;
+    std::thread::sleep(Duration::from_secs(1));
+    let mut spans = Vec::new(); // (service, name, trace id, span id, parent span id)
+    for body in c.spans.lock().unwrap().iter() {
+        let req = ExportTraceServiceRequest::decode(body.as_slice()).expect("an OTLP/HTTP protobuf export");
+        for rs in req.resource_spans {
+            let service = rs
+                .resource
+                .iter()
+                .flat_map(|r| &r.attributes)
+                .find(|a| a.key == "service.name")
+                .and_then(|a| a.value.as_ref())
+                .map(|v| format!("{v:?}"))
+                .unwrap_or_default();
+            for s in rs.scope_spans.into_iter().flat_map(|s| s.spans) {
+                spans.push((service.clone(), s.name, s.trace_id, s.span_id, s.parent_span_id));
+            }
+        }
+    }
+    let names: std::collections::BTreeSet<&str> = spans.iter().map(|s| s.1.as_str()).collect();
+    for want in ["consume", "apply", "partial_publish", "partial_merge", "publish", "push"] {
+        assert!(names.contains(want), "span {want} exported; got {names:?}");
+    }
+    let published: std::collections::HashMap<&[u8], &str> =
+        spans.iter().filter(|s| s.1 == "partial_publish").map(|s| (s.3.as_slice(), s.0.as_str())).collect();
+    let followed = spans
+        .iter()
+        .filter(|s| s.1 == "partial_merge" && s.0.contains("warroom-a"))
+        .filter(|s| published.get(s.4.as_slice()).is_some_and(|svc| svc.contains("warroom-w")))
+        .count();
+    eprintln!(
+        "{} spans exported; {followed} partial merges on API nodes are children of a worker's publish",
+        spans.len()
+    );
+    assert!(followed > 0, "a merge on an API node has a worker's partial_publish as its parent");
 }
