@@ -252,13 +252,40 @@ impl SlidingHll {
         SlidingDiff(diff_into(&self.regs, &mut shadow.regs))
     }
 
-    /// Applies a diff made by [`SlidingHll::diff_into`] against this copy.
-    pub fn apply(&mut self, d: &SlidingDiff) -> Result<(), String> {
+    /// Takes another sketch's changed registers into this union (see [`SlidingHll::merge`]);
+    /// their times are `shift` ms later on this sketch's clock (its epoch is earlier). Exact
+    /// for the union: registers only ever gain pairs that are facts about inserts, and what a
+    /// writer dropped was dominated. Cost: the registers carried.
+    pub fn absorb(&mut self, d: &SlidingDiff, shift: i64) -> Result<(), String> {
         let top = (MAX_RANK as u8).min((64 - self.p + 1) as u8);
-        if d.0.iter().any(|(_, r)| r.rank.iter().any(|&x| x > top)) {
-            return Err("sliding sketch diff: a rank out of range".into());
+        if d.0.iter().any(|(i, r)| *i as usize >= self.regs.len() || r.rank.iter().any(|&x| x > top)) {
+            return Err("sliding sketch diff: a register or rank out of range".into());
         }
-        apply_diff(&mut self.regs, &d.0)
+        for (i, r) in &d.0 {
+            let reg = &mut self.regs[*i as usize];
+            for k in 0..LPFM {
+                if r.rank[k] == 0 {
+                    break;
+                }
+                let t = if r.ts[k] == 0 { 0 } else { (r.ts[k] as i64 + shift).clamp(1, u32::MAX as i64) as u32 };
+                reg.insert(r.rank[k], t);
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves every kept time `by` ms later (the clock's epoch moved back by as much).
+    pub fn shift_forward(&mut self, by: u32) {
+        for reg in self.regs.iter_mut() {
+            for i in 0..LPFM {
+                if reg.rank[i] == 0 {
+                    break;
+                }
+                if reg.ts[i] != 0 {
+                    reg.ts[i] = reg.ts[i].saturating_add(by);
+                }
+            }
+        }
     }
 
     /// Moves every kept time `by` ms into the past (the clock's epoch moved forwards by as
@@ -347,10 +374,14 @@ impl Hll {
         ByteDiff(diff_into(&self.regs, &mut shadow.regs))
     }
 
-    /// Applies a diff made by [`Hll::diff_into`].
-    pub fn apply(&mut self, d: &ByteDiff) -> Result<(), String> {
-        apply_diff(&mut self.regs, &d.0)?;
-        check_bytes(&self.regs, self.p, "sketch")
+    /// Takes another sketch's changed registers into this union (register-wise maximum).
+    pub fn absorb(&mut self, d: &ByteDiff) -> Result<(), String> {
+        check_diff(&d.0, self.regs.len(), self.p)?;
+        for &(i, v) in &d.0 {
+            let r = &mut self.regs[i as usize];
+            *r = (*r).max(v);
+        }
+        Ok(())
     }
 
     /// See [`SlidingHll::check`].
@@ -478,23 +509,56 @@ impl BucketHll {
 }
 
 impl BucketHll {
-    /// See [`SlidingHll::diff_into`]; the ring's bucket numbers go whole when they moved.
+    /// See [`SlidingHll::diff_into`]. The ring's bucket numbers go whole when one moved, and a
+    /// bucket that moved goes whole (a reader's union must not keep the old bucket's values).
     pub fn diff_into(&self, shadow: &mut BucketHll) -> BucketDiff {
+        let m = 1usize << BUCKET_P;
+        let mut regs = Vec::new();
+        for pos in 0..self.held.len() {
+            let (new, old) = (&self.regs[pos * m..(pos + 1) * m], &mut shadow.regs[pos * m..(pos + 1) * m]);
+            let moved = self.held[pos] != shadow.held[pos];
+            for (k, (a, b)) in new.iter().zip(old.iter_mut()).enumerate() {
+                if a != b || (moved && *a != 0) {
+                    *b = *a;
+                    regs.push(((pos * m + k) as u32, *a));
+                }
+            }
+        }
         let held = (self.held != shadow.held).then(|| self.held.to_vec());
         shadow.held.clone_from(&self.held);
-        BucketDiff { held, regs: ByteDiff(diff_into(&self.regs, &mut shadow.regs)) }
+        BucketDiff { held, regs: ByteDiff(regs) }
     }
 
-    /// Applies a diff made by [`BucketHll::diff_into`].
-    pub fn apply(&mut self, d: &BucketDiff) -> Result<(), String> {
+    /// Takes another ring's diff into this union ring. `part_held` is the other ring's bucket
+    /// numbers as this reader last learnt them (-1: none). Per ring position the newer bucket
+    /// wins (as in a ring: an older one is gone), equal ones merge register-wise.
+    pub fn absorb(&mut self, d: &BucketDiff, part_held: &mut Vec<i64>) -> Result<(), String> {
+        let n = self.held.len();
+        if part_held.len() != n {
+            *part_held = vec![-1; n];
+        }
         if let Some(held) = &d.held {
-            if held.len() != self.held.len() {
+            if held.len() != n {
                 return Err("bucketed sketch diff: ring size".into());
             }
-            self.held.copy_from_slice(held);
+            part_held.copy_from_slice(held);
         }
-        apply_diff(&mut self.regs, &d.regs.0)?;
-        check_bytes(&self.regs, BUCKET_P, "bucketed sketch")
+        check_diff(&d.regs.0, self.regs.len(), BUCKET_P)?;
+        let m = 1usize << BUCKET_P;
+        for (pos, (&theirs, ours)) in part_held.iter().zip(self.held.iter_mut()).enumerate() {
+            if theirs > *ours {
+                *ours = theirs;
+                self.regs[pos * m..(pos + 1) * m].fill(0);
+            }
+        }
+        for &(i, v) in &d.regs.0 {
+            let pos = i as usize / m;
+            if part_held[pos] == self.held[pos] {
+                let r = &mut self.regs[i as usize];
+                *r = (*r).max(v);
+            }
+        }
+        Ok(())
     }
 }
 
@@ -543,9 +607,10 @@ fn diff_into<T: Copy + PartialEq>(new: &[T], shadow: &mut [T]) -> Vec<(u32, T)> 
     out
 }
 
-fn apply_diff<T: Copy>(regs: &mut [T], d: &[(u32, T)]) -> Result<(), String> {
-    for &(i, v) in d {
-        *regs.get_mut(i as usize).ok_or_else(|| format!("sketch diff: register {i} out of range"))? = v;
+/// That a byte diff's registers exist and hold ranks a sketch of precision `p` can.
+fn check_diff(d: &[(u32, u8)], len: usize, p: u32) -> Result<(), String> {
+    if d.iter().any(|&(i, v)| i as usize >= len || v as u32 > 64 - p + 1) {
+        return Err("sketch diff: a register or rank out of range".into());
     }
     Ok(())
 }
@@ -782,5 +847,54 @@ mod tests {
         // Overwriting the ring drops the oldest bucket.
         b.insert(h(1), 11_500);
         assert_eq!(b.estimate(999, 1_999), 0);
+    }
+
+    /// An API node's union, fed diffs taken at random moments from four writers (one of them
+    /// on a clock whose epoch is a day later), reads like the union of the writers' final
+    /// sketches, for every window; bucket rings rotate meanwhile.
+    #[test]
+    fn a_union_fed_by_diffs_equals_the_union_of_the_final_sketches() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        const DAY: i64 = 86_400_000;
+        let (mut parts, mut shadows) = (Vec::new(), Vec::new());
+        for _ in 0..4 {
+            parts.push((SlidingHll::new(), Hll::new(SLIDING_P), BucketHll::new(2_000, 61)));
+            shadows.push((SlidingHll::new(), Hll::new(SLIDING_P), BucketHll::new(2_000, 61)));
+        }
+        let mut union = (SlidingHll::new(), Hll::new(SLIDING_P), BucketHll::new(2_000, 61));
+        let mut held: Vec<Vec<i64>> = vec![Vec::new(); 4];
+        // Writer 3's sliding clock starts a day later than the others' (and the union's).
+        let epoch = |k: usize| if k == 3 { DAY } else { 0 };
+        for step in 0..40_000u64 {
+            let k = rng.gen_range(0..4usize);
+            let ts = 2 * DAY + step as i64 * 5; // 200 s of inserts
+            let item = h(rng.gen_range(0..30_000u64));
+            parts[k].0.insert(item, (ts - epoch(k)) as u32);
+            parts[k].1.insert(item);
+            parts[k].2.insert(item, ts);
+            if rng.gen_range(0..500) == 0 || step == 39_999 {
+                for j in 0..4 {
+                    union.0.absorb(&parts[j].0.diff_into(&mut shadows[j].0), epoch(j)).unwrap();
+                    union.1.absorb(&parts[j].1.diff_into(&mut shadows[j].1)).unwrap();
+                    union.2.absorb(&parts[j].2.diff_into(&mut shadows[j].2), &mut held[j]).unwrap();
+                }
+            }
+        }
+        let now = 2 * DAY + 200_000;
+        for len in [10_000i64, 60_000, 150_000, 400_000] {
+            let start = |k: usize| (now - len - epoch(k)).max(0) as u32;
+            let v: Vec<(&SlidingHll, Vec<u32>)> = (0..4).map(|k| (&parts[k].0, vec![start(k)])).collect();
+            let from_parts = SlidingHll::estimate_union(&v.iter().map(|(h, s)| (*h, s.as_slice())).collect::<Vec<_>>());
+            assert_eq!(union.0.estimate(&[start(0)]), from_parts, "sliding, last {len} ms");
+            let rings: Vec<&BucketHll> = parts.iter().map(|p| &p.2).collect();
+            assert_eq!(
+                union.2.estimate(now - len, now),
+                BucketHll::estimate_union(&rings, now - len, now),
+                "buckets, {len} ms"
+            );
+        }
+        assert_eq!(union.1.estimate(), Hll::estimate_union(&parts.iter().map(|p| &p.1).collect::<Vec<_>>()));
+        assert!(union.1.estimate() > 20_000, "the data fills the sketches: {}", union.1.estimate());
     }
 }

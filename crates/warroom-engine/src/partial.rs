@@ -174,10 +174,13 @@ impl NameMap {
 pub struct Parts {
     index: HashMap<String, usize>,
     parts: Vec<PartIn>,
-    /// Per shard of every part, flat: its tables (in the reader's indices), summary, sketches.
+    /// Per shard of every part, flat: its tables (in the reader's indices), summary, and its
+    /// bucketed sketches' bucket numbers as last learnt.
     mirrors: Vec<Merged>,
     summaries: Vec<Option<(i64, ShardSummary)>>,
-    sketches: Vec<Sketches>,
+    held: Vec<Vec<[Vec<i64>; 3]>>,
+    /// The union of every part's sketches.
+    union: Option<Sketches>,
     sum: Merged,
     pending_pairs: Vec<u32>,
     pending_slots: Vec<u32>,
@@ -223,7 +226,7 @@ impl Engine {
                 if full {
                     shard.mark_all_dirty();
                 }
-                let delta = shard.delta(as_of, &self.cx);
+                let delta = shard.delta_with(as_of, &self.cx, false);
                 ShardPartial { delta, sketches: shard.sk.diff_into(&mut w.shadows[s]) }
             })
             .collect();
@@ -315,7 +318,7 @@ impl Engine {
             while part.subs.len() < p.shards.len() {
                 st.mirrors.push(Merged { windows: nw, ..Merged::default() });
                 st.summaries.push(None);
-                st.sketches.push(Sketches::new(&self.cx));
+                st.held.push(Vec::new());
                 part.subs.push(st.mirrors.len() - 1);
             }
             for &i in &part.subs {
@@ -324,7 +327,7 @@ impl Engine {
                 st.pending_pairs.extend(0..m.pair_cum.len() as u32);
                 st.pending_slots.extend(0..m.slots.len() as u32);
                 st.summaries[i] = None;
-                st.sketches[i] = Sketches::new(&self.cx);
+                st.held[i].clear();
             }
         } else if part.seq != Some(p.seq.wrapping_sub(1)) || part.subs.len() != p.shards.len() {
             part.seq = None;
@@ -344,7 +347,8 @@ impl Engine {
                 }
             }
             st.summaries[i] = Some((d.as_of, d.summary));
-            st.sketches[i].apply(&s.sketches)?;
+            let union = st.union.get_or_insert_with(|| Sketches::new(&self.cx));
+            union.absorb(&s.sketches, &mut st.held[i])?;
         }
         part.seq = Some(p.seq);
         part.watermark = p.watermark;
@@ -398,8 +402,7 @@ impl Engine {
             (self.empty_snapshot(), Vec::new())
         } else {
             let sums: Vec<ShardSummary> = st.summaries.iter().flatten().map(|(_, s)| s.clone()).collect();
-            let sketches: Vec<&Sketches> = st.sketches.iter().collect();
-            let distinct = Sketches::distinct(&sketches, as_of, &self.cx);
+            let distinct = Sketches::distinct(&st.union.iter().collect::<Vec<_>>(), as_of, &self.cx);
             self.merge(as_of, &sums, &distinct, &st.sum, &mut state)
         };
         let mut rejections = BTreeMap::new();

@@ -1061,7 +1061,14 @@ impl Shard {
     /// [`ShardDelta`]). Cost: the changed pairs, the venues and channels, and the summary's
     /// sketch estimates; not the shard's slot count.
     pub fn delta(&mut self, as_of: i64, cx: &Ctx) -> ShardDelta {
-        let summary = self.summarize(as_of, cx);
+        self.delta_with(as_of, cx, true)
+    }
+
+    /// [`Shard::delta`], with the summary's distinct counts left at zero unless `distinct`:
+    /// a reader of partials counts them from the union of the sketches, and estimating a
+    /// shard's own is most of a delta's cost.
+    pub fn delta_with(&mut self, as_of: i64, cx: &Ctx, distinct: bool) -> ShardDelta {
+        let summary = self.summarize_with(as_of, cx, distinct);
         let nw = cx.windows.len();
         let mut d = ShardDelta { as_of, summary, ..ShardDelta::default() };
         if std::mem::take(&mut self.all_dirty) {
@@ -1124,10 +1131,15 @@ impl Shard {
     /// Brings the windows to `as_of` (the global watermark, >= this shard's) and reads out
     /// the mergeable summary. Cost: O(slots + venues + sketch registers), not O(events).
     pub fn summarize(&mut self, as_of: i64, cx: &Ctx) -> ShardSummary {
+        self.summarize_with(as_of, cx, true)
+    }
+
+    fn summarize_with(&mut self, as_of: i64, cx: &Ctx, distinct: bool) -> ShardSummary {
         if as_of != i64::MIN {
             self.advance(as_of);
         }
-        let distinct = Sketches::distinct(&[&self.sk], as_of, cx);
+        let distinct =
+            if distinct { Sketches::distinct(&[&self.sk], as_of, cx) } else { Distinct::zero(cx.windows.len()) };
         let windows = (0..cx.windows.len())
             .map(|k| {
                 let cur = self.site[2 * k];

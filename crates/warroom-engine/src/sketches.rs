@@ -43,12 +43,16 @@ pub struct Distinct {
 }
 
 impl Distinct {
+    /// Nothing counted, for `windows` reported windows.
+    pub fn zero(windows: usize) -> Distinct {
+        Distinct { total: [0; 3], windows: vec![[0; 3]; windows], formula: vec![([0; 2], [0; 2]); windows] }
+    }
+
     /// The sum of the shards' own counts: right when they count disjoint sets (the shards of
     /// one engine split the users), as they do within a process.
     pub fn sum(sums: &[crate::shard::ShardSummary]) -> Distinct {
         let add = |a: &mut [u64], b: &[u64]| a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
-        let nw = sums.first().map_or(0, |s| s.distinct.windows.len());
-        let mut d = Distinct { total: [0; 3], windows: vec![[0; 3]; nw], formula: vec![([0; 2], [0; 2]); nw] };
+        let mut d = Distinct::zero(sums.first().map_or(0, |s| s.distinct.windows.len()));
         for s in sums {
             add(&mut d.total, &s.distinct.total);
             for (a, b) in d.windows.iter_mut().zip(&s.distinct.windows) {
@@ -121,7 +125,7 @@ impl Sketches {
         let parts: Vec<&Sketches> = parts.iter().copied().filter(|s| s.epoch != UNSEEN).collect();
         let nw = cx.windows.len();
         if parts.is_empty() {
-            return Distinct { total: [0; 3], windows: vec![[0; 3]; nw], formula: vec![([0; 2], [0; 2]); nw] };
+            return Distinct::zero(nw);
         }
         // Each part's window starts on its own clock; before any event (`as_of` unknown)
         // every window is empty.
@@ -176,24 +180,44 @@ impl Sketches {
         }
     }
 
-    /// Applies a diff made by [`Sketches::diff_into`] against this copy.
-    pub fn apply(&mut self, d: &SketchDiff) -> Result<(), String> {
+    /// Takes a part's diff into these sketches, the union of every part's (an API node keeps
+    /// one union, not a copy per part: a diff only adds facts, so the union costs what the
+    /// diffs carry and reads like one sketch, however many parts there are). `held` is the
+    /// part's bucket numbers as last learnt (see [`BucketHll::absorb`]). A part's sketches
+    /// replaced by its new owner's need nothing removed: they hold facts about the same
+    /// partition's events.
+    pub fn absorb(&mut self, d: &SketchDiff, held: &mut Vec<[Vec<i64>; 3]>) -> Result<(), String> {
         if d.sliding.len() != 3 || d.totals.len() != 3 || d.prev.len() != self.prev.len() {
             return Err("sketch diff of another shape".into());
         }
-        self.epoch = d.epoch;
-        for (h, x) in self.sliding.iter_mut().zip(&d.sliding) {
-            h.apply(x)?;
+        if d.prev.iter().any(|xs| xs.len() != 3) {
+            return Err("sketch diff of another shape".into());
+        }
+        if d.epoch != UNSEEN {
+            // One clock for the union: the earliest epoch of any part.
+            if self.epoch == UNSEEN {
+                self.epoch = d.epoch;
+            } else if d.epoch < self.epoch {
+                let by = (self.epoch - d.epoch).min(u32::MAX as i64) as u32;
+                for h in &mut self.sliding {
+                    h.shift_forward(by);
+                }
+                self.epoch = d.epoch;
+            }
+            let shift = d.epoch - self.epoch;
+            for (h, x) in self.sliding.iter_mut().zip(&d.sliding) {
+                h.absorb(x, shift)?;
+            }
         }
         for (h, x) in self.totals.iter_mut().zip(&d.totals) {
-            h.apply(x)?;
+            h.absorb(x)?;
         }
-        for (hs, xs) in self.prev.iter_mut().zip(&d.prev) {
-            if xs.len() != 3 {
-                return Err("sketch diff of another shape".into());
-            }
-            for (h, x) in hs.iter_mut().zip(xs) {
-                h.apply(x)?;
+        if held.len() != self.prev.len() {
+            *held = vec![Default::default(); self.prev.len()];
+        }
+        for ((hs, xs), ph) in self.prev.iter_mut().zip(&d.prev).zip(held.iter_mut()) {
+            for ((h, x), p) in hs.iter_mut().zip(xs).zip(ph.iter_mut()) {
+                h.absorb(x, p)?;
             }
         }
         Ok(())
