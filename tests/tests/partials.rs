@@ -88,6 +88,22 @@ fn publish(o: &mut Owner, as_of: i64, full: bool) -> Partial {
     wire(o.engine.partial(&mut o.writer, o.next as i64, full))
 }
 
+/// The lines by partition, and an owner (generation 1) for each partition.
+fn split<'a>(all: &[&'a [u8]]) -> (Vec<Vec<&'a [u8]>>, Vec<Owner>) {
+    let mut parts: Vec<Vec<&[u8]>> = vec![Vec::new(); PARTITIONS];
+    for l in all {
+        parts[partition_of(l)].push(l);
+    }
+    let owners = (0..PARTITIONS)
+        .map(|p| Owner {
+            engine: Arc::new(Engine::new(cfg())),
+            writer: PartialWriter::new(format!("events/{p}"), 1),
+            next: 0,
+        })
+        .collect();
+    (parts, owners)
+}
+
 fn newest(o: &[Owner]) -> i64 {
     o.iter().map(|o| o.engine.watermark()).max().unwrap_or(i64::MIN)
 }
@@ -96,17 +112,7 @@ fn newest(o: &[Owner]) -> i64 {
 fn twelve_partitions_merged_from_partials_match_the_reference_through_a_move_and_a_lost_partial() {
     let buf = night(11, 120_000);
     let all = lines(&buf);
-    let mut parts: Vec<Vec<&[u8]>> = vec![Vec::new(); PARTITIONS];
-    for l in &all {
-        parts[partition_of(l)].push(l);
-    }
-    let mut owners: Vec<Owner> = (0..PARTITIONS)
-        .map(|p| Owner {
-            engine: Arc::new(Engine::new(cfg())),
-            writer: PartialWriter::new(format!("events/{p}"), 1),
-            next: 0,
-        })
-        .collect();
+    let (parts, mut owners) = split(&all);
     let reader = Engine::new(Config::default());
     let rounds = 8;
     let mut bytes = 0usize;
@@ -186,17 +192,7 @@ fn twelve_partitions_merged_from_partials_match_the_reference_through_a_move_and
 fn a_reader_that_starts_late_catches_up_from_full_partials_alone() {
     let buf = night(12, 30_000);
     let all = lines(&buf);
-    let mut parts: Vec<Vec<&[u8]>> = vec![Vec::new(); PARTITIONS];
-    for l in &all {
-        parts[partition_of(l)].push(l);
-    }
-    let mut owners: Vec<Owner> = (0..PARTITIONS)
-        .map(|p| Owner {
-            engine: Arc::new(Engine::new(cfg())),
-            writer: PartialWriter::new(format!("events/{p}"), 1),
-            next: 0,
-        })
-        .collect();
+    let (parts, mut owners) = split(&all);
     for (p, o) in owners.iter_mut().enumerate() {
         feed(o, &parts[p], parts[p].len() / 2);
         publish(o, i64::MIN, false); // to a reader that is not there

@@ -275,6 +275,30 @@ impl KafkaConfig {
         self.partials_topic.clone().unwrap_or_else(|| format!("{}.partials", self.topic))
     }
 
+    /// A consumer in `group` with offsets managed by warroom (never auto-committed), eager
+    /// range assignment and the group and fetch timings every group member here uses (the
+    /// single-process source and the ingest workers).
+    pub fn group_consumer_config(&self) -> Result<ClientConfig, KafkaSourceError> {
+        let mut cc = self.client_config(&self.brokers)?;
+        cc.set("group.id", &self.group)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("partition.assignment.strategy", "range")
+            .set("session.timeout.ms", self.session_timeout.as_millis().to_string())
+            .set("heartbeat.interval.ms", (self.session_timeout.as_millis() / 6).max(100).to_string())
+            // librdkafka's default (1 s) idles the fetcher for a whole second whenever its
+            // queue is full, which a monitor busy applying a batch often lets happen: drain
+            // rate 0.38-0.47 of a bare consumer with it, 0.54-0.74 with 10 ms (BENCHMARKS.md).
+            .set("fetch.queue.backoff.ms", "10")
+            // How long the broker may hold a fetch with no new data. Kafka answers as soon as
+            // one byte is there; Tansu was seen holding fetches of a 4-partition topic for about
+            // 2 s at 2k events/s with the 500 ms default (frames 1-2 s late). 100 ms costs an
+            // idle consumer ten small requests a second.
+            .set("fetch.wait.max.ms", "100");
+        Ok(cc)
+    }
+
     pub fn dlq(&self) -> String {
         self.dlq_topic.clone().unwrap_or_else(|| format!("{}.dlq", self.topic))
     }
@@ -857,23 +881,8 @@ impl KafkaSource {
         limits: Limits,
     ) -> Result<Self, KafkaSourceError> {
         let stats = Arc::new(SourceStats::default());
-        let mut cc = cfg.client_config(&cfg.brokers)?;
-        cc.set("group.id", &cfg.group)
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("partition.assignment.strategy", "range")
-            .set("session.timeout.ms", cfg.session_timeout.as_millis().to_string())
-            .set("heartbeat.interval.ms", (cfg.session_timeout.as_millis() / 6).max(100).to_string())
-            // librdkafka's default (1 s) idles the fetcher for a whole second whenever its
-            // queue is full, which a monitor busy applying a batch often lets happen: drain
-            // rate 0.38-0.47 of a bare consumer with it, 0.54-0.74 with 10 ms (BENCHMARKS.md).
-            .set("fetch.queue.backoff.ms", "10")
-            // How long the broker may hold a fetch with no new data. Kafka answers as soon as
-            // one byte is there; Tansu was seen holding fetches of a 4-partition topic for about
-            // 2 s at 2k events/s with the 500 ms default (frames 1-2 s late). 100 ms costs an
-            // idle consumer ten small requests a second.
-            .set("fetch.wait.max.ms", "100")
+        let mut cc = cfg.group_consumer_config()?;
+        cc
             // Partition ends for the lag metric and idleness (the `stats` callback).
             .set("statistics.interval.ms", "1000");
         // Static membership (KIP-345): a monitor restarted under the same instance id gets its

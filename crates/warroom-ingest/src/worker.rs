@@ -374,16 +374,7 @@ impl Worker {
             )
         })?);
         let stats = Arc::new(WorkerStats::default());
-        let mut cc = cfg.client_config(&cfg.brokers)?;
-        cc.set("group.id", &cfg.group)
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("partition.assignment.strategy", "range")
-            .set("session.timeout.ms", cfg.session_timeout.as_millis().to_string())
-            .set("heartbeat.interval.ms", (cfg.session_timeout.as_millis() / 6).max(100).to_string())
-            .set("fetch.queue.backoff.ms", "10")
-            .set("fetch.wait.max.ms", "100");
+        let mut cc = cfg.group_consumer_config()?;
         for (k, v) in &cfg.properties {
             cc.set(k, v);
         }
