@@ -244,3 +244,29 @@ fn a_buyer_paying_one_slot_through_two_partitions_counts_once_in_its_race() {
     let d = differences(&snap, &reference(&all, &WINDOWS, 300_000));
     assert!(d.is_empty(), "{}", d.join("\n"));
 }
+
+#[test]
+fn a_pay_sent_again_after_its_partition_moved_counts_once() {
+    // Order o1 is paid on its partition; the partition moves (checkpoint, restore on the new
+    // owner, a new generation); the producer sends the pay again (a new event id, as a retry
+    // after a timeout does). De-duplication moved with the partition: it counts once.
+    let ts = 1_794_312_000_000i64;
+    let pay = |id: &str, t: i64| {
+        format!(
+            r#"{{"event_id":"{id}","type":"pay","ts":{t},"user_id":"u1","order_id":"o1","amount_cents":1000,"venue":"main","slot":"main-001","merchant_id":"m-1"}}"#
+        )
+    };
+    let (first, again) = (pay("e1", ts), pay("e2", ts + 5_000));
+    let reader = Engine::new(Config::default());
+    let mut old = Owner { engine: Arc::new(Engine::new(cfg())), writer: PartialWriter::new("events/0", 1), next: 0 };
+    feed(&mut old, &[first.as_bytes()], 1);
+    assert_eq!(reader.absorb(&publish(&mut old, ts, false)).unwrap(), Absorbed::Applied);
+    let bytes = old.engine.checkpoint(&1u64.to_le_bytes());
+    let (engine, _) = Engine::restore(cfg(), &bytes, std::path::Path::new("p0")).unwrap();
+    let mut new = Owner { engine: Arc::new(engine), writer: PartialWriter::new("events/0", 2), next: 1 };
+    feed(&mut new, &[first.as_bytes(), again.as_bytes()], 2);
+    assert_eq!(reader.absorb(&publish(&mut new, ts + 5_000, false)).unwrap(), Absorbed::Applied);
+    let (snap, _) = reader.publish_parts();
+    assert_eq!((snap.totals.gmv_cents, snap.totals.paid_orders), (1000, 1), "paid once");
+    assert_eq!(snap.counters.resent_pays, 1, "the pay sent again is counted as such");
+}
