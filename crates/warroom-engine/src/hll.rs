@@ -224,25 +224,14 @@ impl SlidingHll {
 
     /// Distinct count of items seen at a time `> start` (0 = everything kept), one per start.
     pub fn estimate(&self, starts: &[u32]) -> Vec<u64> {
-        Self::estimate_union(&[(self, starts)])
-    }
-
-    /// Distinct count of the union of several sketches (same precision), each read from its
-    /// own starts (the sketches may keep time from different epochs), one count per window:
-    /// per register, the highest rank any of them saw in the window. What an API node reads
-    /// from the partitions' sketches (a buyer's pays land on several partitions).
-    pub fn estimate_union(parts: &[(&SlidingHll, &[u32])]) -> Vec<u64> {
-        let Some(&(first, starts)) = parts.first() else { return Vec::new() };
-        let p = first.p;
-        assert!(parts.iter().all(|(h, s)| h.p == p && s.len() == starts.len()), "sketches of one shape");
-        let mut hists = vec![vec![0u32; 64 - p as usize + 2]; starts.len()];
-        for i in 0..first.regs.len() {
-            for (k, hist) in hists.iter_mut().enumerate() {
-                let rank = parts.iter().map(|(h, s)| h.regs[i].rank_since(s[k])).max().unwrap_or(0);
-                hist[rank] += 1;
+        let q = 64 - self.p as usize;
+        let mut hists = vec![vec![0u32; q + 2]; starts.len()];
+        for reg in self.regs.iter() {
+            for (k, &start) in starts.iter().enumerate() {
+                hists[k][reg.rank_since(start)] += 1;
             }
         }
-        hists.iter().map(|h| estimate_from_histogram(h, p).round() as u64).collect()
+        hists.iter().map(|h| estimate_from_histogram(h, self.p).round() as u64).collect()
     }
 
     /// The registers that differ from `shadow` (a copy of this sketch as a reader last got
@@ -355,18 +344,11 @@ impl Hll {
     }
 
     pub fn estimate(&self) -> u64 {
-        Self::estimate_union(&[self])
-    }
-
-    /// Distinct count of the union of sketches of one precision (register-wise maximum).
-    pub fn estimate_union(parts: &[&Hll]) -> u64 {
-        let Some(first) = parts.first() else { return 0 };
-        assert!(parts.iter().all(|h| h.p == first.p), "sketches of one precision");
-        let mut hist = vec![0u32; 64 - first.p as usize + 2];
-        for i in 0..first.regs.len() {
-            hist[parts.iter().map(|h| h.regs[i]).max().unwrap_or(0) as usize] += 1;
+        let mut hist = vec![0u32; 64 - self.p as usize + 2];
+        for &r in self.regs.iter() {
+            hist[r as usize] += 1;
         }
-        estimate_from_histogram(&hist, first.p).round() as u64
+        estimate_from_histogram(&hist, self.p).round() as u64
     }
 
     /// See [`SlidingHll::diff_into`].
@@ -479,24 +461,14 @@ impl BucketHll {
 
     /// Distinct count over buckets whose range lies in `(start, end]`, rounded to buckets.
     pub fn estimate(&self, start: i64, end: i64) -> u64 {
-        Self::estimate_union(&[self], start, end)
-    }
-
-    /// The same over the union of rings of one shape (bucket numbers are absolute times, so
-    /// rings of different writers line up).
-    pub fn estimate_union(parts: &[&BucketHll], start: i64, end: i64) -> u64 {
-        let Some(one) = parts.first() else { return 0 };
-        let first = start.div_euclid(one.width_ms) + 1;
-        let last = end.div_euclid(one.width_ms);
+        let first = start.div_euclid(self.width_ms) + 1;
+        let last = end.div_euclid(self.width_ms);
         let m = 1usize << BUCKET_P;
         let mut merged = vec![0u8; m];
-        for ring in parts {
-            assert_eq!(ring.width_ms, one.width_ms, "rings of one shape");
-            for (pos, &b) in ring.held.iter().enumerate() {
-                if b >= first && b <= last {
-                    for (x, y) in merged.iter_mut().zip(&ring.regs[pos * m..(pos + 1) * m]) {
-                        *x = (*x).max(*y);
-                    }
+        for (pos, &b) in self.held.iter().enumerate() {
+            if b >= first && b <= last {
+                for (x, y) in merged.iter_mut().zip(&self.regs[pos * m..(pos + 1) * m]) {
+                    *x = (*x).max(*y);
                 }
             }
         }
@@ -884,17 +856,34 @@ mod tests {
         let now = 2 * DAY + 200_000;
         for len in [10_000i64, 60_000, 150_000, 400_000] {
             let start = |k: usize| (now - len - epoch(k)).max(0) as u32;
-            let v: Vec<(&SlidingHll, Vec<u32>)> = (0..4).map(|k| (&parts[k].0, vec![start(k)])).collect();
-            let from_parts = SlidingHll::estimate_union(&v.iter().map(|(h, s)| (*h, s.as_slice())).collect::<Vec<_>>());
-            assert_eq!(union.0.estimate(&[start(0)]), from_parts, "sliding, last {len} ms");
-            let rings: Vec<&BucketHll> = parts.iter().map(|p| &p.2).collect();
-            assert_eq!(
-                union.2.estimate(now - len, now),
-                BucketHll::estimate_union(&rings, now - len, now),
-                "buckets, {len} ms"
-            );
+            // The reference: per register, the highest rank any writer saw in the window.
+            let mut hist = vec![0u32; 64 - SLIDING_P as usize + 2];
+            for i in 0..1usize << SLIDING_P {
+                hist[(0..4).map(|k| parts[k].0.regs[i].rank_since(start(k))).max().unwrap()] += 1;
+            }
+            let from_parts = estimate_from_histogram(&hist, SLIDING_P).round() as u64;
+            assert_eq!(union.0.estimate(&[start(0)]), vec![from_parts], "sliding, last {len} ms");
+            // Rings: the registers of every writer's buckets inside the window.
+            let (first, last, m) = ((now - len).div_euclid(2_000) + 1, now.div_euclid(2_000), 1usize << BUCKET_P);
+            let mut merged = vec![0u8; m];
+            for p in &parts {
+                for (pos, &b) in p.2.held.iter().enumerate().filter(|(_, &b)| b >= first && b <= last) {
+                    let _ = b;
+                    for (x, y) in merged.iter_mut().zip(&p.2.regs[pos * m..(pos + 1) * m]) {
+                        *x = (*x).max(*y);
+                    }
+                }
+            }
+            let mut hist = vec![0u32; 64 - BUCKET_P as usize + 2];
+            merged.iter().for_each(|&r| hist[r as usize] += 1);
+            let rings = estimate_from_histogram(&hist, BUCKET_P).round() as u64;
+            assert_eq!(union.2.estimate(now - len, now), rings, "buckets, {len} ms");
         }
-        assert_eq!(union.1.estimate(), Hll::estimate_union(&parts.iter().map(|p| &p.1).collect::<Vec<_>>()));
+        let mut all = parts[0].1.clone();
+        for p in &parts[1..] {
+            all.merge(&p.1);
+        }
+        assert_eq!(union.1.estimate(), all.estimate());
         assert!(union.1.estimate() > 20_000, "the data fills the sketches: {}", union.1.estimate());
     }
 }

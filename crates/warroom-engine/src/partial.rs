@@ -26,7 +26,7 @@ use crate::engine::{lock, Engine};
 use crate::intern::NONE;
 use crate::race::RankChange;
 use crate::shard::{Merged, ShardDelta, ShardSummary};
-use crate::sketches::{SketchDiff, Sketches};
+use crate::sketches::{Distinct, SketchDiff, Sketches};
 use crate::snapshot::Snapshot;
 
 /// Names a partial's indices refer to that the reader has not had yet: the writer's tables
@@ -402,7 +402,8 @@ impl Engine {
             (self.empty_snapshot(), Vec::new())
         } else {
             let sums: Vec<ShardSummary> = st.summaries.iter().flatten().map(|(_, s)| s.clone()).collect();
-            let distinct = Sketches::distinct(&st.union.iter().collect::<Vec<_>>(), as_of, &self.cx);
+            let distinct =
+                st.union.as_ref().map_or(Distinct::zero(self.cx.windows.len()), |u| u.distinct(as_of, &self.cx));
             self.merge(as_of, &sums, &distinct, &st.sum, &mut state)
         };
         let mut rejections = BTreeMap::new();

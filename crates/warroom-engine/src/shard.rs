@@ -1138,8 +1138,7 @@ impl Shard {
         if as_of != i64::MIN {
             self.advance(as_of);
         }
-        let distinct =
-            if distinct { Sketches::distinct(&[&self.sk], as_of, cx) } else { Distinct::zero(cx.windows.len()) };
+        let distinct = if distinct { self.sk.distinct(as_of, cx) } else { Distinct::zero(cx.windows.len()) };
         let windows = (0..cx.windows.len())
             .map(|k| {
                 let cur = self.site[2 * k];

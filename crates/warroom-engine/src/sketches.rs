@@ -119,46 +119,31 @@ impl Sketches {
         Ok(())
     }
 
-    /// The distinct counts of the union of `parts` as of `as_of` (the global watermark).
-    /// Parts that have seen nothing are left out (their clocks have no epoch).
-    pub fn distinct(parts: &[&Sketches], as_of: i64, cx: &Ctx) -> Distinct {
-        let parts: Vec<&Sketches> = parts.iter().copied().filter(|s| s.epoch != UNSEEN).collect();
+    /// The distinct counts as of `as_of` (the global watermark): of one shard's sketches, or
+    /// of an API node's union of every partition's.
+    pub fn distinct(&self, as_of: i64, cx: &Ctx) -> Distinct {
         let nw = cx.windows.len();
-        if parts.is_empty() {
+        if self.epoch == UNSEEN {
             return Distinct::zero(nw);
         }
-        // Each part's window starts on its own clock; before any event (`as_of` unknown)
-        // every window is empty.
-        let starts: Vec<Vec<u32>> = parts
+        // Before any event (`as_of` unknown) every window is empty.
+        let rel = |t: i64| if t <= self.epoch { 0 } else { (t - self.epoch).min(u32::MAX as i64) as u32 };
+        let starts: Vec<u32> = cx
+            .windows
             .iter()
-            .map(|s| {
-                let rel = |t: i64| if t <= s.epoch { 0 } else { (t - s.epoch).min(u32::MAX as i64) as u32 };
-                cx.windows
-                    .iter()
-                    .map(|&l| if as_of == i64::MIN { u32::MAX } else { rel(as_of.saturating_sub(l)) })
-                    .collect()
-            })
+            .map(|&l| if as_of == i64::MIN { u32::MAX } else { rel(as_of.saturating_sub(l)) })
             .collect();
-        let sliding = |m: usize| {
-            let v: Vec<(&SlidingHll, &[u32])> =
-                parts.iter().zip(&starts).map(|(s, st)| (&s.sliding[m], st.as_slice())).collect();
-            SlidingHll::estimate_union(&v)
-        };
-        let est = [sliding(0), sliding(1), sliding(2)];
-        let total = |m: usize| Hll::estimate_union(&parts.iter().map(|s| &s.totals[m]).collect::<Vec<_>>());
-        let ring = |k: usize, m: usize, a: i64, b: i64| {
-            BucketHll::estimate_union(&parts.iter().map(|s| &s.prev[k][m]).collect::<Vec<_>>(), a, b)
-        };
+        let est: Vec<Vec<u64>> = self.sliding.iter().map(|h| h.estimate(&starts)).collect();
         Distinct {
-            total: [total(0), total(1), total(2)],
+            total: [self.totals[0].estimate(), self.totals[1].estimate(), self.totals[2].estimate()],
             windows: (0..nw).map(|k| [est[0][k], est[1][k], est[2][k]]).collect(),
             formula: cx
                 .windows
                 .iter()
-                .enumerate()
-                .map(|(k, &l)| {
+                .zip(&self.prev)
+                .map(|(&l, p)| {
                     let (a, b) = (as_of.saturating_sub(l), as_of.saturating_sub(2 * l));
-                    ([ring(k, 0, a, as_of), ring(k, 2, a, as_of)], [ring(k, 0, b, a), ring(k, 2, b, a)])
+                    ([p[0].estimate(a, as_of), p[2].estimate(a, as_of)], [p[0].estimate(b, a), p[2].estimate(b, a)])
                 })
                 .collect(),
         }
