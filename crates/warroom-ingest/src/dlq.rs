@@ -117,6 +117,26 @@ impl ProducerContext for DlqContext {
     }
 }
 
+/// The headers of a dead letter: why the message was rejected and where it came from (a
+/// consumer of the dead letters can drop a rare repeat after a crash by the source position).
+pub fn rejection_headers(
+    rejection: &warroom_model::Rejection,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+) -> Vec<(String, String)> {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+    vec![
+        ("warroom-reason".to_string(), rejection.reason.as_str().to_string()),
+        ("warroom-field".to_string(), rejection.field.unwrap_or("").to_string()),
+        ("warroom-detail".to_string(), rejection.to_string()),
+        ("warroom-source-topic".to_string(), topic.to_string()),
+        ("warroom-source-partition".to_string(), partition.to_string()),
+        ("warroom-source-offset".to_string(), offset.to_string()),
+        ("warroom-rejected-at-ms".to_string(), now.to_string()),
+    ]
+}
+
 /// The dead-letter producer and its outbox.
 pub struct DeadLetters {
     producer: ThreadedProducer<DlqContext>,

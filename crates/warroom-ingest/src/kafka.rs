@@ -647,15 +647,7 @@ impl Shared {
         self.stats.rejected.fetch_add(rejected.len() as u64, Ordering::Relaxed);
         for (i, rejection) in rejected {
             let Taken { payload, key, partition, offset, .. } = &pending.meta[i];
-            let headers = vec![
-                ("warroom-reason".to_string(), rejection.reason.as_str().to_string()),
-                ("warroom-field".to_string(), rejection.field.unwrap_or("").to_string()),
-                ("warroom-detail".to_string(), rejection.to_string()),
-                ("warroom-source-topic".to_string(), self.cfg.topic.clone()),
-                ("warroom-source-partition".to_string(), partition.to_string()),
-                ("warroom-source-offset".to_string(), offset.to_string()),
-                ("warroom-rejected-at-ms".to_string(), now_ms().to_string()),
-            ];
+            let headers = crate::dlq::rejection_headers(&rejection, &self.cfg.topic, *partition, *offset);
             self.dlq.send(Letter {
                 payload: pending.bytes[payload.clone()].to_vec(),
                 key: key.as_ref().map(|k| pending.bytes[k.clone()].to_vec()),

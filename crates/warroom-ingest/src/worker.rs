@@ -261,15 +261,7 @@ impl Shared {
     }
 
     fn dead_letter(&self, m: &BorrowedMessage<'_>, partition: i32, rejection: Rejection) {
-        let headers = vec![
-            ("warroom-reason".to_string(), rejection.reason.as_str().to_string()),
-            ("warroom-field".to_string(), rejection.field.unwrap_or("").to_string()),
-            ("warroom-detail".to_string(), rejection.to_string()),
-            ("warroom-source-topic".to_string(), self.cfg.topic.clone()),
-            ("warroom-source-partition".to_string(), partition.to_string()),
-            ("warroom-source-offset".to_string(), m.offset().to_string()),
-            ("warroom-rejected-at-ms".to_string(), now_ms().to_string()),
-        ];
+        let headers = crate::dlq::rejection_headers(&rejection, &self.cfg.topic, partition, m.offset());
         self.dlq.send(Letter {
             payload: m.payload().unwrap_or_default().to_vec(),
             key: m.key().map(|k| k.to_vec()),
