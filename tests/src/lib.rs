@@ -580,3 +580,99 @@ pub fn run_measuring_rss(program: &str, args: &[&std::ffi::OsStr]) -> (std::proc
         .unwrap_or_else(|| panic!("no peak RSS from time: {text}"));
     (status, kb)
 }
+
+/// The per-minute history of `lines`, naively: for each (scope, name, minute of event time)
+/// the twelve additive metrics of `warroom_engine::history::COUNTS`, and for the site and each
+/// venue the sets of distinct users per minute (uv, ipv_uv, buyers). Scopes: `site` (name ""),
+/// `venue` (events naming it), `slot` and `merchant` (events naming a slot, by the slot and by
+/// the merchant named on the event), `channel`.
+#[derive(Debug, Default)]
+pub struct RefHistory {
+    pub counts: BTreeMap<(String, String, i64), [u64; 12]>,
+    pub users: BTreeMap<(String, String, i64, usize), HashSet<String>>,
+}
+
+impl RefHistory {
+    /// The scope's counts over minutes `[from, to)`.
+    pub fn sum(&self, scope: &str, name: &str, from: i64, to: i64) -> [u64; 12] {
+        let mut out = [0u64; 12];
+        for ((s, n, m), v) in &self.counts {
+            if s == scope && n == name && (from..to).contains(m) {
+                out.iter_mut().zip(v).for_each(|(a, b)| *a += b);
+            }
+        }
+        out
+    }
+
+    /// Distinct users of `metric` (0 uv, 1 ipv_uv, 2 buyers) over minutes `[from, to)`.
+    pub fn distinct(&self, scope: &str, name: &str, metric: usize, from: i64, to: i64) -> u64 {
+        let mut all = HashSet::new();
+        for ((s, n, m, k), u) in &self.users {
+            if s == scope && n == name && *k == metric && (from..to).contains(m) {
+                all.extend(u.iter().cloned());
+            }
+        }
+        all.len() as u64
+    }
+
+    /// The (scope, name) pairs seen.
+    pub fn scopes(&self) -> Vec<(String, String)> {
+        let set: std::collections::BTreeSet<_> = self.counts.keys().map(|(s, n, _)| (s.clone(), n.clone())).collect();
+        set.into_iter().collect()
+    }
+}
+
+pub fn reference_history(lines: &[&[u8]]) -> RefHistory {
+    let (events, _, _) = accept(lines);
+    let mut h = RefHistory::default();
+    for e in &events {
+        if e.kind == "pay" && !e.counted {
+            continue;
+        }
+        let a = e.amount as u64;
+        let mut v = [0u64; 12];
+        match e.kind.as_str() {
+            "pay" => {
+                v[0] = a;
+                v[1] = 1;
+                v[2] = (e.coupon > 0) as u64;
+                v[3] = e.coupon as u64;
+            }
+            "refund" => (v[4], v[5]) = (1, a),
+            "order" => (v[6], v[7]) = (1, a),
+            "favorite" => v[8] = 1,
+            "cart" => v[9] = 1,
+            "impression" => v[10] = 1,
+            "click" => v[11] = 1,
+            _ => unreachable!(),
+        }
+        let minute = e.ts.div_euclid(60_000);
+        let mut scopes = vec![("site".to_string(), String::new())];
+        if let Some(x) = &e.venue {
+            scopes.push(("venue".into(), x.clone()));
+        }
+        if let Some(s) = &e.slot {
+            scopes.push(("slot".into(), s.clone()));
+            if let Some(m) = &e.merchant {
+                scopes.push(("merchant".into(), m.clone()));
+            }
+        }
+        if let Some(c) = &e.channel {
+            scopes.push(("channel".into(), c.clone()));
+        }
+        let metric = match e.kind.as_str() {
+            "impression" => Some(0),
+            "click" => Some(1),
+            "pay" => Some(2),
+            _ => None,
+        };
+        for (s, n) in scopes {
+            if let Some(k) = metric.filter(|_| s == "site" || s == "venue") {
+                h.users.entry((s.clone(), n.clone(), minute, k)).or_default().insert(e.user.clone());
+            }
+            let row = h.counts.entry((s, n, minute)).or_default();
+            row.iter_mut().zip(v).for_each(|(x, y)| *x += y);
+        }
+    }
+    h
+}

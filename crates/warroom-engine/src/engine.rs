@@ -529,6 +529,41 @@ impl Engine {
     /// are in flight, so that the state and the position describe the same instant.
     pub fn checkpoint(&self, extra: &[u8]) -> Vec<u8> {
         let guards: Vec<_> = self.shards.iter().map(|s| lock(s)).collect();
+        self.encode_checkpoint(&guards, extra)
+    }
+
+    /// The checkpoint bytes and the history batch of every shard, taken under the same locks:
+    /// the checkpoint's shards start their next batch. Store the batch first, then persist the
+    /// checkpoint (see [`crate::history`]).
+    pub fn checkpoint_with_history(&self, extra: &[u8]) -> (Vec<u8>, crate::history::HistoryBatch) {
+        let mut guards: Vec<_> = self.shards.iter().map(|s| lock(s)).collect();
+        let batch = self.take_batch(&mut guards);
+        (self.encode_checkpoint(&guards, extra), batch)
+    }
+
+    /// The history batch of every shard, for a source without checkpoints (a file replay, the
+    /// simulator): what was counted since the previous one.
+    pub fn take_history(&self) -> crate::history::HistoryBatch {
+        let mut guards: Vec<_> = self.shards.iter().map(|s| lock(s)).collect();
+        self.take_batch(&mut guards)
+    }
+
+    fn take_batch(&self, guards: &mut [MutexGuard<'_, Shard>]) -> crate::history::HistoryBatch {
+        let parts = guards.iter_mut().enumerate().map(|(i, g)| g.hist.take(i as u32)).collect();
+        let n = &self.names;
+        let names = |i: &Interner| i.names().iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let names = crate::history::HistoryNames {
+            venues: names(&n.venues),
+            slots: names(&n.slots.names),
+            merchants: names(&n.merchants),
+            channels: names(&n.channels),
+            pairs: n.pairs.pairs(),
+            slot_venues: n.slots.venues(),
+        };
+        crate::history::HistoryBatch { parts, names }
+    }
+
+    fn encode_checkpoint(&self, guards: &[MutexGuard<'_, Shard>], extra: &[u8]) -> Vec<u8> {
         let names = |i: &Interner| i.names().iter().map(|s| s.to_string()).collect::<Vec<_>>();
         let rules = self.rules.load();
         let saved = rules

@@ -343,6 +343,10 @@ impl Hll {
         *r = (*r).max(rank as u8);
     }
 
+    pub fn precision(&self) -> u32 {
+        self.p
+    }
+
     pub fn estimate(&self) -> u64 {
         let mut hist = vec![0u32; 64 - self.p as usize + 2];
         for &r in self.regs.iter() {

@@ -17,6 +17,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod dedupe;
 pub mod engine;
+pub mod history;
 pub mod hll;
 pub mod intern;
 pub mod mem;

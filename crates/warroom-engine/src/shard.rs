@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 use warroom_model::EventKind;
 
 use crate::dedupe::GenSet;
+use crate::history::{new_lineage, ShardHistory};
 use crate::hll::Hll;
 use crate::intern::NONE;
 use crate::mem::keep_half_free;
@@ -404,6 +405,8 @@ pub struct Shard {
     minutes: BTreeMap<i64, MoneyAgg>,
     phase_gmv: Vec<u128>,
     plan_gmv: u128,
+    /// What was counted per minute since the last checkpoint ([`crate::history`]).
+    pub(crate) hist: ShardHistory,
     /// Pairs changed since the last delta (each once: `PairState::dirty`).
     #[serde(skip)]
     dirty: Vec<u32>,
@@ -622,6 +625,7 @@ impl Shard {
             minutes: BTreeMap::new(),
             phase_gmv: vec![0; cx.phases.len()],
             plan_gmv: 0,
+            hist: ShardHistory::new(new_lineage()),
             dirty: Vec::new(),
             all_dirty: true,
             touched_buyers: None,
@@ -687,7 +691,7 @@ impl Shard {
         };
         self.traffic_ring.check(fresh.traffic_ring.lengths(), |r| known(r.pair))?;
         self.pay_ring.check(fresh.pay_ring.lengths(), |r| known(r.pair))?;
-        Ok(())
+        self.hist.check(n)
     }
 
     fn pair_mut(&mut self, pair: u32, slot: u32) -> &mut PairState {
@@ -832,6 +836,9 @@ impl Shard {
                 }
                 self.sk.sliding[metric].insert(ev.user, t);
                 self.sk.totals[metric].insert(ev.user);
+                let h = self.hist.at(ev.ts);
+                h.add(ev, |c| if click { c.clicks += 1 } else { c.impressions += 1 });
+                h.distinct(ev, metric);
                 for p in &mut self.sk.prev {
                     p[if click { 1 } else { 0 }].insert(ev.user, ev.ts);
                 }
@@ -864,15 +871,29 @@ impl Shard {
                     });
                 }
             }
-            EventKind::Favorite => self.c.favorites += 1,
-            EventKind::Cart => self.c.carts += 1,
+            EventKind::Favorite => {
+                self.c.favorites += 1;
+                self.hist.at(ev.ts).add(ev, |c| c.favorites += 1);
+            }
+            EventKind::Cart => {
+                self.c.carts += 1;
+                self.hist.at(ev.ts).add(ev, |c| c.carts += 1);
+            }
             EventKind::Order => {
                 self.c.orders_placed += 1;
                 self.c.order_cents += ev.amount as u128;
+                self.hist.at(ev.ts).add(ev, |c| {
+                    c.orders_placed += 1;
+                    c.order_cents += ev.amount;
+                });
             }
             EventKind::Refund => {
                 self.c.refunds += 1;
                 self.c.refund_cents += ev.amount as u128;
+                self.hist.at(ev.ts).add(ev, |c| {
+                    c.refunds += 1;
+                    c.refund_cents += ev.amount;
+                });
             }
             EventKind::Pay => self.apply_pay(ev, cx, ms, t),
         }
@@ -889,6 +910,14 @@ impl Shard {
         self.c.paid_orders += 1;
         self.c.coupon_cents += ev.coupon as u128;
         self.minutes.entry(ev.ts.div_euclid(60_000)).or_default().add(amount);
+        let h = self.hist.at(ev.ts);
+        h.add(ev, |c| {
+            c.gmv += amount;
+            c.paid_orders += 1;
+            c.coupons += (ev.coupon > 0) as u64;
+            c.coupon_cents += ev.coupon;
+        });
+        h.distinct(ev, BUYERS);
         self.sk.sliding[BUYERS].insert(ev.user, t);
         self.sk.totals[BUYERS].insert(ev.user);
         for p in &mut self.sk.prev {

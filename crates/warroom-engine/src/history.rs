@@ -1,0 +1,325 @@
+//! Per-minute history: what each shard counted in each minute of event time, site-wide and
+//! per venue, (slot, merchant) pair and channel, with mergeable sketches of the minute's
+//! distinct users (site and venues), handed out in batches to be stored
+//! (`warroom-history`).
+//!
+//! A shard adds every accepted event to the rows of its minute, kept as *pending* until the
+//! next batch is taken. A batch is taken together with the checkpoint, under the same shard
+//! locks ([`crate::Engine::checkpoint_with_history`]): the checkpoint carries the shards with
+//! their pending rows emptied and their batch number moved on, so a batch is exactly the
+//! events applied between two checkpoints. The store writes the batch *before* the checkpoint
+//! is persisted; after a crash in between, the restored state rebuilds batch `seq` from the
+//! same positions and the store replaces its copy of that batch (counts are subtracted and
+//! added again; sketches are unions, which never count a user twice). That is how a minute
+//! is neither lost nor counted twice across kill -9 (`crates/warroom/tests/history.rs`).
+//!
+//! A late event (accepted up to the de-duplication horizon behind its lane) goes to its own
+//! minute, so a minute's counts in the store grow until the horizon has passed; the store's
+//! sum over minutes equals the snapshot's totals at every checkpoint.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::hll::Hll;
+use crate::intern::NONE;
+use crate::shard::{NameCounts, Prepared};
+
+/// Precision of the site's per-minute sketches: standard error 0.8% for any range.
+pub const SITE_P: u32 = 14;
+/// Precision of the venues' per-minute sketches: standard error 0.8% (the "within 2%" of a
+/// venue's range needs it: 12 gave 1.6%).
+pub const VENUE_P: u32 = 14;
+
+/// uv, ipv_uv, buyers.
+pub const DISTINCT: [&str; 3] = ["uv", "ipv_uv", "buyers"];
+
+/// What one scope counted in one minute. Money in cents.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counts {
+    pub gmv: u64,
+    pub paid_orders: u64,
+    /// Paid orders that used a coupon, and the coupons' cents.
+    pub coupons: u64,
+    pub coupon_cents: u64,
+    pub refunds: u64,
+    pub refund_cents: u64,
+    pub orders_placed: u64,
+    pub order_cents: u64,
+    pub favorites: u64,
+    pub carts: u64,
+    pub impressions: u64,
+    pub clicks: u64,
+}
+
+/// The additive metrics, in [`Counts::values`] order (the store's column names).
+pub const COUNTS: [&str; 12] = [
+    "gmv",
+    "paid_orders",
+    "coupons",
+    "coupon_cents",
+    "refunds",
+    "refund_cents",
+    "orders_placed",
+    "order_cents",
+    "favorites",
+    "carts",
+    "impressions",
+    "clicks",
+];
+
+impl Counts {
+    pub fn values(&self) -> [u64; 12] {
+        [
+            self.gmv,
+            self.paid_orders,
+            self.coupons,
+            self.coupon_cents,
+            self.refunds,
+            self.refund_cents,
+            self.orders_placed,
+            self.order_cents,
+            self.favorites,
+            self.carts,
+            self.impressions,
+            self.clicks,
+        ]
+    }
+
+    pub fn from_values(v: [u64; 12]) -> Counts {
+        let [gmv, paid_orders, coupons, coupon_cents, refunds, refund_cents, orders_placed, order_cents, favorites, carts, impressions, clicks] =
+            v;
+        Counts {
+            gmv,
+            paid_orders,
+            coupons,
+            coupon_cents,
+            refunds,
+            refund_cents,
+            orders_placed,
+            order_cents,
+            favorites,
+            carts,
+            impressions,
+            clicks,
+        }
+    }
+
+    pub fn merge(&mut self, o: &Counts) {
+        let mut v = self.values();
+        for (a, b) in v.iter_mut().zip(o.values()) {
+            *a += b;
+        }
+        *self = Counts::from_values(v);
+    }
+}
+
+/// Rows by name index, dense lookup: `at[index]` is the row's position (`NONE`: no row).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Rows {
+    pub rows: Vec<(u32, Counts)>,
+    /// Rebuilt from `rows` after a restore.
+    #[serde(skip)]
+    at: Vec<u32>,
+}
+
+impl Rows {
+    #[inline]
+    pub fn get(&mut self, i: u32) -> &mut Counts {
+        let n = i as usize;
+        if self.at.len() <= n {
+            self.grow(n + 1);
+        }
+        let k = self.at[n];
+        let k = if k == NONE {
+            self.at[n] = self.rows.len() as u32;
+            self.rows.push((i, Counts::default()));
+            self.rows.len() - 1
+        } else {
+            k as usize
+        };
+        &mut self.rows[k].1
+    }
+
+    #[cold]
+    fn grow(&mut self, n: usize) {
+        let rebuild = self.at.is_empty() && !self.rows.is_empty();
+        self.at.resize(n.max(self.rows.iter().map(|r| r.0 as usize + 1).max().unwrap_or(0)), NONE);
+        if rebuild {
+            for (k, r) in self.rows.iter().enumerate() {
+                self.at[r.0 as usize] = k as u32;
+            }
+        }
+    }
+
+    fn check(&self, n: usize, what: &str) -> Result<(), String> {
+        let mut seen = std::collections::HashSet::new();
+        if self.rows.iter().any(|r| r.0 as usize >= n || !seen.insert(r.0)) {
+            return Err(format!("history: a {what} row out of range or twice"));
+        }
+        Ok(())
+    }
+}
+
+/// One minute of one shard's batch.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MinuteRows {
+    /// Minutes since the Unix epoch (event time).
+    pub minute: i64,
+    pub site: Counts,
+    pub venues: Rows,
+    pub pairs: Rows,
+    pub channels: Rows,
+    /// uv, ipv_uv, buyers of the minute, site-wide ([`SITE_P`]).
+    pub sketches: Option<Box<[Hll; 3]>>,
+    /// The same per venue ([`VENUE_P`]).
+    pub venue_sketches: Vec<(u32, Box<[Hll; 3]>)>,
+}
+
+impl MinuteRows {
+    fn new(minute: i64) -> Self {
+        MinuteRows {
+            minute,
+            site: Counts::default(),
+            venues: Rows::default(),
+            pairs: Rows::default(),
+            channels: Rows::default(),
+            sketches: None,
+            venue_sketches: Vec::new(),
+        }
+    }
+
+    /// Adds to the site and to the event's venue, pair and channel.
+    #[inline]
+    pub(crate) fn add(&mut self, ev: &Prepared, f: impl Fn(&mut Counts)) {
+        f(&mut self.site);
+        if ev.venue != NONE {
+            f(self.venues.get(ev.venue));
+        }
+        if ev.pair != NONE {
+            f(self.pairs.get(ev.pair));
+        }
+        if ev.channel != NONE {
+            f(self.channels.get(ev.channel));
+        }
+    }
+
+    /// Notes the event's user as distinct `metric` (0 uv, 1 ipv_uv, 2 buyers).
+    #[inline]
+    pub(crate) fn distinct(&mut self, ev: &Prepared, metric: usize) {
+        let site =
+            self.sketches.get_or_insert_with(|| Box::new([Hll::new(SITE_P), Hll::new(SITE_P), Hll::new(SITE_P)]));
+        site[metric].insert(ev.user);
+        if ev.venue != NONE {
+            let v = match self.venue_sketches.iter().position(|(i, _)| *i == ev.venue) {
+                Some(k) => k,
+                None => {
+                    let fresh = Box::new([Hll::new(VENUE_P), Hll::new(VENUE_P), Hll::new(VENUE_P)]);
+                    self.venue_sketches.push((ev.venue, fresh));
+                    self.venue_sketches.len() - 1
+                }
+            };
+            self.venue_sketches[v].1[metric].insert(ev.user);
+        }
+    }
+}
+
+/// A shard's history state, saved in its checkpoint.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ShardHistory {
+    /// Names this shard's line of batches: a fresh state (no checkpoint) starts a new line, so
+    /// its batch numbers never collide with an older state's in the store.
+    pub lineage: u64,
+    /// Number of the batch being gathered.
+    pub seq: u64,
+    pub pending: BTreeMap<i64, MinuteRows>,
+}
+
+impl ShardHistory {
+    pub fn new(lineage: u64) -> Self {
+        ShardHistory { lineage, seq: 0, pending: BTreeMap::new() }
+    }
+
+    #[inline]
+    pub(crate) fn at(&mut self, ts: i64) -> &mut MinuteRows {
+        let m = ts.div_euclid(60_000);
+        self.pending.entry(m).or_insert_with(|| MinuteRows::new(m))
+    }
+
+    /// Hands out the pending rows as batch `seq` and starts the next one.
+    pub fn take(&mut self, part: u32) -> PartBatch {
+        let minutes = std::mem::take(&mut self.pending).into_values().collect();
+        let b = PartBatch { lineage: self.lineage, part, seq: self.seq, minutes };
+        self.seq += 1;
+        b
+    }
+
+    pub(crate) fn check(&self, n: &NameCounts) -> Result<(), String> {
+        for m in self.pending.values() {
+            m.venues.check(n.venues, "venue")?;
+            m.pairs.check(n.pairs, "pair")?;
+            m.channels.check(n.channels, "channel")?;
+            for h in m.sketches.iter().flat_map(|s| s.iter()) {
+                h.check(SITE_P)?;
+            }
+            for (v, s) in &m.venue_sketches {
+                if *v as usize >= n.venues {
+                    return Err("history: a venue sketch out of range".into());
+                }
+                for h in s.iter() {
+                    h.check(VENUE_P)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A new lineage number: the wall clock's nanoseconds mixed with the process id.
+pub fn new_lineage() -> u64 {
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    xxhash_rust::xxh3::xxh3_64(&[t.to_le_bytes(), (std::process::id() as u64).to_le_bytes()].concat())
+}
+
+/// One shard's batch: the events it applied between two checkpoints, by minute.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PartBatch {
+    pub lineage: u64,
+    /// The shard's index.
+    pub part: u32,
+    pub seq: u64,
+    pub minutes: Vec<MinuteRows>,
+}
+
+impl PartBatch {
+    /// The store's key of this batch's line.
+    pub fn key(&self) -> String {
+        format!("{:016x}/{}", self.lineage, self.part)
+    }
+}
+
+/// The names the batches' indices point at, as of the batch.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct HistoryNames {
+    pub venues: Vec<String>,
+    pub slots: Vec<String>,
+    pub merchants: Vec<String>,
+    pub channels: Vec<String>,
+    /// (slot, merchant) per pair; merchant `NONE` for none.
+    pub pairs: Vec<(u32, u32)>,
+    /// The venue of each slot (`NONE` for none).
+    pub slot_venues: Vec<u32>,
+}
+
+/// Every shard's batch, with the names they use.
+#[derive(Debug, Clone, Default)]
+pub struct HistoryBatch {
+    pub parts: Vec<PartBatch>,
+    pub names: HistoryNames,
+}
+
+impl HistoryBatch {
+    pub fn is_empty(&self) -> bool {
+        self.parts.iter().all(|p| p.minutes.is_empty())
+    }
+}

@@ -1,0 +1,432 @@
+//! The promotion's memory: per-minute history in an embedded SQLite database.
+//!
+//! The engine hands out, with every checkpoint, what each shard counted per minute since the
+//! previous one ([`warroom_engine::history`]); [`Store::write`] adds it to the database in one
+//! transaction, before the checkpoint is persisted. A batch is keyed by its shard's line and
+//! number: the same batch written again (rebuilt after a crash between the two writes)
+//! replaces the first copy, so no minute is lost or counted twice.
+//!
+//! Tables (`sqlite3 FILE .schema`):
+//! - `names(kind, name, id)`: venue (1), slot (2), merchant (3), channel (4) names;
+//! - `pairs(id, slot, merchant, venue)`: the (slot, merchant) pairs money is counted by;
+//! - `minutes(kind, id, minute, gmv, ...)`: one row per scope and minute of event time with
+//!   the twelve additive metrics; kind 0 site (id 0), 1 venue, 2 pair, 3 channel. A slot's
+//!   or a merchant's minute is the sum of its pairs';
+//! - `sketches(kind, id, minute, metric, hll)`: the minute's uv, ipv_uv and buyers sketches,
+//!   site and venues (unions give any range's distinct count);
+//! - `batches(part, seq, body)`: the last batch of each shard line, to replace;
+//! - `journal(at_ms, kind, body)`: alerts (firing, resolved, acknowledged) and rule changes.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Transaction};
+use serde::{Deserialize, Serialize};
+use warroom_engine::history::{Counts, HistoryBatch, MinuteRows, COUNTS, DISTINCT, SITE_P, VENUE_P};
+use warroom_engine::hll::Hll;
+
+pub mod query;
+pub mod report;
+
+pub use query::{Metric, Query, Scope, Series};
+
+const NONE: u32 = u32::MAX;
+
+/// Scope kinds of the `minutes` and `sketches` tables.
+pub const SITE: i64 = 0;
+pub const VENUE: i64 = 1;
+pub const PAIR: i64 = 2;
+pub const CHANNEL: i64 = 3;
+
+/// Name kinds of the `names` table.
+const N_VENUE: i64 = 1;
+const N_SLOT: i64 = 2;
+const N_MERCHANT: i64 = 3;
+const N_CHANNEL: i64 = 4;
+
+#[derive(Debug, thiserror::Error)]
+pub enum HistoryError {
+    #[error(
+        "history database {path}: {source}; check the path and the disk, or move the file away to start a new history"
+    )]
+    Open { path: String, source: rusqlite::Error },
+    #[error("history database: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error(
+        "history database: a stored value does not decode ({0}); was the file written by another warroom version?"
+    )]
+    Decode(String),
+    #[error("{0}")]
+    Query(String),
+}
+
+pub type Result<T> = std::result::Result<T, HistoryError>;
+
+/// What one [`Store::write`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriteStats {
+    pub minutes: u64,
+    pub rows: u64,
+    pub sketches: u64,
+    /// Batches written again after a restart (their first copy replaced).
+    pub replaced: u64,
+    /// Batches older than the stored ones of their line (a restore from an older checkpoint):
+    /// not written.
+    pub stale: u64,
+}
+
+/// A stored batch's counts, to subtract when it is replaced.
+#[derive(Debug, Serialize, Deserialize)]
+struct Body(Vec<(i64, i64, i64, [u64; 12])>);
+
+/// An alert or a rule change, as kept in the journal.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JournalEntry {
+    pub at_ms: i64,
+    /// `alert` or `rule_change`.
+    pub kind: String,
+    pub body: serde_json::Value,
+}
+
+#[derive(Debug)]
+pub struct Store {
+    conn: Connection,
+    /// (name kind, name) -> id.
+    ids: HashMap<(i64, String), i64>,
+    /// (slot id, merchant id or -1) -> pair id.
+    pair_ids: HashMap<(i64, i64), i64>,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS names(kind INTEGER NOT NULL, name TEXT NOT NULL, id INTEGER NOT NULL,
+    PRIMARY KEY(kind, name)) WITHOUT ROWID;
+CREATE UNIQUE INDEX IF NOT EXISTS names_id ON names(kind, id);
+CREATE TABLE IF NOT EXISTS pairs(id INTEGER PRIMARY KEY, slot INTEGER NOT NULL, merchant INTEGER NOT NULL,
+    venue INTEGER NOT NULL, UNIQUE(slot, merchant));
+CREATE TABLE IF NOT EXISTS minutes(kind INTEGER NOT NULL, id INTEGER NOT NULL, minute INTEGER NOT NULL,
+    gmv INTEGER NOT NULL, paid_orders INTEGER NOT NULL, coupons INTEGER NOT NULL, coupon_cents INTEGER NOT NULL,
+    refunds INTEGER NOT NULL, refund_cents INTEGER NOT NULL, orders_placed INTEGER NOT NULL,
+    order_cents INTEGER NOT NULL, favorites INTEGER NOT NULL, carts INTEGER NOT NULL,
+    impressions INTEGER NOT NULL, clicks INTEGER NOT NULL,
+    PRIMARY KEY(kind, id, minute)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS sketches(kind INTEGER NOT NULL, id INTEGER NOT NULL, minute INTEGER NOT NULL,
+    metric INTEGER NOT NULL, hll BLOB NOT NULL, PRIMARY KEY(kind, id, minute, metric)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS batches(part TEXT PRIMARY KEY, seq INTEGER NOT NULL, body BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS journal(at_ms INTEGER NOT NULL, kind TEXT NOT NULL, body TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS journal_at ON journal(at_ms);
+";
+
+impl Store {
+    /// Opens (creating if needed) the history database at `path`.
+    pub fn open(path: &Path) -> Result<Store> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let err = |source| HistoryError::Open { path: path.display().to_string(), source };
+        let conn = Connection::open(path).map_err(err)?;
+        // WAL: readers (the API, `warroom review`) never block the writer; FULL: a committed
+        // batch is on disk before the checkpoint that follows it is.
+        conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=5000;")
+            .map_err(err)?;
+        conn.execute_batch(SCHEMA).map_err(err)?;
+        let mut s = Store { conn, ids: HashMap::new(), pair_ids: HashMap::new() };
+        s.load_ids()?;
+        Ok(s)
+    }
+
+    /// Opens an existing database for reading only (a report from a copy of the file).
+    pub fn open_read(path: &Path) -> Result<Store> {
+        let err = |source| HistoryError::Open { path: path.display().to_string(), source };
+        if !path.exists() {
+            return Err(err(rusqlite::Error::InvalidPath(path.into())));
+        }
+        let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(err)?;
+        conn.execute_batch("PRAGMA busy_timeout=5000;").map_err(err)?;
+        let mut s = Store { conn, ids: HashMap::new(), pair_ids: HashMap::new() };
+        s.load_ids()?;
+        Ok(s)
+    }
+
+    fn load_ids(&mut self) -> Result<()> {
+        let mut st = self.conn.prepare("SELECT kind, name, id FROM names")?;
+        let rows = st.query_map([], |r| Ok(((r.get(0)?, r.get(1)?), r.get(2)?)))?;
+        for r in rows {
+            let (k, v) = r?;
+            self.ids.insert(k, v);
+        }
+        let mut st = self.conn.prepare("SELECT slot, merchant, id FROM pairs")?;
+        let rows = st.query_map([], |r| Ok(((r.get(0)?, r.get(1)?), r.get(2)?)))?;
+        for r in rows {
+            let (k, v) = r?;
+            self.pair_ids.insert(k, v);
+        }
+        Ok(())
+    }
+
+    pub(crate) fn conn(&self) -> &Connection {
+        &self.conn
+    }
+
+    /// The id of a name (`None`: never stored).
+    pub fn name_id(&self, kind: i64, name: &str) -> Option<i64> {
+        self.ids.get(&(kind, name.to_string())).copied()
+    }
+
+    /// Writes a batch in one transaction (see the module doc). Safe to call with the same
+    /// batch twice.
+    pub fn write(&mut self, batch: &HistoryBatch) -> Result<WriteStats> {
+        let mut stats = WriteStats::default();
+        if batch.is_empty() {
+            return Ok(stats);
+        }
+        let tx = self.conn.transaction()?;
+        let mut ids = std::mem::take(&mut self.ids);
+        let mut pair_ids = std::mem::take(&mut self.pair_ids);
+        let r = (|| -> Result<()> {
+            let mut namer = Namer { tx: &tx, ids: &mut ids, pair_ids: &mut pair_ids, names: &batch.names };
+            for part in batch.parts.iter().filter(|p| !p.minutes.is_empty()) {
+                let key = part.key();
+                let last: Option<(i64, Vec<u8>)> = tx
+                    .query_row("SELECT seq, body FROM batches WHERE part = ?1", [&key], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .optional()?;
+                if let Some((seq, body)) = &last {
+                    if (part.seq as i64) < *seq {
+                        tracing::warn!(part = %key, seq = part.seq, stored = seq, "history batch older than the stored one: not written (restored from an older checkpoint?)");
+                        stats.stale += 1;
+                        continue;
+                    }
+                    if part.seq as i64 == *seq {
+                        let old: Body = postcard::from_bytes(body).map_err(|e| HistoryError::Decode(e.to_string()))?;
+                        for (kind, id, minute, v) in &old.0 {
+                            add_row(&tx, *kind, *id, *minute, v, -1)?;
+                        }
+                        stats.replaced += 1;
+                    }
+                }
+                let mut body = Vec::new();
+                for m in &part.minutes {
+                    stats.minutes += 1;
+                    for (kind, id, c) in namer.rows(m)? {
+                        let v = c.values();
+                        add_row(&tx, kind, id, m.minute, &v, 1)?;
+                        body.push((kind, id, m.minute, v));
+                        stats.rows += 1;
+                    }
+                    if let Some(s) = &m.sketches {
+                        for (metric, h) in s.iter().enumerate() {
+                            union_sketch(&tx, SITE, 0, m.minute, metric as i64, h, SITE_P)?;
+                            stats.sketches += 1;
+                        }
+                    }
+                    for (v, s) in &m.venue_sketches {
+                        let id = namer.name(N_VENUE, &batch.names.venues, *v)?;
+                        for (metric, h) in s.iter().enumerate() {
+                            union_sketch(&tx, VENUE, id, m.minute, metric as i64, h, VENUE_P)?;
+                            stats.sketches += 1;
+                        }
+                    }
+                }
+                let body = postcard::to_allocvec(&Body(body)).map_err(|e| HistoryError::Decode(e.to_string()))?;
+                tx.execute(
+                    "INSERT INTO batches(part, seq, body) VALUES(?1, ?2, ?3)
+                     ON CONFLICT(part) DO UPDATE SET seq = excluded.seq, body = excluded.body",
+                    params![key, part.seq as i64, body],
+                )?;
+            }
+            Ok(())
+        })();
+        match r {
+            Ok(()) => {
+                tx.commit()?;
+                self.ids = ids;
+                self.pair_ids = pair_ids;
+                Ok(stats)
+            }
+            Err(e) => {
+                drop(tx);
+                // The ids handed out inside the failed transaction were rolled back with it.
+                self.ids.clear();
+                self.pair_ids.clear();
+                self.load_ids()?;
+                Err(e)
+            }
+        }
+    }
+
+    /// Adds an alert or a rule change to the journal.
+    pub fn journal(&self, e: &JournalEntry) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO journal(at_ms, kind, body) VALUES(?1, ?2, ?3)",
+            params![e.at_ms, e.kind, e.body.to_string()],
+        )?;
+        Ok(())
+    }
+
+    /// Journal entries of `kind` (all kinds if `None`) in `[from, to)`, oldest first.
+    pub fn journal_entries(&self, kind: Option<&str>, from: i64, to: i64) -> Result<Vec<JournalEntry>> {
+        let mut st = self.conn.prepare(
+            "SELECT at_ms, kind, body FROM journal WHERE at_ms >= ?1 AND at_ms < ?2
+             AND (?3 IS NULL OR kind = ?3) ORDER BY at_ms, rowid",
+        )?;
+        let rows = st.query_map(params![from, to, kind], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?))
+        })?;
+        let mut out = Vec::new();
+        for r in rows {
+            let (at_ms, kind, body) = r?;
+            let body = serde_json::from_str(&body).map_err(|e| HistoryError::Decode(e.to_string()))?;
+            out.push(JournalEntry { at_ms, kind, body });
+        }
+        Ok(out)
+    }
+
+    /// The first and last stored minute (site rows), if any.
+    pub fn bounds(&self) -> Result<Option<(i64, i64)>> {
+        let r: (Option<i64>, Option<i64>) =
+            self.conn.query_row("SELECT MIN(minute), MAX(minute) FROM minutes WHERE kind = 0 AND id = 0", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?;
+        Ok(r.0.zip(r.1))
+    }
+
+    /// Bytes the database takes (pages in use x page size).
+    pub fn size_bytes(&self) -> Result<u64> {
+        let (count, size): (i64, i64) = self.conn.query_row(
+            "SELECT page_count, page_size FROM pragma_page_count(), pragma_page_size()",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        Ok((count * size) as u64)
+    }
+
+    /// Rows of the `minutes` table by scope kind (site, venue, pair, channel).
+    pub fn row_counts(&self) -> Result<[u64; 4]> {
+        let mut out = [0u64; 4];
+        let mut st = self.conn.prepare("SELECT kind, COUNT(*) FROM minutes GROUP BY kind")?;
+        let rows = st.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))?;
+        for r in rows {
+            let (k, n) = r?;
+            if let Some(o) = out.get_mut(k as usize) {
+                *o = n as u64;
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Adds (`sign` 1) or subtracts (-1) one row's counts.
+fn add_row(tx: &Transaction<'_>, kind: i64, id: i64, minute: i64, v: &[u64; 12], sign: i64) -> Result<()> {
+    let cols = COUNTS.join(", ");
+    let vals = (4..16).map(|i| format!("?{i}")).collect::<Vec<_>>().join(", ");
+    let set = COUNTS.iter().map(|c| format!("{c} = {c} + excluded.{c}")).collect::<Vec<_>>().join(", ");
+    let sql = format!(
+        "INSERT INTO minutes(kind, id, minute, {cols}) VALUES(?1, ?2, ?3, {vals})
+         ON CONFLICT(kind, id, minute) DO UPDATE SET {set}"
+    );
+    let mut st = tx.prepare_cached(&sql)?;
+    let signed = v.map(|x| i64::try_from(x).unwrap_or(i64::MAX) * sign);
+    let mut args: Vec<&dyn rusqlite::ToSql> = vec![&kind, &id, &minute];
+    args.extend(signed.iter().map(|x| x as &dyn rusqlite::ToSql));
+    st.execute(args.as_slice())?;
+    Ok(())
+}
+
+fn union_sketch(tx: &Transaction<'_>, kind: i64, id: i64, minute: i64, metric: i64, h: &Hll, p: u32) -> Result<()> {
+    let old: Option<Vec<u8>> = tx
+        .prepare_cached("SELECT hll FROM sketches WHERE kind = ?1 AND id = ?2 AND minute = ?3 AND metric = ?4")?
+        .query_row(params![kind, id, minute, metric], |r| r.get(0))
+        .optional()?;
+    let mut merged = h.clone();
+    if let Some(old) = old {
+        let old = decode_hll(&old, p)?;
+        merged.merge(&old);
+    }
+    let bytes = postcard::to_allocvec(&merged).map_err(|e| HistoryError::Decode(e.to_string()))?;
+    tx.prepare_cached(
+        "INSERT INTO sketches(kind, id, minute, metric, hll) VALUES(?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT(kind, id, minute, metric) DO UPDATE SET hll = excluded.hll",
+    )?
+    .execute(params![kind, id, minute, metric, bytes])?;
+    Ok(())
+}
+
+pub(crate) fn decode_hll(bytes: &[u8], p: u32) -> Result<Hll> {
+    let h: Hll = postcard::from_bytes(bytes).map_err(|e| HistoryError::Decode(e.to_string()))?;
+    if h.precision() != p {
+        return Err(HistoryError::Decode(format!("a sketch of precision {}, not {p}", h.precision())));
+    }
+    Ok(h)
+}
+
+/// Maps a batch's process-local name indices to the database's ids, adding new names.
+struct Namer<'a> {
+    tx: &'a Transaction<'a>,
+    ids: &'a mut HashMap<(i64, String), i64>,
+    pair_ids: &'a mut HashMap<(i64, i64), i64>,
+    names: &'a warroom_engine::history::HistoryNames,
+}
+
+impl Namer<'_> {
+    fn name(&mut self, kind: i64, table: &[String], i: u32) -> Result<i64> {
+        let name =
+            table.get(i as usize).ok_or_else(|| HistoryError::Decode(format!("name index {i} of kind {kind}")))?;
+        if let Some(&id) = self.ids.get(&(kind, name.clone())) {
+            return Ok(id);
+        }
+        let id: i64 =
+            self.tx.query_row("SELECT COALESCE(MAX(id), -1) + 1 FROM names WHERE kind = ?1", [kind], |r| r.get(0))?;
+        self.tx.execute("INSERT INTO names(kind, name, id) VALUES(?1, ?2, ?3)", params![kind, name, id])?;
+        self.ids.insert((kind, name.clone()), id);
+        Ok(id)
+    }
+
+    fn pair(&mut self, i: u32) -> Result<i64> {
+        let names = self.names;
+        let &(slot, merchant) =
+            names.pairs.get(i as usize).ok_or_else(|| HistoryError::Decode(format!("pair index {i}")))?;
+        let slot_id = self.name(N_SLOT, &names.slots, slot)?;
+        let merchant_id = if merchant == NONE { -1 } else { self.name(N_MERCHANT, &names.merchants, merchant)? };
+        if let Some(&id) = self.pair_ids.get(&(slot_id, merchant_id)) {
+            return Ok(id);
+        }
+        let venue = names.slot_venues.get(slot as usize).copied().unwrap_or(NONE);
+        let venue_id = if venue == NONE { -1 } else { self.name(N_VENUE, &names.venues, venue)? };
+        self.tx.execute(
+            "INSERT INTO pairs(slot, merchant, venue) VALUES(?1, ?2, ?3)",
+            params![slot_id, merchant_id, venue_id],
+        )?;
+        let id = self.tx.last_insert_rowid();
+        self.pair_ids.insert((slot_id, merchant_id), id);
+        Ok(id)
+    }
+
+    /// The minute's rows as (kind, database id, counts).
+    fn rows(&mut self, m: &MinuteRows) -> Result<Vec<(i64, i64, Counts)>> {
+        let names = self.names;
+        let mut out = vec![(SITE, 0, m.site)];
+        for (v, c) in &m.venues.rows {
+            out.push((VENUE, self.name(N_VENUE, &names.venues, *v)?, *c));
+        }
+        for (p, c) in &m.pairs.rows {
+            out.push((PAIR, self.pair(*p)?, *c));
+        }
+        for (ch, c) in &m.channels.rows {
+            out.push((CHANNEL, self.name(N_CHANNEL, &names.channels, *ch)?, *c));
+        }
+        Ok(out)
+    }
+}
+
+/// Name kinds, for [`Store::name_id`].
+pub mod kinds {
+    pub const VENUE: i64 = super::N_VENUE;
+    pub const SLOT: i64 = super::N_SLOT;
+    pub const MERCHANT: i64 = super::N_MERCHANT;
+    pub const CHANNEL: i64 = super::N_CHANNEL;
+}
+
+/// The metrics a history query can ask for.
+pub fn metric_names() -> Vec<&'static str> {
+    COUNTS.iter().chain(DISTINCT.iter()).copied().collect()
+}

@@ -1,0 +1,1 @@
+//! The 复盘 review report.

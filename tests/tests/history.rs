@@ -1,0 +1,154 @@
+//! History: what the engine hands out per minute with its checkpoints, stored in SQLite
+//! (`warroom-history`) and read back, equals the naive reference over the same events, for
+//! every scope, over the whole night and over a sub-range; distinct counts within 2%. A batch
+//! written twice (a restart between storing it and persisting the checkpoint) counts once.
+
+use std::sync::Arc;
+
+use warroom_engine::history::COUNTS;
+use warroom_engine::{Config, Engine};
+use warroom_history::{Metric, Query, Scope, Store};
+use warroom_ingest::gen::{write_night, GenConfig};
+use warroom_ingest::ChunkProcessor;
+use warroom_model::Limits;
+use warroom_tests::{distinct_close, lines, reference_history, RefHistory};
+
+const START: i64 = 1_794_312_000_000;
+
+fn night(seed: u64, events: u64) -> Vec<u8> {
+    let mut buf = Vec::new();
+    let cfg = GenConfig {
+        seed,
+        users: 20_000,
+        duplicate_share: 0.02,
+        resend_share: 0.02,
+        late_share: 0.03,
+        late_max_ms: 400_000,
+        bad_share: 0.005,
+        merchant_change_share: 0.01,
+        ..GenConfig::default()
+    };
+    write_night(cfg, events, START, 2 * 3_600_000, &mut buf).unwrap();
+    buf
+}
+
+/// Feeds `lines` in chunks, storing a history batch after each (as a checkpoint would);
+/// the batch after chunk `again` is written twice.
+fn store_night(all: &[&[u8]], chunk: usize, again: usize, db: &std::path::Path) -> (Arc<Engine>, Store) {
+    let mut cfg = Config::default();
+    cfg.engine.shards = 2;
+    let engine = Arc::new(Engine::new(cfg));
+    let mut store = Store::open(db).unwrap();
+    let mut proc = ChunkProcessor::new(engine.clone(), Limits::default());
+    for (k, part) in all.chunks(chunk).enumerate() {
+        let mut buf = Vec::new();
+        for l in part {
+            buf.extend_from_slice(l);
+            buf.push(b'\n');
+        }
+        proc.process(&buf, (k * chunk) as u64 + 1);
+        let batch = engine.take_history();
+        store.write(&batch).unwrap();
+        if k == again {
+            let w = store.write(&batch).unwrap();
+            assert_eq!(w.replaced, 2, "both shards' batches replaced, not added");
+        }
+    }
+    (engine, store)
+}
+
+fn scope_of(kind: &str, name: &str) -> Scope {
+    Scope::parse(kind, Some(name)).unwrap()
+}
+
+fn check_range(store: &Store, want: &RefHistory, from: i64, to: i64, what: &str) -> usize {
+    let mut checked = 0;
+    for (kind, name) in want.scopes() {
+        let got = store.totals(&scope_of(&kind, &name), None, from * 60_000, to * 60_000).unwrap();
+        let w = want.sum(&kind, &name, from, to);
+        assert_eq!(got.counts.values(), w, "{what}: {kind} {name:?}: store vs reference ({COUNTS:?})");
+        if kind == "site" || kind == "venue" {
+            let d = got.distinct.expect("site and venues have distinct counts");
+            for (k, got) in d.iter().enumerate() {
+                let w = want.distinct(&kind, &name, k, from, to);
+                assert!(distinct_close(*got, w), "{what}: {kind} {name:?} distinct #{k}: {got} vs {w}");
+            }
+        }
+        checked += 1;
+    }
+    checked
+}
+
+#[test]
+fn stored_history_equals_the_reference_for_every_scope_whole_night_and_a_sub_range() {
+    let buf = night(14, 60_000);
+    let all = lines(&buf);
+    let want = reference_history(&all);
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, store) = store_night(&all, 7_000, 3, &dir.path().join("history.db"));
+
+    let first = START / 60_000;
+    let last = want.counts.keys().map(|k| k.2).max().unwrap();
+    let n = check_range(&store, &want, first - 10, last + 1, "whole night");
+    assert!(n > 40, "scopes checked: {n}");
+    check_range(&store, &want, first + 31, first + 77, "minutes 31..77");
+
+    // The history adds up to the snapshot's totals.
+    let (snap, _) = engine.publish();
+    let site = store.totals(&Scope::Site, None, 0, i64::MAX / 2).unwrap();
+    assert_eq!(site.counts.gmv as u128, snap.totals.gmv_cents);
+    assert_eq!(site.counts.paid_orders, snap.totals.paid_orders);
+
+    // A series: per 5 minutes, each step the reference's sum of its minutes.
+    let q = Query {
+        metric: Metric::parse("gmv").unwrap(),
+        scope: Scope::Site,
+        from_ms: first * 60_000,
+        to_ms: (first + 120) * 60_000,
+        step_ms: 300_000,
+        merchant: None,
+    };
+    let s = store.series(&q).unwrap();
+    assert_eq!(s.points.len(), 24);
+    for (k, (at, v)) in s.points.iter().enumerate() {
+        let m = first + 5 * k as i64;
+        assert_eq!(*at, m * 60_000);
+        assert_eq!(*v, want.sum("site", "", m, m + 5)[0], "gmv of minutes {m}..{}", m + 5);
+    }
+    // UV per 10 minutes is the union of those minutes, not their sum.
+    let q = Query { metric: Metric::parse("uv").unwrap(), step_ms: 600_000, ..q };
+    let s = store.series(&q).unwrap();
+    for (k, (_, v)) in s.points.iter().enumerate() {
+        let m = first + 10 * k as i64;
+        let w = want.distinct("site", "", 0, m, m + 10);
+        assert!(distinct_close(*v, w), "uv of minutes {m}..{}: {v} vs {w}", m + 10);
+    }
+}
+
+#[test]
+fn a_merchant_sees_only_its_own_pairs() {
+    let buf = night(15, 20_000);
+    let all = lines(&buf);
+    let want = reference_history(&all);
+    let dir = tempfile::tempdir().unwrap();
+    let (_, store) = store_night(&all, 20_000, usize::MAX, &dir.path().join("h.db"));
+    let merchants: Vec<String> =
+        want.scopes().into_iter().filter(|(k, _)| k == "merchant").map(|(_, n)| n).take(3).collect();
+    assert!(merchants.len() == 3);
+    let m = &merchants[0];
+    let whole = |scope: &Scope, merchant: Option<&str>| store.totals(scope, merchant, 0, i64::MAX / 2).unwrap().counts;
+    // Site-wide through a merchant's eyes is that merchant's own numbers.
+    assert_eq!(whole(&Scope::Site, Some(m)).values(), want.sum("merchant", m, i64::MIN, i64::MAX));
+    // Another merchant's scope gives nothing.
+    assert_eq!(whole(&Scope::Merchant(merchants[1].clone()), Some(m)).values(), [0; 12]);
+    // Distinct counts are not kept per merchant: refused, not answered with the site's.
+    let q = Query {
+        metric: Metric::parse("uv").unwrap(),
+        scope: Scope::Site,
+        from_ms: START,
+        to_ms: START + 3_600_000,
+        step_ms: 60_000,
+        merchant: Some(m.clone()),
+    };
+    assert!(store.series(&q).is_err());
+}
