@@ -152,3 +152,42 @@ fn a_merchant_sees_only_its_own_pairs() {
     };
     assert!(store.series(&q).is_err());
 }
+
+/// A monitor stores batches 1 and 2 but never persists the checkpoints after them (a failing
+/// disk, then kill -9): restored from checkpoint 1, it applies those events again, and the
+/// history counts them once.
+#[test]
+fn batches_of_a_run_whose_checkpoints_were_lost_are_undone_when_their_events_come_again() {
+    let buf = night(16, 24_000);
+    let all = lines(&buf);
+    let want = reference_history(&all);
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(&dir.path().join("h.db")).unwrap();
+    let mut cfg = Config::default();
+    cfg.engine.shards = 2;
+    let chunks: Vec<Vec<u8>> =
+        all.chunks(6_000).map(|c| c.iter().flat_map(|l| l.iter().copied().chain([b'\n'])).collect()).collect();
+    let feed = |e: &Arc<Engine>, k: usize| {
+        ChunkProcessor::new(e.clone(), Limits::default()).process(&chunks[k], (k * 6_000) as u64 + 1);
+    };
+    let first = Arc::new(Engine::new(cfg.clone()));
+    feed(&first, 0);
+    let (persisted, b) = first.checkpoint_with_history(b"");
+    store.write(&b).unwrap();
+    for k in [1, 2] {
+        feed(&first, k);
+        let (_lost, b) = first.checkpoint_with_history(b"");
+        store.write(&b).unwrap();
+    }
+    drop(first);
+    let (again, _) = Engine::restore(cfg, &persisted, "ckpt".as_ref()).unwrap();
+    let again = Arc::new(again);
+    for k in 1..chunks.len() {
+        feed(&again, k);
+    }
+    let (_, b) = again.checkpoint_with_history(b"");
+    let w = store.write(&b).unwrap();
+    assert_eq!(w.replaced, 4, "batches 1 and 2 of both shards undone");
+    let start = START / 60_000;
+    check_range(&store, &want, start - 10, start + 200, "after the lost checkpoints");
+}

@@ -9,6 +9,7 @@
 
 pub mod alerts;
 pub mod auth;
+pub mod history;
 pub mod hub;
 pub mod metrics;
 pub mod net;
@@ -79,6 +80,12 @@ pub struct AppState {
     pub config: ApiConfig,
     /// Several API nodes: which one sends each alert change to the webhook (`None`: this one).
     pub claims: Option<Arc<dyn warroom_status::AlertClaims>>,
+    /// The promotion's history (per-minute numbers, alerts, rule changes), if kept.
+    pub history: Option<Arc<warroom_history::HistoryDb>>,
+    /// A previous promotion's history, read only (its curve beside this one's).
+    pub previous: Option<Arc<warroom_history::HistoryDb>>,
+    /// The event-time minute of the last projection kept in the journal.
+    projected_minute: std::sync::atomic::AtomicI64,
     /// WebSocket connections open, in all and per token (by the token's digest).
     pub(crate) ws_open: Mutex<std::collections::HashMap<[u8; 32], usize>>,
 }
@@ -107,7 +114,38 @@ impl AppState {
             stale_after_ms: 10_000,
             parts: warroom_status::parts::Parts::new(),
             config: ApiConfig::default(),
+            history: None,
+            previous: None,
+            projected_minute: std::sync::atomic::AtomicI64::new(i64::MIN),
             ws_open: Mutex::default(),
+        }
+    }
+
+    /// Keeps alerts and rule changes in `db` from now on, and takes the rule changes it holds
+    /// into the audit trail (a restart keeps them).
+    pub fn set_history(&mut self, db: Arc<warroom_history::HistoryDb>) {
+        match db.with(|s| s.journal_entries(Some("rule_change"), 0, i64::MAX)) {
+            Ok(entries) => {
+                let mut audit = lock(&self.audit);
+                for e in entries {
+                    if let Ok(a) = serde_json::from_value::<AuditEntry>(e.body) {
+                        audit.push_back(a);
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "could not read the rule changes kept in the history database"),
+        }
+        self.history = Some(db);
+    }
+
+    /// Adds an entry to the history journal, if there is one (a failure is logged: the journal
+    /// never stops the monitor).
+    fn journal(&self, kind: &str, at_ms: i64, body: serde_json::Value) {
+        if let Some(db) = &self.history {
+            let e = warroom_history::JournalEntry { at_ms, kind: kind.into(), body };
+            if let Err(err) = db.with(|s| s.journal(&e)) {
+                tracing::warn!(error = %err, kind, "could not keep an entry in the history journal");
+            }
         }
     }
 
@@ -141,12 +179,16 @@ impl AppState {
         metrics::seconds(&m.publish_rank_build, cost.build);
         m.changed_pairs.record(cost.changed_pairs as f64);
         let lag = self.ingest_lag();
+        let as_of = snap.as_of_ms;
         let changed = lock(&self.alerts).evaluate(&snap, &changes, now, lag);
         if let Some(bytes) = self.hub.publish(snap, changes) {
             m.frame_bytes.record(bytes as f64);
         }
         for a in changed {
             tracing::info!(target: "alert", id = %a.id, state = ?a.state, severity = ?a.severity, value = a.value, "{}", a.message);
+            if a.fired_at_ms.is_some() {
+                self.journal("alert", now, serde_json::to_value(&a).unwrap_or_default());
+            }
             self.hub.alert(&a, a.merchant_id.clone(), a.venue.clone(), a.rehearsal);
             // The webhook hears of alerts that fired and of their end, not of pending ones.
             if a.fired_at_ms.is_some() && lock(&self.alerts).config().webhook.is_some() {
@@ -160,7 +202,24 @@ impl AppState {
                 }
             }
         }
+        self.keep_projection(as_of);
         metrics::seconds(&m.tick, cost.wait + cost.fold + cost.build + t.elapsed());
+    }
+
+    /// Once per minute of event time, the projection goes into the journal: the review
+    /// reports how far it was off at each hour.
+    fn keep_projection(&self, as_of: i64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.history.is_none() || as_of <= 0 {
+            return;
+        }
+        let minute = as_of.div_euclid(60_000);
+        if self.projected_minute.swap(minute, Relaxed) == minute {
+            return;
+        }
+        if let Some(p) = self.projection(as_of) {
+            self.journal("projection", p.at_ms, serde_json::to_value(&p).unwrap_or_default());
+        }
     }
 
     /// New alert rules (hot reload); invalid ones are refused with every problem listed.
@@ -261,6 +320,9 @@ pub fn router(state: Shared) -> Router {
         .route("/api/v1/audit", get(audit))
         .route("/api/v1/alerts", get(list_alerts))
         .route("/api/v1/alerts/{id}/ack", post(ack_alert))
+        .route("/api/v1/history", get(history::history))
+        .route("/api/v1/history/journal", get(history::journal))
+        .route("/api/v1/history/curve", get(history::curve))
         .route("/api/v1/openapi.json", get(openapi))
         .route("/api/v1/stream", get(ws::upgrade))
         .fallback(|| async { ApiError::not_found("no such endpoint; see /api/v1/openapi.json".into()) })
@@ -320,6 +382,7 @@ async fn ack_alert(State(st): State<Shared>, headers: HeaderMap, Path(id): Path<
     match acked {
         Some(a) => {
             tracing::info!(target: "audit", by = %caller.name, alert = %a.id, "alert acknowledged");
+            st.journal("alert", now_ms(), serde_json::to_value(&a).unwrap_or_default());
             st.hub.alert(&a, a.merchant_id.clone(), a.venue.clone(), a.rehearsal);
             Ok(Json(a).into_response())
         }
@@ -483,6 +546,7 @@ async fn put_rule(
         weights: spec,
     };
     tracing::info!(target: "audit", by = %entry.by, venue = %entry.venue, old = %entry.old_rule, new = %entry.new_rule, "race rule changed");
+    st.journal("rule_change", entry.at_ms, serde_json::to_value(&entry).unwrap_or_default());
     {
         let mut audit = st.audit.lock().unwrap_or_else(|p| p.into_inner());
         audit.push_back(entry.clone());

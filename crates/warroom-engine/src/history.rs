@@ -323,3 +323,57 @@ impl HistoryBatch {
         self.parts.iter().all(|p| p.minutes.is_empty())
     }
 }
+
+/// Where batches are stored (the history database).
+pub trait HistorySink: Send + Sync {
+    /// Stores the batch durably, or says why not.
+    fn store(&self, batch: &HistoryBatch) -> Result<(), String>;
+}
+
+/// Writes batches in order, keeping the ones the sink refused to write first next time: a
+/// checkpoint may only be persisted once every batch before it is stored.
+pub struct HistoryWriter {
+    sink: std::sync::Arc<dyn HistorySink>,
+    retained: std::sync::Mutex<Vec<HistoryBatch>>,
+}
+
+impl std::fmt::Debug for HistoryWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HistoryWriter").finish_non_exhaustive()
+    }
+}
+
+/// Batches kept in memory at most while the database refuses them; beyond, the oldest are
+/// dropped with an error (their checkpoints were never persisted: a restart rebuilds them).
+const MAX_RETAINED: usize = 720;
+
+impl HistoryWriter {
+    pub fn new(sink: std::sync::Arc<dyn HistorySink>) -> Self {
+        HistoryWriter { sink, retained: std::sync::Mutex::new(Vec::new()) }
+    }
+
+    /// Stores `batch` after any retained ones. `Ok`: all stored; `Err`: the sink's reason, and
+    /// the unstored batches kept for the next call.
+    pub fn write(&self, batch: HistoryBatch) -> Result<(), String> {
+        let mut retained = self.retained.lock().unwrap_or_else(|p| p.into_inner());
+        if !batch.is_empty() {
+            retained.push(batch);
+        }
+        while let Some(b) = retained.first() {
+            if let Err(e) = self.sink.store(b) {
+                if retained.len() > MAX_RETAINED {
+                    retained.remove(0);
+                    tracing::error!("history batches retained beyond {MAX_RETAINED}: the oldest dropped");
+                }
+                return Err(e);
+            }
+            retained.remove(0);
+        }
+        Ok(())
+    }
+
+    /// Batches waiting for the database.
+    pub fn retained(&self) -> usize {
+        self.retained.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+}

@@ -258,6 +258,9 @@ pub fn venue_view(snap: &Snapshot, venue: &str) -> Snapshot {
     s
 }
 
+/// Slots in a screen frame's top sellers.
+pub const TOP_SELLERS: usize = 7;
+
 /// What an ops screen is pushed: the snapshot cut to what a screen shows. Site totals,
 /// windows, funnel, decomposition, plan, rejections, counters and channels whole; each venue
 /// with the top [`SCREEN_RACE_TOP`] of its race (`race.ranked` says how many there are); of
@@ -276,6 +279,8 @@ pub struct ScreenFrame<'a> {
     slots: Vec<&'a SlotStats>,
     /// Slots in the snapshot (the REST snapshot lists them).
     slots_total: usize,
+    /// The [`TOP_SELLERS`] slots with the most GMV since the start (累计 top sellers).
+    top_sellers: Vec<&'a SlotStats>,
     channels: &'a [crate::snapshot::ChannelStats],
     funnel: &'a crate::snapshot::Funnel,
     decomposition: &'a [crate::snapshot::Decomposition],
@@ -354,7 +359,18 @@ pub fn screen_frame<'a>(snap: &'a Snapshot, venue: Option<&str>, slots: &[String
     let in_scope = |s: &SlotStats| venue.is_none_or(|n| n == s.venue);
     let followed = slots.iter().filter_map(|f| snap.slot(f)).filter(|s| in_scope(s)).collect();
     let slots_total = if venue.is_none() { all_slots.len() } else { all_slots.iter().filter(|s| in_scope(s)).count() };
+    // One pass keeping the best few: no copy of the slot list.
+    let mut top_sellers: Vec<&SlotStats> = Vec::with_capacity(TOP_SELLERS + 1);
+    for s in all_slots.iter().filter(|s| in_scope(s) && s.gmv_cents > 0) {
+        if top_sellers.len() == TOP_SELLERS && top_sellers[TOP_SELLERS - 1].gmv_cents >= s.gmv_cents {
+            continue;
+        }
+        let at = top_sellers.partition_point(|t| t.gmv_cents >= s.gmv_cents);
+        top_sellers.insert(at, s);
+        top_sellers.truncate(TOP_SELLERS);
+    }
     ScreenFrame {
+        top_sellers,
         as_of_ms: *as_of_ms,
         published_at_ms: *published_at_ms,
         last_event_at_ms: *last_event_at_ms,

@@ -3,8 +3,9 @@
 //! The engine hands out, with every checkpoint, what each shard counted per minute since the
 //! previous one ([`warroom_engine::history`]); [`Store::write`] adds it to the database in one
 //! transaction, before the checkpoint is persisted. A batch is keyed by its shard's line and
-//! number: the same batch written again (rebuilt after a crash between the two writes)
-//! replaces the first copy, so no minute is lost or counted twice.
+//! number: batch `n` of a line written again (its state restored from the checkpoint before
+//! it, after a crash or a failed checkpoint write) undoes the stored batches `n` and later of
+//! that line, whose events are applied again; so no minute is lost or counted twice.
 //!
 //! Tables (`sqlite3 FILE .schema`):
 //! - `names(kind, name, id)`: venue (1), slot (2), merchant (3), channel (4) names;
@@ -14,7 +15,7 @@
 //!   or a merchant's minute is the sum of its pairs';
 //! - `sketches(kind, id, minute, metric, hll)`: the minute's uv, ipv_uv and buyers sketches,
 //!   site and venues (unions give any range's distinct count);
-//! - `batches(part, seq, body)`: the last batch of each shard line, to replace;
+//! - `batches(part, seq, body)`: the last [`KEEP_BATCHES`] batches of each shard line, to replace;
 //! - `journal(at_ms, kind, body)`: alerts (firing, resolved, acknowledged) and rule changes.
 
 use std::collections::HashMap;
@@ -25,12 +26,17 @@ use serde::{Deserialize, Serialize};
 use warroom_engine::history::{Counts, HistoryBatch, MinuteRows, COUNTS, DISTINCT, SITE_P, VENUE_P};
 use warroom_engine::hll::Hll;
 
+pub mod projection;
 pub mod query;
 pub mod report;
 
 pub use query::{Metric, Query, Scope, Series};
 
 const NONE: u32 = u32::MAX;
+
+/// Batches kept per shard line for replacement: a state restored from a checkpoint up to
+/// this many checkpoints old (5 minutes at the default 5 s) still counts once.
+pub const KEEP_BATCHES: i64 = 64;
 
 /// Scope kinds of the `minutes` and `sketches` tables.
 pub const SITE: i64 = 0;
@@ -68,10 +74,10 @@ pub struct WriteStats {
     pub minutes: u64,
     pub rows: u64,
     pub sketches: u64,
-    /// Batches written again after a restart (their first copy replaced).
+    /// Stored batches undone because a batch of the same number or earlier came again (a
+    /// restart from a checkpoint older than them).
     pub replaced: u64,
-    /// Batches older than the stored ones of their line (a restore from an older checkpoint):
-    /// not written.
+    /// Batches older than every kept batch of their line: not written.
     pub stale: u64,
 }
 
@@ -112,7 +118,8 @@ CREATE TABLE IF NOT EXISTS minutes(kind INTEGER NOT NULL, id INTEGER NOT NULL, m
     PRIMARY KEY(kind, id, minute)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS sketches(kind INTEGER NOT NULL, id INTEGER NOT NULL, minute INTEGER NOT NULL,
     metric INTEGER NOT NULL, hll BLOB NOT NULL, PRIMARY KEY(kind, id, minute, metric)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS batches(part TEXT PRIMARY KEY, seq INTEGER NOT NULL, body BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS batches(part TEXT NOT NULL, seq INTEGER NOT NULL, body BLOB NOT NULL,
+    PRIMARY KEY(part, seq)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS journal(at_ms INTEGER NOT NULL, kind TEXT NOT NULL, body TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS journal_at ON journal(at_ms);
 ";
@@ -187,23 +194,31 @@ impl Store {
             let mut namer = Namer { tx: &tx, ids: &mut ids, pair_ids: &mut pair_ids, names: &batch.names };
             for part in batch.parts.iter().filter(|p| !p.minutes.is_empty()) {
                 let key = part.key();
-                let last: Option<(i64, Vec<u8>)> = tx
-                    .query_row("SELECT seq, body FROM batches WHERE part = ?1", [&key], |r| Ok((r.get(0)?, r.get(1)?)))
-                    .optional()?;
-                if let Some((seq, body)) = &last {
-                    if (part.seq as i64) < *seq {
-                        tracing::warn!(part = %key, seq = part.seq, stored = seq, "history batch older than the stored one: not written (restored from an older checkpoint?)");
-                        stats.stale += 1;
-                        continue;
-                    }
-                    if part.seq as i64 == *seq {
-                        let old: Body = postcard::from_bytes(body).map_err(|e| HistoryError::Decode(e.to_string()))?;
-                        for (kind, id, minute, v) in &old.0 {
-                            add_row(&tx, *kind, *id, *minute, v, -1)?;
-                        }
-                        stats.replaced += 1;
-                    }
+                let seq = part.seq as i64;
+                let kept: Vec<(i64, Vec<u8>)> = {
+                    let mut st = tx.prepare_cached("SELECT seq, body FROM batches WHERE part = ?1 ORDER BY seq")?;
+                    let rows = st.query_map([&key], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                    rows.collect::<rusqlite::Result<_>>()?
+                };
+                if kept.first().is_some_and(|(first, _)| seq < *first) {
+                    tracing::error!(part = %key, seq, oldest = kept[0].0, "history batch older than every batch kept of its line: not written (a state restored from a checkpoint more than {KEEP_BATCHES} checkpoints old?); its minutes may be short");
+                    stats.stale += 1;
+                    continue;
                 }
+                // Batches numbered `seq` or later are of a run that did not persist its
+                // checkpoint (this batch's state was restored from an earlier one): their
+                // events come again, in this batch and the next ones.
+                for (_, body) in kept.iter().filter(|(s, _)| *s >= seq) {
+                    let old: Body = postcard::from_bytes(body).map_err(|e| HistoryError::Decode(e.to_string()))?;
+                    for (kind, id, minute, v) in &old.0 {
+                        add_row(&tx, *kind, *id, *minute, v, -1)?;
+                    }
+                    stats.replaced += 1;
+                }
+                tx.execute(
+                    "DELETE FROM batches WHERE part = ?1 AND (seq >= ?2 OR seq < ?3)",
+                    params![key, seq, seq - KEEP_BATCHES],
+                )?;
                 let mut body = Vec::new();
                 for m in &part.minutes {
                     stats.minutes += 1;
@@ -228,11 +243,7 @@ impl Store {
                     }
                 }
                 let body = postcard::to_allocvec(&Body(body)).map_err(|e| HistoryError::Decode(e.to_string()))?;
-                tx.execute(
-                    "INSERT INTO batches(part, seq, body) VALUES(?1, ?2, ?3)
-                     ON CONFLICT(part) DO UPDATE SET seq = excluded.seq, body = excluded.body",
-                    params![key, part.seq as i64, body],
-                )?;
+                tx.execute("INSERT INTO batches(part, seq, body) VALUES(?1, ?2, ?3)", params![key, seq, body])?;
             }
             Ok(())
         })();
@@ -279,6 +290,40 @@ impl Store {
             out.push(JournalEntry { at_ms, kind, body });
         }
         Ok(out)
+    }
+
+    /// Sets a value of the `meta` table (`plan`: the promotion's plan as JSON).
+    pub fn set_meta(&self, key: &str, value: &str) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO meta(key, value) VALUES(?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            params![key, value],
+        )?;
+        Ok(())
+    }
+
+    pub fn meta(&self, key: &str) -> Result<Option<String>> {
+        Ok(self.conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0)).optional()?)
+    }
+
+    /// The plan stored with the history, if any.
+    pub fn plan(&self) -> Result<Option<warroom_engine::plan::PlanConfig>> {
+        match self.meta("plan")? {
+            Some(v) => {
+                serde_json::from_str(&v).map(Some).map_err(|e| HistoryError::Decode(format!("the stored plan: {e}")))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Site GMV per stored minute in `[from_ms, to_ms)`: (minute start ms, cents).
+    pub fn gmv_minutes(&self, from_ms: i64, to_ms: i64) -> Result<Vec<(i64, u64)>> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT minute, gmv FROM minutes WHERE kind = 0 AND id = 0 AND minute >= ?1 AND minute < ?2 ORDER BY minute",
+        )?;
+        let rows = st.query_map(params![from_ms.div_euclid(60_000), to_ms.div_euclid(60_000)], |r| {
+            Ok((r.get::<_, i64>(0)? * 60_000, r.get::<_, i64>(1)?.max(0) as u64))
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
     /// The first and last stored minute (site rows), if any.
@@ -429,4 +474,72 @@ pub mod kinds {
 /// The metrics a history query can ask for.
 pub fn metric_names() -> Vec<&'static str> {
     COUNTS.iter().chain(DISTINCT.iter()).copied().collect()
+}
+
+/// The store shared by the writer (checkpoints) and the readers (the API): one connection
+/// behind a mutex (an in-memory database has no second connection; a query holds it for
+/// milliseconds, a batch write as long, every few seconds).
+#[derive(Debug)]
+pub struct HistoryDb {
+    store: std::sync::Mutex<Store>,
+    pub path: Option<std::path::PathBuf>,
+    pub writes: std::sync::atomic::AtomicU64,
+    pub write_errors: std::sync::atomic::AtomicU64,
+    pub rows_written: std::sync::atomic::AtomicU64,
+    pub last_write_us: std::sync::atomic::AtomicU64,
+}
+
+impl HistoryDb {
+    /// The database at `path`, or in memory (for a run without checkpoints: a replay, the
+    /// simulator) if `None`.
+    pub fn open(path: Option<&Path>) -> Result<HistoryDb> {
+        let store = match path {
+            Some(p) => Store::open(p)?,
+            None => Store::open(Path::new(":memory:"))?,
+        };
+        Ok(HistoryDb {
+            store: std::sync::Mutex::new(store),
+            path: path.map(Path::to_path_buf),
+            writes: Default::default(),
+            write_errors: Default::default(),
+            rows_written: Default::default(),
+            last_write_us: Default::default(),
+        })
+    }
+
+    /// An existing database, read only.
+    pub fn open_read(path: &Path) -> Result<HistoryDb> {
+        Ok(HistoryDb {
+            store: std::sync::Mutex::new(Store::open_read(path)?),
+            path: Some(path.to_path_buf()),
+            writes: Default::default(),
+            write_errors: Default::default(),
+            rows_written: Default::default(),
+            last_write_us: Default::default(),
+        })
+    }
+
+    /// Runs `f` with the store.
+    pub fn with<R>(&self, f: impl FnOnce(&mut Store) -> R) -> R {
+        f(&mut self.store.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+impl warroom_engine::history::HistorySink for HistoryDb {
+    fn store(&self, batch: &HistoryBatch) -> std::result::Result<(), String> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let t = std::time::Instant::now();
+        match self.with(|s| s.write(batch)) {
+            Ok(w) => {
+                self.writes.fetch_add(1, Relaxed);
+                self.rows_written.fetch_add(w.rows, Relaxed);
+                self.last_write_us.store(t.elapsed().as_micros() as u64, Relaxed);
+                Ok(())
+            }
+            Err(e) => {
+                self.write_errors.fetch_add(1, Relaxed);
+                Err(e.to_string())
+            }
+        }
+    }
 }

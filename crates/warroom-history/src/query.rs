@@ -240,7 +240,7 @@ impl Store {
             },
             _ => {
                 return Err(HistoryError::Query(format!(
-                    "{} is kept per minute for the site and for venues only (sketches per slot, merchant and channel would cost more than the counts): ask for buyers' orders or use scope=site/venue",
+                    "{} is kept per minute for the site and for venues only (sketches per slot, merchant and channel would cost more than the counts): use scope=site or venue, or a count such as paid_orders",
                     DISTINCT[metric]
                 )))
             }

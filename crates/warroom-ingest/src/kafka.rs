@@ -37,6 +37,7 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::ClientContext;
 use serde::{Deserialize, Serialize};
+use warroom_engine::history::HistoryWriter;
 use warroom_engine::mem::recycle;
 use warroom_engine::{checkpoint, Config, Engine};
 use warroom_model::{Limits, Reason, Rejection};
@@ -520,6 +521,8 @@ struct Shared {
     /// covers, so nothing is applied or checkpointed any more; the process exits and restarts
     /// from the last checkpoint.
     poisoned: AtomicBool,
+    /// The history database, written with every checkpoint, before it is persisted.
+    history: Mutex<Option<Arc<HistoryWriter>>>,
 }
 
 /// Why a checkpoint is taken: what to do when dead letters are still on their way.
@@ -705,7 +708,20 @@ impl Shared {
         }
         let started = Instant::now();
         let extra = serde_json::to_vec(&positions).expect("positions serialise");
-        let bytes = self.engine.checkpoint(&extra);
+        let history = lock(&self.history).clone();
+        let bytes = match history {
+            Some(h) => {
+                // The minutes counted since the last checkpoint are stored first: a checkpoint
+                // persisted without them would lose them (see warroom_engine::history).
+                let (bytes, batch) = self.engine.checkpoint_with_history(&extra);
+                if let Err(e) = h.write(batch) {
+                    tracing::error!(error = %e, retained = h.retained(), "history not written; no checkpoint until it is (offsets are not committed past the previous one). Check the history database's disk");
+                    return false;
+                }
+                bytes
+            }
+            None => self.engine.checkpoint(&extra),
+        };
         match checkpoint::write_atomically(&self.cfg.state_dir, &bytes) {
             Ok(path) => {
                 let took = started.elapsed();
@@ -916,10 +932,16 @@ impl KafkaSource {
             stats: stats.clone(),
             cfg,
             poisoned: AtomicBool::new(false),
+            history: Mutex::new(None),
         });
         *consumer.context().shared.lock().unwrap_or_else(|p| p.into_inner()) = Some(shared.clone());
         consumer.subscribe(&[&shared.cfg.topic])?;
         Ok(KafkaSource { consumer, shared, stats })
+    }
+
+    /// Writes the engine's per-minute history to `writer` with every checkpoint.
+    pub fn set_history(&self, writer: Arc<HistoryWriter>) {
+        *lock(&self.shared.history) = Some(writer);
     }
 
     /// Consumes until `stop` is set, then checkpoints and commits once more.

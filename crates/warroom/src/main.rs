@@ -43,6 +43,9 @@ enum Cmd {
         /// No progress lines on stderr.
         #[arg(long)]
         quiet: bool,
+        /// Also write the per-minute history to this new SQLite file (for `warroom review`).
+        #[arg(long)]
+        history: Option<PathBuf>,
     },
     /// Run the monitor on a live source (default: the embedded Double-11 simulator).
     Run(RunOpts),
@@ -229,6 +232,10 @@ struct RunOpts {
     /// Write the snapshot here every second (atomically), and on exit.
     #[arg(long)]
     snapshot_out: Option<PathBuf>,
+    /// The history database (SQLite; also `[history] path`). Default: `<state_dir>/history.db`
+    /// for Kafka, in memory for the simulator and a file.
+    #[arg(long, env = "WARROOM_HISTORY")]
+    history: Option<PathBuf>,
     /// Where the API and the screen listen (port 0: any free port, printed at start).
     #[arg(long, env = "WARROOM_LISTEN", default_value = "127.0.0.1:8080")]
     listen: std::net::SocketAddr,
@@ -350,8 +357,8 @@ fn main() {
     let cli = Cli::parse();
     warroom_ingest::name_engine_threads();
     let res = match cli.cmd {
-        Cmd::Replay { input, snapshot_out, rejects_out, config, quiet } => {
-            replay(&input, &snapshot_out, rejects_out.as_deref(), config.as_deref(), quiet)
+        Cmd::Replay { input, snapshot_out, rejects_out, config, quiet, history } => {
+            replay(&input, &snapshot_out, rejects_out.as_deref(), config.as_deref(), quiet, history.as_deref())
         }
         Cmd::Run(opts) => run(opts),
         Cmd::Gen(o) => generate(o),
@@ -372,8 +379,22 @@ fn main() {
     }
 }
 
-fn replay(input: &Path, out: &Path, rejects: Option<&Path>, config: Option<&Path>, quiet: bool) -> anyhow::Result<()> {
+fn replay(
+    input: &Path,
+    out: &Path,
+    rejects: Option<&Path>,
+    config: Option<&Path>,
+    quiet: bool,
+    history: Option<&Path>,
+) -> anyhow::Result<()> {
     let settings = Settings::load(config)?;
+    if let Some(h) = history {
+        anyhow::ensure!(
+            !h.exists(),
+            "--history {} exists: a replay writes a new history (move the file away or choose another path)",
+            h.display()
+        );
+    }
     let engine = Arc::new(Engine::new(settings.engine_config()));
     let file = File::open(input).with_context(|| format!("cannot open --input {}", input.display()))?;
     let size = file.metadata().ok().map(|m| m.len());
@@ -424,6 +445,24 @@ fn replay(input: &Path, out: &Path, rejects: Option<&Path>, config: Option<&Path
     }
     let (snap, _) = engine.publish();
     write_json_atomically(out, &snap)?;
+    if let Some(h) = history {
+        let t = std::time::Instant::now();
+        let mut store = warroom_history::Store::open(h)?;
+        if let Some(plan) = &settings.plan {
+            store.set_meta("plan", &serde_json::to_string(plan)?)?;
+        }
+        let w = store.write(&engine.take_history())?;
+        if !quiet {
+            eprintln!(
+                "replay: history: {} minutes, {} rows, {} sketches in {} ({:.2}s)",
+                w.minutes,
+                w.rows,
+                w.sketches,
+                h.display(),
+                t.elapsed().as_secs_f64()
+            );
+        }
+    }
     let t = &snap.totals;
     if !quiet {
         eprintln!(
@@ -485,7 +524,7 @@ fn generate(o: GenOpts) -> anyhow::Result<()> {
 
 fn run(o: RunOpts) -> anyhow::Result<()> {
     let RunOpts { source, input, config, duration, speed, rate, .. } = o;
-    let (settings, mut origins) = Settings::load_with_origins(config.as_deref())?;
+    let (mut settings, mut origins) = Settings::load_with_origins(config.as_deref())?;
     let mut kcfg = settings.kafka.clone();
     let mut flag = |key: &str, flag: &str, env: &str, v: &str| {
         origins.set(key, toml::Value::String(v.to_string()), &flag_origin(flag, env, v));
@@ -513,6 +552,10 @@ fn run(o: RunOpts) -> anyhow::Result<()> {
     if let Some(t) = &o.partials_topic {
         flag("kafka.partials_topic", "--partials-topic", "WARROOM_PARTIALS_TOPIC", t);
         kcfg.partials_topic = Some(t.clone());
+    }
+    if let Some(h) = &o.history {
+        flag("history.path", "--history", "WARROOM_HISTORY", &h.display().to_string());
+        settings.history.path = h.display().to_string();
     }
     if o.print_config {
         print!("{}", origins.render());

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use warroom_engine::history::{HistorySink, HistoryWriter};
 use warroom_engine::snapshot::Rehearsal;
 use warroom_engine::{Engine, Snapshot};
 use warroom_ingest::kafka::KafkaConfig;
@@ -125,6 +126,7 @@ pub fn run(spec: NodeSpec, stop: Arc<AtomicBool>, on_listening: impl FnOnce(Sock
         _ => (Arc::new(Engine::new(engine_cfg.clone())), None),
     };
     let parts = warroom_ingest::parts::Parts::new();
+    let kafka_backed = matches!(source, SourceKind::Kafka);
     let mut proc = ChunkProcessor::new(engine.clone(), settings.limits());
     if matches!(source, SourceKind::Sim) {
         // The simulator's clock is its own (a night played faster than real time).
@@ -167,7 +169,26 @@ pub fn run(spec: NodeSpec, stop: Arc<AtomicBool>, on_listening: impl FnOnce(Sock
         _ => None,
     };
     let merging = partials.is_some();
+    let history = open_history(&source, &settings, &kcfg)?;
+    let writer = history.clone().map(|db| Arc::new(HistoryWriter::new(db as Arc<dyn HistorySink>)));
+    if let (Some(k), Some(w)) = (&kafka, &writer) {
+        k.set_history(w.clone());
+    }
     let mut state = warroom_api::AppState::new(engine.clone(), auth, hub, api_source);
+    if let Some(db) = &history {
+        if let Some(plan) = &settings.plan {
+            // The plan goes with the history: a later promotion aligns its curve by it.
+            db.with(|s| s.set_meta("plan", &serde_json::to_string(plan).expect("a plan serialises")))?;
+        }
+        state.set_history(db.clone());
+    }
+    if !settings.history.previous.is_empty() {
+        let p = PathBuf::from(&settings.history.previous);
+        let db = warroom_history::HistoryDb::open_read(&p).with_context(|| {
+            format!("opening the previous promotion's history ([history] previous = {})", p.display())
+        })?;
+        state.previous = Some(Arc::new(db));
+    }
     state.stale_after_ms = settings.api.stale_after.as_millis() as i64;
     state.parts = parts.clone();
     state.config = settings.api.clone();
@@ -226,6 +247,13 @@ pub fn run(spec: NodeSpec, stop: Arc<AtomicBool>, on_listening: impl FnOnce(Sock
             guard.finished();
             Ok(())
         })?
+    };
+    // A source without checkpoints stores its minutes every `[history] interval`.
+    let periodic = match (&writer, kafka_backed) {
+        (Some(w), false) => {
+            Some(store_history_every(settings.history.interval, engine.clone(), w.clone(), stop.clone()))
+        }
+        _ => None,
     };
     let tag = if rehearsal.is_some() { "[演练 REHEARSAL] " } else { "" };
     let publisher = {
@@ -305,12 +333,74 @@ pub fn run(spec: NodeSpec, stop: Arc<AtomicBool>, on_listening: impl FnOnce(Sock
         Ok(r) => r?,
         Err(_) => anyhow::bail!("the source thread panicked; see the log above"),
     }
+    if let Some(t) = periodic {
+        let _ = t.join();
+    }
     let (snap, _) = if merging { engine.publish_parts() } else { engine.publish() };
     println!("{tag}{}", summary_line(&snap));
     if let Some(p) = &snapshot_out {
         write_json_atomically(p, &snap)?;
     }
     Ok(Ended::Done(snap))
+}
+
+/// The history database of this node: a Kafka monitor's beside its checkpoints (or at
+/// `[history] path`), a simulator's or a file's in memory unless a path is given; workers and
+/// API nodes keep none yet (see docs/history.md).
+fn open_history(
+    source: &SourceKind,
+    settings: &Settings,
+    kcfg: &KafkaConfig,
+) -> anyhow::Result<Option<Arc<warroom_history::HistoryDb>>> {
+    let configured = (!settings.history.path.is_empty()).then(|| PathBuf::from(&settings.history.path));
+    let path = match source {
+        SourceKind::Worker | SourceKind::Partials => return Ok(None),
+        SourceKind::Kafka => Some(configured.unwrap_or_else(|| kcfg.state_dir.join("history.db"))),
+        SourceKind::Sim | SourceKind::File(_) => configured,
+    };
+    let db = warroom_history::HistoryDb::open(path.as_deref())
+        .context("opening the history database ([history] path, --history)")?;
+    if matches!(source, SourceKind::Sim | SourceKind::File(_)) && path.is_some() {
+        // No checkpoint: the run starts from nothing, so stored minutes would be counted again.
+        anyhow::ensure!(
+            db.with(|s| s.bounds())?.is_none(),
+            "the history database {} already holds minutes, and a {} run starts from nothing: they would be counted twice. Move it away or give another --history",
+            path.as_deref().map(|p| p.display().to_string()).unwrap_or_default(),
+            source.name()
+        );
+    }
+    if let Some(p) = &path {
+        tracing::info!(path = %p.display(), "history database open");
+    }
+    Ok(Some(Arc::new(db)))
+}
+
+/// Stores the engine's minutes every `every` until `stop`, and once more at the end.
+fn store_history_every(
+    every: Duration,
+    engine: Arc<Engine>,
+    writer: Arc<HistoryWriter>,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::Builder::new()
+        .name("history".into())
+        .spawn(move || {
+            let mut last = Instant::now();
+            loop {
+                let done = stop.load(Ordering::Relaxed);
+                if done || last.elapsed() >= every {
+                    last = Instant::now();
+                    if let Err(e) = writer.write(engine.take_history()) {
+                        tracing::error!(error = %e, retained = writer.retained(), "history not written; retried at the next interval");
+                    }
+                }
+                if done {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+        .expect("spawn the history thread")
 }
 
 /// How long a publish waits for the shards' writers to answer with their deltas: more than a

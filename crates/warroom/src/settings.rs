@@ -36,6 +36,27 @@ pub struct Settings {
     pub api: warroom_api::ApiConfig,
     /// Alert rules (reloaded when the --config file changes).
     pub alerts: warroom_api::alerts::AlertsConfig,
+    /// The promotion's history database.
+    pub history: HistorySettings,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HistorySettings {
+    /// The SQLite file; "" = `<kafka.state_dir>/history.db` for a Kafka monitor, in memory for
+    /// the simulator and a file.
+    pub path: String,
+    /// How often a source without checkpoints (the simulator, a file) stores its minutes.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// A previous promotion's history database, read only; "" = none.
+    pub previous: String,
+}
+
+impl Default for HistorySettings {
+    fn default() -> Self {
+        HistorySettings { path: String::new(), interval: Duration::from_secs(1), previous: String::new() }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -1,0 +1,285 @@
+//! `GET /api/v1/history` and `GET /api/v1/history/journal`: the promotion's memory, scoped
+//! like everything else (a merchant's token counts only its own slots' pairs).
+
+use std::sync::Arc;
+
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use warroom_history::{HistoryDb, HistoryError, Metric, Scope};
+
+use crate::{now_ms, ApiError, AppState, Role};
+
+type Shared = Arc<AppState>;
+
+/// Points a series has at most when no step is asked for: a day in minutes.
+const DEFAULT_POINTS: i64 = 1440;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct HistoryParams {
+    metric: Option<String>,
+    scope: Option<String>,
+    name: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+    step: Option<String>,
+    /// `previous`: the previous promotion's database (`[history] previous`).
+    promotion: Option<String>,
+}
+
+fn bad(msg: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", msg)
+}
+
+/// A time: ms since the epoch, or RFC 3339 (`2026-11-11T00:00:00+08:00`).
+pub(crate) fn parse_time(s: &str) -> Result<i64, String> {
+    if let Ok(ms) = s.parse::<i64>() {
+        return Ok(ms);
+    }
+    s.parse::<jiff::Timestamp>()
+        .map(|t| t.as_millisecond())
+        .map_err(|e| format!("time `{s}`: ms since the epoch or RFC 3339 ({e})"))
+}
+
+fn parse_step(s: &str) -> Result<i64, String> {
+    humantime_serde::re::humantime::parse_duration(s)
+        .map(|d| d.as_millis() as i64)
+        .map_err(|e| format!("step `{s}`: a duration such as 1m, 5m, 1h ({e})"))
+}
+
+fn db_error(e: HistoryError) -> ApiError {
+    match e {
+        HistoryError::Query(m) => bad(m),
+        e => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "history_unavailable", e.to_string()),
+    }
+}
+
+impl AppState {
+    fn history_db(&self, promotion: Option<&str>) -> Result<Arc<HistoryDb>, ApiError> {
+        let (db, what) = match promotion {
+            None | Some("" | "current") => (self.history.clone(), "this promotion's history ([history] path)"),
+            Some("previous") => (self.previous.clone(), "a previous promotion ([history] previous)"),
+            Some(p) => return Err(bad(format!("promotion `{p}`: current or previous"))),
+        };
+        db.ok_or_else(|| ApiError::not_found(format!("this monitor keeps no {what}")))
+    }
+}
+
+pub(crate) async fn history(
+    State(st): State<Shared>,
+    headers: HeaderMap,
+    Query(p): Query<HistoryParams>,
+) -> Result<Response, ApiError> {
+    let caller = st.caller(&headers)?;
+    let db = st.history_db(p.promotion.as_deref())?;
+    let metric = Metric::parse(p.metric.as_deref().unwrap_or("gmv")).map_err(bad)?;
+    let scope = Scope::parse(p.scope.as_deref().unwrap_or("site"), p.name.as_deref()).map_err(bad)?;
+    let merchant = match caller.role {
+        Role::Merchant => Some(caller.merchant_id.clone().ok_or_else(|| ApiError::forbidden("read history"))?),
+        _ => None,
+    };
+    let to = p.to.as_deref().map(parse_time).transpose().map_err(bad)?;
+    let task = tokio::task::spawn_blocking(move || -> Result<serde_json::Value, ApiError> {
+        db.with(|s| {
+            // Default: up to the last stored minute (event time may run ahead of the wall
+            // clock in a simulation, or far behind it in a review).
+            let to = match to {
+                Some(t) => t,
+                None => s.bounds().map_err(db_error)?.map_or(now_ms() + 60_000, |(_, last)| (last + 1) * 60_000),
+            };
+            let from = match &p.from {
+                Some(f) => parse_time(f).map_err(bad)?,
+                None => s.bounds().map_err(db_error)?.map_or(to - 3_600_000, |(first, _)| first * 60_000),
+            };
+            let span = (to - from).max(60_000);
+            let step = match &p.step {
+                Some(st) => parse_step(st).map_err(bad)?,
+                None => ((span / 60_000 + DEFAULT_POINTS - 1) / DEFAULT_POINTS).max(1) * 60_000,
+            };
+            let q = warroom_history::Query { metric, scope, from_ms: from, to_ms: to, step_ms: step, merchant };
+            let series = s.series(&q).map_err(db_error)?;
+            let bounds = s.bounds().map_err(db_error)?;
+            let mut v = serde_json::to_value(&series).expect("a series serialises");
+            // Up to where minutes are stored: the rest of the current minute is in the live
+            // snapshot (batches are written with each checkpoint, every few seconds).
+            v["stored_until_ms"] = serde_json::json!(bounds.map(|(_, last)| (last + 1) * 60_000));
+            Ok(v)
+        })
+    });
+    let v = task.await.map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))??;
+    Ok(Json(v).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct JournalParams {
+    kind: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+}
+
+/// Alerts and rule changes as kept in the history database (ops and admins).
+pub(crate) async fn journal(
+    State(st): State<Shared>,
+    headers: HeaderMap,
+    Query(p): Query<JournalParams>,
+) -> Result<Response, ApiError> {
+    let caller = st.caller(&headers)?;
+    if !caller.can_read_all() {
+        return Err(ApiError::forbidden("read the alert and rule-change journal"));
+    }
+    let db = st.history_db(None)?;
+    let from = p.from.as_deref().map(parse_time).transpose().map_err(bad)?.unwrap_or(0);
+    let to = p.to.as_deref().map(parse_time).transpose().map_err(bad)?.unwrap_or(i64::MAX);
+    let kind = p.kind.clone();
+    let entries = tokio::task::spawn_blocking(move || db.with(|s| s.journal_entries(kind.as_deref(), from, to)))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
+        .map_err(db_error)?;
+    Ok(Json(entries).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CurveParams {
+    /// `phase` (the current one, default), `promotion` (the plan's whole range) or `all`
+    /// (everything stored).
+    range: Option<String>,
+}
+
+/// Points a curve has at most: about one per 1.5 pixels of the screen's chart.
+const CURVE_POINTS: i64 = 720;
+
+/// The screen's curve from history: GMV per step over the range, the plan's pace per step,
+/// the previous promotion's curve aligned by time since the start of each phase, the phases
+/// and the projection. A merchant's token gets its own GMV only.
+pub(crate) async fn curve(
+    State(st): State<Shared>,
+    headers: HeaderMap,
+    Query(p): Query<CurveParams>,
+) -> Result<Response, ApiError> {
+    let caller = st.caller(&headers)?;
+    let merchant = match caller.role {
+        Role::Merchant => Some(caller.merchant_id.clone().ok_or_else(|| ApiError::forbidden("read history"))?),
+        _ => None,
+    };
+    let db = st.history_db(None)?;
+    let range = p.range.unwrap_or_else(|| "phase".into());
+    if !["phase", "promotion", "all"].contains(&range.as_str()) {
+        return Err(bad(format!("range `{range}`: phase, promotion or all")));
+    }
+    let st2 = st.clone();
+    let v = tokio::task::spawn_blocking(move || st2.curve_at(&db, &range, merchant))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))??;
+    Ok(Json(v).into_response())
+}
+
+impl AppState {
+    /// "Now" in event time: the published snapshot's watermark (a simulation or a rehearsal
+    /// runs on its own clock), else the wall clock.
+    fn event_now(&self) -> i64 {
+        let s = self.engine.snapshot();
+        if s.as_of_ms > 0 {
+            s.as_of_ms
+        } else {
+            now_ms()
+        }
+    }
+
+    /// The previous promotion's plan and GMV curve, if configured and stored with a plan.
+    fn previous_curve(&self) -> Option<warroom_history::projection::Previous> {
+        let db = self.previous.as_ref()?;
+        db.with(|s| {
+            let plan = s.plan().ok()??;
+            let pts = s.gmv_minutes(i64::MIN / 4, i64::MAX / 4).ok()?;
+            Some(warroom_history::projection::Previous {
+                phases: warroom_history::projection::phases_of(&plan),
+                curve: warroom_history::projection::Curve::new(&pts),
+            })
+        })
+    }
+
+    /// The projection at event time `now` (site-wide; `None` without a plan or too early).
+    pub fn projection(&self, now: i64) -> Option<warroom_history::projection::Projection> {
+        let plan = self.engine.config().plan.clone()?;
+        let db = self.history.as_ref()?;
+        // Up to what is stored: later minutes are not in the history yet.
+        let stored = db.with(|s| s.bounds()).ok()??.1;
+        let now = now.min((stored + 1) * 60_000);
+        let pts = db.with(|s| s.gmv_minutes(plan.start_ms(), now)).ok()?;
+        let prev = self.previous_curve();
+        warroom_history::projection::project(now, &plan, &warroom_history::projection::Curve::new(&pts), prev.as_ref())
+    }
+
+    fn curve_at(&self, db: &HistoryDb, range: &str, merchant: Option<String>) -> Result<serde_json::Value, ApiError> {
+        use warroom_history::projection::phases_of;
+        let now = self.event_now();
+        let plan = self.engine.config().plan.clone();
+        let phases = plan.as_ref().map(phases_of).unwrap_or_default();
+        let bounds = db.with(|s| s.bounds()).map_err(db_error)?;
+        let stored = bounds.map(|(a, b)| (a * 60_000, (b + 1) * 60_000));
+        let current = phases.iter().find(|p| p.start_ms <= now && now < p.end_ms);
+        let (from, to) = match (range, current, &plan) {
+            ("phase", Some(p), _) => (p.start_ms, p.end_ms),
+            ("phase" | "promotion", _, Some(pl)) if !pl.phases.is_empty() => (pl.start_ms(), pl.end_ms()),
+            _ => stored.unwrap_or((now - 3_600_000, now + 60_000)),
+        };
+        let span_min = ((to - from) / 60_000).max(1);
+        let step = ((span_min + CURVE_POINTS - 1) / CURVE_POINTS).max(1) * 60_000;
+        let q = warroom_history::Query {
+            metric: Metric::Count(0),
+            scope: Scope::Site,
+            from_ms: from,
+            to_ms: to,
+            step_ms: step,
+            merchant: merchant.clone(),
+        };
+        let actual = db.with(|s| s.series(&q)).map_err(db_error)?;
+        let mut out = serde_json::json!({
+            "range": range,
+            "from_ms": actual.from_ms,
+            "to_ms": actual.to_ms,
+            "step_ms": step,
+            "now_ms": now,
+            "stored_until_ms": stored.map(|s| s.1),
+            "phases": phases,
+            "actual": actual.points,
+        });
+        if merchant.is_some() {
+            // The plan, the previous promotion and the projection are site-wide numbers.
+            return Ok(out);
+        }
+        let steps: Vec<i64> = actual.points.iter().map(|p| p.0).collect();
+        if let Some(pl) = &plan {
+            let pace: Vec<(i64, u64)> =
+                steps.iter().map(|&t| (t, pl.expected_by(t + step).saturating_sub(pl.expected_by(t)) as u64)).collect();
+            out["pace"] = serde_json::json!(pace);
+        }
+        if let Some(prev) = self.previous_curve() {
+            // Aligned by time since the start of each phase: a step of this promotion's phase
+            // takes the same fraction of the previous promotion's phase of the same kind.
+            let aligned: Vec<(i64, Option<u64>)> = steps
+                .iter()
+                .map(|&t| {
+                    let p = phases.iter().find(|p| p.start_ms <= t && t < p.end_ms)?;
+                    let q = prev.phases.iter().find(|q| q.kind == p.kind)?;
+                    let map = |x: i64| {
+                        q.start_ms
+                            + (((x - p.start_ms) as i128 * (q.end_ms - q.start_ms) as i128)
+                                / (p.end_ms - p.start_ms).max(1) as i128) as i64
+                    };
+                    Some((t, prev.curve.between(map(t), map((t + step).min(p.end_ms)))))
+                })
+                .map(|x| x.map_or((0, None), |(t, v)| (t, Some(v))))
+                .collect();
+            let aligned: Vec<_> = steps.iter().zip(aligned).map(|(&t, (_, v))| (t, v)).collect();
+            out["previous"] = serde_json::json!(aligned);
+        }
+        out["projection"] = serde_json::json!(self.projection(now));
+        Ok(out)
+    }
+}
