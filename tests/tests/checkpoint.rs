@@ -218,6 +218,8 @@ fn plan(phases: &[(&str, i64, i64, u64)]) -> PlanConfig {
                 start: t(s),
                 end: t(e),
                 target_gmv_cents: target,
+                target_uv: 0,
+                target_buyers: 0,
             })
             .collect(),
         target_gmv_cents: None,

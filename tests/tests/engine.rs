@@ -136,6 +136,8 @@ fn plan_phase_and_pace_in_the_snapshot() {
                     start: ts(T0),
                     end: ts(T0 + 1_000_000),
                     target_gmv_cents: 1_000,
+                    target_uv: 0,
+                    target_buyers: 0,
                 },
                 PhaseConfig {
                     kind: PhaseKind::Official,
@@ -143,6 +145,8 @@ fn plan_phase_and_pace_in_the_snapshot() {
                     start: ts(T0 + 1_000_000),
                     end: ts(T0 + 2_000_000),
                     target_gmv_cents: 9_000,
+                    target_uv: 0,
+                    target_buyers: 0,
                 },
             ],
             target_gmv_cents: None,

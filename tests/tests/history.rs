@@ -191,3 +191,123 @@ fn batches_of_a_run_whose_checkpoints_were_lost_are_undone_when_their_events_com
     let start = START / 60_000;
     check_range(&store, &want, start - 10, start + 200, "after the lost checkpoints");
 }
+
+mod report {
+    use super::*;
+    use warroom_history::report::{build, Cell, Report, ReportOptions};
+
+    fn col(r: &Report, table: &str, row: usize, name: &str) -> Cell {
+        let t = r.tables.iter().find(|t| t.name == table).unwrap_or_else(|| panic!("no table {table}"));
+        let k = t.columns.iter().position(|c| c == name).unwrap_or_else(|| panic!("{table} has no {name}"));
+        t.rows[row][k].clone()
+    }
+
+    fn num(c: Cell) -> u64 {
+        match c {
+            Cell::Int(v) => v as u64,
+            Cell::Cents(c) => c.cents as u64,
+            other => panic!("not a number: {other:?}"),
+        }
+    }
+
+    fn rows(r: &Report, table: &str) -> usize {
+        r.tables.iter().find(|t| t.name == table).unwrap().rows.len()
+    }
+
+    /// Every number of the report (the range's totals, phases, slots, channels, venues,
+    /// merchants, coupons and refunds) equals the reference's sum over the same minutes.
+    fn check(r: &Report, want: &RefHistory, from: i64, to: i64, what: &str) {
+        let site = want.sum("site", "", from, to);
+        assert_eq!(r.totals.values(), site, "{what}: totals");
+        let d = r.distinct.unwrap();
+        for (k, got) in d.iter().enumerate() {
+            let w = want.distinct("site", "", k, from, to);
+            assert!(distinct_close(*got, w), "{what}: distinct #{k} {got} vs {w}");
+        }
+        for (table, scope, key) in
+            [("slots", "slot", "slot"), ("channels", "channel", "channel"), ("merchants", "merchant", "merchant")]
+        {
+            let n = rows(r, table);
+            let expected =
+                want.scopes().iter().filter(|(k, n)| k == scope && want.sum(k, n, from, to) != [0; 12]).count();
+            assert_eq!(n, expected, "{what}: {table} rows");
+            for i in 0..n {
+                let Cell::Text(name) = col(r, table, i, key) else { panic!() };
+                let w = want.sum(scope, &name, from, to);
+                assert_eq!(num(col(r, table, i, "gmv")), w[0], "{what}: {table} {name} gmv");
+                assert_eq!(num(col(r, table, i, "paid_orders")), w[1], "{what}: {table} {name} orders");
+                if table != "merchants" {
+                    assert_eq!(num(col(r, table, i, "impressions")), w[10], "{what}: {table} {name} impressions");
+                    assert_eq!(num(col(r, table, i, "clicks")), w[11], "{what}: {table} {name} clicks");
+                } else {
+                    assert_eq!(num(col(r, table, i, "orders_placed")), w[6], "{what}: {name} placed");
+                }
+            }
+        }
+        for i in 0..rows(r, "venues") {
+            let Cell::Text(name) = col(r, "venues", i, "venue") else { panic!() };
+            let w = want.sum("venue", &name, from, to);
+            assert_eq!(num(col(r, "venues", i, "gmv")), w[0], "{what}: venue {name}");
+            assert_eq!(num(col(r, "venues", i, "favorites")), w[8], "{what}: venue {name} favorites");
+            let uv = num(col(r, "venues", i, "uv"));
+            assert!(distinct_close(uv, want.distinct("venue", &name, 0, from, to)), "{what}: venue {name} uv {uv}");
+        }
+        for (i, p) in r.phases.iter().enumerate() {
+            let w = want.sum("site", "", p.start_ms / 60_000, p.end_ms / 60_000);
+            assert_eq!(num(col(r, "phases", i, "gmv")), w[0], "{what}: phase {}", p.name);
+            assert_eq!(num(col(r, "coupons_refunds", i, "coupon_cents")), w[3], "{what}: phase {} coupons", p.name);
+            assert_eq!(num(col(r, "coupons_refunds", i, "refund_cents")), w[5], "{what}: phase {} refunds", p.name);
+        }
+    }
+
+    #[test]
+    fn the_review_report_equals_the_reference_for_the_whole_night_and_a_sub_range() {
+        let buf = night(17, 40_000);
+        let all = lines(&buf);
+        let want = reference_history(&all);
+        let dir = tempfile::tempdir().unwrap();
+        let (_, store) = store_night(&all, 10_000, usize::MAX, &dir.path().join("h.db"));
+        // A plan of two phases over the night.
+        let ts = |m: i64| jiff::Timestamp::from_millisecond(START + m * 60_000).unwrap();
+        let plan = format!(
+            "name = \"test\"\n[[phases]]\nkind = \"warmup\"\nname = \"w\"\nstart = \"{}\"\nend = \"{}\"\ntarget_gmv_cents = 1000000\n[[phases]]\nkind = \"official\"\nname = \"o\"\nstart = \"{}\"\nend = \"{}\"\ntarget_gmv_cents = 2000000\ntarget_uv = 5000\ntarget_buyers = 900\n",
+            ts(0), ts(80), ts(80), ts(120)
+        );
+        let plan: warroom_engine::plan::PlanConfig = toml::from_str(&plan).unwrap();
+        store.set_meta("plan", &serde_json::to_string(&plan).unwrap()).unwrap();
+        let first = START / 60_000;
+
+        let r = build(&store, None, &ReportOptions::default()).unwrap();
+        assert_eq!((r.from_ms, r.to_ms), (START, START + 120 * 60_000));
+        assert_eq!(r.phases.len(), 2);
+        check(&r, &want, first, first + 120, "whole night");
+        // The gap against the targets adds up.
+        let gap = num(col(&r, "phase_gap", 0, "gap")) as i64;
+        let parts: i64 = ["traffic", "conversion", "order_value"]
+            .iter()
+            .map(|c| match col(&r, "phase_gap", 0, c) {
+                Cell::Cents(c) => c.cents,
+                other => panic!("{other:?}"),
+            })
+            .sum();
+        assert_eq!(gap, parts);
+
+        let opts = ReportOptions {
+            from_ms: Some(START + 37 * 60_000),
+            to_ms: Some(START + 101 * 60_000),
+            ..Default::default()
+        };
+        let r = build(&store, None, &opts).unwrap();
+        assert_eq!(r.phases.len(), 2, "both phases, clipped");
+        check(&r, &want, first + 37, first + 101, "minutes 37..101");
+
+        // A merchant's own report: its numbers only.
+        let m = want.scopes().into_iter().find(|(k, _)| k == "merchant").unwrap().1;
+        let r = build(&store, None, &ReportOptions { merchant: Some(m.clone()), ..Default::default() }).unwrap();
+        assert_eq!(r.totals.values(), want.sum("merchant", &m, first, first + 120), "merchant {m}");
+        assert!(r.tables.iter().all(|t| !["channels", "merchants", "venues", "alerts"].contains(&t.name.as_str())));
+        let html = r.html();
+        // Self-contained: charts inline, nothing fetched (the SVG namespace is a name, not a fetch).
+        assert!(html.contains("<svg") && !html.contains("src=") && !html.contains("<link") && !html.contains("url("));
+    }
+}

@@ -323,6 +323,7 @@ pub fn router(state: Shared) -> Router {
         .route("/api/v1/history", get(history::history))
         .route("/api/v1/history/journal", get(history::journal))
         .route("/api/v1/history/curve", get(history::curve))
+        .route("/api/v1/review", get(history::review))
         .route("/api/v1/openapi.json", get(openapi))
         .route("/api/v1/stream", get(ws::upgrade))
         .fallback(|| async { ApiError::not_found("no such endpoint; see /api/v1/openapi.json".into()) })

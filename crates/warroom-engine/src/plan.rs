@@ -32,6 +32,16 @@ pub struct PhaseConfig {
     /// GMV target of this phase, cents.
     #[serde(default)]
     pub target_gmv_cents: u64,
+    /// Optional traffic and buyer targets (0: none): with them, the review splits the gap to
+    /// the GMV target into traffic, conversion and order value (the first formula).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub target_uv: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub target_buyers: u64,
+}
+
+fn is_zero(x: &u64) -> bool {
+    *x == 0
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -264,6 +274,8 @@ mod tests {
                     start: ts(0),
                     end: ts(1000),
                     target_gmv_cents: 100,
+                    target_uv: 0,
+                    target_buyers: 0,
                 },
                 PhaseConfig {
                     kind: PhaseKind::Official,
@@ -271,6 +283,8 @@ mod tests {
                     start: ts(1000),
                     end: ts(2000),
                     target_gmv_cents: 900,
+                    target_uv: 0,
+                    target_buyers: 0,
                 },
             ],
             target_gmv_cents: None,

@@ -1,1 +1,864 @@
-//! The 复盘 review report.
+//! The 复盘 review report: one self-contained HTML file (charts as inline SVG, no network,
+//! printable to PDF) plus the same tables as CSV and JSON, built from the history database.
+//!
+//! Every number is read from the stored minutes (money and counts exact; distinct counts
+//! from the union of the minutes' sketches), so the report of a range equals the events of
+//! that range, whatever happened to the monitor meanwhile (`tests/tests/history.rs`).
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use serde::Serialize;
+use warroom_engine::history::Counts;
+use warroom_engine::snapshot::decompose;
+
+use crate::projection::{phases_of, PhaseSpan};
+use crate::query::{Row, Scope, Totals};
+use crate::{Metric, Query, Result, Store, CHANNEL, VENUE};
+
+/// What to report on.
+#[derive(Debug, Clone, Default)]
+pub struct ReportOptions {
+    /// `[from_ms, to_ms)`; default: the plan's range, else everything stored.
+    pub from_ms: Option<i64>,
+    pub to_ms: Option<i64>,
+    /// A merchant's own report (商家复盘): its slots' numbers only.
+    pub merchant: Option<String>,
+    /// An ordinary day (or any baseline range) in the same database, for the uplift.
+    pub baseline: Option<(i64, i64)>,
+}
+
+/// A table cell: money in cents, counts, ratios, text, times (ms since the epoch).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum Cell {
+    Int(i64),
+    Cents(CentsCell),
+    Ratio(f64),
+    Text(String),
+    Time(TimeCell),
+    Empty,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct CentsCell {
+    pub cents: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct TimeCell {
+    pub ms: i64,
+}
+
+fn cents(v: impl TryInto<i64>) -> Cell {
+    Cell::Cents(CentsCell { cents: v.try_into().unwrap_or(i64::MAX) })
+}
+
+fn int(v: impl TryInto<i64>) -> Cell {
+    Cell::Int(v.try_into().unwrap_or(i64::MAX))
+}
+
+fn ratio(a: u64, b: u64) -> Cell {
+    if b == 0 {
+        Cell::Empty
+    } else {
+        Cell::Ratio(a as f64 / b as f64)
+    }
+}
+
+fn text(s: impl Into<String>) -> Cell {
+    Cell::Text(s.into())
+}
+
+fn time(ms: i64) -> Cell {
+    Cell::Time(TimeCell { ms })
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Table {
+    /// File name of its CSV (`<name>.csv`) and key in the JSON.
+    pub name: String,
+    pub title: String,
+    pub columns: Vec<String>,
+    pub rows: Vec<Vec<Cell>>,
+    /// Rows shown in the HTML (the CSV and the JSON have them all).
+    #[serde(skip)]
+    pub show: usize,
+}
+
+impl Table {
+    fn new(name: &str, title: &str, columns: &[&str]) -> Table {
+        Table {
+            name: name.into(),
+            title: title.into(),
+            columns: columns.iter().map(|c| c.to_string()).collect(),
+            rows: Vec::new(),
+            show: 30,
+        }
+    }
+}
+
+/// A mark on the curve: a rule change or an alert.
+#[derive(Debug, Clone, Serialize)]
+pub struct Mark {
+    pub at_ms: i64,
+    pub kind: String,
+    pub text: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub title: String,
+    pub merchant: Option<String>,
+    pub from_ms: i64,
+    pub to_ms: i64,
+    pub step_ms: i64,
+    pub phases: Vec<PhaseSpan>,
+    /// GMV per step, and the plan's pace per step.
+    pub gmv: Vec<(i64, u64)>,
+    pub pace: Vec<(i64, u64)>,
+    /// UV per step (site), or impressions per step (a merchant).
+    pub traffic: Vec<(i64, u64)>,
+    pub traffic_metric: String,
+    pub marks: Vec<Mark>,
+    /// The range's totals.
+    pub totals: Counts,
+    pub distinct: Option<[u64; 3]>,
+    pub tables: Vec<Table>,
+}
+
+/// Steps a report's charts have at most.
+const CHART_POINTS: i64 = 600;
+
+/// Builds the report. `previous`: the previous promotion's database (uplift, decomposition
+/// when the plan has no traffic targets).
+pub fn build(store: &Store, previous: Option<&Store>, opts: &ReportOptions) -> Result<Report> {
+    let plan = store.plan()?;
+    let bounds = store.bounds()?.map(|(a, b)| (a * 60_000, (b + 1) * 60_000));
+    let (from, to) = match (opts.from_ms, opts.to_ms, &plan, bounds) {
+        (Some(f), Some(t), _, _) => (f, t),
+        (f, t, Some(p), _) if !p.phases.is_empty() => (f.unwrap_or(p.start_ms()), t.unwrap_or(p.end_ms())),
+        (f, t, _, Some((a, b))) => (f.unwrap_or(a), t.unwrap_or(b)),
+        (f, t, _, None) => (f.unwrap_or(0), t.unwrap_or(60_000)),
+    };
+    let (from, to) = (from.div_euclid(60_000) * 60_000, to.div_euclid(60_000) * 60_000);
+    let to = to.max(from + 60_000);
+    let m = opts.merchant.as_deref();
+    let all_phases = plan.as_ref().map(phases_of).unwrap_or_default();
+    // Phases clipped to the range; without a plan, the range is one "phase".
+    let mut phases: Vec<PhaseSpan> = all_phases
+        .iter()
+        .filter(|p| p.start_ms < to && p.end_ms > from)
+        .map(|p| PhaseSpan { start_ms: p.start_ms.max(from), end_ms: p.end_ms.min(to), ..p.clone() })
+        .collect();
+    if phases.is_empty() {
+        phases.push(PhaseSpan {
+            kind: "range".into(),
+            name: "range".into(),
+            start_ms: from,
+            end_ms: to,
+            target_cents: 0,
+        });
+    }
+    let span_min = (to - from) / 60_000;
+    let step = ((span_min + CHART_POINTS - 1) / CHART_POINTS).max(1) * 60_000;
+    let series = |metric: &str| -> Result<Vec<(i64, u64)>> {
+        let q = Query {
+            metric: Metric::parse(metric).expect("known metric"),
+            scope: Scope::Site,
+            from_ms: from,
+            to_ms: to,
+            step_ms: step,
+            merchant: opts.merchant.clone(),
+        };
+        Ok(store.series(&q)?.points)
+    };
+    let gmv = series("gmv")?;
+    let traffic_metric = if m.is_some() { "impressions" } else { "uv" };
+    let traffic = series(traffic_metric)?;
+    let pace = match (&plan, m) {
+        (Some(p), None) => {
+            gmv.iter().map(|&(t, _)| (t, p.expected_by(t + step).saturating_sub(p.expected_by(t)) as u64)).collect()
+        }
+        _ => Vec::new(),
+    };
+    let mut marks = Vec::new();
+    if m.is_none() {
+        for e in store.journal_entries(None, from, to)? {
+            let b = &e.body;
+            match e.kind.as_str() {
+                "rule_change" => marks.push(Mark {
+                    at_ms: e.at_ms,
+                    kind: "rule".into(),
+                    text: format!(
+                        "{}: {} → {}",
+                        b["venue"].as_str().unwrap_or(""),
+                        b["old_rule"].as_str().unwrap_or(""),
+                        b["new_rule"].as_str().unwrap_or("")
+                    ),
+                }),
+                "alert" if b["state"] == "firing" && b["acked_at_ms"].is_null() => marks.push(Mark {
+                    at_ms: b["fired_at_ms"].as_i64().unwrap_or(e.at_ms),
+                    kind: "alert".into(),
+                    text: b["title"].as_str().unwrap_or("").to_string(),
+                }),
+                _ => {}
+            }
+        }
+    }
+    let whole = store.totals(&Scope::Site, m, from, to)?;
+    let (phase_t, gap_t) = phase_tables(store, previous, &phases, m)?;
+    let mut tables = vec![phase_t, gap_t];
+    if m.is_none() {
+        tables.push(uplift_table(store, previous, &phases, opts.baseline)?);
+    }
+    tables.push(race_table(store, from, to, m)?);
+    tables.push(slot_table(store.by_slot(from, to, m)?));
+    if m.is_none() {
+        tables.push(channel_table(store.by_name(CHANNEL, from, to)?));
+        tables.push(venue_table(store, from, to)?);
+        tables.push(merchant_table(store.by_merchant(from, to)?));
+    }
+    tables.push(money_table(store, &phases, m)?);
+    if m.is_none() {
+        tables.push(alert_table(store, from, to)?);
+        tables.push(projection_table(store, &all_phases, from, to)?);
+    }
+    let title = match (&plan, m) {
+        (Some(p), Some(m)) => format!("{} · 商家复盘 {m}", p.name),
+        (Some(p), None) => format!("{} · 复盘", p.name),
+        (None, Some(m)) => format!("商家复盘 {m}"),
+        (None, None) => "复盘 review".to_string(),
+    };
+    Ok(Report {
+        title,
+        merchant: opts.merchant.clone(),
+        from_ms: from,
+        to_ms: to,
+        step_ms: step,
+        phases,
+        gmv,
+        pace,
+        traffic,
+        traffic_metric: traffic_metric.into(),
+        marks,
+        totals: whole.counts,
+        distinct: whole.distinct,
+        tables,
+    })
+}
+
+fn phase_tables(
+    store: &Store,
+    previous: Option<&Store>,
+    phases: &[PhaseSpan],
+    m: Option<&str>,
+) -> Result<(Table, Table)> {
+    let mut t = Table::new(
+        "phases",
+        "阶段 vs 目标 · each phase against its targets",
+        &["phase", "from", "to", "gmv", "target_gmv", "progress", "uv", "target_uv", "buyers", "conversion", "aov"],
+    );
+    let mut g = Table::new(
+        "phase_gap",
+        "差距拆解 · the gap of each phase split by the first formula (GMV = UV × conversion × order value): against the plan's traffic and buyer targets, else the previous promotion's phase",
+        &["phase", "basis", "gap", "traffic", "conversion", "order_value"],
+    );
+    let prev_phases = match previous {
+        Some(p) => p.plan()?.map(|pl| phases_of(&pl)).unwrap_or_default(),
+        None => Vec::new(),
+    };
+    let plan = store.plan()?;
+    for p in phases {
+        let tot = store.totals(&Scope::Site, m, p.start_ms, p.end_ms)?;
+        let c = tot.counts;
+        let [uv, _, buyers] = tot.distinct.unwrap_or([0; 3]);
+        let cfg = plan.as_ref().and_then(|pl| {
+            pl.phases.iter().find(|q| q.start.as_millisecond() <= p.start_ms && p.end_ms <= q.end.as_millisecond())
+        });
+        let (target_uv, target_buyers) = cfg.map_or((0, 0), |q| (q.target_uv, q.target_buyers));
+        // The gap, against the targets when the plan sets traffic and buyers, else against
+        // the previous promotion's phase of the same kind.
+        let base: Option<(&str, (u128, u64, u64))> = if m.is_some() || tot.distinct.is_none() {
+            None
+        } else if target_uv > 0 && target_buyers > 0 {
+            Some(("target", (p.target_cents as u128, target_uv, target_buyers)))
+        } else {
+            match (previous, prev_phases.iter().find(|q| q.kind == p.kind)) {
+                (Some(ps), Some(q)) => {
+                    let pt = ps.totals(&Scope::Site, None, q.start_ms, q.end_ms)?;
+                    let [pu, _, pb] = pt.distinct.unwrap_or([0; 3]);
+                    Some(("previous promotion", (pt.counts.gmv as u128, pu, pb)))
+                }
+                _ => None,
+            }
+        };
+        let row = vec![
+            text(if p.name.is_empty() { &p.kind } else { &p.name }),
+            time(p.start_ms),
+            time(p.end_ms),
+            cents(c.gmv),
+            if p.target_cents > 0 { cents(p.target_cents) } else { Cell::Empty },
+            ratio(c.gmv, p.target_cents),
+            if tot.distinct.is_some() { int(uv) } else { Cell::Empty },
+            if target_uv > 0 { int(target_uv) } else { Cell::Empty },
+            if tot.distinct.is_some() { int(buyers) } else { Cell::Empty },
+            ratio(buyers, uv),
+            c.gmv.checked_div(buyers).map_or(Cell::Empty, cents),
+        ];
+        t.rows.push(row);
+        if let Some((what, b)) = base {
+            let d = decompose(p.end_ms - p.start_ms, (c.gmv as u128, uv, buyers), b);
+            g.rows.push(vec![
+                text(if p.name.is_empty() { &p.kind } else { &p.name }),
+                text(what),
+                cents(d.delta_gmv_cents),
+                cents(d.traffic_cents),
+                cents(d.conversion_cents),
+                cents(d.aov_cents),
+            ]);
+        }
+    }
+    Ok((t, g))
+}
+
+fn uplift_table(
+    store: &Store,
+    previous: Option<&Store>,
+    phases: &[PhaseSpan],
+    baseline: Option<(i64, i64)>,
+) -> Result<Table> {
+    let mut t = Table::new(
+        "uplift",
+        "提升 · uplift: GMV per hour against the previous promotion's same phase and an ordinary day",
+        &["phase", "gmv_per_hour", "previous_gmv_per_hour", "vs_previous", "ordinary_gmv_per_hour", "vs_ordinary"],
+    );
+    let per_hour = |gmv: u64, a: i64, b: i64| gmv as u128 * 3_600_000 / (b - a).max(60_000) as u128;
+    let ordinary = match baseline {
+        Some((a, b)) => Some(per_hour(store.totals(&Scope::Site, None, a, b)?.counts.gmv, a, b)),
+        None => None,
+    };
+    let prev_phases = match previous {
+        Some(p) => p.plan()?.map(|pl| phases_of(&pl)).unwrap_or_default(),
+        None => Vec::new(),
+    };
+    for p in phases {
+        let now = per_hour(store.totals(&Scope::Site, None, p.start_ms, p.end_ms)?.counts.gmv, p.start_ms, p.end_ms);
+        let prev = match (previous, prev_phases.iter().find(|q| q.kind == p.kind)) {
+            (Some(ps), Some(q)) => {
+                Some(per_hour(ps.totals(&Scope::Site, None, q.start_ms, q.end_ms)?.counts.gmv, q.start_ms, q.end_ms))
+            }
+            _ => None,
+        };
+        let vs = |b: Option<u128>| match b {
+            Some(b) if b > 0 => Cell::Ratio(now as f64 / b as f64 - 1.0),
+            _ => Cell::Empty,
+        };
+        t.rows.push(vec![
+            text(if p.name.is_empty() { &p.kind } else { &p.name }),
+            cents(now),
+            prev.map_or(Cell::Empty, cents),
+            vs(prev),
+            ordinary.map_or(Cell::Empty, cents),
+            vs(ordinary),
+        ]);
+    }
+    Ok(t)
+}
+
+fn race_table(store: &Store, from: i64, to: i64, m: Option<&str>) -> Result<Table> {
+    let mut t = Table::new(
+        "races",
+        "赛马 · per race: top sellers, biggest climbers (last hour against the hour before), leaders over time, rule changes",
+        &["venue", "what", "place", "slot", "gmv", "detail"],
+    );
+    t.show = 200;
+    let slots = store.by_slot(from, to, m)?;
+    let mut venues: Vec<String> = slots.iter().filter_map(|s| s.venue.clone()).collect();
+    venues.sort();
+    venues.dedup();
+    let own: std::collections::HashSet<&str> = slots.iter().map(|s| s.name.as_str()).collect();
+    let hour = 3_600_000;
+    for v in &venues {
+        let in_venue: Vec<&Row> = slots.iter().filter(|s| s.venue.as_deref() == Some(v.as_str())).collect();
+        for (k, s) in in_venue.iter().take(5).enumerate() {
+            t.rows.push(vec![
+                text(v),
+                text("top seller"),
+                int(k as i64 + 1),
+                text(&s.name),
+                cents(s.counts.gmv),
+                Cell::Empty,
+            ]);
+        }
+        // Per slot of the venue, GMV per hour: climbers and the leader of each hour. A
+        // merchant's report lists its own slots only (the leader of an hour is named only
+        // when it is the merchant's).
+        let by_hour = store.venue_slot_gmv(v, from, to, hour)?;
+        let n = by_hour.first().map_or(0, |(_, h)| h.len());
+        if n >= 2 {
+            let mut climb: Vec<(&str, i64)> = by_hour
+                .iter()
+                .filter(|(s, _)| m.is_none() || own.contains(s.as_str()))
+                .map(|(s, h)| (s.as_str(), h[n - 1] as i64 - h[n - 2] as i64))
+                .filter(|&(_, d)| d > 0)
+                .collect();
+            climb.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+            for (k, (s, d)) in climb.iter().take(3).enumerate() {
+                t.rows.push(vec![
+                    text(v),
+                    text("climber"),
+                    int(k as i64 + 1),
+                    text(*s),
+                    cents(*d),
+                    text("GMV last hour − hour before"),
+                ]);
+            }
+        }
+        for k in 0..n {
+            let lead = by_hour.iter().filter(|(_, h)| h[k] > 0).max_by(|a, b| a.1[k].cmp(&b.1[k]).then(b.0.cmp(&a.0)));
+            if let Some((s, h)) = lead {
+                if m.is_none() || own.contains(s.as_str()) {
+                    t.rows.push(vec![
+                        text(v),
+                        text("leader"),
+                        time(from + k as i64 * hour),
+                        text(s),
+                        cents(h[k]),
+                        text("hour's top GMV"),
+                    ]);
+                }
+            }
+        }
+        if m.is_none() {
+            for e in store.journal_entries(Some("rule_change"), from, to)? {
+                if e.body["venue"].as_str() == Some(v.as_str()) {
+                    let d = format!(
+                        "{} → {} by {}",
+                        e.body["old_rule"].as_str().unwrap_or(""),
+                        e.body["new_rule"].as_str().unwrap_or(""),
+                        e.body["by"].as_str().unwrap_or("")
+                    );
+                    t.rows.push(vec![text(v), text("rule change"), time(e.at_ms), Cell::Empty, Cell::Empty, text(d)]);
+                }
+            }
+        }
+    }
+    Ok(t)
+}
+
+fn slot_table(rows: Vec<Row>) -> Table {
+    let mut t = Table::new(
+        "slots",
+        "坑位 · slots by GMV, with CTR (clicks / impressions) and conversion (paid orders / clicks)",
+        &["slot", "venue", "gmv", "paid_orders", "impressions", "clicks", "ctr", "conversion", "favorites", "carts"],
+    );
+    for r in rows {
+        let c = r.counts;
+        t.rows.push(vec![
+            text(&r.name),
+            text(r.venue.unwrap_or_default()),
+            cents(c.gmv),
+            int(c.paid_orders),
+            int(c.impressions),
+            int(c.clicks),
+            ratio(c.clicks, c.impressions),
+            ratio(c.paid_orders, c.clicks),
+            int(c.favorites),
+            int(c.carts),
+        ]);
+    }
+    t
+}
+
+fn channel_table(rows: Vec<Row>) -> Table {
+    let mut t = Table::new(
+        "channels",
+        "流量入口 · channels (banners, search, feed, ...) by GMV, with CTR and conversion",
+        &["channel", "gmv", "paid_orders", "impressions", "clicks", "ctr", "conversion"],
+    );
+    for r in rows {
+        let c = r.counts;
+        t.rows.push(vec![
+            text(&r.name),
+            cents(c.gmv),
+            int(c.paid_orders),
+            int(c.impressions),
+            int(c.clicks),
+            ratio(c.clicks, c.impressions),
+            ratio(c.paid_orders, c.clicks),
+        ]);
+    }
+    t
+}
+
+fn venue_table(store: &Store, from: i64, to: i64) -> Result<Table> {
+    let mut t = Table::new(
+        "venues",
+        "会场 · venues: GMV, leading indicators (favorites, carts) and distinct visitors",
+        &["venue", "gmv", "paid_orders", "favorites", "carts", "uv", "buyers"],
+    );
+    for r in store.by_name(VENUE, from, to)? {
+        let d: Totals = store.totals(&Scope::Venue(r.name.clone()), None, from, to)?;
+        let [uv, _, b] = d.distinct.unwrap_or([0; 3]);
+        let c = r.counts;
+        t.rows.push(vec![
+            text(&r.name),
+            cents(c.gmv),
+            int(c.paid_orders),
+            int(c.favorites),
+            int(c.carts),
+            int(uv),
+            int(b),
+        ]);
+    }
+    Ok(t)
+}
+
+fn merchant_table(rows: Vec<Row>) -> Table {
+    let mut t = Table::new(
+        "merchants",
+        "商家 · merchants by GMV, with orders placed but unpaid (拍下未付)",
+        &["merchant", "gmv", "paid_orders", "orders_placed", "unpaid", "refunds"],
+    );
+    for r in rows {
+        let c = r.counts;
+        t.rows.push(vec![
+            text(&r.name),
+            cents(c.gmv),
+            int(c.paid_orders),
+            int(c.orders_placed),
+            int(c.orders_placed.saturating_sub(c.paid_orders)),
+            int(c.refunds),
+        ]);
+    }
+    t
+}
+
+fn money_table(store: &Store, phases: &[PhaseSpan], m: Option<&str>) -> Result<Table> {
+    let mut t = Table::new(
+        "coupons_refunds",
+        "优惠券与退款 · coupons and refunds by phase",
+        &[
+            "phase",
+            "gmv",
+            "paid_orders",
+            "coupon_orders",
+            "coupon_cents",
+            "coupon_share",
+            "refunds",
+            "refund_cents",
+            "refund_rate",
+        ],
+    );
+    for p in phases {
+        let c = store.totals(&Scope::Site, m, p.start_ms, p.end_ms)?.counts;
+        t.rows.push(vec![
+            text(if p.name.is_empty() { &p.kind } else { &p.name }),
+            cents(c.gmv),
+            int(c.paid_orders),
+            int(c.coupons),
+            cents(c.coupon_cents),
+            ratio(c.coupon_cents, c.gmv),
+            int(c.refunds),
+            cents(c.refund_cents),
+            ratio(c.refund_cents, c.gmv),
+        ]);
+    }
+    Ok(t)
+}
+
+fn alert_table(store: &Store, from: i64, to: i64) -> Result<Table> {
+    let mut t = Table::new(
+        "alerts",
+        "告警 · alert timeline with time to acknowledge",
+        &[
+            "alert",
+            "title",
+            "severity",
+            "fired_at",
+            "acknowledged_at",
+            "acknowledged_by",
+            "resolved_at",
+            "seconds_to_ack",
+        ],
+    );
+    t.show = 100;
+    // The newest state of each firing (an alert id fires again after it resolved).
+    let mut by: Vec<(String, i64, serde_json::Value)> = Vec::new();
+    for e in store.journal_entries(Some("alert"), from - 86_400_000, to)? {
+        let id = e.body["id"].as_str().unwrap_or("").to_string();
+        let fired = e.body["fired_at_ms"].as_i64().unwrap_or(e.at_ms);
+        if fired < from || fired >= to {
+            continue;
+        }
+        match by.iter_mut().find(|(i, f, _)| *i == id && *f == fired) {
+            Some(x) => x.2 = e.body,
+            None => by.push((id, fired, e.body)),
+        }
+    }
+    for (id, fired, b) in by {
+        let acked = b["acked_at_ms"].as_i64();
+        t.rows.push(vec![
+            text(id),
+            text(b["title"].as_str().unwrap_or("")),
+            text(b["severity"].as_str().unwrap_or("")),
+            time(fired),
+            acked.map_or(Cell::Empty, time),
+            text(b["acked_by"].as_str().unwrap_or("")),
+            b["resolved_at_ms"].as_i64().map_or(Cell::Empty, time),
+            acked.map_or(Cell::Empty, |a| int((a - fired) / 1000)),
+        ]);
+    }
+    Ok(t)
+}
+
+fn projection_table(store: &Store, phases: &[PhaseSpan], from: i64, to: i64) -> Result<Table> {
+    let mut t = Table::new(
+        "projection",
+        "预测误差 · the projection of each phase's GMV, hour by hour, against what the phase made",
+        &["at", "phase", "projected", "low", "high", "actual", "error"],
+    );
+    t.show = 200;
+    let mut last_hour = i64::MIN;
+    for e in store.journal_entries(Some("projection"), from, to)? {
+        let hour = e.at_ms.div_euclid(3_600_000);
+        if hour == last_hour {
+            continue;
+        }
+        last_hour = hour;
+        let b = &e.body;
+        let Some(p) = phases.iter().find(|p| p.start_ms <= e.at_ms && e.at_ms < p.end_ms) else { continue };
+        let actual = store.totals(&Scope::Site, None, p.start_ms, p.end_ms)?.counts.gmv;
+        let projected = b["phase_projected_cents"].as_u64().unwrap_or(0);
+        t.rows.push(vec![
+            time(e.at_ms),
+            text(if p.name.is_empty() { &p.kind } else { &p.name }),
+            cents(projected),
+            cents(b["phase_low_cents"].as_u64().unwrap_or(0)),
+            cents(b["phase_high_cents"].as_u64().unwrap_or(0)),
+            cents(actual),
+            if actual > 0 { Cell::Ratio(projected as f64 / actual as f64 - 1.0) } else { Cell::Empty },
+        ]);
+    }
+    Ok(t)
+}
+
+fn fmt_time(ms: i64) -> String {
+    jiff::Timestamp::from_millisecond(ms)
+        .map(|t| t.to_zoned(jiff::tz::TimeZone::fixed(jiff::tz::offset(8))).strftime("%Y-%m-%d %H:%M").to_string())
+        .unwrap_or_default()
+}
+
+fn yuan(c: i64) -> String {
+    let neg = c < 0;
+    let c = c.unsigned_abs();
+    let s = (c / 100).to_string();
+    let mut out = String::new();
+    for (i, ch) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(ch);
+    }
+    format!("{}¥{out}.{:02}", if neg { "−" } else { "" }, c % 100)
+}
+
+impl Cell {
+    fn html(&self) -> String {
+        match self {
+            Cell::Int(v) => v.to_string(),
+            Cell::Cents(c) => yuan(c.cents),
+            Cell::Ratio(r) => format!("{:.2}%", r * 100.0),
+            Cell::Text(s) => esc(s),
+            Cell::Time(t) => fmt_time(t.ms),
+            Cell::Empty => String::new(),
+        }
+    }
+
+    fn csv(&self) -> String {
+        match self {
+            Cell::Int(v) => v.to_string(),
+            Cell::Cents(c) => c.cents.to_string(),
+            Cell::Ratio(r) => format!("{r:.6}"),
+            Cell::Text(s) => {
+                if s.contains([',', '"', '\n']) {
+                    format!("\"{}\"", s.replace('"', "\"\""))
+                } else {
+                    s.clone()
+                }
+            }
+            Cell::Time(t) => fmt_time(t.ms),
+            Cell::Empty => String::new(),
+        }
+    }
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
+/// A line chart as inline SVG: phase bands, lines, marks.
+/// A chart line: its points, its colour, dashed or not.
+type Line<'a> = (&'a [(i64, u64)], &'a str, bool);
+
+fn svg_chart(r: &Report, lines: &[Line<'_>], unit: &str, marks: bool) -> String {
+    let (w, h) = (1100.0f64, 260.0f64);
+    let (l, b) = (70.0, 24.0);
+    let span = (r.to_ms - r.from_ms).max(1) as f64;
+    let max = lines.iter().flat_map(|(p, _, _)| p.iter().map(|x| x.1)).max().unwrap_or(0).max(1) as f64 * 1.1;
+    let x = |t: i64| l + (t - r.from_ms) as f64 / span * (w - l - 10.0);
+    let y = |v: u64| h - b - v as f64 / max * (h - b - 12.0);
+    let mut s = format!("<svg xmlns='http://www.w3.org/2000/svg' width='{w}' height='{h}' viewBox='0 0 {w} {h}'>");
+    for (i, p) in r.phases.iter().enumerate() {
+        let fill = ["#eef3ff", "#fff0f0", "#effaf3"][i % 3];
+        let _ = write!(
+            s,
+            "<rect x='{:.1}' y='0' width='{:.1}' height='{}' fill='{fill}'/>",
+            x(p.start_ms),
+            x(p.end_ms) - x(p.start_ms),
+            h - b
+        );
+        let _ =
+            write!(s, "<text x='{:.1}' y='12' font-size='11' fill='#667'>{}</text>", x(p.start_ms) + 3.0, esc(&p.name));
+    }
+    let _ = write!(s, "<line x1='{l}' y1='{}' x2='{}' y2='{}' stroke='#99a'/>", h - b, w - 10.0, h - b);
+    let label = if unit == "cents" { yuan(max as i64) } else { format!("{}", max as u64) };
+    let _ = write!(s, "<text x='0' y='12' font-size='11' fill='#667'>{}</text>", esc(&label));
+    let _ = write!(s, "<text x='{l}' y='{}' font-size='11' fill='#667'>{}</text>", h - 6.0, fmt_time(r.from_ms));
+    let _ = write!(
+        s,
+        "<text x='{}' y='{}' font-size='11' fill='#667' text-anchor='end'>{}</text>",
+        w - 10.0,
+        h - 6.0,
+        fmt_time(r.to_ms)
+    );
+    for (pts, color, dashed) in lines {
+        if pts.is_empty() {
+            continue;
+        }
+        let path: Vec<String> = pts.iter().map(|&(t, v)| format!("{:.1},{:.1}", x(t + r.step_ms / 2), y(v))).collect();
+        let dash = if *dashed { " stroke-dasharray='6 5'" } else { "" };
+        let _ =
+            write!(s, "<polyline fill='none' stroke='{color}' stroke-width='1.6'{dash} points='{}'/>", path.join(" "));
+    }
+    if marks {
+        for m in &r.marks {
+            let color = if m.kind == "rule" { "#7a3cff" } else { "#e03131" };
+            let _ = write!(
+                s,
+                "<line x1='{0:.1}' y1='0' x2='{0:.1}' y2='{1}' stroke='{color}' stroke-dasharray='2 3'><title>{2}</title></line>",
+                x(m.at_ms),
+                h - b,
+                esc(&format!("{} {}", fmt_time(m.at_ms), m.text))
+            );
+        }
+    }
+    s.push_str("</svg>");
+    s
+}
+
+impl Report {
+    /// The self-contained HTML page.
+    pub fn html(&self) -> String {
+        let mut s = String::new();
+        let _ = write!(
+            s,
+            "<!doctype html><html lang='zh-CN'><head><meta charset='utf-8'><title>{0}</title><style>
+body{{font-family:'Noto Sans CJK SC','PingFang SC',Arial,sans-serif;color:#1b1f2a;margin:24px 32px;max-width:1120px}}
+h1{{font-size:26px;margin:0 0 4px}} h2{{font-size:18px;margin:26px 0 8px;border-bottom:2px solid #dde}}
+.meta{{color:#667;font-size:13px}} table{{border-collapse:collapse;font-size:12.5px;width:100%}}
+td,th{{padding:3px 6px;border-bottom:1px solid #eef;text-align:right;white-space:nowrap}} th{{color:#556;font-weight:600}}
+td:first-child,th:first-child{{text-align:left}} .kpi{{display:flex;gap:28px;font-size:15px;margin:12px 0}} .kpi b{{font-size:20px}}
+.legend span{{margin-right:18px;font-size:12px}} @media print{{h2{{break-after:avoid}} table{{break-inside:auto}}}}
+</style></head><body><h1>{0}</h1><div class='meta'>{1} — {2} (UTC+8) · {3} minutes · generated by warroom review from the history database</div>",
+            esc(&self.title),
+            fmt_time(self.from_ms),
+            fmt_time(self.to_ms),
+            (self.to_ms - self.from_ms) / 60_000
+        );
+        let c = &self.totals;
+        let _ = write!(
+            s,
+            "<div class='kpi'><span>GMV <b>{}</b></span><span>paid orders <b>{}</b></span>",
+            yuan(c.gmv as i64),
+            c.paid_orders
+        );
+        if let Some([uv, ipv, buyers]) = self.distinct {
+            let _ = write!(
+                s,
+                "<span>UV <b>{uv}</b></span><span>IPV_UV <b>{ipv}</b></span><span>buyers <b>{buyers}</b></span>"
+            );
+        }
+        let _ = write!(s, "<span>refunds <b>{}</b></span></div>", yuan(c.refund_cents as i64));
+        s.push_str("<h2>1. 流量与成交曲线 · the curve by phase against the planned rhythm</h2>");
+        s.push_str("<div class='legend'><span style='color:#e8a400'>━ GMV per step</span><span style='color:#3b6fe0'>┅ plan pace</span><span style='color:#7a3cff'>┆ rule change</span><span style='color:#e03131'>┆ alert</span></div>");
+        s.push_str(&svg_chart(self, &[(&self.pace, "#3b6fe0", true), (&self.gmv, "#e8a400", false)], "cents", true));
+        let _ = write!(
+            s,
+            "<div class='legend'><span style='color:#2b9348'>━ {} per step</span></div>",
+            esc(&self.traffic_metric)
+        );
+        s.push_str(&svg_chart(self, &[(&self.traffic, "#2b9348", false)], "count", false));
+        for (k, t) in self.tables.iter().enumerate() {
+            let _ = write!(s, "<h2>{}. {}</h2><table><tr>", k + 2, esc(&t.title));
+            for c in &t.columns {
+                let _ = write!(s, "<th>{}</th>", esc(c));
+            }
+            s.push_str("</tr>");
+            for row in t.rows.iter().take(t.show) {
+                s.push_str("<tr>");
+                for c in row {
+                    let _ = write!(s, "<td>{}</td>", c.html());
+                }
+                s.push_str("</tr>");
+            }
+            s.push_str("</table>");
+            if t.rows.len() > t.show {
+                let _ = write!(
+                    s,
+                    "<div class='meta'>{} of {} rows shown; all in {}.csv</div>",
+                    t.show,
+                    t.rows.len(),
+                    t.name
+                );
+            }
+            if t.rows.is_empty() {
+                s.push_str("<div class='meta'>nothing in this range</div>");
+            }
+        }
+        s.push_str("</body></html>\n");
+        s
+    }
+
+    /// Writes `report.html`, `report.json` and one CSV per table into `dir`.
+    pub fn write(&self, dir: &Path) -> std::io::Result<Vec<std::path::PathBuf>> {
+        std::fs::create_dir_all(dir)?;
+        let mut out = Vec::new();
+        let mut put = |name: String, body: String| -> std::io::Result<()> {
+            let p = dir.join(name);
+            std::fs::write(&p, body)?;
+            out.push(p);
+            Ok(())
+        };
+        put("report.html".into(), self.html())?;
+        put("report.json".into(), serde_json::to_string_pretty(self).map_err(std::io::Error::other)?)?;
+        let mut curve = String::from("step_start,gmv_cents,pace_cents,traffic\n");
+        for (k, (t, g)) in self.gmv.iter().enumerate() {
+            let pace = self.pace.get(k).map(|p| p.1.to_string()).unwrap_or_default();
+            let tr = self.traffic.get(k).map(|p| p.1).unwrap_or(0);
+            let _ = writeln!(curve, "{},{g},{pace},{tr}", fmt_time(*t));
+        }
+        put("curve.csv".into(), curve)?;
+        for t in &self.tables {
+            let mut csv = t.columns.join(",");
+            csv.push('\n');
+            for row in &t.rows {
+                csv.push_str(&row.iter().map(Cell::csv).collect::<Vec<_>>().join(","));
+                csv.push('\n');
+            }
+            put(format!("{}.csv", t.name), csv)?;
+        }
+        Ok(out)
+    }
+}

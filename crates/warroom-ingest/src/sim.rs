@@ -77,6 +77,8 @@ impl Night {
             start: at(a),
             end: at(b),
             target_gmv_cents: target(a, b),
+            target_uv: 0,
+            target_buyers: 0,
         };
         PlanConfig {
             name: "Double 11 (simulated night)".into(),

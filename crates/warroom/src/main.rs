@@ -66,6 +66,42 @@ enum Cmd {
     Loadgen(LoadgenOpts),
     /// Rehearsal (演练): replay a recorded event file through Kafka at N x speed, times moved to now.
     Rehearse(RehearseOpts),
+    /// The 复盘 review report from the history database: report.html (self-contained, inline
+    /// SVG, printable), report.json and one CSV per table.
+    Review(ReviewOpts),
+}
+
+#[derive(clap::Args, Debug)]
+struct ReviewOpts {
+    /// The history database (default: `[history] path`, else `<kafka.state_dir>/history.db`).
+    #[arg(long, env = "WARROOM_HISTORY")]
+    history: Option<PathBuf>,
+    /// Where the report goes (created if needed).
+    #[arg(long)]
+    out: PathBuf,
+    /// Start of the range: RFC 3339 (2026-11-11T00:00:00+08:00) or ms since the epoch.
+    /// Default: the plan's start, else the first stored minute.
+    #[arg(long)]
+    from: Option<String>,
+    #[arg(long)]
+    to: Option<String>,
+    /// The promotion stored in the database under this plan name (its whole range).
+    #[arg(long, conflicts_with_all = ["from", "to"])]
+    promotion: Option<String>,
+    /// A merchant's own report (商家复盘): its slots, funnel and races only.
+    #[arg(long)]
+    merchant: Option<String>,
+    /// The previous promotion's history database (uplift and the gap's decomposition);
+    /// default `[history] previous`.
+    #[arg(long)]
+    previous: Option<PathBuf>,
+    /// An ordinary day (or any baseline range) in this database, for the uplift.
+    #[arg(long, requires = "baseline_to")]
+    baseline_from: Option<String>,
+    #[arg(long, requires = "baseline_from")]
+    baseline_to: Option<String>,
+    #[arg(long, env = "WARROOM_CONFIG")]
+    config: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -368,6 +404,7 @@ fn main() {
         }
         Cmd::Loadgen(o) => loadgen(o),
         Cmd::Rehearse(o) => rehearse(o),
+        Cmd::Review(o) => review(o),
     };
     if let Some(p) = otlp {
         // The spans still in the batch go out before the process ends.
@@ -623,6 +660,69 @@ fn run(o: RunOpts) -> anyhow::Result<()> {
     if let Ended::PartDied { part, why } = ended {
         eprintln!("error: the {part} died ({why}); exiting for the supervisor to restart the monitor");
         std::process::exit(70);
+    }
+    Ok(())
+}
+
+/// A time flag: RFC 3339 or ms since the epoch.
+fn time_flag(name: &str, v: &str) -> anyhow::Result<i64> {
+    if let Ok(ms) = v.parse::<i64>() {
+        return Ok(ms);
+    }
+    v.parse::<jiff::Timestamp>()
+        .map(|t| t.as_millisecond())
+        .map_err(|e| anyhow::anyhow!("{name} `{v}`: RFC 3339 (2026-11-11T00:00:00+08:00) or ms since the epoch ({e})"))
+}
+
+fn review(o: ReviewOpts) -> anyhow::Result<()> {
+    let settings = Settings::load(o.config.as_deref())?;
+    let path = o.history.clone().unwrap_or_else(|| {
+        if settings.history.path.is_empty() {
+            settings.kafka.state_dir.join("history.db")
+        } else {
+            PathBuf::from(&settings.history.path)
+        }
+    });
+    let started = std::time::Instant::now();
+    let store = warroom_history::Store::open_read(&path)
+        .with_context(|| format!("opening the history database {} (give --history FILE)", path.display()))?;
+    let previous_path = o
+        .previous
+        .clone()
+        .or_else(|| (!settings.history.previous.is_empty()).then(|| PathBuf::from(&settings.history.previous)));
+    let previous = match &previous_path {
+        Some(p) => Some(
+            warroom_history::Store::open_read(p)
+                .with_context(|| format!("opening the previous promotion's history {}", p.display()))?,
+        ),
+        None => None,
+    };
+    let mut opts = warroom_history::report::ReportOptions {
+        from_ms: o.from.as_deref().map(|v| time_flag("--from", v)).transpose()?,
+        to_ms: o.to.as_deref().map(|v| time_flag("--to", v)).transpose()?,
+        merchant: o.merchant.clone(),
+        baseline: None,
+    };
+    if let (Some(a), Some(b)) = (&o.baseline_from, &o.baseline_to) {
+        opts.baseline = Some((time_flag("--baseline-from", a)?, time_flag("--baseline-to", b)?));
+    }
+    if let Some(name) = &o.promotion {
+        let plan = store.plan()?.context("this history database stores no plan: give --from and --to")?;
+        anyhow::ensure!(&plan.name == name, "this history database holds the promotion `{}`, not `{name}`", plan.name);
+        opts.from_ms = Some(plan.start_ms());
+        opts.to_ms = Some(plan.end_ms());
+    }
+    let report = warroom_history::report::build(&store, previous.as_ref(), &opts)?;
+    let files = report.write(&o.out).with_context(|| format!("writing the report into {}", o.out.display()))?;
+    eprintln!(
+        "review: {} ({} minutes) in {:.2}s: {}",
+        report.title,
+        (report.to_ms - report.from_ms) / 60_000,
+        started.elapsed().as_secs_f64(),
+        o.out.join("report.html").display()
+    );
+    for f in files {
+        println!("{}", f.display());
     }
     Ok(())
 }
