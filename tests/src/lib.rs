@@ -676,3 +676,66 @@ pub fn reference_history(lines: &[&[u8]]) -> RefHistory {
     }
     h
 }
+
+/// What a monitor's `GET /api/v1/history` says against the reference, as differences: per
+/// minute for the site (gmv, paid orders, impressions, clicks), and over the whole range for
+/// every venue, slot, merchant and channel (all twelve counts) and the site's distinct counts
+/// (within 2%). Empty: equal.
+pub fn history_differences(base: &str, token: &str, want: &RefHistory) -> Vec<String> {
+    let first = want.counts.keys().map(|k| k.2).min().unwrap_or(0);
+    let last = want.counts.keys().map(|k| k.2).max().unwrap_or(0) + 1;
+    let get = |q: String| -> Result<Value, String> {
+        let (status, body) = kafka::http_get(base, &q, Some(token), std::time::Duration::from_secs(30));
+        if status != 200 {
+            return Err(format!("{q}: HTTP {status} {body}"));
+        }
+        serde_json::from_str(&body).map_err(|e| format!("{q}: {e}"))
+    };
+    let mut d = Vec::new();
+    let (from, to) = (first * 60_000, last * 60_000);
+    for (k, metric) in [(0, "gmv"), (1, "paid_orders"), (10, "impressions"), (11, "clicks")] {
+        match get(format!("/api/v1/history?metric={metric}&from={from}&to={to}&step=1m")) {
+            Ok(v) => {
+                for p in v["points"].as_array().into_iter().flatten() {
+                    let m = p[0].as_i64().unwrap_or(0) / 60_000;
+                    let got = p[1].as_u64().unwrap_or(u64::MAX);
+                    let w = want.sum("site", "", m, m + 1)[k];
+                    if got != w {
+                        d.push(format!("site {metric} of minute {m}: history {got} != reference {w}"));
+                    }
+                }
+            }
+            Err(e) => d.push(e),
+        }
+    }
+    let step = format!("{}m", last - first);
+    for (scope, name) in want.scopes() {
+        for (k, metric) in warroom_engine::history::COUNTS.iter().enumerate() {
+            let q =
+                format!("/api/v1/history?metric={metric}&scope={scope}&name={name}&from={from}&to={to}&step={step}");
+            match get(q) {
+                Ok(v) => {
+                    let got = v["points"][0][1].as_u64().unwrap_or(u64::MAX);
+                    let w = want.sum(&scope, &name, first, last)[k];
+                    if got != w {
+                        d.push(format!("{scope} {name:?} {metric}: history {got} != reference {w}"));
+                    }
+                }
+                Err(e) => d.push(e),
+            }
+        }
+    }
+    for (k, metric) in ["uv", "ipv_uv", "buyers"].iter().enumerate() {
+        match get(format!("/api/v1/history?metric={metric}&from={from}&to={to}&step={step}")) {
+            Ok(v) => {
+                let got = v["points"][0][1].as_u64().unwrap_or(0);
+                let w = want.distinct("site", "", k, first, last);
+                if !distinct_close(got, w) {
+                    d.push(format!("site {metric}: history {got} not within 2% of reference {w}"));
+                }
+            }
+            Err(e) => d.push(e),
+        }
+    }
+    d
+}

@@ -16,6 +16,7 @@
 pub mod claims;
 pub mod dlq;
 pub mod gen;
+pub mod history_topic;
 pub mod kafka;
 pub mod loadgen;
 pub mod partials;

@@ -102,6 +102,9 @@ struct Owned {
     saved: i64,
     digest: u64,
     last_full: Instant,
+    /// History batches taken with checkpoints that were not published yet: sent first next
+    /// time; the state is not stored until they are.
+    history: Vec<warroom_engine::history::HistoryBatch>,
 }
 
 /// Counters of a worker, for `/metrics`.
@@ -132,6 +135,7 @@ struct Shared {
     /// stored a newer state meanwhile), they need no restore.
     parked: Mutex<BTreeMap<i32, Owned>>,
     stats: Arc<WorkerStats>,
+    history: crate::history_topic::HistoryProducer,
 }
 
 impl Shared {
@@ -196,6 +200,7 @@ impl Shared {
             digest: 0,
             pos,
             last_full: Instant::now(),
+            history: Vec::new(),
         })
     }
 
@@ -205,7 +210,21 @@ impl Shared {
             return true;
         }
         let extra = serde_json::to_vec(&o.pos).expect("a position serialises");
-        let bytes = o.engine.checkpoint(&extra);
+        // The minutes counted since the last checkpoint go to the history topic first: a
+        // state stored without them would lose them (see crate::history_topic).
+        let (bytes, batch) = o.engine.checkpoint_with_history(&extra);
+        if !batch.is_empty() {
+            o.history.push(batch);
+        }
+        let key = self.part_name(partition);
+        while let Some(b) = o.history.first() {
+            if let Err(e) = self.history.send(&key, b) {
+                self.stats.checkpoint_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(partition, error = %e, pending = o.history.len(), "history not published; the partition's state is not stored until it is (check the brokers)");
+                return false;
+            }
+            o.history.remove(0);
+        }
         match self.store.put(&self.cfg.topic, partition, &bytes) {
             Ok(_) => {
                 o.saved = o.pos.next;
@@ -392,6 +411,7 @@ impl Worker {
             owned: Mutex::new(BTreeMap::new()),
             parked: Mutex::new(BTreeMap::new()),
             stats: stats.clone(),
+            history: crate::history_topic::HistoryProducer::new(&cfg)?,
             cfg,
         });
         *lock(&consumer.context().shared) = Some(shared.clone());

@@ -248,9 +248,11 @@ pub fn run(spec: NodeSpec, stop: Arc<AtomicBool>, on_listening: impl FnOnce(Sock
             Ok(())
         })?
     };
-    // A source without checkpoints stores its minutes every `[history] interval`.
-    let periodic = match (&writer, kafka_backed) {
-        (Some(w), false) => {
+    // A source without checkpoints stores its minutes every `[history] interval`; an API node
+    // reads the workers' from the history topic.
+    let periodic = match (&writer, &history, kafka_backed, merging) {
+        (_, Some(db), _, true) => Some(read_history_topic(&kcfg, db.clone(), stop.clone())?),
+        (Some(w), _, false, false) => {
             Some(store_history_every(settings.history.interval, engine.clone(), w.clone(), stop.clone()))
         }
         _ => None,
@@ -345,8 +347,8 @@ pub fn run(spec: NodeSpec, stop: Arc<AtomicBool>, on_listening: impl FnOnce(Sock
 }
 
 /// The history database of this node: a Kafka monitor's beside its checkpoints (or at
-/// `[history] path`), a simulator's or a file's in memory unless a path is given; workers and
-/// API nodes keep none yet (see docs/history.md).
+/// `[history] path`); a simulator's, a file's and an API node's in memory unless a path is
+/// given; workers keep none (they publish on the history topic).
 fn open_history(
     source: &SourceKind,
     settings: &Settings,
@@ -354,9 +356,12 @@ fn open_history(
 ) -> anyhow::Result<Option<Arc<warroom_history::HistoryDb>>> {
     let configured = (!settings.history.path.is_empty()).then(|| PathBuf::from(&settings.history.path));
     let path = match source {
-        SourceKind::Worker | SourceKind::Partials => return Ok(None),
+        // A worker publishes its partitions' minutes on the history topic; it keeps no database.
+        SourceKind::Worker => return Ok(None),
         SourceKind::Kafka => Some(configured.unwrap_or_else(|| kcfg.state_dir.join("history.db"))),
-        SourceKind::Sim | SourceKind::File(_) => configured,
+        // An API node reads the history topic into its own database (in memory unless a path is
+        // given: then a restart reads on from where it was).
+        SourceKind::Sim | SourceKind::File(_) | SourceKind::Partials => configured,
     };
     let db = warroom_history::HistoryDb::open(path.as_deref())
         .context("opening the history database ([history] path, --history)")?;
@@ -373,6 +378,27 @@ fn open_history(
         tracing::info!(path = %p.display(), "history database open");
     }
     Ok(Some(Arc::new(db)))
+}
+
+/// An API node's history: the workers' batches from the history topic, into `db`; the next
+/// offset of each partition is kept in the database.
+fn read_history_topic(
+    kcfg: &KafkaConfig,
+    db: Arc<warroom_history::HistoryDb>,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<std::thread::JoinHandle<()>> {
+    let reader = warroom_ingest::history_topic::HistoryReader::new(kcfg, db.clone() as Arc<dyn HistorySink>)
+        .context("starting the history topic reader")?;
+    Ok(std::thread::Builder::new().name("history".into()).spawn(move || {
+        let key = |p: i32| format!("history_topic_offset/{p}");
+        let from = |p: i32| db.with(|s| s.meta(&key(p))).ok().flatten().and_then(|v| v.parse().ok());
+        let done = |p: i32, next: i64| {
+            if let Err(e) = db.with(|s| s.set_meta(&key(p), &next.to_string())) {
+                tracing::warn!(error = %e, "could not keep the history topic's offset (it is read again after a restart)");
+            }
+        };
+        reader.run(&stop, &from, &done);
+    })?)
 }
 
 /// Stores the engine's minutes every `every` until `stop`, and once more at the end.
