@@ -251,3 +251,143 @@ async fn a_rehearsal_shows_its_banner_on_every_screen() {
         }
     }
 }
+
+/// A plan over the generated night (2026-11-10 20:00 +08:00, 6 hours): warm-up then the
+/// official sale, so the curve has phases, a pace line and a projection.
+const NIGHT_PLAN: &str = "[plan]\nname = \"Double 11 test\"\n[[plan.phases]]\nkind = \"warmup\"\nname = \"预热\"\nstart = \"2026-11-10T20:00:00+08:00\"\nend = \"2026-11-11T00:00:00+08:00\"\ntarget_gmv_cents = 20000000\n[[plan.phases]]\nkind = \"official\"\nname = \"正式\"\nstart = \"2026-11-11T00:00:00+08:00\"\nend = \"2026-11-11T02:00:00+08:00\"\ntarget_gmv_cents = 30000000\n[[alerts.rules]]\nname = \"any-gmv\"\nkind = \"threshold\"\nmetric = \"gmv_cents\"\nwindow = \"1h\"\nfire = 0.0\n";
+
+async fn api_get(base: &str, path: &str, token: &str) -> Value {
+    reqwest::Client::new().get(format!("{base}{path}")).bearer_auth(token).send().await.unwrap().json().await.unwrap()
+}
+
+/// After a reload the curve is drawn from history: its data points are exactly what
+/// `GET /api/v1/history` answers for the same range and step, whatever the page saw before;
+/// the active alerts are back too. The review report renders in the same browser.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_reload_the_curve_is_the_history_and_the_report_renders() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("plan.toml"), NIGHT_PLAN).unwrap();
+    let db = dir.path().join("history.db");
+    let (_monitor, base) = start_monitor(
+        dir.path(),
+        &["--config", dir.path().join("plan.toml").to_str().unwrap(), "--history", db.to_str().unwrap()],
+    );
+    let (_chromium, port) = start_chromium(dir.path());
+    let ops = "demo-ops-token-0001";
+    // Everything read and stored (the file source stores every second).
+    let started = Instant::now();
+    loop {
+        let t = &api_snapshot(&base, ops).await["totals"];
+        let read =
+            t["accepted"].as_u64().unwrap() + t["rejected"].as_u64().unwrap() + t["duplicates"].as_u64().unwrap();
+        let h = api_get(&base, "/api/v1/history?step=360m&from=1794312000000&to=1794333600000", ops).await;
+        if read == 60_000 && h["points"][0][1].as_u64() == t["gmv_cents"].as_u64() {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "history never caught up: {h}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let mut page = Page::open(&port, &format!("{base}/healthz")).await;
+    page.call(
+        "Emulation.setDeviceMetricsOverride",
+        json!({"width": 1920, "height": 1080, "deviceScaleFactor": 1, "mobile": false}),
+    )
+    .await;
+    page.call("Page.navigate", json!({"url": format!("{base}/#token={ops}")})).await;
+    let curve_of = |v: Value| -> Option<(Value, String)> {
+        let s = v.as_str()?;
+        let c: Value = serde_json::from_str(s).ok()?;
+        let q = c["q"].as_str()?.to_string();
+        (c["points"].as_array()?.len() > 10).then(|| (c["points"].clone(), q))
+    };
+    let read_curve = "JSON.stringify({points: JSON.parse(document.getElementById('curve').dataset.points || '[]'), q: `from=${document.getElementById('curve').dataset.from}&to=${document.getElementById('curve').dataset.to}&step=${document.getElementById('curve').dataset.step / 60000}m`})";
+    for round in ["first load", "after a reload"] {
+        if round == "after a reload" {
+            page.call("Page.reload", json!({})).await;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        let started = Instant::now();
+        let (points, q) = loop {
+            if let Some(c) = curve_of(page.eval(read_curve).await) {
+                break c;
+            }
+            assert!(started.elapsed() < Duration::from_secs(30), "{round}: no curve drawn");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        let h = api_get(&base, &format!("/api/v1/history?metric=gmv&{q}"), ops).await;
+        assert_eq!(points, h["points"], "{round}: the curve's points are the history's ({q})");
+        let total: u64 = points.as_array().unwrap().iter().map(|p| p[1].as_u64().unwrap()).sum();
+        assert!(total > 0, "{round}: an empty curve");
+        // Active alerts: the screen lists what the server holds (none lost by the reload).
+        let alerts = api_get(&base, "/api/v1/alerts", ops).await;
+        let fired = alerts.as_array().unwrap().iter().filter(|a| !a["fired_at_ms"].is_null()).count();
+        assert!(fired >= 1, "{round}: the test's alert rule fired: {alerts}");
+        let started = Instant::now();
+        loop {
+            let shown =
+                page.eval("document.querySelectorAll('#alerts > div:not(.label)').length").await.as_u64().unwrap_or(0);
+            if shown as usize >= fired.min(50) {
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(10), "{round}: {shown} alerts shown, {fired} fired");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    // The projection is shown beside the targets.
+    let proj = page.eval("document.getElementById('proj-phase').dataset.value").await;
+    let curve = api_get(&base, "/api/v1/history/curve", ops).await;
+    if let Some(p) = curve["projection"]["phase_projected_cents"].as_u64() {
+        assert_eq!(proj.as_str().and_then(|s| s.parse::<u64>().ok()), Some(p), "projection shown");
+    }
+    // Nothing runs past the wall's edge at 1920x1080: every panel's content fits its box.
+    let overflow = page
+        .eval("[...document.querySelectorAll('.panel')].filter(p => p.scrollWidth > p.clientWidth + 1).map(p => p.id).join(',')")
+        .await;
+    assert_eq!(overflow, "", "panels whose content is cut off at the right");
+    let bottom = page
+        .eval("Math.max(...[...document.querySelectorAll('.panel')].map(p => p.getBoundingClientRect().bottom))")
+        .await;
+    assert!(bottom.as_f64().unwrap() <= 1080.0, "panels end below the screen: {bottom}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    eprintln!("screenshot: {}", page.screenshot("screen-history.png").await.display());
+    page.eval("document.querySelector('#range-tabs button[data-range=promotion]').click()").await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    eprintln!("screenshot: {}", page.screenshot("screen-history-promotion.png").await.display());
+
+    // The 复盘 report, from the database the monitor writes, in the browser.
+    let out = dir.path().join("review");
+    let st = Command::new(env!("CARGO_BIN_EXE_warroom"))
+        .args(["review", "--history"])
+        .arg(&db)
+        .arg("--out")
+        .arg(&out)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let mut page = Page::open(&port, &format!("file://{}", out.join("report.html").display())).await;
+    page.call(
+        "Emulation.setDeviceMetricsOverride",
+        json!({"width": 1200, "height": 2400, "deviceScaleFactor": 1, "mobile": false}),
+    )
+    .await;
+    let started = Instant::now();
+    loop {
+        let svgs = page.eval("document.querySelectorAll('svg polyline').length").await.as_u64().unwrap_or(0);
+        let tables = page.eval("document.querySelectorAll('table').length").await.as_u64().unwrap_or(0);
+        if svgs >= 3 && tables >= 10 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the report did not render: {svgs} lines, {tables} tables"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let gmv = api_snapshot(&base, ops).await["totals"]["gmv_cents"].as_u64().unwrap();
+    let text = page.eval("document.body.innerText").await;
+    let yuan = format!("{}", gmv / 100);
+    let shown: String =
+        text.as_str().unwrap().chars().filter(|c| c.is_ascii_digit() || *c == '¥' || *c == '.').collect();
+    assert!(shown.contains(&format!("¥{yuan}.{:02}", gmv % 100)), "the report shows the GMV {gmv}");
+    eprintln!("report screenshot: {}", page.screenshot("review-report.png").await.display());
+}
