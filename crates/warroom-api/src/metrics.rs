@@ -287,4 +287,18 @@ fn set_values(st: &AppState) {
         "Alert changes dropped because the webhook's queue was full.",
         r(&st.webhook_stats.dropped),
     );
+    if let Some(h) = &st.history {
+        p.one("history_writes_total", Counter, "History batches stored.", r(&h.writes));
+        p.one(
+            "history_write_errors_total",
+            Counter,
+            "History batches the database refused (retried; no checkpoint meanwhile).",
+            r(&h.write_errors),
+        );
+        p.one("history_rows_written_total", Counter, "Per-minute rows written.", r(&h.rows_written));
+        p.one("history_last_write_us", Gauge, "Duration of the last batch write, µs.", r(&h.last_write_us));
+        if let Ok(bytes) = h.with(|s| s.size_bytes()) {
+            p.one("history_database_bytes", Gauge, "Size of the history database.", bytes);
+        }
+    }
 }

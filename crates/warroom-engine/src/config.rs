@@ -44,6 +44,9 @@ pub struct EngineConfig {
     /// its events (商品更换), so a slot that changed hands has several
     /// (`too_many_slot_merchants` beyond).
     pub max_slot_merchants: usize,
+    /// Count per minute for the history database (see `[history]`). `warroom replay` turns it
+    /// off unless given `--history`.
+    pub keep_history: bool,
 }
 
 impl Default for EngineConfig {
@@ -58,6 +61,7 @@ impl Default for EngineConfig {
             max_merchants: 25_000,
             max_channels: 256,
             max_slot_merchants: 25_000,
+            keep_history: true,
         }
     }
 }

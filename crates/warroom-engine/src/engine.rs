@@ -171,6 +171,7 @@ fn base_ctx(cfg: &Config) -> Ctx {
         race_window: cfg.race.window.as_millis() as i64,
         phases: plan.map(|p| p.bounds()).unwrap_or_default(),
         plan_range: plan.map(|p| (p.start_ms(), p.end_ms())),
+        history: cfg.engine.keep_history,
     }
 }
 

@@ -17,8 +17,6 @@
 //! minute, so a minute's counts in the store grow until the horizon has passed; the store's
 //! sum over minutes equals the snapshot's totals at every checkpoint.
 
-use std::collections::BTreeMap;
-
 use serde::{Deserialize, Serialize};
 
 use crate::hll::Hll;
@@ -232,30 +230,43 @@ pub struct ShardHistory {
     pub lineage: u64,
     /// Number of the batch being gathered.
     pub seq: u64,
-    pub pending: BTreeMap<i64, MinuteRows>,
+    /// Minutes with something counted since the last batch, ascending (events come mostly in
+    /// time order: the newest minute is found first).
+    pub pending: Vec<MinuteRows>,
 }
 
 impl ShardHistory {
     pub fn new(lineage: u64) -> Self {
-        ShardHistory { lineage, seq: 0, pending: BTreeMap::new() }
+        ShardHistory { lineage, seq: 0, pending: Vec::new() }
     }
 
     #[inline]
     pub(crate) fn at(&mut self, ts: i64) -> &mut MinuteRows {
         let m = ts.div_euclid(60_000);
-        self.pending.entry(m).or_insert_with(|| MinuteRows::new(m))
+        let mut i = self.pending.len();
+        while i > 0 && self.pending[i - 1].minute > m {
+            i -= 1;
+        }
+        if i == 0 || self.pending[i - 1].minute != m {
+            self.pending.insert(i, MinuteRows::new(m));
+            i += 1;
+        }
+        &mut self.pending[i - 1]
     }
 
     /// Hands out the pending rows as batch `seq` and starts the next one.
     pub fn take(&mut self, part: u32) -> PartBatch {
-        let minutes = std::mem::take(&mut self.pending).into_values().collect();
+        let minutes = std::mem::take(&mut self.pending);
         let b = PartBatch { lineage: self.lineage, part, seq: self.seq, minutes };
         self.seq += 1;
         b
     }
 
     pub(crate) fn check(&self, n: &NameCounts) -> Result<(), String> {
-        for m in self.pending.values() {
+        if self.pending.windows(2).any(|w| w[0].minute >= w[1].minute) {
+            return Err("history: pending minutes out of order".into());
+        }
+        for m in &self.pending {
             m.venues.check(n.venues, "venue")?;
             m.pairs.check(n.pairs, "pair")?;
             m.channels.check(n.channels, "channel")?;

@@ -80,6 +80,8 @@ pub struct Ctx {
     pub race_window: i64,
     pub phases: Vec<(i64, i64)>,
     pub plan_range: Option<(i64, i64)>,
+    /// Count per minute for the history ([`crate::history`]); off for a replay that keeps none.
+    pub history: bool,
 }
 
 impl Ctx {
@@ -836,9 +838,11 @@ impl Shard {
                 }
                 self.sk.sliding[metric].insert(ev.user, t);
                 self.sk.totals[metric].insert(ev.user);
-                let h = self.hist.at(ev.ts);
-                h.add(ev, |c| if click { c.clicks += 1 } else { c.impressions += 1 });
-                h.distinct(ev, metric);
+                if cx.history {
+                    let h = self.hist.at(ev.ts);
+                    h.add(ev, |c| if click { c.clicks += 1 } else { c.impressions += 1 });
+                    h.distinct(ev, metric);
+                }
                 for p in &mut self.sk.prev {
                     p[if click { 1 } else { 0 }].insert(ev.user, ev.ts);
                 }
@@ -873,27 +877,35 @@ impl Shard {
             }
             EventKind::Favorite => {
                 self.c.favorites += 1;
-                self.hist.at(ev.ts).add(ev, |c| c.favorites += 1);
+                if cx.history {
+                    self.hist.at(ev.ts).add(ev, |c| c.favorites += 1);
+                }
             }
             EventKind::Cart => {
                 self.c.carts += 1;
-                self.hist.at(ev.ts).add(ev, |c| c.carts += 1);
+                if cx.history {
+                    self.hist.at(ev.ts).add(ev, |c| c.carts += 1);
+                }
             }
             EventKind::Order => {
                 self.c.orders_placed += 1;
                 self.c.order_cents += ev.amount as u128;
-                self.hist.at(ev.ts).add(ev, |c| {
-                    c.orders_placed += 1;
-                    c.order_cents += ev.amount;
-                });
+                if cx.history {
+                    self.hist.at(ev.ts).add(ev, |c| {
+                        c.orders_placed += 1;
+                        c.order_cents += ev.amount;
+                    });
+                }
             }
             EventKind::Refund => {
                 self.c.refunds += 1;
                 self.c.refund_cents += ev.amount as u128;
-                self.hist.at(ev.ts).add(ev, |c| {
-                    c.refunds += 1;
-                    c.refund_cents += ev.amount;
-                });
+                if cx.history {
+                    self.hist.at(ev.ts).add(ev, |c| {
+                        c.refunds += 1;
+                        c.refund_cents += ev.amount;
+                    });
+                }
             }
             EventKind::Pay => self.apply_pay(ev, cx, ms, t),
         }
@@ -910,14 +922,16 @@ impl Shard {
         self.c.paid_orders += 1;
         self.c.coupon_cents += ev.coupon as u128;
         self.minutes.entry(ev.ts.div_euclid(60_000)).or_default().add(amount);
-        let h = self.hist.at(ev.ts);
-        h.add(ev, |c| {
-            c.gmv += amount;
-            c.paid_orders += 1;
-            c.coupons += (ev.coupon > 0) as u64;
-            c.coupon_cents += ev.coupon;
-        });
-        h.distinct(ev, BUYERS);
+        if cx.history {
+            let h = self.hist.at(ev.ts);
+            h.add(ev, |c| {
+                c.gmv += amount;
+                c.paid_orders += 1;
+                c.coupons += (ev.coupon > 0) as u64;
+                c.coupon_cents += ev.coupon;
+            });
+            h.distinct(ev, BUYERS);
+        }
         self.sk.sliding[BUYERS].insert(ev.user, t);
         self.sk.totals[BUYERS].insert(ev.user);
         for p in &mut self.sk.prev {
@@ -1209,6 +1223,7 @@ mod tests {
             race_window: 60_000,
             phases: vec![],
             plan_range: None,
+            history: true,
         }
     }
 

@@ -134,8 +134,12 @@ impl Store {
         let conn = Connection::open(path).map_err(err)?;
         // WAL: readers (the API, `warroom review`) never block the writer; FULL: a committed
         // batch is on disk before the checkpoint that follows it is.
-        conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=5000;")
-            .map_err(err)?;
+        // 64 MiB of page cache: a batch touches the newest minutes' pages again and again
+        // (measured: the default 2 MiB re-read them from the kernel for a third of a write).
+        conn.execute_batch(
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=5000; PRAGMA cache_size=-65536;",
+        )
+        .map_err(err)?;
         conn.execute_batch(SCHEMA).map_err(err)?;
         let mut s = Store { conn, ids: HashMap::new(), pair_ids: HashMap::new() };
         s.load_ids()?;
@@ -191,7 +195,13 @@ impl Store {
         let mut ids = std::mem::take(&mut self.ids);
         let mut pair_ids = std::mem::take(&mut self.pair_ids);
         let r = (|| -> Result<()> {
-            let mut namer = Namer { tx: &tx, ids: &mut ids, pair_ids: &mut pair_ids, names: &batch.names };
+            let mut namer = Namer {
+                tx: &tx,
+                ids: &mut ids,
+                pair_ids: &mut pair_ids,
+                names: &batch.names,
+                seen: Default::default(),
+            };
             for part in batch.parts.iter().filter(|p| !p.minutes.is_empty()) {
                 let key = part.key();
                 let seq = part.seq as i64;
@@ -221,13 +231,20 @@ impl Store {
                 )?;
                 let mut body = Vec::new();
                 for m in &part.minutes {
-                    stats.minutes += 1;
                     for (kind, id, c) in namer.rows(m)? {
-                        let v = c.values();
-                        add_row(&tx, kind, id, m.minute, &v, 1)?;
-                        body.push((kind, id, m.minute, v));
-                        stats.rows += 1;
+                        body.push((kind, id, m.minute, c.values()));
                     }
+                }
+                // In key order: consecutive upserts land on the same or the next b-tree page
+                // (measured: in minute order, every row of a batch of many minutes touched
+                // another page).
+                body.sort_unstable_by_key(|r| (r.0, r.1, r.2));
+                for (kind, id, minute, v) in &body {
+                    add_row(&tx, *kind, *id, *minute, v, 1)?;
+                }
+                stats.rows += body.len() as u64;
+                for m in &part.minutes {
+                    stats.minutes += 1;
                     if let Some(s) = &m.sketches {
                         for (metric, h) in s.iter().enumerate() {
                             union_sketch(&tx, SITE, 0, m.minute, metric as i64, h, SITE_P)?;
@@ -361,19 +378,25 @@ impl Store {
 }
 
 /// Adds (`sign` 1) or subtracts (-1) one row's counts.
+/// The upsert of one `minutes` row, built once.
+fn add_row_sql() -> &'static str {
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SQL.get_or_init(|| {
+        let cols = COUNTS.join(", ");
+        let vals = (4..16).map(|i| format!("?{i}")).collect::<Vec<_>>().join(", ");
+        let set = COUNTS.iter().map(|c| format!("{c} = {c} + excluded.{c}")).collect::<Vec<_>>().join(", ");
+        format!(
+            "INSERT INTO minutes(kind, id, minute, {cols}) VALUES(?1, ?2, ?3, {vals})
+             ON CONFLICT(kind, id, minute) DO UPDATE SET {set}"
+        )
+    })
+}
+
+/// Adds (`sign` 1) or subtracts (-1) one row's counts.
 fn add_row(tx: &Transaction<'_>, kind: i64, id: i64, minute: i64, v: &[u64; 12], sign: i64) -> Result<()> {
-    let cols = COUNTS.join(", ");
-    let vals = (4..16).map(|i| format!("?{i}")).collect::<Vec<_>>().join(", ");
-    let set = COUNTS.iter().map(|c| format!("{c} = {c} + excluded.{c}")).collect::<Vec<_>>().join(", ");
-    let sql = format!(
-        "INSERT INTO minutes(kind, id, minute, {cols}) VALUES(?1, ?2, ?3, {vals})
-         ON CONFLICT(kind, id, minute) DO UPDATE SET {set}"
-    );
-    let mut st = tx.prepare_cached(&sql)?;
-    let signed = v.map(|x| i64::try_from(x).unwrap_or(i64::MAX) * sign);
-    let mut args: Vec<&dyn rusqlite::ToSql> = vec![&kind, &id, &minute];
-    args.extend(signed.iter().map(|x| x as &dyn rusqlite::ToSql));
-    st.execute(args.as_slice())?;
+    let mut st = tx.prepare_cached(add_row_sql())?;
+    let s = v.map(|x| i64::try_from(x).unwrap_or(i64::MAX) * sign);
+    st.execute(params![kind, id, minute, s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7], s[8], s[9], s[10], s[11]])?;
     Ok(())
 }
 
@@ -410,23 +433,52 @@ struct Namer<'a> {
     ids: &'a mut HashMap<(i64, String), i64>,
     pair_ids: &'a mut HashMap<(i64, i64), i64>,
     names: &'a warroom_engine::history::HistoryNames,
+    /// This batch's indices already resolved, per name kind (1..=4) and for pairs (0).
+    seen: [Vec<i64>; 5],
 }
 
 impl Namer<'_> {
+    /// The id resolved for index `i` of `kind` (0: pairs) in this batch, if any.
+    fn cached(&self, kind: usize, i: u32) -> Option<i64> {
+        self.seen[kind].get(i as usize).copied().filter(|&id| id != i64::MIN)
+    }
+
+    fn remember(&mut self, kind: usize, i: u32, id: i64) {
+        let v = &mut self.seen[kind];
+        if v.len() <= i as usize {
+            v.resize(i as usize + 1, i64::MIN);
+        }
+        v[i as usize] = id;
+    }
+
     fn name(&mut self, kind: i64, table: &[String], i: u32) -> Result<i64> {
+        if let Some(id) = self.cached(kind as usize, i) {
+            return Ok(id);
+        }
         let name =
             table.get(i as usize).ok_or_else(|| HistoryError::Decode(format!("name index {i} of kind {kind}")))?;
         if let Some(&id) = self.ids.get(&(kind, name.clone())) {
+            self.remember(kind as usize, i, id);
             return Ok(id);
         }
         let id: i64 =
             self.tx.query_row("SELECT COALESCE(MAX(id), -1) + 1 FROM names WHERE kind = ?1", [kind], |r| r.get(0))?;
         self.tx.execute("INSERT INTO names(kind, name, id) VALUES(?1, ?2, ?3)", params![kind, name, id])?;
         self.ids.insert((kind, name.clone()), id);
+        self.remember(kind as usize, i, id);
         Ok(id)
     }
 
     fn pair(&mut self, i: u32) -> Result<i64> {
+        if let Some(id) = self.cached(0, i) {
+            return Ok(id);
+        }
+        let id = self.new_pair(i)?;
+        self.remember(0, i, id);
+        Ok(id)
+    }
+
+    fn new_pair(&mut self, i: u32) -> Result<i64> {
         let names = self.names;
         let &(slot, merchant) =
             names.pairs.get(i as usize).ok_or_else(|| HistoryError::Decode(format!("pair index {i}")))?;

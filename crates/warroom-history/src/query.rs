@@ -114,7 +114,9 @@ fn minute_of(ms: i64) -> i64 {
 impl Store {
     /// Resolves a scope to the SQL that yields (minute, value of column `col`) for it, and its
     /// parameters. `None`: the name was never stored (nothing counted).
-    fn scope_sql(&self, scope: &Scope, merchant: Option<&str>, col: &str) -> Result<Option<(String, Vec<i64>)>> {
+    fn scope_sql(&self, scope: &Scope, merchant: Option<&str>, cols: &[&str]) -> Result<Option<(String, Vec<i64>)>> {
+        let plain = cols.join(", ");
+        let summed = cols.iter().map(|c| format!("SUM(m.{c})")).collect::<Vec<_>>().join(", ");
         let id = |kind, name: &str| self.name_id(kind, name);
         let own = match merchant {
             Some(m) => match id(kinds::MERCHANT, m) {
@@ -124,13 +126,13 @@ impl Store {
             None => None,
         };
         let direct = |kind: i64, i: i64| {
-            (format!("SELECT minute, {col} FROM minutes WHERE kind = {kind} AND id = ?1 AND minute >= ?2 AND minute < ?3 ORDER BY minute"), vec![i])
+            (format!("SELECT minute, {plain} FROM minutes WHERE kind = {kind} AND id = ?1 AND minute >= ?2 AND minute < ?3 ORDER BY minute"), vec![i])
         };
         let pairs = |filter: &str, args: Vec<i64>| {
             let n = args.len();
             (
                 format!(
-                    "SELECT m.minute, SUM(m.{col}) FROM minutes m JOIN pairs p ON m.kind = {PAIR} AND m.id = p.id
+                    "SELECT m.minute, {summed} FROM minutes m JOIN pairs p ON m.kind = {PAIR} AND m.id = p.id
                      WHERE {filter} AND m.minute >= ?{} AND m.minute < ?{} GROUP BY m.minute ORDER BY m.minute",
                     n + 1,
                     n + 2
@@ -185,7 +187,7 @@ impl Store {
         let mut points: Vec<(i64, u64)> = (0..n).map(|k| ((from + k * step) * 60_000, 0)).collect();
         match q.metric {
             Metric::Count(c) => {
-                if let Some((sql, args)) = self.scope_sql(&q.scope, q.merchant.as_deref(), COUNTS[c])? {
+                if let Some((sql, args)) = self.scope_sql(&q.scope, q.merchant.as_deref(), &[COUNTS[c]])? {
                     let mut all: Vec<i64> = args;
                     all.extend([from, to]);
                     let mut st = self.conn().prepare_cached(&sql)?;
@@ -263,13 +265,14 @@ impl Store {
     pub fn totals(&self, scope: &Scope, merchant: Option<&str>, from_ms: i64, to_ms: i64) -> Result<Totals> {
         let (from, to) = (minute_of(from_ms), minute_of(to_ms));
         let mut v = [0u64; 12];
-        for (c, out) in v.iter_mut().enumerate() {
-            if let Some((sql, mut args)) = self.scope_sql(scope, merchant, COUNTS[c])? {
-                args.extend([from, to]);
-                let mut st = self.conn().prepare_cached(&sql)?;
-                let rows = st.query_map(rusqlite::params_from_iter(args), |r| r.get::<_, i64>(1))?;
-                for r in rows {
-                    *out += r?.max(0) as u64;
+        // One query for the twelve sums.
+        if let Some((sql, mut args)) = self.scope_sql(scope, merchant, &COUNTS)? {
+            args.extend([from, to]);
+            let mut st = self.conn().prepare_cached(&sql)?;
+            let mut rows = st.query(rusqlite::params_from_iter(args))?;
+            while let Some(r) = rows.next()? {
+                for (k, out) in v.iter_mut().enumerate() {
+                    *out += r.get::<_, Option<i64>>(1 + k)?.unwrap_or(0).max(0) as u64;
                 }
             }
         }

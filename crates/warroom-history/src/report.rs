@@ -212,8 +212,9 @@ pub fn build(store: &Store, previous: Option<&Store>, opts: &ReportOptions) -> R
     if m.is_none() {
         tables.push(uplift_table(store, previous, &phases, opts.baseline)?);
     }
-    tables.push(race_table(store, from, to, m)?);
-    tables.push(slot_table(store.by_slot(from, to, m)?));
+    let slots = store.by_slot(from, to, m)?;
+    tables.push(race_table(store, &slots, from, to, m)?);
+    tables.push(slot_table(slots));
     if m.is_none() {
         tables.push(channel_table(store.by_name(CHANNEL, from, to)?));
         tables.push(venue_table(store, from, to)?);
@@ -366,14 +367,13 @@ fn uplift_table(
     Ok(t)
 }
 
-fn race_table(store: &Store, from: i64, to: i64, m: Option<&str>) -> Result<Table> {
+fn race_table(store: &Store, slots: &[Row], from: i64, to: i64, m: Option<&str>) -> Result<Table> {
     let mut t = Table::new(
         "races",
         "赛马 · per race: top sellers, biggest climbers (last hour against the hour before), leaders over time, rule changes",
         &["venue", "what", "place", "slot", "gmv", "detail"],
     );
     t.show = 200;
-    let slots = store.by_slot(from, to, m)?;
     let mut venues: Vec<String> = slots.iter().filter_map(|s| s.venue.clone()).collect();
     venues.sort();
     venues.dedup();

@@ -425,14 +425,37 @@ fn replay(
     history: Option<&Path>,
 ) -> anyhow::Result<()> {
     let settings = Settings::load(config)?;
-    if let Some(h) = history {
-        anyhow::ensure!(
-            !h.exists(),
-            "--history {} exists: a replay writes a new history (move the file away or choose another path)",
-            h.display()
-        );
-    }
-    let engine = Arc::new(Engine::new(settings.engine_config()));
+    let mut engine_cfg = settings.engine_config();
+    // Minutes are counted only for a replay that stores them.
+    engine_cfg.engine.keep_history = history.is_some();
+    let writer = match history {
+        Some(h) => {
+            anyhow::ensure!(
+                !h.exists(),
+                "--history {} exists: a replay writes a new history (move the file away or choose another path)",
+                h.display()
+            );
+            let mut store = warroom_history::Store::open(h)?;
+            if let Some(plan) = &settings.plan {
+                store.set_meta("plan", &serde_json::to_string(plan)?)?;
+            }
+            // Batches are stored on a thread of their own while the replay goes on.
+            let (tx, rx) = std::sync::mpsc::channel::<warroom_engine::history::HistoryBatch>();
+            let t = std::thread::spawn(move || -> anyhow::Result<warroom_history::WriteStats> {
+                let mut total = warroom_history::WriteStats::default();
+                for b in rx {
+                    let w = store.write(&b)?;
+                    total.minutes += w.minutes;
+                    total.rows += w.rows;
+                    total.sketches += w.sketches;
+                }
+                Ok(total)
+            });
+            Some((tx, t))
+        }
+        None => None,
+    };
+    let engine = Arc::new(Engine::new(engine_cfg));
     let file = File::open(input).with_context(|| format!("cannot open --input {}", input.display()))?;
     let size = file.metadata().ok().map(|m| m.len());
     let mut proc = ChunkProcessor::new(engine.clone(), settings.limits());
@@ -462,6 +485,9 @@ fn replay(
             Ok(())
         },
         |p| {
+            if let Some((tx, _)) = &writer {
+                let _ = tx.send(engine.take_history());
+            }
             if !quiet {
                 let pct = p
                     .total_bytes
@@ -482,21 +508,17 @@ fn replay(
     }
     let (snap, _) = engine.publish();
     write_json_atomically(out, &snap)?;
-    if let Some(h) = history {
-        let t = std::time::Instant::now();
-        let mut store = warroom_history::Store::open(h)?;
-        if let Some(plan) = &settings.plan {
-            store.set_meta("plan", &serde_json::to_string(plan)?)?;
-        }
-        let w = store.write(&engine.take_history())?;
+    if let (Some((tx, t)), Some(h)) = (writer, history) {
+        let _ = tx.send(engine.take_history());
+        drop(tx);
+        let w = t.join().map_err(|_| anyhow::anyhow!("the history writer panicked"))??;
         if !quiet {
             eprintln!(
-                "replay: history: {} minutes, {} rows, {} sketches in {} ({:.2}s)",
+                "replay: history: {} minute batches, {} rows, {} sketches in {}",
                 w.minutes,
                 w.rows,
                 w.sketches,
-                h.display(),
-                t.elapsed().as_secs_f64()
+                h.display()
             );
         }
     }
