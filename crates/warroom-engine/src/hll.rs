@@ -347,6 +347,19 @@ impl Hll {
         self.p
     }
 
+    /// The registers (one byte each), for a compact encoding of one's own.
+    pub fn registers(&self) -> &[u8] {
+        &self.regs
+    }
+
+    /// A sketch from registers written by [`Hll::registers`]; refused if their number or
+    /// values do not fit precision `p`.
+    pub fn from_registers(p: u32, regs: Vec<u8>) -> Result<Hll, String> {
+        let h = Hll { regs: regs.into_boxed_slice(), p };
+        h.check(p)?;
+        Ok(h)
+    }
+
     pub fn estimate(&self) -> u64 {
         let mut hist = vec![0u32; 64 - self.p as usize + 2];
         for &r in self.regs.iter() {

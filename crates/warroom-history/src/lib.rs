@@ -85,6 +85,36 @@ pub struct WriteStats {
 #[derive(Debug, Serialize, Deserialize)]
 struct Body(Vec<(i64, i64, i64, [u64; 12])>);
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sketches_round_trip_sparse_and_dense() {
+        for users in [0u64, 5, 3_000, 200_000] {
+            let mut h = Hll::new(SITE_P);
+            for u in 0..users {
+                h.insert(xxhash_rust_free_hash(u));
+            }
+            let b = encode_hll(&h);
+            assert_eq!(b[0], if users < 6_000 { 1 } else { 0 }, "{users} users");
+            let back = decode_hll(&b, SITE_P).unwrap();
+            assert_eq!(back.registers(), h.registers());
+            assert_eq!(back.estimate(), h.estimate());
+        }
+        assert!(decode_hll(&[1, 0xff, 0xff, 3], 12).is_err(), "index beyond the registers");
+        assert!(decode_hll(&[0, 1, 2], SITE_P).is_err(), "too few registers");
+    }
+
+    /// A 64-bit mix (splitmix64), so the test needs no hash crate.
+    fn xxhash_rust_free_hash(x: u64) -> u64 {
+        let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+}
+
 /// An alert or a rule change, as kept in the journal.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JournalEntry {
@@ -400,17 +430,31 @@ fn add_row(tx: &Transaction<'_>, kind: i64, id: i64, minute: i64, v: &[u64; 12],
     Ok(())
 }
 
-fn union_sketch(tx: &Transaction<'_>, kind: i64, id: i64, minute: i64, metric: i64, h: &Hll, p: u32) -> Result<()> {
+fn union_sketch(
+    tx: &Transaction<'_>,
+    kind: i64,
+    id: i64,
+    minute: i64,
+    metric: i64,
+    h: &warroom_engine::history::MinuteSketch,
+    p: u32,
+) -> Result<()> {
     let old: Option<Vec<u8>> = tx
         .prepare_cached("SELECT hll FROM sketches WHERE kind = ?1 AND id = ?2 AND minute = ?3 AND metric = ?4")?
         .query_row(params![kind, id, minute, metric], |r| r.get(0))
         .optional()?;
-    let mut merged = h.clone();
-    if let Some(old) = old {
-        let old = decode_hll(&old, p)?;
-        merged.merge(&old);
-    }
-    let bytes = postcard::to_allocvec(&merged).map_err(|e| HistoryError::Decode(e.to_string()))?;
+    let bytes = match (old, h) {
+        // A new minute's few entries: stored as they are, sorted, without a register pass.
+        (None, warroom_engine::history::MinuteSketch::Sparse(v)) => encode_entries(v, p),
+        (old, h) => {
+            let mut regs = match old {
+                Some(old) => decode_hll(&old, p)?.registers().to_vec(),
+                None => vec![0u8; 1 << p],
+            };
+            h.merge_into(&mut regs);
+            encode_regs(&regs)
+        }
+    };
     tx.prepare_cached(
         "INSERT INTO sketches(kind, id, minute, metric, hll) VALUES(?1, ?2, ?3, ?4, ?5)
          ON CONFLICT(kind, id, minute, metric) DO UPDATE SET hll = excluded.hll",
@@ -419,12 +463,72 @@ fn union_sketch(tx: &Transaction<'_>, kind: i64, id: i64, minute: i64, metric: i
     Ok(())
 }
 
-pub(crate) fn decode_hll(bytes: &[u8], p: u32) -> Result<Hll> {
-    let h: Hll = postcard::from_bytes(bytes).map_err(|e| HistoryError::Decode(e.to_string()))?;
-    if h.precision() != p {
-        return Err(HistoryError::Decode(format!("a sketch of precision {}, not {p}", h.precision())));
+/// A sketch's stored form: tag 0 and the registers (dense), or tag 1 and (u16 index LE, u8
+/// value) per non-zero register while fewer than a third are set (a quiet minute's sketch
+/// takes a few hundred bytes). One pass each way: no serde (measured: the generic sparse
+/// encoding was the writer's top cost).
+#[cfg(test)]
+pub(crate) fn encode_hll(h: &Hll) -> Vec<u8> {
+    encode_regs(h.registers())
+}
+
+/// [`encode_regs`] of the sketch made of `entries` (`(index << 8) | rank`, any order).
+fn encode_entries(entries: &[u32], p: u32) -> Vec<u8> {
+    let mut e = entries.to_vec();
+    // By index, the highest rank first; then one per index.
+    e.sort_unstable_by(|a, b| (a >> 8).cmp(&(b >> 8)).then((b & 0xff).cmp(&(a & 0xff))));
+    e.dedup_by_key(|x| *x >> 8);
+    if e.len() * 3 >= 1 << p {
+        let mut regs = vec![0u8; 1 << p];
+        for x in e {
+            regs[(x >> 8) as usize] = (x & 0xff) as u8;
+        }
+        return encode_regs(&regs);
     }
-    Ok(h)
+    let mut out = Vec::with_capacity(1 + 3 * e.len());
+    out.push(1);
+    for x in e {
+        out.extend_from_slice(&((x >> 8) as u16).to_le_bytes());
+        out.push((x & 0xff) as u8);
+    }
+    out
+}
+
+fn encode_regs(regs: &[u8]) -> Vec<u8> {
+    let set = regs.iter().filter(|&&r| r != 0).count();
+    if set * 3 >= regs.len() {
+        let mut out = Vec::with_capacity(regs.len() + 1);
+        out.push(0);
+        out.extend_from_slice(regs);
+        return out;
+    }
+    let mut out = Vec::with_capacity(1 + 3 * set);
+    out.push(1);
+    for (i, &r) in regs.iter().enumerate() {
+        if r != 0 {
+            out.extend_from_slice(&(i as u16).to_le_bytes());
+            out.push(r);
+        }
+    }
+    out
+}
+
+pub(crate) fn decode_hll(bytes: &[u8], p: u32) -> Result<Hll> {
+    let n = 1usize << p;
+    let bad = |why: &str| HistoryError::Decode(format!("a stored sketch: {why}"));
+    let regs = match bytes.split_first() {
+        Some((0, regs)) if regs.len() == n => regs.to_vec(),
+        Some((1, pairs)) if pairs.len() % 3 == 0 => {
+            let mut regs = vec![0u8; n];
+            for c in pairs.chunks_exact(3) {
+                let i = u16::from_le_bytes([c[0], c[1]]) as usize;
+                *regs.get_mut(i).ok_or_else(|| bad("register index out of range"))? = c[2];
+            }
+            regs
+        }
+        _ => return Err(bad(&format!("not a precision-{p} sketch"))),
+    };
+    Hll::from_registers(p, regs).map_err(|e| bad(&e))
 }
 
 /// Maps a batch's process-local name indices to the database's ids, adding new names.
