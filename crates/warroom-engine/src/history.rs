@@ -233,7 +233,7 @@ impl MinuteSketch {
     fn check(&self, p: u32) -> Result<(), String> {
         match self {
             MinuteSketch::Sparse(v) => {
-                if v.iter().any(|&e| (e >> 8) as usize >= 1 << p || (e & 0xff) as u32 > 64 - p + 1) {
+                if v.iter().any(|&e| (e >> 8) as usize >= 1 << p || (e & 0xff) > 64 - p + 1) {
                     return Err("history: a sketch entry out of range".into());
                 }
                 Ok(())
