@@ -1,0 +1,143 @@
+//! The history endpoints through the real router on a real socket: a merchant's token sees
+//! its own numbers only (history, curve, review), the journal is for ops, and the curve
+//! aligns the previous promotion by phase: last year's night with the same events, a year
+//! earlier, is drawn exactly on this year's, and the projection made from its shape is the
+//! phase's exact total.
+
+use std::sync::Arc;
+
+use reqwest::StatusCode;
+use serde_json::Value;
+use warroom_api::{AppState, Auth, Hub};
+use warroom_engine::history::HistorySink;
+use warroom_engine::{Config, Engine};
+use warroom_history::HistoryDb;
+use warroom_ingest::gen::{write_night, GenConfig};
+use warroom_ingest::ChunkProcessor;
+use warroom_model::Limits;
+use warroom_tests::{lines, reference_history};
+
+const OPS: &str = "demo-ops-token-0001";
+const MERCHANT: &str = "demo-merchant-m4-token";
+const START: i64 = 1_794_312_000_000;
+/// Last year's night: 364 days earlier (whole minutes).
+const YEAR: i64 = 364 * 86_400_000;
+
+fn plan(shift: i64) -> warroom_engine::plan::PlanConfig {
+    let ts = |m: i64| jiff::Timestamp::from_millisecond(START - shift + m * 60_000).unwrap();
+    let text = format!(
+        "name = \"d11\"\n[[phases]]\nkind = \"warmup\"\nname = \"w\"\nstart = \"{}\"\nend = \"{}\"\ntarget_gmv_cents = 5000000\n[[phases]]\nkind = \"official\"\nname = \"o\"\nstart = \"{}\"\nend = \"{}\"\ntarget_gmv_cents = 9000000\n",
+        ts(0),
+        ts(60),
+        ts(60),
+        ts(180)
+    );
+    toml::from_str(&text).unwrap()
+}
+
+/// The events of `buf` with their times moved back by `by` ms.
+fn shifted(buf: &[u8], by: i64) -> Vec<u8> {
+    let mut out = Vec::new();
+    for l in lines(buf) {
+        match serde_json::from_slice::<Value>(l) {
+            Ok(mut v) if v["ts"].is_i64() => {
+                v["ts"] = Value::from(v["ts"].as_i64().unwrap() - by);
+                out.extend_from_slice(v.to_string().as_bytes());
+            }
+            _ => out.extend_from_slice(l),
+        }
+        out.push(b'\n');
+    }
+    out
+}
+
+/// An engine fed with `buf`, its minutes stored into `db` (with `plan` stored beside them).
+fn fed(buf: &[u8], cfg: Config, db: &HistoryDb, plan: &warroom_engine::plan::PlanConfig) -> Arc<Engine> {
+    let engine = Arc::new(Engine::new(cfg));
+    ChunkProcessor::new(engine.clone(), Limits::default()).process(buf, 1);
+    db.store(&engine.take_history()).unwrap();
+    db.with(|s| s.set_meta("plan", &serde_json::to_string(plan).unwrap())).unwrap();
+    engine
+}
+
+async fn get(base: &str, path: &str, token: &str) -> (StatusCode, Value) {
+    let r = reqwest::Client::new().get(format!("{base}{path}")).bearer_auth(token).send().await.unwrap();
+    let status = r.status();
+    let text = r.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn merchants_see_their_own_history_and_last_year_is_aligned_by_phase() {
+    let mut buf = Vec::new();
+    let g = GenConfig { seed: 41, merchant_change_share: 0.02, ..GenConfig::default() };
+    write_night(g, 30_000, START, 2 * 3_600_000, &mut buf).unwrap();
+    let want = reference_history(&lines(&buf));
+    let mut cfg = Config::default();
+    cfg.engine.shards = 2;
+    cfg.plan = Some(plan(0));
+    let db = Arc::new(HistoryDb::open(None).unwrap());
+    let engine = fed(&buf, cfg.clone(), &db, &plan(0));
+    let prev = HistoryDb::open(None).unwrap();
+    let mut prev_cfg = cfg.clone();
+    prev_cfg.plan = Some(plan(YEAR));
+    fed(&shifted(&buf, YEAR), prev_cfg, &prev, &plan(YEAR));
+
+    let mut state = AppState::new(engine.clone(), Auth::load(None).unwrap(), Arc::new(Hub::new()), None);
+    state.set_history(db.clone());
+    state.previous = Some(Arc::new(prev));
+    let state = Arc::new(state);
+    let (snap, changes) = engine.publish();
+    state.on_publish(snap.clone(), changes);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://127.0.0.1:{}", listener.local_addr().unwrap().port());
+    tokio::spawn(warroom_api::serve(listener, state.clone(), std::future::pending()));
+
+    // A merchant's token: its own pairs, whatever the scope it asks for.
+    let (first, last) = (START / 60_000, START / 60_000 + 121);
+    let whole = format!("from={}&to={}&step={}m", first * 60_000, last * 60_000, last - first);
+    let mine = want.sum("merchant", "m-4", first, last);
+    assert!(mine[0] > 0);
+    let (s, v) = get(&base, &format!("/api/v1/history?metric=gmv&{whole}"), MERCHANT).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["points"][0][1].as_u64(), Some(mine[0]), "site-wide through a merchant's eyes is its own");
+    let (_, v) = get(&base, &format!("/api/v1/history?metric=gmv&scope=merchant&name=m-8&{whole}"), MERCHANT).await;
+    assert_eq!(v["points"][0][1].as_u64(), Some(0), "another merchant's history is empty to it: {v}");
+    let (_, v) = get(&base, &format!("/api/v1/history?metric=gmv&scope=venue&name=main&{whole}"), MERCHANT).await;
+    assert!(v["points"][0][1].as_u64().unwrap() <= mine[0], "a venue through its eyes: its own part");
+    for q in ["metric=gmv&scope=channel&name=feed", "metric=uv"] {
+        let (s, v) = get(&base, &format!("/api/v1/history?{q}&{whole}"), MERCHANT).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{q}: {v}");
+    }
+    let (_, c) = get(&base, "/api/v1/history/curve", MERCHANT).await;
+    assert!(c.get("pace").is_none() && c.get("previous").is_none() && c.get("projection").is_none(), "{c}");
+    let (s, r) = get(&base, "/api/v1/review?format=json", MERCHANT).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(r["totals"]["gmv"].as_u64(), Some(mine[0]), "the merchant's review is its own");
+    let names: Vec<&str> = r["tables"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
+    assert!(!names.contains(&"channels") && !names.contains(&"merchants"), "{names:?}");
+    let (s, _) = get(&base, "/api/v1/history/journal", MERCHANT).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+
+    // Ops: last year's curve, aligned by phase, lies exactly on this year's (same events).
+    let (_, c) = get(&base, "/api/v1/history/curve?range=promotion", OPS).await;
+    let actual = c["actual"].as_array().unwrap();
+    let previous = c["previous"].as_array().unwrap();
+    assert_eq!(actual.len(), previous.len());
+    let total: u64 = actual.iter().map(|p| p[1].as_u64().unwrap()).sum();
+    assert_eq!(total, want.sum("site", "", first, last)[0]);
+    for (a, p) in actual.iter().zip(previous) {
+        assert_eq!(a[0], p[0]);
+        assert_eq!(a[1], p[1], "step {}: this year {} vs last year aligned {}", a[0], a[1], p[1]);
+    }
+    // The projection from last year's shape is the phase's exact final total (the same
+    // events: what was still to come last year is what came this year).
+    let p = &c["projection"];
+    assert_eq!(p["basis"], "previous", "{p}");
+    assert_eq!(p["phase"], "official");
+    let official = want.sum("site", "", first + 60, first + 180)[0];
+    assert_eq!(p["phase_projected_cents"].as_u64(), Some(official), "{p}");
+    // Once per minute of event time it went into the journal.
+    let (_, j) = get(&base, "/api/v1/history/journal?kind=projection", OPS).await;
+    assert_eq!(j.as_array().unwrap().len(), 1, "{j}");
+}
