@@ -137,6 +137,22 @@ async fn merchants_see_their_own_history_and_last_year_is_aligned_by_phase() {
     assert_eq!(p["phase"], "official");
     let official = want.sum("site", "", first + 60, first + 180)[0];
     assert_eq!(p["phase_projected_cents"].as_u64(), Some(official), "{p}");
+    // Leading indicators per venue and the merchants with the most unpaid orders, over the
+    // range, are the reference's.
+    for v in c["venues"].as_array().unwrap() {
+        let w = want.sum("venue", v["venue"].as_str().unwrap(), first, last);
+        assert_eq!((v["favorites"].as_u64(), v["carts"].as_u64()), (Some(w[8]), Some(w[9])), "{v}");
+    }
+    let unpaid = c["unpaid"].as_array().unwrap();
+    assert!(!unpaid.is_empty());
+    for u in unpaid {
+        let w = want.sum("merchant", u["merchant"].as_str().unwrap(), first, last);
+        assert_eq!(u["unpaid"].as_u64(), Some(w[6].saturating_sub(w[1])), "{u}");
+    }
+    let (_, mc) = get(&base, "/api/v1/history/curve?range=promotion", MERCHANT).await;
+    assert_eq!(mc["unpaid"].as_array().unwrap().len(), 1, "a merchant's unpaid: its own only");
+    assert_eq!(mc["unpaid"][0]["unpaid"].as_u64(), Some(mine[6].saturating_sub(mine[1])));
+    assert!(mc.get("venues").is_none());
     // Once per minute of event time it went into the journal.
     let (_, j) = get(&base, "/api/v1/history/journal?kind=projection", OPS).await;
     assert_eq!(j.as_array().unwrap().len(), 1, "{j}");

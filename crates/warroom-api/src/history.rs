@@ -249,10 +249,36 @@ impl AppState {
             "phases": phases,
             "actual": actual.points,
         });
-        if merchant.is_some() {
-            // The plan, the previous promotion and the projection are site-wide numbers.
+        if let Some(m) = &merchant {
+            // The plan, the previous promotion and the projection are site-wide numbers; a
+            // merchant gets its own orders placed but unpaid (拍下未付).
+            let c = db.with(|s| s.totals(&Scope::Site, Some(m), from, to)).map_err(db_error)?.counts;
+            out["unpaid"] = serde_json::json!([{
+                "merchant": m, "orders_placed": c.orders_placed, "paid_orders": c.paid_orders,
+                "unpaid": c.orders_placed.saturating_sub(c.paid_orders),
+            }]);
             return Ok(out);
         }
+        // Leading indicators per venue (预热 builds up favorites and carts) and the merchants
+        // with the most orders placed but unpaid, over the range.
+        let (venues, merchants) = db
+            .with(|s| Ok::<_, HistoryError>((s.by_name(warroom_history::VENUE, from, to)?, s.by_merchant(from, to)?)))
+            .map_err(db_error)?;
+        out["venues"] = serde_json::json!(venues
+            .iter()
+            .map(|r| serde_json::json!({"venue": r.name, "favorites": r.counts.favorites, "carts": r.counts.carts, "gmv_cents": r.counts.gmv}))
+            .collect::<Vec<_>>());
+        let mut unpaid: Vec<_> = merchants
+            .iter()
+            .map(|r| (r.counts.orders_placed.saturating_sub(r.counts.paid_orders), r))
+            .filter(|(u, _)| *u > 0)
+            .collect();
+        unpaid.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.name.cmp(&b.1.name)));
+        out["unpaid"] = serde_json::json!(unpaid
+            .iter()
+            .take(10)
+            .map(|(u, r)| serde_json::json!({"merchant": r.name, "orders_placed": r.counts.orders_placed, "paid_orders": r.counts.paid_orders, "unpaid": u}))
+            .collect::<Vec<_>>());
         let steps: Vec<i64> = actual.points.iter().map(|p| p.0).collect();
         if let Some(pl) = &plan {
             let pace: Vec<(i64, u64)> =

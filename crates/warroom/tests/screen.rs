@@ -344,6 +344,11 @@ async fn after_a_reload_the_curve_is_the_history_and_the_report_renders() {
         .eval("[...document.querySelectorAll('.panel')].filter(p => p.scrollWidth > p.clientWidth + 1).map(p => p.id).join(',')")
         .await;
     assert_eq!(overflow, "", "panels whose content is cut off at the right");
+    // Names may end in an ellipsis; numbers never.
+    let clipped = page
+        .eval("[...document.querySelectorAll('td:not(.name)')].filter(td => td.textContent.trim() && td.scrollWidth > td.clientWidth + 1).map(td => td.textContent).slice(0, 5).join('|')")
+        .await;
+    assert_eq!(clipped, "", "numbers cut off at 1920x1080");
     let bottom = page
         .eval("Math.max(...[...document.querySelectorAll('.panel')].map(p => p.getBoundingClientRect().bottom))")
         .await;
