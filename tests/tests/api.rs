@@ -366,13 +366,19 @@ async fn a_rule_change_reorders_the_race_in_the_next_push_and_reconnects_get_a_f
 }
 
 /// What an ops screen should be pushed, cut here from the REST snapshot: no per-pair table, the
-/// top 20 of each race with the ranking's length, only the followed slots and their count.
+/// top 20 of each race with the ranking's length, only the followed slots and their count, and
+/// the top sellers.
 fn expected_screen_frame(mut rest: Value, follow: &[&str]) -> Value {
     let o = rest.as_object_mut().unwrap();
     o.remove("slot_merchants");
     let slots = o.remove("slots").unwrap();
     let all = slots.as_array().unwrap();
     o.insert("slots_total".into(), json!(all.len()));
+    // Cumulative top sellers: the 7 with the most GMV (ties: by name, as the snapshot lists them).
+    let mut sellers: Vec<Value> = all.iter().filter(|x| x["gmv_cents"].as_u64().unwrap() > 0).cloned().collect();
+    sellers.sort_by(|a, b| b["gmv_cents"].as_u64().cmp(&a["gmv_cents"].as_u64()));
+    sellers.truncate(7);
+    o.insert("top_sellers".into(), Value::Array(sellers));
     let followed: Vec<Value> = all.iter().filter(|x| follow.contains(&x["slot"].as_str().unwrap())).cloned().collect();
     o.insert("slots".into(), Value::Array(followed));
     for v in o["venues"].as_array_mut().unwrap() {
