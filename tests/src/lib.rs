@@ -739,3 +739,23 @@ pub fn history_differences(base: &str, token: &str, want: &RefHistory) -> Vec<St
     }
     d
 }
+
+/// A noisy 2-hour night from 2026-11-10 20:00 +08:00 (20,000 users): 2% exact re-deliveries,
+/// 2% re-sent pays, 3% late events (up to 400 s), 0.5% bad lines, 1% slots changing hands.
+pub fn noisy_night(seed: u64, events: u64) -> Vec<u8> {
+    let mut buf = Vec::new();
+    let cfg = warroom_ingest::gen::GenConfig {
+        seed,
+        users: 20_000,
+        duplicate_share: 0.02,
+        resend_share: 0.02,
+        late_share: 0.03,
+        late_max_ms: 400_000,
+        bad_share: 0.005,
+        merchant_change_share: 0.01,
+        ..warroom_ingest::gen::GenConfig::default()
+    };
+    warroom_ingest::gen::write_night(cfg, events, 1_794_312_000_000, 2 * 3_600_000, &mut buf)
+        .expect("a night in memory");
+    buf
+}

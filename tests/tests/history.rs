@@ -8,7 +8,6 @@ use std::sync::Arc;
 use warroom_engine::history::COUNTS;
 use warroom_engine::{Config, Engine};
 use warroom_history::{Metric, Query, Scope, Store};
-use warroom_ingest::gen::{write_night, GenConfig};
 use warroom_ingest::ChunkProcessor;
 use warroom_model::Limits;
 use warroom_tests::{distinct_close, lines, reference_history, RefHistory};
@@ -16,20 +15,7 @@ use warroom_tests::{distinct_close, lines, reference_history, RefHistory};
 const START: i64 = 1_794_312_000_000;
 
 fn night(seed: u64, events: u64) -> Vec<u8> {
-    let mut buf = Vec::new();
-    let cfg = GenConfig {
-        seed,
-        users: 20_000,
-        duplicate_share: 0.02,
-        resend_share: 0.02,
-        late_share: 0.03,
-        late_max_ms: 400_000,
-        bad_share: 0.005,
-        merchant_change_share: 0.01,
-        ..GenConfig::default()
-    };
-    write_night(cfg, events, START, 2 * 3_600_000, &mut buf).unwrap();
-    buf
+    warroom_tests::noisy_night(seed, events)
 }
 
 /// Feeds `lines` in chunks, storing a history batch after each (as a checkpoint would);

@@ -10,7 +10,6 @@ use std::sync::Arc;
 
 use warroom_engine::partial::{Absorbed, Partial, PartialWriter};
 use warroom_engine::{Config, Engine, Snapshot};
-use warroom_ingest::gen::{write_night, GenConfig};
 use warroom_ingest::ChunkProcessor;
 use warroom_model::Limits;
 use warroom_tests::{differences, lines, reference, replay_bytes};
@@ -19,20 +18,7 @@ const WINDOWS: [i64; 3] = [60_000, 300_000, 3_600_000];
 const PARTITIONS: usize = 12;
 
 fn night(seed: u64, events: u64) -> Vec<u8> {
-    let mut buf = Vec::new();
-    let cfg = GenConfig {
-        seed,
-        users: 20_000,
-        duplicate_share: 0.02,
-        resend_share: 0.02,
-        late_share: 0.03,
-        late_max_ms: 400_000,
-        bad_share: 0.005,
-        merchant_change_share: 0.01,
-        ..GenConfig::default()
-    };
-    write_night(cfg, events, 1_794_312_000_000, 2 * 3_600_000, &mut buf).unwrap();
-    buf
+    warroom_tests::noisy_night(seed, events)
 }
 
 /// The partition a contract v1.1 producer sends a line to: `order`, `pay` and `refund` keyed by
