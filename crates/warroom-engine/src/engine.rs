@@ -550,7 +550,12 @@ impl Engine {
     }
 
     fn take_batch(&self, guards: &mut [MutexGuard<'_, Shard>]) -> crate::history::HistoryBatch {
-        let parts = guards.iter_mut().enumerate().map(|(i, g)| g.hist.take(i as u32)).collect();
+        let parts: Vec<crate::history::PartBatch> =
+            guards.iter_mut().enumerate().map(|(i, g)| g.hist.take(i as u32)).collect();
+        if parts.iter().all(|p| p.minutes.is_empty()) {
+            // Only the batch numbers: no names to carry.
+            return crate::history::HistoryBatch { parts, names: Default::default() };
+        }
         let n = &self.names;
         let names = |i: &Interner| i.names().iter().map(|s| s.to_string()).collect::<Vec<_>>();
         let names = crate::history::HistoryNames {

@@ -434,9 +434,8 @@ impl HistoryWriter {
     /// the unstored batches kept for the next call.
     pub fn write(&self, batch: HistoryBatch) -> Result<(), String> {
         let mut retained = self.retained.lock().unwrap_or_else(|p| p.into_inner());
-        if !batch.is_empty() {
-            retained.push(batch);
-        }
+        // Empty batches too: their numbers matter (see `warroom_history::Store::write`).
+        retained.push(batch);
         while let Some(b) = retained.first() {
             if let Err(e) = self.sink.store(b) {
                 if retained.len() > MAX_RETAINED {

@@ -218,9 +218,6 @@ impl Store {
     /// batch twice.
     pub fn write(&mut self, batch: &HistoryBatch) -> Result<WriteStats> {
         let mut stats = WriteStats::default();
-        if batch.is_empty() {
-            return Ok(stats);
-        }
         let tx = self.conn.transaction()?;
         let mut ids = std::mem::take(&mut self.ids);
         let mut pair_ids = std::mem::take(&mut self.pair_ids);
@@ -232,28 +229,42 @@ impl Store {
                 names: &batch.names,
                 seen: Default::default(),
             };
-            for part in batch.parts.iter().filter(|p| !p.minutes.is_empty()) {
+            // Empty parts too: their numbers undo stored batches of a run that did not persist.
+            for part in &batch.parts {
                 let key = part.key();
                 let seq = part.seq as i64;
-                let kept: Vec<(i64, Vec<u8>)> = {
-                    let mut st = tx.prepare_cached("SELECT seq, body FROM batches WHERE part = ?1 ORDER BY seq")?;
-                    let rows = st.query_map([&key], |r| Ok((r.get(0)?, r.get(1)?)))?;
-                    rows.collect::<rusqlite::Result<_>>()?
-                };
-                if kept.first().is_some_and(|(first, _)| seq < *first) {
-                    tracing::error!(part = %key, seq, oldest = kept[0].0, "history batch older than every batch kept of its line: not written (a state restored from a checkpoint more than {KEEP_BATCHES} checkpoints old?); its minutes may be short");
-                    stats.stale += 1;
+                let first: Option<i64> =
+                    tx.query_row("SELECT MIN(seq) FROM batches WHERE part = ?1", [&key], |r| r.get(0))?;
+                if first.is_some_and(|f| seq < f) {
+                    if !part.minutes.is_empty() {
+                        tracing::error!(part = %key, seq, oldest = first, "history batch older than every batch kept of its line: not written (a state restored from a checkpoint more than {KEEP_BATCHES} checkpoints old?); its minutes may be short");
+                        stats.stale += 1;
+                    }
                     continue;
                 }
                 // Batches numbered `seq` or later are of a run that did not persist its
                 // checkpoint (this batch's state was restored from an earlier one): their
-                // events come again, in this batch and the next ones.
-                for (_, body) in kept.iter().filter(|(s, _)| *s >= seq) {
+                // events come again, in this batch and the next ones. An empty batch says so
+                // too (a restored state's first checkpoint may come before anything is applied
+                // again: seen as doubled minutes when empty batches were not written).
+                let later: Vec<(i64, Vec<u8>)> = {
+                    let mut st =
+                        tx.prepare_cached("SELECT seq, body FROM batches WHERE part = ?1 AND seq >= ?2 ORDER BY seq")?;
+                    let rows = st.query_map(params![key, seq], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                    rows.collect::<rusqlite::Result<_>>()?
+                };
+                for (_, body) in &later {
                     let old: Body = postcard::from_bytes(body).map_err(|e| HistoryError::Decode(e.to_string()))?;
                     for (kind, id, minute, v) in &old.0 {
                         add_row(&tx, *kind, *id, *minute, v, -1)?;
                     }
                     stats.replaced += 1;
+                }
+                if part.minutes.is_empty() {
+                    if !later.is_empty() {
+                        tx.execute("DELETE FROM batches WHERE part = ?1 AND seq >= ?2", params![key, seq])?;
+                    }
+                    continue;
                 }
                 tx.execute(
                     "DELETE FROM batches WHERE part = ?1 AND (seq >= ?2 OR seq < ?3)",

@@ -213,9 +213,9 @@ impl Shared {
         // The minutes counted since the last checkpoint go to the history topic first: a
         // state stored without them would lose them (see crate::history_topic).
         let (bytes, batch) = o.engine.checkpoint_with_history(&extra);
-        if !batch.is_empty() {
-            o.history.push(batch);
-        }
+        // Empty batches too: a restored state's batch numbers undo what a former owner stored
+        // and never persisted the state of.
+        o.history.push(batch);
         let key = self.part_name(partition);
         while let Some(b) = o.history.first() {
             if let Err(e) = self.history.send(&key, b) {
