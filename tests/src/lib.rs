@@ -379,6 +379,11 @@ pub fn reference(lines: &[&[u8]], windows: &[i64], race_window: i64) -> Snapshot
                 let mine = |e: &&Ev| e.slot.as_deref() == Some(st.slot.as_str()) && e.ts > lo && e.ts <= as_of;
                 let w: Vec<&Ev> = acc.iter().filter(mine).collect();
                 let g: u128 = w.iter().filter(|e| e.counted).map(|e| e.amount).sum();
+                let before = || {
+                    acc.iter().filter(|e| {
+                        e.slot.as_deref() == Some(st.slot.as_str()) && e.ts > lo - race_window && e.ts <= lo
+                    })
+                };
                 RankEntry {
                     rank: 0,
                     slot: st.slot.clone(),
@@ -398,6 +403,8 @@ pub fn reference(lines: &[&[u8]], windows: &[i64], race_window: i64) -> Snapshot
                         })
                         .map(|e| e.amount)
                         .sum(),
+                    prev_paid_orders: before().filter(|e| e.counted).count() as u64,
+                    prev_clicks: before().filter(|e| e.kind == "click").count() as u64,
                     merchant_id: st.merchant_id.clone(),
                 }
             })
@@ -416,6 +423,12 @@ pub fn reference(lines: &[&[u8]], windows: &[i64], race_window: i64) -> Snapshot
         };
         vs.race.window_ms = race_window;
         vs.race.rule = "gmv".into();
+        vs.race.terms = vec![warroom_engine::race::RuleTerm {
+            input: warroom_engine::race::Input::Gmv,
+            weight: 1.0,
+            lo: None,
+            hi: None,
+        }];
         vs.race.ranking = ranking;
         s.venues.push(vs);
     }

@@ -336,3 +336,74 @@ fn money_past_what_a_u64_holds_stays_exact() {
     assert_eq!(d.traffic_cents + d.conversion_cents + d.aov_cents, d.delta_gmv_cents);
     assert_eq!(snap.funnel.aov_cents, want / snap.totals.buyers as u128);
 }
+
+/// A merchant sees how far each of its slots is behind the slot above and what that gap is made
+/// of, input by input; checked against the rule worked out by hand, and nothing of the slot
+/// above is named or given in its own units but the distance.
+#[test]
+fn a_merchant_sees_its_gap_to_the_slot_above_split_by_the_rules_inputs() {
+    let mut cfg = Config::default();
+    cfg.race.hysteresis = 0.0;
+    let weights = [(Input::Gmv, 0.6), (Input::Clicks, 0.3), (Input::ClicksRise, 0.1)];
+    cfg.race
+        .rules
+        .insert("mix".into(), RuleSpec { weights: weights.into_iter().collect(), description: String::new() });
+    cfg.race.venues.insert("main".into(), "mix".into());
+    let engine = Engine::new(cfg);
+    // Traffic names the slot's merchant too (contract v1.1: traffic belongs to the merchant named).
+    let click = |id: &str, ts: i64, user: &str, slot: &str| {
+        click(id, ts, user, slot).replace("\"}", &format!("\",\"merchant_id\":\"m-{slot}\"}}"))
+    };
+    // The window before the race window (T0, T0+5m], then the race window (T0+5m, T0+10m].
+    let mut lines = vec![click("b0", T0 + 100_000, "u1", "main-b")];
+    lines.extend((0..4).map(|i| click(&format!("c0{i}"), T0 + 100_000 + i, "u1", "main-c")));
+    lines.push(pay("pa", T0 + 400_000, "u1", "main-a", "oa", 9_000));
+    lines.push(pay("pb", T0 + 400_000, "u1", "main-b", "ob", 6_000));
+    lines.push(pay("pc", T0 + 400_000, "u1", "main-c", "oc", 1_000));
+    for (slot, n) in [("main-a", 2), ("main-b", 6), ("main-c", 4)] {
+        lines.extend((0..n).map(|i| click(&format!("{slot}-{i}"), T0 + 500_000 + i, "u1", slot)));
+    }
+    lines.push(click("last", T0 + 600_000, "u1", "side-x"));
+    feed(&engine, &lines);
+    let (s, _) = engine.publish();
+    // By hand: gmv 9000/6000/1000 -> 1, 0.625, 0; clicks 2/6/4 -> 0, 1, 0.5; clicks rise
+    // 2/5/0 -> 0.4, 1, 0. Scores a 0.64, b 0.775, c 0.15: b, a, c.
+    let order: Vec<&str> = s.venues[0].race.ranking.iter().map(|e| e.slot.as_str()).collect();
+    assert_eq!(order[..3], ["main-b", "main-a", "main-c"]);
+    let gap_of = |merchant: &str| {
+        let v = warroom_engine::views::merchant_view(&s, merchant, None);
+        let e = &v.venues.iter().find(|x| x.venue == "main").unwrap().race.ranking[0];
+        let json = serde_json::to_string(&v).unwrap();
+        for other in ["main-a", "main-b", "main-c"].iter().filter(|o| !merchant.ends_with(*o)) {
+            assert!(!json.contains(other), "{merchant}'s view names {other}: {json}");
+        }
+        assert!(!json.contains("\"lo\"") && !json.contains("\"hi\""), "ranges measure other slots: {json}");
+        let w: Vec<(Input, f64)> = v.venues[0].race.weights.iter().map(|w| (w.input, w.weight)).collect();
+        assert_eq!(w, weights);
+        (e.rank, e.gap.clone())
+    };
+    let close = |a: f64, b: f64| (a - b).abs() < 1e-12;
+    let check = |merchant: &str, rank: u32, points: f64, parts: [f64; 3]| {
+        let (r, gap) = gap_of(merchant);
+        assert_eq!(r, rank, "{merchant}");
+        let gap = gap.unwrap_or_else(|| panic!("{merchant}: no gap"));
+        assert_eq!(gap.to_rank, rank - 1);
+        assert!(close(gap.points, points), "{merchant}: {} vs {points}", gap.points);
+        let got: Vec<(Input, f64)> = gap.parts.iter().map(|p| (p.input, p.points)).collect();
+        for ((i, p), (wi, want)) in got.iter().zip(weights.iter().map(|w| w.0).zip(parts)) {
+            assert!(*i == wi && close(*p, want), "{merchant}: {i:?} {p} vs {wi:?} {want}");
+        }
+        // The gap is the distance between the two scores of the full ranking.
+        let full = &s.venues[0].race.ranking;
+        assert!(close(gap.points, full[rank as usize - 2].score - full[rank as usize - 1].score));
+    };
+    check("m-main-a", 2, 0.135, [-0.225, 0.3, 0.06]);
+    check("m-main-c", 3, 0.49, [0.6, -0.15, 0.04]);
+    assert_eq!(gap_of("m-main-b"), (1, None), "the leader has no slot above");
+    // Under the gmv rule the gap is GMV in cents, exactly.
+    engine.set_rule("main", "gmv", None).unwrap();
+    let (s, _) = engine.publish();
+    let v = warroom_engine::views::merchant_view(&s, "m-main-b", None);
+    let gap = v.venues[0].race.ranking[0].gap.clone().unwrap();
+    assert_eq!((gap.to_rank, gap.points, gap.parts.len(), gap.parts[0].input), (1, 3_000.0, 1, Input::Gmv));
+}

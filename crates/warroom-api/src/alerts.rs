@@ -772,6 +772,7 @@ mod tests {
             buyers: 0,
             prev_gmv_cents: 0,
             merchant_id: "m-1".into(),
+            ..Default::default()
         };
         let snap = |dead_gmv: u128| {
             let mut ranking: Vec<_> = (0..20_000).map(|i| entry(format!("s-{i:05}"), 50, 100)).collect();

@@ -971,7 +971,11 @@ impl Engine {
                     }
                 })
                 .collect();
-            let scores = race::scores(rule, &inputs);
+            let terms = race::terms(rule, &inputs);
+            let scores = match rule {
+                Rule::Gmv => race::scores(rule, &inputs),
+                Rule::Composite(_) => race::scores_by(&terms, &inputs),
+            };
             // Ranked by slot index (names only break ties): no name is copied or hashed.
             let mut order: Vec<(u32, f64)> = members.iter().zip(&scores).map(|(&i, &s)| (i as u32, s)).collect();
             let prev = state.previous.remove(&**vname).unwrap_or_default();
@@ -1005,6 +1009,8 @@ impl Engine {
                         clicks: inp.clicks,
                         buyers: inp.buyers,
                         prev_gmv_cents: inp.prev_gmv,
+                        prev_paid_orders: inp.prev_orders,
+                        prev_clicks: inp.prev_clicks,
                         merchant_id: name_of(&merchant_names, meta(i).merchant),
                     }
                 })
@@ -1037,7 +1043,7 @@ impl Engine {
                 uv: v.distinct[0],
                 ipv_uv: v.distinct[1],
                 buyers: v.distinct[2],
-                race: Race { window_ms: cx.race_window, rule: rule_name.clone(), ranking },
+                race: Race { window_ms: cx.race_window, rule: rule_name.clone(), terms, ranking },
             });
         }
         venues.sort_by(|a, b| a.venue.cmp(&b.venue));

@@ -103,28 +103,97 @@ impl RaceInputs {
     }
 }
 
+/// One input of the rule in force for a venue, and how it was scaled: a slot's points from
+/// it are `weight * (value - lo) / (hi - lo)` (nothing when `hi <= lo`: every slot scored the
+/// same), or `weight * value` when unscaled (the `gmv` rule, whose score is GMV in cents).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct RuleTerm {
+    pub input: Input,
+    pub weight: f64,
+    /// The lowest and highest value of the input among the venue's slots (None: unscaled).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lo: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hi: Option<f64>,
+}
+
+impl RuleTerm {
+    /// The points a slot with these inputs gets from this term.
+    pub fn points(&self, slot: &RaceInputs) -> f64 {
+        let v = slot.value(self.input);
+        match (self.lo, self.hi) {
+            (Some(lo), Some(hi)) if hi > lo => self.weight * (v - lo) / (hi - lo),
+            (Some(_), Some(_)) => 0.0,
+            _ => self.weight * v,
+        }
+    }
+}
+
+/// The terms of `rule` over one venue's slots: the inputs with a weight > 0, with the ranges
+/// that scale them.
+pub fn terms(rule: &Rule, slots: &[RaceInputs]) -> Vec<RuleTerm> {
+    match rule {
+        Rule::Gmv => vec![RuleTerm { input: Input::Gmv, weight: 1.0, lo: None, hi: None }],
+        Rule::Composite(spec) => spec
+            .weights
+            .iter()
+            .filter(|(_, &w)| w != 0.0)
+            .map(|(&input, &weight)| {
+                let (lo, hi) = slots
+                    .iter()
+                    .map(|s| s.value(input))
+                    .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v)));
+                RuleTerm { input, weight, lo: Some(lo), hi: Some(hi) }
+            })
+            .collect(),
+    }
+}
+
 /// Scores of all slots of one venue under `rule`.
 pub fn scores(rule: &Rule, slots: &[RaceInputs]) -> Vec<f64> {
     match rule {
         Rule::Gmv => slots.iter().map(|s| s.gmv as f64).collect(),
-        Rule::Composite(spec) => {
-            let mut out = vec![0.0; slots.len()];
-            for (&input, &w) in &spec.weights {
-                if w == 0.0 {
-                    continue;
-                }
-                let vals: Vec<f64> = slots.iter().map(|s| s.value(input)).collect();
-                let lo = vals.iter().copied().fold(f64::INFINITY, f64::min);
-                let hi = vals.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-                if hi > lo {
-                    for (o, v) in out.iter_mut().zip(&vals) {
-                        *o += w * (v - lo) / (hi - lo);
-                    }
-                }
-            }
-            out
+        Rule::Composite(_) => scores_by(&terms(rule, slots), slots),
+    }
+}
+
+/// Scores of slots under the given terms (the sum of each term's points, in the terms' order).
+pub fn scores_by(terms: &[RuleTerm], slots: &[RaceInputs]) -> Vec<f64> {
+    let mut out = vec![0.0; slots.len()];
+    for t in terms {
+        for (o, s) in out.iter_mut().zip(slots) {
+            *o += t.points(s);
         }
     }
+    out
+}
+
+/// How far a slot is from the slot ranked above it, and what that distance is made of.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RaceGap {
+    /// The rank of the slot above.
+    pub to_rank: u32,
+    /// Its score minus this slot's score, in the rule's points (the `gmv` rule: cents of GMV
+    /// in the race window). Negative when race hysteresis still keeps the slot above in place.
+    pub points: f64,
+    /// The gap input by input: each term's points above minus here; they sum to `points`.
+    pub parts: Vec<GapPart>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct GapPart {
+    pub input: Input,
+    pub weight: f64,
+    pub points: f64,
+}
+
+/// The gap of `own` to `above` under `terms` (those the venue was ranked with).
+pub fn gap(terms: &[RuleTerm], to_rank: u32, above: &RaceInputs, own: &RaceInputs) -> RaceGap {
+    let parts: Vec<GapPart> = terms
+        .iter()
+        .map(|t| GapPart { input: t.input, weight: t.weight, points: t.points(above) - t.points(own) })
+        .collect();
+    RaceGap { to_rank, points: parts.iter().map(|p| p.points).sum(), parts }
 }
 
 /// Orders entries (slot name, score) highest score first, ties by slot name.

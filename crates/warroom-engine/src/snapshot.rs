@@ -154,6 +154,10 @@ pub struct VenueStats {
 pub struct Race {
     pub window_ms: i64,
     pub rule: String,
+    /// The rule's inputs, weights and the ranges that scaled them in this ranking: how each
+    /// score is made (a merchant's gap to the slot above is split along them).
+    #[serde(default)]
+    pub terms: Vec<crate::race::RuleTerm>,
     pub ranking: Vec<RankEntry>,
 }
 
@@ -169,7 +173,28 @@ pub struct RankEntry {
     pub buyers: u64,
     /// GMV of the window before the race window (growth rules compare against it).
     pub prev_gmv_cents: u128,
+    /// Paid orders and clicks of the window before the race window (`*_rise` rules).
+    #[serde(default)]
+    pub prev_paid_orders: u64,
+    #[serde(default)]
+    pub prev_clicks: u64,
     pub merchant_id: String,
+}
+
+impl RankEntry {
+    /// The rule inputs this entry was scored from.
+    pub fn inputs(&self) -> crate::race::RaceInputs {
+        crate::race::RaceInputs {
+            gmv: self.gmv_cents,
+            paid_orders: self.paid_orders,
+            buyers: self.buyers,
+            impressions: self.impressions,
+            clicks: self.clicks,
+            prev_gmv: self.prev_gmv_cents,
+            prev_orders: self.prev_paid_orders,
+            prev_clicks: self.prev_clicks,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -11,7 +11,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::snapshot::{MoneyWindow, RankEntry, SlotMerchantStats, SlotStats};
+use crate::race::{self, Input, RaceGap};
+use crate::snapshot::{MoneyWindow, Race, RankEntry, SlotMerchantStats, SlotStats};
 use crate::{RankChange, Snapshot};
 
 /// What a client asked to see (it can only narrow what its role allows).
@@ -122,8 +123,17 @@ pub struct MerchantVenue {
 pub struct MerchantRace {
     pub window_ms: i64,
     pub rule: String,
+    /// The rule's inputs and weights (not the ranges that scaled them: those measure other
+    /// merchants' slots).
+    pub weights: Vec<RuleWeight>,
     /// Only the slots this merchant holds now, with their true ranks.
     pub ranking: Vec<MerchantRankEntry>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+pub struct RuleWeight {
+    pub input: Input,
+    pub weight: f64,
 }
 
 /// A merchant's slot in a race: its place, and the numbers of the merchant's own events in
@@ -141,6 +151,10 @@ pub struct MerchantRankEntry {
     pub buyers: Option<u64>,
     pub prev_gmv_cents: u128,
     pub merchant_id: String,
+    /// How far the slot is behind the slot ranked above it and what that is made of, in the
+    /// rule's points (null for the leader, and when the score is null). The slot above is
+    /// not named: only the distance to it is shown.
+    pub gap: Option<RaceGap>,
 }
 
 /// The merchant's cut of a snapshot. Every number comes from events naming the merchant
@@ -189,7 +203,11 @@ pub fn merchant_view(snap: &Snapshot, merchant: &str, venue: Option<&str>) -> Me
             }
         }
     }
-    let entry = |e: &RankEntry| -> MerchantRankEntry {
+    let entry = |race: &Race, e: &RankEntry| -> MerchantRankEntry {
+        // The slot above: the ranking is in rank order, rank r at index r - 1.
+        let above = (e.rank as usize).checked_sub(2).and_then(|k| race.ranking.get(k));
+        let gap =
+            above.filter(|_| !race.terms.is_empty()).map(|a| race::gap(&race.terms, a.rank, &a.inputs(), &e.inputs()));
         let own = MerchantRankEntry {
             rank: e.rank,
             slot: e.slot.clone(),
@@ -201,6 +219,7 @@ pub fn merchant_view(snap: &Snapshot, merchant: &str, venue: Option<&str>) -> Me
             buyers: Some(e.buyers),
             prev_gmv_cents: e.prev_gmv_cents,
             merchant_id: e.merchant_id.clone(),
+            gap,
         };
         match shared.get(e.slot.as_str()) {
             None => own,
@@ -211,6 +230,7 @@ pub fn merchant_view(snap: &Snapshot, merchant: &str, venue: Option<&str>) -> Me
                 MerchantRankEntry {
                     score: own.score.filter(|_| alone),
                     buyers: own.buyers.filter(|_| alone),
+                    gap: own.gap.clone().filter(|_| alone),
                     gmv_cents: r.gmv_cents,
                     paid_orders: r.paid_orders,
                     impressions: r.impressions,
@@ -227,11 +247,16 @@ pub fn merchant_view(snap: &Snapshot, merchant: &str, venue: Option<&str>) -> Me
         .filter(|v| in_venue(&v.venue))
         .filter_map(|v| {
             let ranking: Vec<MerchantRankEntry> =
-                v.race.ranking.iter().filter(|e| e.merchant_id == merchant).map(entry).collect();
+                v.race.ranking.iter().filter(|e| e.merchant_id == merchant).map(|e| entry(&v.race, e)).collect();
             let has_slots = slots.iter().any(|s| s.venue == v.venue);
             (has_slots || !ranking.is_empty()).then(|| MerchantVenue {
                 venue: v.venue.clone(),
-                race: MerchantRace { window_ms: v.race.window_ms, rule: v.race.rule.clone(), ranking },
+                race: MerchantRace {
+                    window_ms: v.race.window_ms,
+                    rule: v.race.rule.clone(),
+                    weights: v.race.terms.iter().map(|t| RuleWeight { input: t.input, weight: t.weight }).collect(),
+                    ranking,
+                },
             })
         })
         .collect();

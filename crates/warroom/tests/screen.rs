@@ -212,6 +212,30 @@ async fn the_screen_shows_the_api_gmv_exactly_in_a_real_browser() {
         if what == "merchant" {
             let label = page.eval("document.getElementById('gmv-label').textContent").await;
             assert!(label.as_str().unwrap().contains("m-4"), "{label}");
+            // Each race row shows the slot's gap to the slot above, as the API gives it.
+            let cells = page
+                .eval("[...document.querySelectorAll('[data-gap]')].map(td => td.dataset.slot + '=' + td.dataset.gap).join(' ')")
+                .await;
+            let cells = cells.as_str().unwrap().to_string();
+            let mut gaps = 0;
+            for cell in cells.split_whitespace() {
+                let (slot, shown) = cell.split_once('=').unwrap();
+                let entry = api["venues"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .flat_map(|v| v["race"]["ranking"].as_array().unwrap())
+                    .find(|e| e["slot"] == slot)
+                    .unwrap_or_else(|| panic!("the screen shows {slot}, not in the merchant's races"));
+                match entry["gap"]["points"].as_f64() {
+                    Some(p) => {
+                        gaps += 1;
+                        assert_eq!(shown.parse::<f64>().ok(), Some(p), "{slot}: gap on the screen {shown}, API {p}");
+                    }
+                    None => assert_eq!(shown, "", "{slot}: the API has no gap"),
+                }
+            }
+            assert!(gaps > 0, "no gap shown: {cells}");
         }
         tokio::time::sleep(Duration::from_millis(800)).await; // let the curve and races draw
         let shot = page.screenshot(name).await;
