@@ -10,6 +10,7 @@ use axum::Json;
 use serde::Deserialize;
 use warroom_history::{HistoryDb, HistoryError, Metric, Scope};
 
+use crate::auth::Caller;
 use crate::{now_ms, ApiError, AppState, Role};
 
 type Shared = Arc<AppState>;
@@ -57,6 +58,15 @@ fn db_error(e: HistoryError) -> ApiError {
     }
 }
 
+/// The merchant a caller's history is held to: its own for a merchant token (a merchant token
+/// without a merchant id is refused, not widened), none for ops and admins.
+fn held_to(caller: &Caller, what: &str) -> Result<Option<String>, ApiError> {
+    match caller.role {
+        Role::Merchant => caller.own_merchant().map(|m| Some(m.to_string())).ok_or_else(|| ApiError::forbidden(what)),
+        _ => Ok(None),
+    }
+}
+
 impl AppState {
     fn history_db(&self, promotion: Option<&str>) -> Result<Arc<HistoryDb>, ApiError> {
         let (db, what) = match promotion {
@@ -77,22 +87,20 @@ pub(crate) async fn history(
     let db = st.history_db(p.promotion.as_deref())?;
     let metric = Metric::parse(p.metric.as_deref().unwrap_or("gmv")).map_err(bad)?;
     let scope = Scope::parse(p.scope.as_deref().unwrap_or("site"), p.name.as_deref()).map_err(bad)?;
-    let merchant = match caller.role {
-        Role::Merchant => Some(caller.merchant_id.clone().ok_or_else(|| ApiError::forbidden("read history"))?),
-        _ => None,
-    };
+    let merchant = held_to(&caller, "read history")?;
     let to = p.to.as_deref().map(parse_time).transpose().map_err(bad)?;
     let task = tokio::task::spawn_blocking(move || -> Result<serde_json::Value, ApiError> {
-        db.with(|s| {
+        db.read(|s| {
             // Default: up to the last stored minute (event time may run ahead of the wall
             // clock in a simulation, or far behind it in a review).
+            let bounds = s.bounds().map_err(db_error)?;
             let to = match to {
                 Some(t) => t,
-                None => s.bounds().map_err(db_error)?.map_or(now_ms() + 60_000, |(_, last)| (last + 1) * 60_000),
+                None => bounds.map_or(now_ms() + 60_000, |(_, last)| (last + 1) * 60_000),
             };
             let from = match &p.from {
                 Some(f) => parse_time(f).map_err(bad)?,
-                None => s.bounds().map_err(db_error)?.map_or(to - 3_600_000, |(first, _)| first * 60_000),
+                None => bounds.map_or(to - 3_600_000, |(first, _)| first * 60_000),
             };
             let span = (to - from).max(60_000);
             let step = match &p.step {
@@ -101,7 +109,6 @@ pub(crate) async fn history(
             };
             let q = warroom_history::Query { metric, scope, from_ms: from, to_ms: to, step_ms: step, merchant };
             let series = s.series(&q).map_err(db_error)?;
-            let bounds = s.bounds().map_err(db_error)?;
             let mut v = serde_json::to_value(&series).expect("a series serialises");
             // Up to where minutes are stored: the rest of the current minute is in the live
             // snapshot (batches are written with each checkpoint, every few seconds).
@@ -135,7 +142,7 @@ pub(crate) async fn journal(
     let from = p.from.as_deref().map(parse_time).transpose().map_err(bad)?.unwrap_or(0);
     let to = p.to.as_deref().map(parse_time).transpose().map_err(bad)?.unwrap_or(i64::MAX);
     let kind = p.kind.clone();
-    let entries = tokio::task::spawn_blocking(move || db.with(|s| s.journal_entries(kind.as_deref(), from, to)))
+    let entries = tokio::task::spawn_blocking(move || db.read(|s| s.journal_entries(kind.as_deref(), from, to)))
         .await
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
         .map_err(db_error)?;
@@ -162,10 +169,7 @@ pub(crate) async fn curve(
     Query(p): Query<CurveParams>,
 ) -> Result<Response, ApiError> {
     let caller = st.caller(&headers)?;
-    let merchant = match caller.role {
-        Role::Merchant => Some(caller.merchant_id.clone().ok_or_else(|| ApiError::forbidden("read history"))?),
-        _ => None,
-    };
+    let merchant = held_to(&caller, "read history")?;
     let db = st.history_db(None)?;
     let range = p.range.unwrap_or_else(|| "phase".into());
     if !["phase", "promotion", "all"].contains(&range.as_str()) {
@@ -193,7 +197,7 @@ impl AppState {
     /// The previous promotion's plan and GMV curve, if configured and stored with a plan.
     fn previous_curve(&self) -> Option<warroom_history::projection::Previous> {
         let db = self.previous.as_ref()?;
-        db.with(|s| {
+        db.read(|s| {
             let plan = s.plan().ok()??;
             let pts = s.gmv_minutes(i64::MIN / 4, i64::MAX / 4).ok()?;
             Some(warroom_history::projection::Previous {
@@ -205,12 +209,17 @@ impl AppState {
 
     /// The projection at event time `now` (site-wide; `None` without a plan or too early).
     pub fn projection(&self, now: i64) -> Option<warroom_history::projection::Projection> {
+        let stored_until = self.history.as_ref()?.read(|s| s.bounds()).ok()??.1;
+        self.projection_until(now, (stored_until + 1) * 60_000)
+    }
+
+    /// The projection at `now`, with minutes stored up to `stored_until_ms`.
+    fn projection_until(&self, now: i64, stored_until_ms: i64) -> Option<warroom_history::projection::Projection> {
         let plan = self.engine.config().plan.clone()?;
         let db = self.history.as_ref()?;
         // Up to what is stored: later minutes are not in the history yet.
-        let stored = db.with(|s| s.bounds()).ok()??.1;
-        let now = now.min((stored + 1) * 60_000);
-        let pts = db.with(|s| s.gmv_minutes(plan.start_ms(), now)).ok()?;
+        let now = now.min(stored_until_ms);
+        let pts = db.read(|s| s.gmv_minutes(plan.start_ms(), now)).ok()?;
         let prev = self.previous_curve();
         warroom_history::projection::project(now, &plan, &warroom_history::projection::Curve::new(&pts), prev.as_ref())
     }
@@ -220,7 +229,7 @@ impl AppState {
         let now = self.event_now();
         let plan = self.engine.config().plan.clone();
         let phases = plan.as_ref().map(phases_of).unwrap_or_default();
-        let bounds = db.with(|s| s.bounds()).map_err(db_error)?;
+        let bounds = db.read(|s| s.bounds()).map_err(db_error)?;
         let stored = bounds.map(|(a, b)| (a * 60_000, (b + 1) * 60_000));
         let current = phases.iter().find(|p| p.start_ms <= now && now < p.end_ms);
         let (from, to) = match (range, current, &plan) {
@@ -238,7 +247,7 @@ impl AppState {
             step_ms: step,
             merchant: merchant.clone(),
         };
-        let actual = db.with(|s| s.series(&q)).map_err(db_error)?;
+        let actual = db.read(|s| s.series(&q)).map_err(db_error)?;
         let mut out = serde_json::json!({
             "range": range,
             "from_ms": actual.from_ms,
@@ -252,7 +261,7 @@ impl AppState {
         if let Some(m) = &merchant {
             // The plan, the previous promotion and the projection are site-wide numbers; a
             // merchant gets its own orders placed but unpaid (拍下未付).
-            let c = db.with(|s| s.totals(&Scope::Site, Some(m), from, to)).map_err(db_error)?.counts;
+            let c = db.read(|s| s.totals(&Scope::Site, Some(m), from, to)).map_err(db_error)?.counts;
             out["unpaid"] = serde_json::json!([{
                 "merchant": m, "orders_placed": c.orders_placed, "paid_orders": c.paid_orders,
                 "unpaid": c.orders_placed.saturating_sub(c.paid_orders),
@@ -262,7 +271,7 @@ impl AppState {
         // Leading indicators per venue (预热 builds up favorites and carts) and the merchants
         // with the most orders placed but unpaid, over the range.
         let (venues, merchants) = db
-            .with(|s| Ok::<_, HistoryError>((s.by_name(warroom_history::VENUE, from, to)?, s.by_merchant(from, to)?)))
+            .read(|s| Ok::<_, HistoryError>((s.by_name(warroom_history::VENUE, from, to)?, s.by_merchant(from, to)?)))
             .map_err(db_error)?;
         out["venues"] = serde_json::json!(venues
             .iter()
@@ -305,7 +314,7 @@ impl AppState {
             let aligned: Vec<_> = steps.iter().zip(aligned).map(|(&t, (_, v))| (t, v)).collect();
             out["previous"] = serde_json::json!(aligned);
         }
-        out["projection"] = serde_json::json!(self.projection(now));
+        out["projection"] = serde_json::json!(stored.and_then(|(_, until)| self.projection_until(now, until)));
         Ok(out)
     }
 }
@@ -327,10 +336,7 @@ pub(crate) async fn review(
     Query(p): Query<ReviewParams>,
 ) -> Result<Response, ApiError> {
     let caller = st.caller(&headers)?;
-    let merchant = match caller.role {
-        Role::Merchant => Some(caller.merchant_id.clone().ok_or_else(|| ApiError::forbidden("read the review"))?),
-        _ => None,
-    };
+    let merchant = held_to(&caller, "read the review")?;
     let db = st.history_db(None)?;
     let prev = st.previous.clone();
     let opts = warroom_history::report::ReportOptions {
@@ -345,8 +351,8 @@ pub(crate) async fn review(
         Some(f) => return Err(bad(format!("format `{f}`: html or json"))),
     };
     let report = tokio::task::spawn_blocking(move || {
-        db.with(|s| match &prev {
-            Some(pdb) => pdb.with(|ps| warroom_history::report::build(s, Some(ps), &opts)),
+        db.read(|s| match &prev {
+            Some(pdb) => pdb.read(|ps| warroom_history::report::build(s, Some(ps), &opts)),
             None => warroom_history::report::build(s, None, &opts),
         })
     })

@@ -297,7 +297,7 @@ fn set_values(st: &AppState) {
         );
         p.one("history_rows_written_total", Counter, "Per-minute rows written.", r(&h.rows_written));
         p.one("history_last_write_us", Gauge, "Duration of the last batch write, µs.", r(&h.last_write_us));
-        if let Ok(bytes) = h.with(|s| s.size_bytes()) {
+        if let Ok(bytes) = h.read(|s| s.size_bytes()) {
             p.one("history_database_bytes", Gauge, "Size of the history database.", bytes);
         }
     }

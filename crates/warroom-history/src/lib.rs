@@ -106,6 +106,39 @@ mod tests {
         assert!(decode_hll(&[0, 1, 2], SITE_P).is_err(), "too few registers");
     }
 
+    /// A query reads one snapshot and holds nothing a write waits for: a write made while a
+    /// read is open lands at once (the reader would wait forever for it otherwise), and the
+    /// read still sees the database as it was when it started.
+    #[test]
+    fn a_long_read_does_not_hold_back_writes_and_sees_one_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = std::sync::Arc::new(HistoryDb::open(Some(&dir.path().join("h.db"))).unwrap());
+        db.with(|s| s.set_meta("k", "before")).unwrap();
+        let (to_writer, written) = (std::sync::mpsc::channel::<()>(), std::sync::mpsc::channel::<()>());
+        let writer = {
+            let db = db.clone();
+            let go = to_writer.1;
+            let done = written.0;
+            std::thread::spawn(move || {
+                go.recv().unwrap();
+                db.with(|s| s.set_meta("k", "after")).unwrap();
+                done.send(()).unwrap();
+            })
+        };
+        let seen = db.read(|s| {
+            let first = s.meta("k").unwrap();
+            to_writer.0.send(()).unwrap();
+            written
+                .1
+                .recv_timeout(std::time::Duration::from_secs(60))
+                .expect("the write waited for the read to finish");
+            (first, s.meta("k").unwrap())
+        });
+        writer.join().unwrap();
+        assert_eq!(seen, (Some("before".into()), Some("before".into())), "one snapshot for the whole read");
+        assert_eq!(db.read(|s| s.meta("k").unwrap()), Some("after".into()));
+    }
+
     /// A 64-bit mix (splitmix64), so the test needs no hash crate.
     fn xxhash_rust_free_hash(x: u64) -> u64 {
         let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
@@ -211,7 +244,12 @@ impl Store {
 
     /// The id of a name (`None`: never stored).
     pub fn name_id(&self, kind: i64, name: &str) -> Option<i64> {
-        self.ids.get(&(kind, name.to_string())).copied()
+        self.ids.get(&(kind, name.to_string())).copied().or_else(|| {
+            // A reading connection's cache misses the names written since it was opened.
+            self.conn
+                .query_row("SELECT id FROM names WHERE kind = ?1 AND name = ?2", params![kind, name], |r| r.get(0))
+                .ok()
+        })
     }
 
     /// Writes a batch in one transaction (see the module doc). Safe to call with the same
@@ -649,6 +687,10 @@ pub fn metric_names() -> Vec<&'static str> {
 #[derive(Debug)]
 pub struct HistoryDb {
     store: std::sync::Mutex<Store>,
+    /// A second connection for queries (a file database): a long query (a review of a
+    /// 20,000-slot night takes seconds) reads its own snapshot (WAL) and never holds back the
+    /// batch a checkpoint is waiting for.
+    reader: Option<std::sync::Mutex<Store>>,
     pub path: Option<std::path::PathBuf>,
     pub writes: std::sync::atomic::AtomicU64,
     pub write_errors: std::sync::atomic::AtomicU64,
@@ -664,8 +706,13 @@ impl HistoryDb {
             Some(p) => Store::open(p)?,
             None => Store::open(Path::new(":memory:"))?,
         };
+        let reader = match path {
+            Some(p) => Some(std::sync::Mutex::new(Store::open_read(p)?)),
+            None => None,
+        };
         Ok(HistoryDb {
             store: std::sync::Mutex::new(store),
+            reader,
             path: path.map(Path::to_path_buf),
             writes: Default::default(),
             write_errors: Default::default(),
@@ -678,6 +725,7 @@ impl HistoryDb {
     pub fn open_read(path: &Path) -> Result<HistoryDb> {
         Ok(HistoryDb {
             store: std::sync::Mutex::new(Store::open_read(path)?),
+            reader: None,
             path: Some(path.to_path_buf()),
             writes: Default::default(),
             write_errors: Default::default(),
@@ -686,9 +734,24 @@ impl HistoryDb {
         })
     }
 
-    /// Runs `f` with the store.
+    /// Runs `f` with the store (writes go here).
     pub fn with<R>(&self, f: impl FnOnce(&mut Store) -> R) -> R {
         f(&mut self.store.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Runs queries `f` on one consistent snapshot of the database (one read transaction), on
+    /// the reading connection of a file database: writes go on meanwhile.
+    pub fn read<R>(&self, f: impl FnOnce(&Store) -> R) -> R {
+        let lock = self.reader.as_ref().unwrap_or(&self.store);
+        let store = lock.lock().unwrap_or_else(|p| p.into_inner());
+        // A deferred transaction takes its snapshot at the first read; if BEGIN fails (it
+        // cannot while no transaction is open) the queries still run, each on its own.
+        let txn = store.conn.execute_batch("BEGIN").is_ok();
+        let r = f(&store);
+        if txn {
+            let _ = store.conn.execute_batch("COMMIT");
+        }
+        r
     }
 }
 
