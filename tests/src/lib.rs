@@ -188,11 +188,19 @@ pub fn reference_merchant(lines: &[&[u8]], windows: &[i64], race_window: i64, me
                 let (i, c) = (count(&e.slot, "impression", lo, as_of), count(&e.slot, "click", lo, as_of));
                 let prev = money(&e.slot, lo - race_window, lo).0;
                 let alone = (g, o, i, c, prev) == (e.gmv_cents, e.paid_orders, e.impressions, e.clicks, e.prev_gmv_cents);
+                // The gap to the slot above under the gmv rule: its race-window GMV minus this one's.
+                let gap = match (alone, (e.rank as usize).checked_sub(2).map(|k| &v.race.ranking[k])) {
+                    (true, Some(above)) => {
+                        let d = above.gmv_cents as f64 - e.gmv_cents as f64;
+                        serde_json::json!({"to_rank": above.rank, "points": d, "parts": [{"input": "gmv", "weight": 1.0, "points": d}]})
+                    }
+                    _ => Value::Null,
+                };
                 serde_json::json!({
                     "rank": e.rank, "slot": e.slot, "score": if alone { serde_json::json!(e.score) } else { Value::Null },
                     "gmv_cents": g as u64, "paid_orders": o, "impressions": i, "clicks": c,
                     "buyers": if alone { serde_json::json!(e.buyers) } else { Value::Null },
-                    "prev_gmv_cents": prev as u64, "merchant_id": merchant,
+                    "prev_gmv_cents": prev as u64, "merchant_id": merchant, "gap": gap,
                 })
             })
             .collect();
@@ -200,7 +208,8 @@ pub fn reference_merchant(lines: &[&[u8]], windows: &[i64], race_window: i64, me
         if has_slots || !ranking.is_empty() {
             venues.push(serde_json::json!({
                 "venue": v.venue,
-                "race": { "window_ms": v.race.window_ms, "rule": v.race.rule, "ranking": ranking },
+                "race": { "window_ms": v.race.window_ms, "rule": v.race.rule, "ranking": ranking,
+                          "weights": [{"input": "gmv", "weight": 1.0}] },
             }));
         }
     }

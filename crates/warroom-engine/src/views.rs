@@ -334,6 +334,7 @@ pub struct ScreenVenue<'a> {
 pub struct ScreenRace<'a> {
     window_ms: i64,
     rule: &'a str,
+    terms: &'a [crate::race::RuleTerm],
     ranking: &'a [RankEntry],
     /// Slots in the whole ranking.
     ranked: usize,
@@ -375,6 +376,7 @@ pub fn screen_frame<'a>(snap: &'a Snapshot, venue: Option<&str>, slots: &[String
             race: ScreenRace {
                 window_ms: v.race.window_ms,
                 rule: &v.race.rule,
+                terms: &v.race.terms,
                 ranking: &v.race.ranking[..v.race.ranking.len().min(SCREEN_RACE_TOP)],
                 ranked: v.race.ranking.len(),
             },
