@@ -209,6 +209,15 @@ impl Store {
         Ok(s)
     }
 
+    /// For a database written in one go and thrown away if the writing stops (a replay's new
+    /// file): commits do not wait for the disk (`synchronous=OFF`); the file is synced when
+    /// it is closed. Never for a monitor's database, whose batches must be on disk before the
+    /// checkpoint after them.
+    pub fn bulk_load(&self) -> Result<()> {
+        self.conn.execute_batch("PRAGMA synchronous=OFF;")?;
+        Ok(())
+    }
+
     /// Opens an existing database for reading only (a report from a copy of the file).
     pub fn open_read(path: &Path) -> Result<Store> {
         let err = |source| HistoryError::Open { path: path.display().to_string(), source };

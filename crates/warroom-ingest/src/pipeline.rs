@@ -288,7 +288,8 @@ pub struct ReplayStats {
 
 const CHUNK: usize = 4 << 20;
 
-/// Reads newline-delimited messages from `input` to the end, feeding `proc`. A reader thread
+/// Reads newline-delimited messages from `input` to the end, feeding `proc`, and calls
+/// `on_progress` after each chunk. A reader thread
 /// fills buffers while the previous one is decoded. Lines longer than the message limit are
 /// never buffered whole: they are cut off and rejected as `too_large` by the decoder.
 pub fn replay(
@@ -307,7 +308,6 @@ pub fn replay(
     }
     let mut stats = ReplayStats::default();
     let mut line = 1u64;
-    let mut last_progress = Instant::now();
     std::thread::scope(|scope| -> io::Result<()> {
         scope.spawn(move || {
             // Each buffer is zeroed once (at its first use) and then read into directly:
@@ -380,15 +380,9 @@ pub fn replay(
                 on_rejected(r)?;
             }
             let _ = empty_tx.send(buf);
-            if last_progress.elapsed() >= Duration::from_secs(1) {
-                last_progress = Instant::now();
-                on_progress(Progress {
-                    bytes: stats.bytes,
-                    total_bytes,
-                    lines: stats.lines,
-                    elapsed: started.elapsed(),
-                });
-            }
+            // After every chunk (4 MiB): the caller throttles what it prints, and may hand
+            // work on (a replay's history batches) while the next chunks are decoded.
+            on_progress(Progress { bytes: stats.bytes, total_bytes, lines: stats.lines, elapsed: started.elapsed() });
         }
         Ok(())
     })?;

@@ -436,6 +436,9 @@ fn replay(
                 h.display()
             );
             let mut store = warroom_history::Store::open(h)?;
+            // A replay's database is new and refused if it exists: a replay that stops leaves
+            // an incomplete file either way, so commits need not wait for the disk.
+            store.bulk_load()?;
             if let Some(plan) = &settings.plan {
                 store.set_meta("plan", &serde_json::to_string(plan)?)?;
             }
@@ -466,6 +469,7 @@ fn replay(
         )),
         None => None,
     };
+    let (mut last_history, mut last_print) = (std::time::Instant::now(), std::time::Instant::now());
     let stats = warroom_ingest::replay(
         file,
         size,
@@ -485,10 +489,18 @@ fn replay(
             Ok(())
         },
         |p| {
+            // History to the writer thread every 250 ms, so that it is written while the
+            // replay goes on (once a second, a one-second replay wrote most of it at the end;
+            // every 100 ms, minutes split across more batches cost the 20,000-slot night more
+            // upserts: BENCHMARKS §14).
             if let Some((tx, _)) = &writer {
-                let _ = tx.send(engine.take_history());
+                if last_history.elapsed() >= std::time::Duration::from_millis(250) {
+                    last_history = std::time::Instant::now();
+                    let _ = tx.send(engine.take_history());
+                }
             }
-            if !quiet {
+            if !quiet && last_print.elapsed() >= std::time::Duration::from_secs(1) {
+                last_print = std::time::Instant::now();
                 let pct = p
                     .total_bytes
                     .map(|t| format!("{:5.1}% ", 100.0 * p.bytes as f64 / t.max(1) as f64))

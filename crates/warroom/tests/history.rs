@@ -128,3 +128,50 @@ fn history_survives_kill_dash_nine_without_a_gap_or_a_double_minute() {
     assert_eq!(report["totals"]["gmv"].as_u64(), Some(site[0]), "review GMV");
     assert_eq!(report["totals"]["impressions"].as_u64(), Some(site[10]), "review impressions");
 }
+
+/// `warroom replay --history` (a new database, written while the replay goes on, without
+/// waiting for the disk on each commit) stores what the naive reference counts: every minute
+/// of the site, and every venue, slot, merchant and channel over the night.
+#[test]
+fn a_replay_stores_the_reference_history() {
+    use warroom_history::{Scope, Store};
+    let dir = tempfile::tempdir().unwrap();
+    let buf = warroom_tests::noisy_night(41, 200_000);
+    let input = dir.path().join("night.jsonl");
+    std::fs::write(&input, &buf).unwrap();
+    let db = dir.path().join("h.db");
+    let st = Command::new(BIN)
+        .args(["replay", "--quiet", "--input"])
+        .arg(&input)
+        .arg("--snapshot-out")
+        .arg(dir.path().join("s.json"))
+        .arg("--history")
+        .arg(&db)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let lines = warroom_tests::lines(&buf);
+    let want = warroom_tests::reference_history(&lines);
+    let store = Store::open_read(&db).unwrap();
+    let mut differences = Vec::new();
+    let (first, last) =
+        (want.counts.keys().map(|k| k.2).min().unwrap(), want.counts.keys().map(|k| k.2).max().unwrap());
+    for m in first..=last {
+        let got = store.totals(&Scope::Site, None, m * 60_000, (m + 1) * 60_000).unwrap().counts.values();
+        if got != want.sum("site", "", m, m + 1) {
+            differences.push(format!("site minute {m}: {got:?} vs {:?}", want.sum("site", "", m, m + 1)));
+        }
+    }
+    let named: std::collections::BTreeSet<(String, String)> =
+        want.counts.keys().filter(|k| k.0 != "site").map(|k| (k.0.clone(), k.1.clone())).collect();
+    for (kind, name) in &named {
+        let scope = Scope::parse(kind, Some(name)).unwrap();
+        let got = store.totals(&scope, None, i64::MIN / 4, i64::MAX / 4).unwrap().counts.values();
+        let w = want.sum(kind, name, i64::MIN, i64::MAX);
+        if got != w {
+            differences.push(format!("{kind} {name}: {got:?} vs {w:?}"));
+        }
+    }
+    assert!(named.len() > 50, "the night names {} scopes", named.len());
+    assert!(differences.is_empty(), "{} differences:\n{}", differences.len(), differences.join("\n"));
+}
