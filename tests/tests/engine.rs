@@ -349,6 +349,8 @@ fn a_merchant_sees_its_gap_to_the_slot_above_split_by_the_rules_inputs() {
         .rules
         .insert("mix".into(), RuleSpec { weights: weights.into_iter().collect(), description: String::new() });
     cfg.race.venues.insert("main".into(), "mix".into());
+    let mut off = cfg.clone();
+    off.race.merchant_gap = false;
     let engine = Engine::new(cfg);
     // Traffic names the slot's merchant too (contract v1.1: traffic belongs to the merchant named).
     let click = |id: &str, ts: i64, user: &str, slot: &str| {
@@ -406,4 +408,13 @@ fn a_merchant_sees_its_gap_to_the_slot_above_split_by_the_rules_inputs() {
     let v = warroom_engine::views::merchant_view(&s, "m-main-b", None);
     let gap = v.venues[0].race.ranking[0].gap.clone().unwrap();
     assert_eq!((gap.to_rank, gap.points, gap.parts.len(), gap.parts[0].input), (1, 3_000.0, 1, Input::Gmv));
+    // `race.merchant_gap = false`: the same night shows no merchant a gap.
+    let engine = Engine::new(off);
+    feed(&engine, &lines);
+    let (s, _) = engine.publish();
+    for m in ["m-main-a", "m-main-b", "m-main-c"] {
+        let v = warroom_engine::views::merchant_view(&s, m, None);
+        let e = &v.venues.iter().find(|x| x.venue == "main").unwrap().race.ranking[0];
+        assert_eq!(e.gap, None, "{m}");
+    }
 }

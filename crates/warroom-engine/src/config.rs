@@ -83,6 +83,10 @@ pub struct RaceConfig {
     pub rules: BTreeMap<String, RuleSpec>,
     /// Venue -> rule name.
     pub venues: BTreeMap<String, String>,
+    /// Whether a merchant sees its slots' gap to the slot ranked above (a distance in the
+    /// rule's points, the slot above unnamed). Off where a platform's rules forbid telling a
+    /// merchant anything derived from another merchant's numbers.
+    pub merchant_gap: bool,
 }
 
 impl Default for RaceConfig {
@@ -93,6 +97,7 @@ impl Default for RaceConfig {
             hysteresis: 0.0,
             rules: BTreeMap::new(),
             venues: BTreeMap::new(),
+            merchant_gap: true,
         }
     }
 }

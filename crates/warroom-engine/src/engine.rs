@@ -1043,7 +1043,13 @@ impl Engine {
                 uv: v.distinct[0],
                 ipv_uv: v.distinct[1],
                 buyers: v.distinct[2],
-                race: Race { window_ms: cx.race_window, rule: rule_name.clone(), terms, ranking },
+                race: Race {
+                    window_ms: cx.race_window,
+                    rule: rule_name.clone(),
+                    terms,
+                    ranking,
+                    merchant_gap: self.cfg.race.merchant_gap,
+                },
             });
         }
         venues.sort_by(|a, b| a.venue.cmp(&b.venue));

@@ -159,6 +159,9 @@ pub struct Race {
     #[serde(default)]
     pub terms: Vec<crate::race::RuleTerm>,
     pub ranking: Vec<RankEntry>,
+    /// `race.merchant_gap` when this ranking was made: whether merchant views show gaps.
+    #[serde(skip)]
+    pub merchant_gap: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -206,8 +206,9 @@ pub fn merchant_view(snap: &Snapshot, merchant: &str, venue: Option<&str>) -> Me
     let entry = |race: &Race, e: &RankEntry| -> MerchantRankEntry {
         // The slot above: the ranking is in rank order, rank r at index r - 1.
         let above = (e.rank as usize).checked_sub(2).and_then(|k| race.ranking.get(k));
-        let gap =
-            above.filter(|_| !race.terms.is_empty()).map(|a| race::gap(&race.terms, a.rank, &a.inputs(), &e.inputs()));
+        let gap = above
+            .filter(|_| race.merchant_gap && !race.terms.is_empty())
+            .map(|a| race::gap(&race.terms, a.rank, &a.inputs(), &e.inputs()));
         let own = MerchantRankEntry {
             rank: e.rank,
             slot: e.slot.clone(),
