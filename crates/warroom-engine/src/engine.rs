@@ -972,10 +972,7 @@ impl Engine {
                 })
                 .collect();
             let terms = race::terms(rule, &inputs);
-            let scores = match rule {
-                Rule::Gmv => race::scores(rule, &inputs),
-                Rule::Composite(_) => race::scores_by(&terms, &inputs),
-            };
+            let scores = race::scores_by(&terms, &inputs);
             // Ranked by slot index (names only break ties): no name is copied or hashed.
             let mut order: Vec<(u32, f64)> = members.iter().zip(&scores).map(|(&i, &s)| (i as u32, s)).collect();
             let prev = state.previous.remove(&**vname).unwrap_or_default();

@@ -149,12 +149,10 @@ pub fn terms(rule: &Rule, slots: &[RaceInputs]) -> Vec<RuleTerm> {
     }
 }
 
-/// Scores of all slots of one venue under `rule`.
+/// Scores of all slots of one venue under `rule` (the `gmv` rule's single unscaled term
+/// gives each slot `0.0 + 1.0 * gmv`, its GMV exactly).
 pub fn scores(rule: &Rule, slots: &[RaceInputs]) -> Vec<f64> {
-    match rule {
-        Rule::Gmv => slots.iter().map(|s| s.gmv as f64).collect(),
-        Rule::Composite(_) => scores_by(&terms(rule, slots), slots),
-    }
+    scores_by(&terms(rule, slots), slots)
 }
 
 /// Scores of slots under the given terms (the sum of each term's points, in the terms' order).

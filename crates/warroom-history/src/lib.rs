@@ -543,11 +543,16 @@ fn encode_entries(entries: &[u32], p: u32) -> Vec<u8> {
         }
         return encode_regs(&regs);
     }
-    let mut out = Vec::with_capacity(1 + 3 * e.len());
+    encode_sparse(e.len(), e.iter().map(|x| ((x >> 8) as usize, (x & 0xff) as u8)))
+}
+
+/// Tag 1 and (u16 index LE, u8 value) per set register, in index order.
+fn encode_sparse(set: usize, regs: impl Iterator<Item = (usize, u8)>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1 + 3 * set);
     out.push(1);
-    for x in e {
-        out.extend_from_slice(&((x >> 8) as u16).to_le_bytes());
-        out.push((x & 0xff) as u8);
+    for (i, r) in regs {
+        out.extend_from_slice(&(i as u16).to_le_bytes());
+        out.push(r);
     }
     out
 }
@@ -560,15 +565,7 @@ fn encode_regs(regs: &[u8]) -> Vec<u8> {
         out.extend_from_slice(regs);
         return out;
     }
-    let mut out = Vec::with_capacity(1 + 3 * set);
-    out.push(1);
-    for (i, &r) in regs.iter().enumerate() {
-        if r != 0 {
-            out.extend_from_slice(&(i as u16).to_le_bytes());
-            out.push(r);
-        }
-    }
-    out
+    encode_sparse(set, regs.iter().copied().enumerate().filter(|&(_, r)| r != 0))
 }
 
 pub(crate) fn decode_hll(bytes: &[u8], p: u32) -> Result<Hll> {
