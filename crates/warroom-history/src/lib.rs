@@ -11,8 +11,11 @@
 //! - `names(kind, name, id)`: venue (1), slot (2), merchant (3), channel (4) names;
 //! - `pairs(id, slot, merchant, venue)`: the (slot, merchant) pairs money is counted by;
 //! - `minutes(kind, id, minute, gmv, ...)`: one row per scope and minute of event time with
-//!   the twelve additive metrics; kind 0 site (id 0), 1 venue, 2 pair, 3 channel. A slot's
-//!   or a merchant's minute is the sum of its pairs';
+//!   the twelve additive metrics; kind 0 site (id 0), 1 venue, 3 channel;
+//! - `pair_minutes(block, minute, body)`: the same twelve metrics of the pairs `block * 256`
+//!   to `block * 256 + 255` in one minute, one entry per pair with activity (see
+//!   [`encode_block`]): 20,000 slots' minutes are ~80 rows, not 20,000. A slot's or a
+//!   merchant's minute is the sum of its pairs';
 //! - `sketches(kind, id, minute, metric, hll)`: the minute's uv, ipv_uv and buyers sketches,
 //!   site and venues (unions give any range's distinct count);
 //! - `batches(part, seq, body)`: the last [`KEEP_BATCHES`] batches of each shard line, to replace;
@@ -23,7 +26,7 @@ use std::path::Path;
 
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Transaction};
 use serde::{Deserialize, Serialize};
-use warroom_engine::history::{Counts, HistoryBatch, MinuteRows, COUNTS, DISTINCT, SITE_P, VENUE_P};
+use warroom_engine::history::{Counts, HistoryBatch, MinuteRows, MinuteSketch, COUNTS, DISTINCT, SITE_P, VENUE_P};
 use warroom_engine::hll::Hll;
 
 pub mod projection;
@@ -106,6 +109,104 @@ mod tests {
         assert!(decode_hll(&[0, 1, 2], SITE_P).is_err(), "too few registers");
     }
 
+    /// A block-minute decodes to what was encoded (zeros, negative and the largest counts
+    /// too); a cut or disordered one is refused, not misread.
+    #[test]
+    fn pair_blocks_round_trip_and_refuse_what_is_cut() {
+        let mut seed = 7u64;
+        for n in [0usize, 1, 2, 17, 256] {
+            let mut entries: Vec<(u8, [i64; 12])> = (0..n)
+                .map(|k| {
+                    let mut v = [0i64; 12];
+                    for x in v.iter_mut() {
+                        seed = xxhash_rust_free_hash(seed);
+                        *x = match seed % 5 {
+                            0 | 1 => 0,
+                            2 => (seed >> 40) as i64,
+                            3 => i64::MAX - (seed % 3) as i64,
+                            _ => -((seed >> 50) as i64),
+                        };
+                    }
+                    (k as u8, v)
+                })
+                .collect();
+            entries.sort_by_key(|e| e.0);
+            let b = encode_block(entries.iter().copied());
+            assert_eq!(decode_block(&b).unwrap(), entries, "{n} pairs");
+            if !b.is_empty() {
+                assert!(decode_block(&b[..b.len() - 1]).is_err(), "{n} pairs cut short");
+            }
+        }
+        let one = encode_block([(5u8, [1i64; 12])].into_iter());
+        assert!(decode_block(&[one.clone(), one].concat()).is_err(), "the same pair twice");
+        assert_eq!(encode_block([(3u8, [0i64; 12])].into_iter()).len(), 3, "a pair's zero minute: offset and mask");
+    }
+
+    /// Two shards' parts touching the same pair minutes, blocks apart, and an undone batch:
+    /// what is read back is the naive sum of what is left.
+    #[test]
+    fn pair_minutes_sum_across_parts_blocks_and_undo() {
+        use warroom_engine::history::{HistoryNames, PartBatch};
+        let names = HistoryNames {
+            venues: vec!["v".into()],
+            slots: (0..600).map(|i| format!("s{i:03}")).collect(),
+            merchants: vec!["m0".into(), "m1".into()],
+            channels: vec![],
+            pairs: (0..600).map(|i| (i, i % 2)).collect(),
+            slot_venues: vec![0; 600],
+        };
+        let part = |part: u32, seq: u64, pairs: &[(u32, i64, u64)]| {
+            let mut minutes: Vec<MinuteRows> = Vec::new();
+            for &(p, minute, gmv) in pairs {
+                let i = match minutes.iter().position(|m| m.minute == minute) {
+                    Some(i) => i,
+                    None => {
+                        minutes.push(MinuteRows {
+                            minute,
+                            site: Counts::default(),
+                            venues: Default::default(),
+                            pairs: Default::default(),
+                            channels: Default::default(),
+                            sketches: None,
+                            venue_sketches: vec![],
+                        });
+                        minutes.len() - 1
+                    }
+                };
+                let m = &mut minutes[i];
+                for c in [&mut m.site, m.pairs.get(p)] {
+                    c.gmv += gmv;
+                    c.paid_orders += 1;
+                }
+            }
+            minutes.sort_by_key(|m| m.minute);
+            PartBatch { lineage: 1, part, seq, minutes }
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(&dir.path().join("h.db")).unwrap();
+        let first = [(0u32, 10i64, 100u64), (1, 10, 7), (599, 10, 3), (300, 11, 5)];
+        let second = [(0u32, 10i64, 1u64), (599, 10, 2), (0, 11, 9)];
+        let b = |parts| HistoryBatch { parts, names: names.clone() };
+        s.write(&b(vec![part(0, 0, &first), part(1, 0, &second)])).unwrap();
+        // Shard 1's batch 1, then again (its checkpoint lost): counted once.
+        let third = [(599u32, 12i64, 40u64)];
+        s.write(&b(vec![part(1, 1, &third)])).unwrap();
+        assert_eq!(s.write(&b(vec![part(1, 1, &third)])).unwrap().replaced, 1);
+        let mut naive: HashMap<String, u64> = HashMap::new();
+        for &(p, _, g) in first.iter().chain(&second).chain(&third) {
+            *naive.entry(format!("s{p:03}")).or_default() += g;
+        }
+        let got: HashMap<String, u64> =
+            s.by_slot(0, 13 * 60_000, None).unwrap().into_iter().map(|r| (r.name, r.counts.gmv)).collect();
+        assert_eq!(got, naive);
+        let m1: u64 = first.iter().chain(&second).chain(&third).filter(|r| r.0 % 2 == 1).map(|r| r.2).sum();
+        let t = s.totals(&Scope::Merchant("m1".into()), None, 0, 13 * 60_000).unwrap();
+        assert_eq!(t.counts.gmv, m1);
+        let sub = s.totals(&Scope::Slot("s599".into()), None, 10 * 60_000, 11 * 60_000).unwrap();
+        assert_eq!(sub.counts.gmv, 5, "minute 10 only");
+        assert_eq!(s.row_counts().unwrap()[PAIR as usize], 6, "pair minutes with activity");
+    }
+
     /// A query reads one snapshot and holds nothing a write waits for: a write made while a
     /// read is open lands at once (the reader would wait forever for it otherwise), and the
     /// read still sees the database as it was when it started.
@@ -164,6 +265,9 @@ pub struct Store {
     ids: HashMap<(i64, String), i64>,
     /// (slot id, merchant id or -1) -> pair id.
     pair_ids: HashMap<(i64, i64), i64>,
+    /// Whether stored batches are kept to be undone (not for a replay's new file: its batches
+    /// never come again).
+    keep_undo: bool,
 }
 
 const SCHEMA: &str = "
@@ -179,6 +283,8 @@ CREATE TABLE IF NOT EXISTS minutes(kind INTEGER NOT NULL, id INTEGER NOT NULL, m
     order_cents INTEGER NOT NULL, favorites INTEGER NOT NULL, carts INTEGER NOT NULL,
     impressions INTEGER NOT NULL, clicks INTEGER NOT NULL,
     PRIMARY KEY(kind, id, minute)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS pair_minutes(block INTEGER NOT NULL, minute INTEGER NOT NULL, body BLOB NOT NULL,
+    PRIMARY KEY(block, minute)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS sketches(kind INTEGER NOT NULL, id INTEGER NOT NULL, minute INTEGER NOT NULL,
     metric INTEGER NOT NULL, hll BLOB NOT NULL, PRIMARY KEY(kind, id, minute, metric)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS batches(part TEXT NOT NULL, seq INTEGER NOT NULL, body BLOB NOT NULL,
@@ -204,7 +310,10 @@ impl Store {
         )
         .map_err(err)?;
         conn.execute_batch(SCHEMA).map_err(err)?;
-        let mut s = Store { conn, ids: HashMap::new(), pair_ids: HashMap::new() };
+        // Every statement a write and the queries use stays prepared (the default 16 did not
+        // hold them all: a replay spent 5% preparing the same statements again).
+        conn.set_prepared_statement_cache_capacity(64);
+        let mut s = Store { conn, ids: HashMap::new(), pair_ids: HashMap::new(), keep_undo: true };
         s.load_ids()?;
         Ok(s)
     }
@@ -213,8 +322,11 @@ impl Store {
     /// file): commits do not wait for the disk (`synchronous=OFF`); the file is synced when
     /// it is closed. Never for a monitor's database, whose batches must be on disk before the
     /// checkpoint after them.
-    pub fn bulk_load(&self) -> Result<()> {
+    /// Nor are its batches kept to be undone: a replay's batches never come again (no
+    /// checkpoint is restored under it).
+    pub fn bulk_load(&mut self) -> Result<()> {
         self.conn.execute_batch("PRAGMA synchronous=OFF;")?;
+        self.keep_undo = false;
         Ok(())
     }
 
@@ -226,12 +338,21 @@ impl Store {
         }
         let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(err)?;
         conn.execute_batch("PRAGMA busy_timeout=5000;").map_err(err)?;
-        let mut s = Store { conn, ids: HashMap::new(), pair_ids: HashMap::new() };
+        let mut s = Store { conn, ids: HashMap::new(), pair_ids: HashMap::new(), keep_undo: true };
         s.load_ids()?;
         Ok(s)
     }
 
     fn load_ids(&mut self) -> Result<()> {
+        // Format 1 kept each pair's minute as a `minutes` row (kind 2); pairs are in
+        // `pair_minutes` blocks since.
+        let old: Option<i64> =
+            self.conn.query_row("SELECT 1 FROM minutes WHERE kind = ?1 LIMIT 1", [PAIR], |r| r.get(0)).optional()?;
+        if old.is_some() {
+            return Err(HistoryError::Decode(
+                "pair minutes stored as rows (history format 1, warroom before 2026-11-30); write the history again with this version (warroom replay --history NEW_FILE)".into(),
+            ));
+        }
         let mut st = self.conn.prepare("SELECT kind, name, id FROM names")?;
         let rows = st.query_map([], |r| Ok(((r.get(0)?, r.get(1)?), r.get(2)?)))?;
         for r in rows {
@@ -262,9 +383,11 @@ impl Store {
     }
 
     /// Writes a batch in one transaction (see the module doc). Safe to call with the same
-    /// batch twice.
+    /// batch twice. Every part's rows (and the undone batches' rows) are summed first, so a
+    /// row, a block of pairs or a sketch that several shards touched is written once.
     pub fn write(&mut self, batch: &HistoryBatch) -> Result<WriteStats> {
         let mut stats = WriteStats::default();
+        let keep_undo = self.keep_undo;
         let tx = self.conn.transaction()?;
         let mut ids = std::mem::take(&mut self.ids);
         let mut pair_ids = std::mem::take(&mut self.pair_ids);
@@ -276,12 +399,17 @@ impl Store {
                 names: &batch.names,
                 seen: Default::default(),
             };
+            // (kind, id, minute, signed counts): what this write adds (and takes away).
+            let mut deltas: Vec<(i64, i64, i64, [i64; 12])> = Vec::new();
+            // (kind, id, minute, metric, sketch): what it unions.
+            let mut unions: Vec<(i64, i64, i64, i64, &MinuteSketch)> = Vec::new();
             // Empty parts too: their numbers undo stored batches of a run that did not persist.
             for part in &batch.parts {
                 let key = part.key();
                 let seq = part.seq as i64;
-                let first: Option<i64> =
-                    tx.query_row("SELECT MIN(seq) FROM batches WHERE part = ?1", [&key], |r| r.get(0))?;
+                let first: Option<i64> = tx
+                    .prepare_cached("SELECT MIN(seq) FROM batches WHERE part = ?1")?
+                    .query_row([&key], |r| r.get(0))?;
                 if first.is_some_and(|f| seq < f) {
                     if !part.minutes.is_empty() {
                         tracing::error!(part = %key, seq, oldest = first, "history batch older than every batch kept of its line: not written (a state restored from a checkpoint more than {KEEP_BATCHES} checkpoints old?); its minutes may be short");
@@ -302,9 +430,7 @@ impl Store {
                 };
                 for (_, body) in &later {
                     let old: Body = postcard::from_bytes(body).map_err(|e| HistoryError::Decode(e.to_string()))?;
-                    for (kind, id, minute, v) in &old.0 {
-                        add_row(&tx, *kind, *id, *minute, v, -1)?;
-                    }
+                    deltas.extend(old.0.iter().map(|(kind, id, minute, v)| (*kind, *id, *minute, signed(v, -1))));
                     stats.replaced += 1;
                 }
                 if part.minutes.is_empty() {
@@ -313,43 +439,35 @@ impl Store {
                     }
                     continue;
                 }
-                tx.execute(
-                    "DELETE FROM batches WHERE part = ?1 AND (seq >= ?2 OR seq < ?3)",
-                    params![key, seq, seq - KEEP_BATCHES],
-                )?;
+                if keep_undo {
+                    tx.execute(
+                        "DELETE FROM batches WHERE part = ?1 AND (seq >= ?2 OR seq < ?3)",
+                        params![key, seq, seq - KEEP_BATCHES],
+                    )?;
+                }
                 let mut body = Vec::new();
                 for m in &part.minutes {
                     for (kind, id, c) in namer.rows(m)? {
                         body.push((kind, id, m.minute, c.values()));
                     }
-                }
-                // In key order: consecutive upserts land on the same or the next b-tree page
-                // (measured: in minute order, every row of a batch of many minutes touched
-                // another page).
-                body.sort_unstable_by_key(|r| (r.0, r.1, r.2));
-                for (kind, id, minute, v) in &body {
-                    add_row(&tx, *kind, *id, *minute, v, 1)?;
-                }
-                stats.rows += body.len() as u64;
-                for m in &part.minutes {
                     stats.minutes += 1;
                     if let Some(s) = &m.sketches {
-                        for (metric, h) in s.iter().enumerate() {
-                            union_sketch(&tx, SITE, 0, m.minute, metric as i64, h, SITE_P)?;
-                            stats.sketches += 1;
-                        }
+                        unions.extend(s.iter().enumerate().map(|(k, h)| (SITE, 0, m.minute, k as i64, h)));
                     }
                     for (v, s) in &m.venue_sketches {
                         let id = namer.name(N_VENUE, &batch.names.venues, *v)?;
-                        for (metric, h) in s.iter().enumerate() {
-                            union_sketch(&tx, VENUE, id, m.minute, metric as i64, h, VENUE_P)?;
-                            stats.sketches += 1;
-                        }
+                        unions.extend(s.iter().enumerate().map(|(k, h)| (VENUE, id, m.minute, k as i64, h)));
                     }
                 }
-                let body = postcard::to_allocvec(&Body(body)).map_err(|e| HistoryError::Decode(e.to_string()))?;
-                tx.execute("INSERT INTO batches(part, seq, body) VALUES(?1, ?2, ?3)", params![key, seq, body])?;
+                deltas.extend(body.iter().map(|(kind, id, minute, v)| (*kind, *id, *minute, signed(v, 1))));
+                stats.rows += body.len() as u64;
+                if keep_undo {
+                    let body = postcard::to_allocvec(&Body(body)).map_err(|e| HistoryError::Decode(e.to_string()))?;
+                    tx.execute("INSERT INTO batches(part, seq, body) VALUES(?1, ?2, ?3)", params![key, seq, body])?;
+                }
             }
+            apply_deltas(&tx, deltas)?;
+            stats.sketches = apply_unions(&tx, unions)?;
             Ok(())
         })();
         match r {
@@ -450,9 +568,16 @@ impl Store {
         Ok((count * size) as u64)
     }
 
-    /// Rows of the `minutes` table by scope kind (site, venue, pair, channel).
+    /// Stored minutes by scope kind (site, venue, pair, channel): rows of `minutes`, and the
+    /// pairs' minutes in the `pair_minutes` blocks.
     pub fn row_counts(&self) -> Result<[u64; 4]> {
         let mut out = [0u64; 4];
+        let mut st = self.conn.prepare("SELECT body FROM pair_minutes")?;
+        let mut rows = st.query([])?;
+        while let Some(r) = rows.next()? {
+            let body = r.get_ref(0)?.as_blob().map_err(|e| HistoryError::Decode(e.to_string()))?;
+            each_block_entry(body, |_, _| out[PAIR as usize] += 1)?;
+        }
         let mut st = self.conn.prepare("SELECT kind, COUNT(*) FROM minutes GROUP BY kind")?;
         let rows = st.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))?;
         for r in rows {
@@ -465,7 +590,64 @@ impl Store {
     }
 }
 
-/// Adds (`sign` 1) or subtracts (-1) one row's counts.
+/// Pairs per row of `pair_minutes`.
+pub const PAIR_BLOCK: i64 = 256;
+
+fn signed(v: &[u64; 12], sign: i64) -> [i64; 12] {
+    v.map(|x| i64::try_from(x).unwrap_or(i64::MAX) * sign)
+}
+
+/// Applies a write's summed deltas: site, venue and channel rows to `minutes`, pairs to
+/// their `pair_minutes` blocks. A row (an entry of a block) exists once anything was counted
+/// for it, zeros included (as a row of `minutes` does).
+fn apply_deltas(tx: &Transaction<'_>, mut deltas: Vec<(i64, i64, i64, [i64; 12])>) -> Result<()> {
+    // Pairs by (block, minute, pair), the rest by (kind, id, minute): consecutive writes land
+    // on the same or the next b-tree page.
+    let order = |&(kind, id, minute, _): &(i64, i64, i64, [i64; 12])| {
+        if kind == PAIR {
+            (1, id.div_euclid(PAIR_BLOCK), minute, id)
+        } else {
+            (0, kind, id, minute)
+        }
+    };
+    deltas.sort_unstable_by_key(order);
+    let mut i = 0;
+    while i < deltas.len() {
+        let (kind, id, minute, mut v) = deltas[i];
+        let mut j = i + 1;
+        while j < deltas.len() && (deltas[j].0, deltas[j].1, deltas[j].2) == (kind, id, minute) {
+            for (a, b) in v.iter_mut().zip(deltas[j].3) {
+                *a += b;
+            }
+            j += 1;
+        }
+        if kind == PAIR {
+            // The whole block-minute: every pair of the block in this minute.
+            let block = id.div_euclid(PAIR_BLOCK);
+            let mut entries = vec![((id - block * PAIR_BLOCK) as u8, v)];
+            while j < deltas.len()
+                && deltas[j].0 == PAIR
+                && (deltas[j].1.div_euclid(PAIR_BLOCK), deltas[j].2) == (block, minute)
+            {
+                let (_, pid, _, mut w) = deltas[j];
+                j += 1;
+                while j < deltas.len() && (deltas[j].0, deltas[j].1, deltas[j].2) == (PAIR, pid, minute) {
+                    for (a, b) in w.iter_mut().zip(deltas[j].3) {
+                        *a += b;
+                    }
+                    j += 1;
+                }
+                entries.push(((pid - block * PAIR_BLOCK) as u8, w));
+            }
+            add_block(tx, block, minute, &entries)?;
+        } else if v.iter().any(|&x| x != 0) {
+            add_row(tx, kind, id, minute, &v)?;
+        }
+        i = j;
+    }
+    Ok(())
+}
+
 /// The upsert of one `minutes` row, built once.
 fn add_row_sql() -> &'static str {
     static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
@@ -480,36 +662,167 @@ fn add_row_sql() -> &'static str {
     })
 }
 
-/// Adds (`sign` 1) or subtracts (-1) one row's counts.
-fn add_row(tx: &Transaction<'_>, kind: i64, id: i64, minute: i64, v: &[u64; 12], sign: i64) -> Result<()> {
+/// Adds signed counts to one row.
+fn add_row(tx: &Transaction<'_>, kind: i64, id: i64, minute: i64, s: &[i64; 12]) -> Result<()> {
     let mut st = tx.prepare_cached(add_row_sql())?;
-    let s = v.map(|x| i64::try_from(x).unwrap_or(i64::MAX) * sign);
     st.execute(params![kind, id, minute, s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7], s[8], s[9], s[10], s[11]])?;
     Ok(())
 }
 
-fn union_sketch(
+/// Adds signed counts to pairs of one block-minute (`entries` by offset, each once).
+fn add_block(tx: &Transaction<'_>, block: i64, minute: i64, entries: &[(u8, [i64; 12])]) -> Result<()> {
+    let old: Option<Vec<u8>> = tx
+        .prepare_cached("SELECT body FROM pair_minutes WHERE block = ?1 AND minute = ?2")?
+        .query_row(params![block, minute], |r| r.get(0))
+        .optional()?;
+    let merged = match old {
+        None => encode_block(entries.iter().copied()),
+        Some(old) => {
+            let mut cur = decode_block(&old)?;
+            for &(off, v) in entries {
+                match cur.binary_search_by_key(&off, |e| e.0) {
+                    Ok(k) => {
+                        for (a, b) in cur[k].1.iter_mut().zip(v) {
+                            *a += b;
+                        }
+                    }
+                    Err(k) => cur.insert(k, (off, v)),
+                }
+            }
+            encode_block(cur.into_iter())
+        }
+    };
+    tx.prepare_cached(
+        "INSERT INTO pair_minutes(block, minute, body) VALUES(?1, ?2, ?3)
+         ON CONFLICT(block, minute) DO UPDATE SET body = excluded.body",
+    )?
+    .execute(params![block, minute, merged])?;
+    Ok(())
+}
+
+/// A block-minute's stored form: per pair, by offset: the offset (1 byte), a 12-bit mask of
+/// its non-zero counts (2 bytes LE), and each non-zero count as a zigzag LEB128 varint. A
+/// pair's quiet minute (a click) takes 4 bytes.
+pub(crate) fn encode_block(entries: impl Iterator<Item = (u8, [i64; 12])>) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (off, v) in entries {
+        out.push(off);
+        let mask = v.iter().enumerate().fold(0u16, |m, (k, &x)| if x != 0 { m | 1 << k } else { m });
+        out.extend_from_slice(&mask.to_le_bytes());
+        for &x in v.iter().filter(|&&x| x != 0) {
+            let mut z = ((x << 1) ^ (x >> 63)) as u64;
+            while z >= 0x80 {
+                out.push((z as u8) | 0x80);
+                z >>= 7;
+            }
+            out.push(z as u8);
+        }
+    }
+    out
+}
+
+pub(crate) fn decode_block(bytes: &[u8]) -> Result<Vec<(u8, [i64; 12])>> {
+    let mut out = Vec::new();
+    each_block_entry(bytes, |off, v| out.push((off, *v)))?;
+    Ok(out)
+}
+
+/// Calls `f(offset, counts)` for each pair of a stored block-minute, in offset order.
+pub(crate) fn each_block_entry(bytes: &[u8], mut f: impl FnMut(u8, &[i64; 12])) -> Result<()> {
+    let bad = || HistoryError::Decode("a stored block of pair minutes is cut short or malformed".into());
+    let mut i = 0;
+    let mut prev: Option<u8> = None;
+    while i < bytes.len() {
+        let off = bytes[i];
+        let mask = u16::from_le_bytes([*bytes.get(i + 1).ok_or_else(bad)?, *bytes.get(i + 2).ok_or_else(bad)?]);
+        if mask >> 12 != 0 || prev.is_some_and(|p| p >= off) {
+            return Err(bad());
+        }
+        prev = Some(off);
+        i += 3;
+        let mut v = [0i64; 12];
+        for (k, x) in v.iter_mut().enumerate() {
+            if mask & (1 << k) == 0 {
+                continue;
+            }
+            let (mut z, mut shift) = (0u64, 0u32);
+            loop {
+                let b = *bytes.get(i).ok_or_else(bad)?;
+                i += 1;
+                if shift > 63 {
+                    return Err(bad());
+                }
+                z |= ((b & 0x7f) as u64) << shift;
+                if b & 0x80 == 0 {
+                    break;
+                }
+                shift += 7;
+            }
+            *x = ((z >> 1) as i64) ^ -((z & 1) as i64);
+        }
+        f(off, &v);
+    }
+    Ok(())
+}
+
+/// Applies a write's sketches: each (scope, minute, metric) once, the union of every part's.
+/// Returns how many were written.
+fn apply_unions(tx: &Transaction<'_>, mut unions: Vec<(i64, i64, i64, i64, &MinuteSketch)>) -> Result<u64> {
+    unions.sort_unstable_by_key(|u| (u.0, u.1, u.2, u.3));
+    let mut written = 0;
+    for group in unions.chunk_by(|a, b| (a.0, a.1, a.2, a.3) == (b.0, b.1, b.2, b.3)) {
+        let (kind, id, minute, metric, _) = group[0];
+        let p = if kind == SITE { SITE_P } else { VENUE_P };
+        union_sketch(tx, kind, id, minute, metric, group.iter().map(|u| u.4), p)?;
+        written += 1;
+    }
+    Ok(written)
+}
+
+fn union_sketch<'a>(
     tx: &Transaction<'_>,
     kind: i64,
     id: i64,
     minute: i64,
     metric: i64,
-    h: &warroom_engine::history::MinuteSketch,
+    sketches: impl Iterator<Item = &'a MinuteSketch>,
     p: u32,
 ) -> Result<()> {
     let old: Option<Vec<u8>> = tx
         .prepare_cached("SELECT hll FROM sketches WHERE kind = ?1 AND id = ?2 AND minute = ?3 AND metric = ?4")?
         .query_row(params![kind, id, minute, metric], |r| r.get(0))
         .optional()?;
-    let bytes = match (old, h) {
-        // A new minute's few entries: stored as they are, sorted, without a register pass.
-        (None, warroom_engine::history::MinuteSketch::Sparse(v)) => encode_entries(v, p),
-        (old, h) => {
+    let sketches: Vec<&MinuteSketch> = sketches.collect();
+    let sparse = |h: &&MinuteSketch| matches!(h, MinuteSketch::Sparse(_));
+    let bytes = match old {
+        // Few entries (this minute's of every part, and the stored ones while sparse): sorted
+        // and stored as they are, without a pass over the registers (two shards' quiet
+        // minute cost two 16 KiB passes each otherwise).
+        old if sketches.iter().all(sparse) && old.as_ref().is_none_or(|b| b.first() == Some(&1)) => {
+            let mut e: Vec<u32> = Vec::new();
+            if let Some(old) = &old {
+                for c in old[1..].chunks_exact(3) {
+                    e.push((u16::from_le_bytes([c[0], c[1]]) as u32) << 8 | c[2] as u32);
+                }
+            }
+            for h in &sketches {
+                if let MinuteSketch::Sparse(v) = h {
+                    e.extend_from_slice(v);
+                }
+            }
+            if e.iter().any(|x| (x >> 8) as usize >= 1 << p) {
+                return Err(HistoryError::Decode("a stored sketch: register index out of range".into()));
+            }
+            encode_entries(e, p)
+        }
+        old => {
             let mut regs = match old {
-                Some(old) => decode_hll(&old, p)?.registers().to_vec(),
+                Some(old) => decode_regs(&old, p)?,
                 None => vec![0u8; 1 << p],
             };
-            h.merge_into(&mut regs);
+            for h in sketches {
+                h.merge_into(&mut regs);
+            }
             encode_regs(&regs)
         }
     };
@@ -531,8 +844,7 @@ pub(crate) fn encode_hll(h: &Hll) -> Vec<u8> {
 }
 
 /// [`encode_regs`] of the sketch made of `entries` (`(index << 8) | rank`, any order).
-fn encode_entries(entries: &[u32], p: u32) -> Vec<u8> {
-    let mut e = entries.to_vec();
+fn encode_entries(mut e: Vec<u32>, p: u32) -> Vec<u8> {
     // By index, the highest rank first; then one per index.
     e.sort_unstable_by(|a, b| (a >> 8).cmp(&(b >> 8)).then((b & 0xff).cmp(&(a & 0xff))));
     e.dedup_by_key(|x| *x >> 8);
@@ -569,6 +881,11 @@ fn encode_regs(regs: &[u8]) -> Vec<u8> {
 }
 
 pub(crate) fn decode_hll(bytes: &[u8], p: u32) -> Result<Hll> {
+    Hll::from_registers(p, decode_regs(bytes, p)?).map_err(|e| HistoryError::Decode(format!("a stored sketch: {e}")))
+}
+
+/// A stored sketch's registers (a register's value is checked when it becomes an [`Hll`]).
+fn decode_regs(bytes: &[u8], p: u32) -> Result<Vec<u8>> {
     let n = 1usize << p;
     let bad = |why: &str| HistoryError::Decode(format!("a stored sketch: {why}"));
     let regs = match bytes.split_first() {
@@ -583,7 +900,7 @@ pub(crate) fn decode_hll(bytes: &[u8], p: u32) -> Result<Hll> {
         }
         _ => return Err(bad(&format!("not a precision-{p} sketch"))),
     };
-    Hll::from_registers(p, regs).map_err(|e| bad(&e))
+    Ok(regs)
 }
 
 /// Maps a batch's process-local name indices to the database's ids, adding new names.
@@ -620,9 +937,13 @@ impl Namer<'_> {
             self.remember(kind as usize, i, id);
             return Ok(id);
         }
-        let id: i64 =
-            self.tx.query_row("SELECT COALESCE(MAX(id), -1) + 1 FROM names WHERE kind = ?1", [kind], |r| r.get(0))?;
-        self.tx.execute("INSERT INTO names(kind, name, id) VALUES(?1, ?2, ?3)", params![kind, name, id])?;
+        let id: i64 = self
+            .tx
+            .prepare_cached("SELECT COALESCE(MAX(id), -1) + 1 FROM names WHERE kind = ?1")?
+            .query_row([kind], |r| r.get(0))?;
+        self.tx
+            .prepare_cached("INSERT INTO names(kind, name, id) VALUES(?1, ?2, ?3)")?
+            .execute(params![kind, name, id])?;
         self.ids.insert((kind, name.clone()), id);
         self.remember(kind as usize, i, id);
         Ok(id)
@@ -648,10 +969,11 @@ impl Namer<'_> {
         }
         let venue = names.slot_venues.get(slot as usize).copied().unwrap_or(NONE);
         let venue_id = if venue == NONE { -1 } else { self.name(N_VENUE, &names.venues, venue)? };
-        self.tx.execute(
-            "INSERT INTO pairs(slot, merchant, venue) VALUES(?1, ?2, ?3)",
-            params![slot_id, merchant_id, venue_id],
-        )?;
+        self.tx.prepare_cached("INSERT INTO pairs(slot, merchant, venue) VALUES(?1, ?2, ?3)")?.execute(params![
+            slot_id,
+            merchant_id,
+            venue_id
+        ])?;
         let id = self.tx.last_insert_rowid();
         self.pair_ids.insert((slot_id, merchant_id), id);
         Ok(id)

@@ -1,11 +1,13 @@
 //! Reading the history: a metric over a range in steps, totals of a range, and breakdowns.
 
+use std::collections::HashMap;
+
 use rusqlite::params;
 use serde::Serialize;
 use warroom_engine::history::{Counts, COUNTS, DISTINCT, SITE_P, VENUE_P};
 use warroom_engine::hll::Hll;
 
-use crate::{decode_hll, kinds, HistoryError, Result, Store, CHANNEL, PAIR, SITE, VENUE};
+use crate::{decode_hll, each_block_entry, kinds, HistoryError, Result, Store, CHANNEL, PAIR_BLOCK, SITE, VENUE};
 
 /// At most this many points per answer.
 pub const MAX_POINTS: i64 = 20_000;
@@ -111,12 +113,29 @@ fn minute_of(ms: i64) -> i64 {
     ms.div_euclid(60_000)
 }
 
+/// Where a scope's counts are stored.
+enum Source {
+    /// One row per minute of `minutes` (kind, id).
+    Rows(i64, i64),
+    /// The sum of these pairs (`pair_minutes`).
+    Pairs(Vec<i64>),
+}
+
+/// What is known of a stored pair.
+#[derive(Debug, Clone)]
+struct PairInfo {
+    id: i64,
+    slot: i64,
+    merchant: i64,
+    slot_name: String,
+    venue_name: Option<String>,
+    merchant_name: Option<String>,
+}
+
 impl Store {
-    /// Resolves a scope to the SQL that yields (minute, value of column `col`) for it, and its
-    /// parameters. `None`: the name was never stored (nothing counted).
-    fn scope_sql(&self, scope: &Scope, merchant: Option<&str>, cols: &[&str]) -> Result<Option<(String, Vec<i64>)>> {
-        let plain = cols.join(", ");
-        let summed = cols.iter().map(|c| format!("SUM(m.{c})")).collect::<Vec<_>>().join(", ");
+    /// Where the scope's counts are (of merchant `merchant`'s pairs only, if given). `None`:
+    /// the name was never stored (nothing counted).
+    fn source(&self, scope: &Scope, merchant: Option<&str>) -> Result<Option<Source>> {
         let id = |kind, name: &str| self.name_id(kind, name);
         let own = match merchant {
             Some(m) => match id(kinds::MERCHANT, m) {
@@ -125,49 +144,120 @@ impl Store {
             },
             None => None,
         };
-        let direct = |kind: i64, i: i64| {
-            (format!("SELECT minute, {plain} FROM minutes WHERE kind = {kind} AND id = ?1 AND minute >= ?2 AND minute < ?3 ORDER BY minute"), vec![i])
+        let pairs = |filter: &str, args: Vec<i64>| -> Result<Option<Source>> {
+            let mut st = self.conn().prepare_cached(&format!("SELECT id FROM pairs WHERE {filter} ORDER BY id"))?;
+            let ids = st.query_map(rusqlite::params_from_iter(args), |r| r.get(0))?;
+            Ok(Some(Source::Pairs(ids.collect::<rusqlite::Result<_>>()?)))
         };
-        let pairs = |filter: &str, args: Vec<i64>| {
-            let n = args.len();
-            (
-                format!(
-                    "SELECT m.minute, {summed} FROM minutes m JOIN pairs p ON m.kind = {PAIR} AND m.id = p.id
-                     WHERE {filter} AND m.minute >= ?{} AND m.minute < ?{} GROUP BY m.minute ORDER BY m.minute",
-                    n + 1,
-                    n + 2
-                ),
-                args,
-            )
-        };
-        Ok(Some(match (scope, own) {
-            (Scope::Site, None) => direct(SITE, 0),
-            (Scope::Venue(v), None) => match id(kinds::VENUE, v) {
-                Some(i) => direct(VENUE, i),
-                None => return Ok(None),
-            },
-            (Scope::Channel(c), None) => match id(kinds::CHANNEL, c) {
-                Some(i) => direct(CHANNEL, i),
-                None => return Ok(None),
-            },
+        match (scope, own) {
+            (Scope::Site, None) => Ok(Some(Source::Rows(SITE, 0))),
+            (Scope::Venue(v), None) => Ok(id(kinds::VENUE, v).map(|i| Source::Rows(VENUE, i))),
+            (Scope::Channel(c), None) => Ok(id(kinds::CHANNEL, c).map(|i| Source::Rows(CHANNEL, i))),
             (Scope::Slot(s), own) => match (id(kinds::SLOT, s), own) {
-                (Some(i), None) => pairs("p.slot = ?1", vec![i]),
-                (Some(i), Some(m)) => pairs("p.slot = ?1 AND p.merchant = ?2", vec![i, m]),
-                (None, _) => return Ok(None),
+                (Some(i), None) => pairs("slot = ?1", vec![i]),
+                (Some(i), Some(m)) => pairs("slot = ?1 AND merchant = ?2", vec![i, m]),
+                (None, _) => Ok(None),
             },
             (Scope::Merchant(m), own) => match id(kinds::MERCHANT, m) {
-                Some(i) if own.is_none_or(|o| o == i) => pairs("p.merchant = ?1", vec![i]),
-                _ => return Ok(None),
+                Some(i) if own.is_none_or(|o| o == i) => pairs("merchant = ?1", vec![i]),
+                _ => Ok(None),
             },
-            (Scope::Site, Some(m)) => pairs("p.merchant = ?1", vec![m]),
+            (Scope::Site, Some(m)) => pairs("merchant = ?1", vec![m]),
             (Scope::Venue(v), Some(m)) => match id(kinds::VENUE, v) {
-                Some(i) => pairs("p.venue = ?1 AND p.merchant = ?2", vec![i, m]),
-                None => return Ok(None),
+                Some(i) => pairs("venue = ?1 AND merchant = ?2", vec![i, m]),
+                None => Ok(None),
             },
-            (Scope::Channel(_), Some(_)) => {
-                return Err(HistoryError::Query("channels are not kept per merchant".into()));
+            (Scope::Channel(_), Some(_)) => Err(HistoryError::Query("channels are not kept per merchant".into())),
+        }
+    }
+
+    /// Calls `f(minute, counts)` for each stored minute of the source in `[from, to)`, in no
+    /// particular order (a minute of several pairs once per pair).
+    fn each_minute(&self, src: &Source, from: i64, to: i64, mut f: impl FnMut(i64, &[i64; 12])) -> Result<()> {
+        match src {
+            Source::Rows(kind, id) => {
+                let cols = COUNTS.join(", ");
+                let mut st = self.conn().prepare_cached(&format!(
+                    "SELECT minute, {cols} FROM minutes WHERE kind = ?1 AND id = ?2 AND minute >= ?3 AND minute < ?4"
+                ))?;
+                let mut rows = st.query(params![kind, id, from, to])?;
+                while let Some(r) = rows.next()? {
+                    let mut v = [0i64; 12];
+                    for (k, x) in v.iter_mut().enumerate() {
+                        *x = r.get(1 + k)?;
+                    }
+                    f(r.get(0)?, &v);
+                }
+                Ok(())
             }
-        }))
+            Source::Pairs(ids) => self.each_pair_minute(Some(ids), from, to, |m, _, v| f(m, v)),
+        }
+    }
+
+    /// Calls `f(minute, pair id, counts)` for each stored minute of the pairs `ids` (sorted;
+    /// every pair if `None`) in `[from, to)`: one range scan per block of pairs.
+    fn each_pair_minute(
+        &self,
+        ids: Option<&[i64]>,
+        from: i64,
+        to: i64,
+        mut f: impl FnMut(i64, i64, &[i64; 12]),
+    ) -> Result<()> {
+        let blocks: Vec<i64> = match ids {
+            Some(ids) => {
+                let mut b: Vec<i64> = ids.iter().map(|i| i.div_euclid(PAIR_BLOCK)).collect();
+                b.dedup();
+                b
+            }
+            None => {
+                let last: Option<i64> =
+                    self.conn().query_row("SELECT MAX(block) FROM pair_minutes", [], |r| r.get(0))?;
+                (0..=last.unwrap_or(-1)).collect()
+            }
+        };
+        let mut st = self.conn().prepare_cached(
+            "SELECT minute, body FROM pair_minutes WHERE block = ?1 AND minute >= ?2 AND minute < ?3",
+        )?;
+        for block in blocks {
+            let mut rows = st.query(params![block, from, to])?;
+            while let Some(r) = rows.next()? {
+                let minute: i64 = r.get(0)?;
+                let body = r.get_ref(1)?.as_blob().map_err(|e| HistoryError::Decode(e.to_string()))?;
+                each_block_entry(body, |off, v| {
+                    let id = block * PAIR_BLOCK + off as i64;
+                    if ids.is_none_or(|ids| ids.binary_search(&id).is_ok()) {
+                        f(minute, id, v);
+                    }
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The stored pairs (of merchant id `merchant` only, if given; of venue id `venue` only,
+    /// if given) with their names, by id.
+    fn pair_infos(&self, merchant: Option<i64>, venue: Option<i64>) -> Result<Vec<PairInfo>> {
+        let mut st = self.conn().prepare_cached(&format!(
+            "SELECT p.id, p.slot, p.merchant, s.name, v.name, m.name FROM pairs p
+             JOIN names s ON s.kind = {} AND s.id = p.slot
+             LEFT JOIN names v ON v.kind = {} AND v.id = p.venue
+             LEFT JOIN names m ON m.kind = {} AND m.id = p.merchant
+             WHERE (?1 IS NULL OR p.merchant = ?1) AND (?2 IS NULL OR p.venue = ?2) ORDER BY p.id",
+            kinds::SLOT,
+            kinds::VENUE,
+            kinds::MERCHANT
+        ))?;
+        let rows = st.query_map(params![merchant, venue], |r| {
+            Ok(PairInfo {
+                id: r.get(0)?,
+                slot: r.get(1)?,
+                merchant: r.get(2)?,
+                slot_name: r.get(3)?,
+                venue_name: r.get(4)?,
+                merchant_name: r.get(5)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
     /// The metric over the range in steps.
@@ -187,16 +277,11 @@ impl Store {
         let mut points: Vec<(i64, u64)> = (0..n).map(|k| ((from + k * step) * 60_000, 0)).collect();
         match q.metric {
             Metric::Count(c) => {
-                if let Some((sql, args)) = self.scope_sql(&q.scope, q.merchant.as_deref(), &[COUNTS[c]])? {
-                    let mut all: Vec<i64> = args;
-                    all.extend([from, to]);
-                    let mut st = self.conn().prepare_cached(&sql)?;
-                    let rows = st.query_map(rusqlite::params_from_iter(all), |r| {
-                        Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
-                    })?;
-                    for r in rows {
-                        let (m, v) = r?;
-                        points[((m - from) / step) as usize].1 += v.max(0) as u64;
+                if let Some(src) = self.source(&q.scope, q.merchant.as_deref())? {
+                    let mut sums = vec![0i64; n as usize];
+                    self.each_minute(&src, from, to, |m, v| sums[((m - from) / step) as usize] += v[c])?;
+                    for (p, s) in points.iter_mut().zip(sums) {
+                        p.1 = s.max(0) as u64;
                     }
                 }
             }
@@ -264,18 +349,15 @@ impl Store {
     /// union of the minutes' sketches (site and venues).
     pub fn totals(&self, scope: &Scope, merchant: Option<&str>, from_ms: i64, to_ms: i64) -> Result<Totals> {
         let (from, to) = (minute_of(from_ms), minute_of(to_ms));
-        let mut v = [0u64; 12];
-        // One query for the twelve sums.
-        if let Some((sql, mut args)) = self.scope_sql(scope, merchant, &COUNTS)? {
-            args.extend([from, to]);
-            let mut st = self.conn().prepare_cached(&sql)?;
-            let mut rows = st.query(rusqlite::params_from_iter(args))?;
-            while let Some(r) = rows.next()? {
-                for (k, out) in v.iter_mut().enumerate() {
-                    *out += r.get::<_, Option<i64>>(1 + k)?.unwrap_or(0).max(0) as u64;
+        let mut sums = [0i64; 12];
+        if let Some(src) = self.source(scope, merchant)? {
+            self.each_minute(&src, from, to, |_, v| {
+                for (a, b) in sums.iter_mut().zip(v) {
+                    *a += b;
                 }
-            }
+            })?;
         }
+        let v = sums.map(|x| x.max(0) as u64);
         let distinct = match (scope, merchant) {
             (Scope::Site | Scope::Venue(_), None) => {
                 let mut d = [0u64; 3];
@@ -295,26 +377,52 @@ impl Store {
     }
 
     /// Every slot's numbers over the range (of one merchant's pairs if `merchant`), biggest
-    /// GMV first.
+    /// GMV first (then by name).
     pub fn by_slot(&self, from_ms: i64, to_ms: i64, merchant: Option<&str>) -> Result<Vec<Row>> {
         let own = match merchant {
             Some(m) => match self.name_id(kinds::MERCHANT, m) {
-                Some(i) => i,
+                Some(i) => Some(i),
                 None => return Ok(Vec::new()),
             },
-            None => -2,
+            None => None,
         };
-        let sums = COUNTS.iter().map(|c| format!("SUM(m.{c})")).collect::<Vec<_>>().join(", ");
-        let sql = format!(
-            "SELECT s.name, v.name, {sums} FROM minutes m JOIN pairs p ON m.kind = {PAIR} AND m.id = p.id
-             JOIN names s ON s.kind = {} AND s.id = p.slot
-             LEFT JOIN names v ON v.kind = {} AND v.id = p.venue
-             WHERE m.minute >= ?1 AND m.minute < ?2 AND (?3 = -2 OR p.merchant = ?3)
-             GROUP BY p.slot ORDER BY SUM(m.gmv) DESC, s.name",
-            kinds::SLOT,
-            kinds::VENUE
-        );
-        self.rows(&sql, params![minute_of(from_ms), minute_of(to_ms), own])
+        let infos = self.pair_infos(own, None)?;
+        self.grouped(&infos, from_ms, to_ms, |p| Some((p.slot, p.slot_name.clone(), p.venue_name.clone())))
+    }
+
+    /// Every merchant's numbers over the range (its pairs'), biggest GMV first (then by name).
+    pub fn by_merchant(&self, from_ms: i64, to_ms: i64) -> Result<Vec<Row>> {
+        let infos = self.pair_infos(None, None)?;
+        self.grouped(&infos, from_ms, to_ms, |p| p.merchant_name.clone().map(|n| (p.merchant, n, None)))
+    }
+
+    /// The pairs' numbers over the range summed by `key(pair)` (group id, name, venue; `None`:
+    /// left out), groups with a stored minute in the range only, biggest GMV first.
+    fn grouped(
+        &self,
+        infos: &[PairInfo],
+        from_ms: i64,
+        to_ms: i64,
+        key: impl Fn(&PairInfo) -> Option<(i64, String, Option<String>)>,
+    ) -> Result<Vec<Row>> {
+        let ids: Vec<i64> = infos.iter().map(|p| p.id).collect();
+        let mut groups: HashMap<i64, (String, Option<String>, [i64; 12])> = HashMap::new();
+        let by_id: HashMap<i64, &PairInfo> = infos.iter().map(|p| (p.id, p)).collect();
+        self.each_pair_minute(Some(&ids), minute_of(from_ms), minute_of(to_ms), |_, id, v| {
+            let Some((g, name, venue)) = by_id.get(&id).and_then(|p| key(p)) else { return };
+            let e = groups.entry(g).or_insert_with(|| (name, venue, [0; 12]));
+            for (a, b) in e.2.iter_mut().zip(v) {
+                *a += b;
+            }
+        })?;
+        let mut out: Vec<(i64, Row)> = groups
+            .into_values()
+            .map(|(name, venue, v)| {
+                (v[0], Row { name, venue, counts: Counts::from_values(v.map(|x| x.max(0) as u64)) })
+            })
+            .collect();
+        out.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.name.cmp(&b.1.name)));
+        Ok(out.into_iter().map(|(_, r)| r).collect())
     }
 
     /// Every venue's (kind VENUE) or channel's (kind CHANNEL) numbers over the range.
@@ -326,24 +434,8 @@ impl Store {
              WHERE m.kind = {kind} AND m.minute >= ?1 AND m.minute < ?2
              GROUP BY m.id ORDER BY SUM(m.gmv) DESC, n.name"
         );
-        self.rows(&sql, params![minute_of(from_ms), minute_of(to_ms)])
-    }
-
-    /// Every merchant's numbers over the range (its pairs'), biggest GMV first.
-    pub fn by_merchant(&self, from_ms: i64, to_ms: i64) -> Result<Vec<Row>> {
-        let sums = COUNTS.iter().map(|c| format!("SUM(m.{c})")).collect::<Vec<_>>().join(", ");
-        let sql = format!(
-            "SELECT n.name, NULL, {sums} FROM minutes m JOIN pairs p ON m.kind = {PAIR} AND m.id = p.id
-             JOIN names n ON n.kind = {} AND n.id = p.merchant
-             WHERE m.minute >= ?1 AND m.minute < ?2 GROUP BY p.merchant ORDER BY SUM(m.gmv) DESC, n.name",
-            kinds::MERCHANT
-        );
-        self.rows(&sql, params![minute_of(from_ms), minute_of(to_ms)])
-    }
-
-    fn rows(&self, sql: &str, args: impl rusqlite::Params) -> Result<Vec<Row>> {
-        let mut st = self.conn().prepare_cached(sql)?;
-        let rows = st.query_map(args, |r| {
+        let mut st = self.conn().prepare_cached(&sql)?;
+        let rows = st.query_map(params![minute_of(from_ms), minute_of(to_ms)], |r| {
             let mut v = [0u64; 12];
             for (k, x) in v.iter_mut().enumerate() {
                 *x = r.get::<_, i64>(2 + k)?.max(0) as u64;
@@ -353,7 +445,8 @@ impl Store {
         Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
     }
 
-    /// Per slot of `venue`, its GMV per step over the range: the race's leaders over time.
+    /// Per slot of `venue` (by name), its GMV per step over the range: the race's leaders over
+    /// time. Slots with a stored minute in the range only.
     pub fn venue_slot_gmv(
         &self,
         venue: &str,
@@ -364,24 +457,18 @@ impl Store {
         let Some(v) = self.name_id(kinds::VENUE, venue) else { return Ok(Vec::new()) };
         let (from, to, step) = (minute_of(from_ms), minute_of(to_ms), (step_ms / 60_000).max(1));
         let n = ((to - from + step - 1) / step).max(0) as usize;
-        let sql = format!(
-            "SELECT s.name, m.minute, SUM(m.gmv) FROM minutes m JOIN pairs p ON m.kind = {PAIR} AND m.id = p.id
-             JOIN names s ON s.kind = {} AND s.id = p.slot
-             WHERE p.venue = ?1 AND m.minute >= ?2 AND m.minute < ?3 GROUP BY p.slot, m.minute ORDER BY s.name",
-            kinds::SLOT
-        );
-        let mut st = self.conn().prepare_cached(&sql)?;
-        let rows = st.query_map(params![v, from, to], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+        let infos = self.pair_infos(None, Some(v))?;
+        let ids: Vec<i64> = infos.iter().map(|p| p.id).collect();
+        let by_id: HashMap<i64, &PairInfo> = infos.iter().map(|p| (p.id, p)).collect();
+        let mut slots: HashMap<i64, (String, Vec<i64>)> = HashMap::new();
+        self.each_pair_minute(Some(&ids), from, to, |m, id, c| {
+            let Some(p) = by_id.get(&id) else { return };
+            let e = slots.entry(p.slot).or_insert_with(|| (p.slot_name.clone(), vec![0; n]));
+            e.1[((m - from) / step) as usize] += c[0];
         })?;
-        let mut out: Vec<(String, Vec<u64>)> = Vec::new();
-        for r in rows {
-            let (slot, m, g) = r?;
-            if out.last().is_none_or(|(s, _)| *s != slot) {
-                out.push((slot, vec![0; n]));
-            }
-            out.last_mut().expect("pushed").1[((m - from) / step) as usize] += g.max(0) as u64;
-        }
+        let mut out: Vec<(String, Vec<u64>)> =
+            slots.into_values().map(|(name, g)| (name, g.into_iter().map(|x| x.max(0) as u64).collect())).collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(out)
     }
 

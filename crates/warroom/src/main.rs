@@ -444,16 +444,18 @@ fn replay(
             }
             // Batches are stored on a thread of their own while the replay goes on.
             let (tx, rx) = std::sync::mpsc::channel::<warroom_engine::history::HistoryBatch>();
-            let t = std::thread::spawn(move || -> anyhow::Result<warroom_history::WriteStats> {
-                let mut total = warroom_history::WriteStats::default();
-                for b in rx {
-                    let w = store.write(&b)?;
-                    total.minutes += w.minutes;
-                    total.rows += w.rows;
-                    total.sketches += w.sketches;
-                }
-                Ok(total)
-            });
+            let t = std::thread::Builder::new().name("wr-history".into()).spawn(
+                move || -> anyhow::Result<warroom_history::WriteStats> {
+                    let mut total = warroom_history::WriteStats::default();
+                    for b in rx {
+                        let w = store.write(&b)?;
+                        total.minutes += w.minutes;
+                        total.rows += w.rows;
+                        total.sketches += w.sketches;
+                    }
+                    Ok(total)
+                },
+            )?;
             Some((tx, t))
         }
         None => None,
