@@ -262,7 +262,7 @@ pub struct JournalEntry {
 pub struct Store {
     conn: Connection,
     /// (name kind, name) -> id.
-    ids: HashMap<(i64, String), i64>,
+    ids: Ids,
     /// (slot id, merchant id or -1) -> pair id.
     pair_ids: HashMap<(i64, i64), i64>,
     /// Whether stored batches are kept to be undone (not for a replay's new file: its batches
@@ -313,7 +313,7 @@ impl Store {
         // Every statement a write and the queries use stays prepared (the default 16 did not
         // hold them all: a replay spent 5% preparing the same statements again).
         conn.set_prepared_statement_cache_capacity(64);
-        let mut s = Store { conn, ids: HashMap::new(), pair_ids: HashMap::new(), keep_undo: true };
+        let mut s = Store { conn, ids: Ids::default(), pair_ids: HashMap::new(), keep_undo: true };
         s.load_ids()?;
         Ok(s)
     }
@@ -338,7 +338,7 @@ impl Store {
         }
         let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(err)?;
         conn.execute_batch("PRAGMA busy_timeout=5000;").map_err(err)?;
-        let mut s = Store { conn, ids: HashMap::new(), pair_ids: HashMap::new(), keep_undo: true };
+        let mut s = Store { conn, ids: Ids::default(), pair_ids: HashMap::new(), keep_undo: true };
         s.load_ids()?;
         Ok(s)
     }
@@ -357,7 +357,8 @@ impl Store {
         let rows = st.query_map([], |r| Ok(((r.get(0)?, r.get(1)?), r.get(2)?)))?;
         for r in rows {
             let (k, v) = r?;
-            self.ids.insert(k, v);
+            let (kind, name): (i64, String) = k;
+            self.ids.insert(kind, name, v);
         }
         let mut st = self.conn.prepare("SELECT slot, merchant, id FROM pairs")?;
         let rows = st.query_map([], |r| Ok(((r.get(0)?, r.get(1)?), r.get(2)?)))?;
@@ -374,7 +375,7 @@ impl Store {
 
     /// The id of a name (`None`: never stored).
     pub fn name_id(&self, kind: i64, name: &str) -> Option<i64> {
-        self.ids.get(&(kind, name.to_string())).copied().or_else(|| {
+        self.ids.get(kind, name).or_else(|| {
             // A reading connection's cache misses the names written since it was opened.
             self.conn
                 .query_row("SELECT id FROM names WHERE kind = ?1 AND name = ?2", params![kind, name], |r| r.get(0))
@@ -399,8 +400,8 @@ impl Store {
                 names: &batch.names,
                 seen: Default::default(),
             };
-            // (kind, id, minute, signed counts): what this write adds (and takes away).
-            let mut deltas: Vec<(i64, i64, i64, [i64; 12])> = Vec::new();
+            // What this write adds (and takes away).
+            let mut deltas = Deltas::default();
             // (kind, id, minute, metric, sketch): what it unions.
             let mut unions: Vec<(i64, i64, i64, i64, &MinuteSketch)> = Vec::new();
             // Empty parts too: their numbers undo stored batches of a run that did not persist.
@@ -430,7 +431,9 @@ impl Store {
                 };
                 for (_, body) in &later {
                     let old: Body = postcard::from_bytes(body).map_err(|e| HistoryError::Decode(e.to_string()))?;
-                    deltas.extend(old.0.iter().map(|(kind, id, minute, v)| (*kind, *id, *minute, signed(v, -1))));
+                    for (kind, id, minute, v) in &old.0 {
+                        deltas.add(*kind, *id, *minute, v, -1);
+                    }
                     stats.replaced += 1;
                 }
                 if part.minutes.is_empty() {
@@ -447,9 +450,14 @@ impl Store {
                 }
                 let mut body = Vec::new();
                 for m in &part.minutes {
-                    for (kind, id, c) in namer.rows(m)? {
-                        body.push((kind, id, m.minute, c.values()));
-                    }
+                    namer.rows(m, |kind, id, c| {
+                        let v = c.values();
+                        deltas.add(kind, id, m.minute, &v, 1);
+                        stats.rows += 1;
+                        if keep_undo {
+                            body.push((kind, id, m.minute, v));
+                        }
+                    })?;
                     stats.minutes += 1;
                     if let Some(s) = &m.sketches {
                         unions.extend(s.iter().enumerate().map(|(k, h)| (SITE, 0, m.minute, k as i64, h)));
@@ -459,14 +467,12 @@ impl Store {
                         unions.extend(s.iter().enumerate().map(|(k, h)| (VENUE, id, m.minute, k as i64, h)));
                     }
                 }
-                deltas.extend(body.iter().map(|(kind, id, minute, v)| (*kind, *id, *minute, signed(v, 1))));
-                stats.rows += body.len() as u64;
                 if keep_undo {
                     let body = postcard::to_allocvec(&Body(body)).map_err(|e| HistoryError::Decode(e.to_string()))?;
                     tx.execute("INSERT INTO batches(part, seq, body) VALUES(?1, ?2, ?3)", params![key, seq, body])?;
                 }
             }
-            apply_deltas(&tx, deltas)?;
+            deltas.apply(&tx)?;
             stats.sketches = apply_unions(&tx, unions)?;
             Ok(())
         })();
@@ -593,59 +599,58 @@ impl Store {
 /// Pairs per row of `pair_minutes`.
 pub const PAIR_BLOCK: i64 = 256;
 
-fn signed(v: &[u64; 12], sign: i64) -> [i64; 12] {
-    v.map(|x| i64::try_from(x).unwrap_or(i64::MAX) * sign)
+/// A pair's counts in a block-minute: (offset in the block, counts).
+type PairEntry = (u8, [i64; 12]);
+
+/// A write's counts, summed per row (site, venue, channel) and per block-minute of pairs,
+/// before anything is written: a row or block several parts touch is written once.
+#[derive(Default)]
+struct Deltas {
+    rows: hashbrown::HashMap<(i64, i64, i64), [i64; 12]>,
+    /// (block, minute) -> (offset in the block, counts), unsorted, a pair possibly repeated.
+    blocks: hashbrown::HashMap<(i64, i64), Vec<PairEntry>>,
 }
 
-/// Applies a write's summed deltas: site, venue and channel rows to `minutes`, pairs to
-/// their `pair_minutes` blocks. A row (an entry of a block) exists once anything was counted
-/// for it, zeros included (as a row of `minutes` does).
-fn apply_deltas(tx: &Transaction<'_>, mut deltas: Vec<(i64, i64, i64, [i64; 12])>) -> Result<()> {
-    // Pairs by (block, minute, pair), the rest by (kind, id, minute): consecutive writes land
-    // on the same or the next b-tree page.
-    let order = |&(kind, id, minute, _): &(i64, i64, i64, [i64; 12])| {
+impl Deltas {
+    fn add(&mut self, kind: i64, id: i64, minute: i64, v: &[u64; 12], sign: i64) {
+        let v = v.map(|x| i64::try_from(x).unwrap_or(i64::MAX) * sign);
         if kind == PAIR {
-            (1, id.div_euclid(PAIR_BLOCK), minute, id)
+            let block = id.div_euclid(PAIR_BLOCK);
+            self.blocks.entry((block, minute)).or_default().push(((id - block * PAIR_BLOCK) as u8, v));
         } else {
-            (0, kind, id, minute)
-        }
-    };
-    deltas.sort_unstable_by_key(order);
-    let mut i = 0;
-    while i < deltas.len() {
-        let (kind, id, minute, mut v) = deltas[i];
-        let mut j = i + 1;
-        while j < deltas.len() && (deltas[j].0, deltas[j].1, deltas[j].2) == (kind, id, minute) {
-            for (a, b) in v.iter_mut().zip(deltas[j].3) {
+            let e = self.rows.entry((kind, id, minute)).or_insert([0; 12]);
+            for (a, b) in e.iter_mut().zip(v) {
                 *a += b;
             }
-            j += 1;
         }
-        if kind == PAIR {
-            // The whole block-minute: every pair of the block in this minute.
-            let block = id.div_euclid(PAIR_BLOCK);
-            let mut entries = vec![((id - block * PAIR_BLOCK) as u8, v)];
-            while j < deltas.len()
-                && deltas[j].0 == PAIR
-                && (deltas[j].1.div_euclid(PAIR_BLOCK), deltas[j].2) == (block, minute)
-            {
-                let (_, pid, _, mut w) = deltas[j];
-                j += 1;
-                while j < deltas.len() && (deltas[j].0, deltas[j].1, deltas[j].2) == (PAIR, pid, minute) {
-                    for (a, b) in w.iter_mut().zip(deltas[j].3) {
-                        *a += b;
-                    }
-                    j += 1;
-                }
-                entries.push(((pid - block * PAIR_BLOCK) as u8, w));
-            }
-            add_block(tx, block, minute, &entries)?;
-        } else if v.iter().any(|&x| x != 0) {
+    }
+
+    /// Writes the sums: rows to `minutes`, pairs to their `pair_minutes` blocks, in key
+    /// order (consecutive writes land on the same or the next b-tree page). A row (an entry
+    /// of a block) exists once anything was counted for it, zeros included.
+    fn apply(self, tx: &Transaction<'_>) -> Result<()> {
+        let mut rows: Vec<_> = self.rows.into_iter().filter(|(_, v)| v.iter().any(|&x| x != 0)).collect();
+        rows.sort_unstable_by_key(|r| r.0);
+        for ((kind, id, minute), v) in rows {
             add_row(tx, kind, id, minute, &v)?;
         }
-        i = j;
+        let mut blocks: Vec<_> = self.blocks.into_iter().collect();
+        blocks.sort_unstable_by_key(|b| b.0);
+        for ((block, minute), mut entries) in blocks {
+            entries.sort_unstable_by_key(|e| e.0);
+            entries.dedup_by(|later, kept| {
+                if later.0 != kept.0 {
+                    return false;
+                }
+                for (a, b) in kept.1.iter_mut().zip(later.1) {
+                    *a += b;
+                }
+                true
+            });
+            add_block(tx, block, minute, &entries)?;
+        }
+        Ok(())
     }
-    Ok(())
 }
 
 /// The upsert of one `minutes` row, built once.
@@ -845,9 +850,16 @@ pub(crate) fn encode_hll(h: &Hll) -> Vec<u8> {
 
 /// [`encode_regs`] of the sketch made of `entries` (`(index << 8) | rank`, any order).
 fn encode_entries(mut e: Vec<u32>, p: u32) -> Vec<u8> {
-    // By index, the highest rank first; then one per index.
-    e.sort_unstable_by(|a, b| (a >> 8).cmp(&(b >> 8)).then((b & 0xff).cmp(&(a & 0xff))));
+    // By index, the highest rank first (the rank's byte inverted: one plain integer sort);
+    // then one per index, the rank restored.
+    for x in e.iter_mut() {
+        *x ^= 0xff;
+    }
+    e.sort_unstable();
     e.dedup_by_key(|x| *x >> 8);
+    for x in e.iter_mut() {
+        *x ^= 0xff;
+    }
     if e.len() * 3 >= 1 << p {
         let mut regs = vec![0u8; 1 << p];
         for x in e {
@@ -903,10 +915,30 @@ fn decode_regs(bytes: &[u8], p: u32) -> Result<Vec<u8>> {
     Ok(regs)
 }
 
+/// Name ids by kind (1..=4) and name, looked up by `&str` (no key built per lookup).
+#[derive(Debug, Default)]
+struct Ids([hashbrown::HashMap<String, i64>; 5]);
+
+impl Ids {
+    fn get(&self, kind: i64, name: &str) -> Option<i64> {
+        self.0.get(kind as usize)?.get(name).copied()
+    }
+
+    fn insert(&mut self, kind: i64, name: String, id: i64) {
+        if let Some(m) = self.0.get_mut(kind as usize) {
+            m.insert(name, id);
+        }
+    }
+
+    fn clear(&mut self) {
+        self.0.iter_mut().for_each(|m| m.clear());
+    }
+}
+
 /// Maps a batch's process-local name indices to the database's ids, adding new names.
 struct Namer<'a> {
     tx: &'a Transaction<'a>,
-    ids: &'a mut HashMap<(i64, String), i64>,
+    ids: &'a mut Ids,
     pair_ids: &'a mut HashMap<(i64, i64), i64>,
     names: &'a warroom_engine::history::HistoryNames,
     /// This batch's indices already resolved, per name kind (1..=4) and for pairs (0).
@@ -933,7 +965,7 @@ impl Namer<'_> {
         }
         let name =
             table.get(i as usize).ok_or_else(|| HistoryError::Decode(format!("name index {i} of kind {kind}")))?;
-        if let Some(&id) = self.ids.get(&(kind, name.clone())) {
+        if let Some(id) = self.ids.get(kind, name) {
             self.remember(kind as usize, i, id);
             return Ok(id);
         }
@@ -944,7 +976,7 @@ impl Namer<'_> {
         self.tx
             .prepare_cached("INSERT INTO names(kind, name, id) VALUES(?1, ?2, ?3)")?
             .execute(params![kind, name, id])?;
-        self.ids.insert((kind, name.clone()), id);
+        self.ids.insert(kind, name.clone(), id);
         self.remember(kind as usize, i, id);
         Ok(id)
     }
@@ -979,20 +1011,20 @@ impl Namer<'_> {
         Ok(id)
     }
 
-    /// The minute's rows as (kind, database id, counts).
-    fn rows(&mut self, m: &MinuteRows) -> Result<Vec<(i64, i64, Counts)>> {
+    /// Calls `f(kind, database id, counts)` for each of the minute's rows.
+    fn rows(&mut self, m: &MinuteRows, mut f: impl FnMut(i64, i64, &Counts)) -> Result<()> {
         let names = self.names;
-        let mut out = vec![(SITE, 0, m.site)];
+        f(SITE, 0, &m.site);
         for (v, c) in &m.venues.rows {
-            out.push((VENUE, self.name(N_VENUE, &names.venues, *v)?, *c));
+            f(VENUE, self.name(N_VENUE, &names.venues, *v)?, c);
         }
         for (p, c) in &m.pairs.rows {
-            out.push((PAIR, self.pair(*p)?, *c));
+            f(PAIR, self.pair(*p)?, c);
         }
         for (ch, c) in &m.channels.rows {
-            out.push((CHANNEL, self.name(N_CHANNEL, &names.channels, *ch)?, *c));
+            f(CHANNEL, self.name(N_CHANNEL, &names.channels, *ch)?, c);
         }
-        Ok(out)
+        Ok(())
     }
 }
 
