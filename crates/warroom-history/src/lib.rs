@@ -105,6 +105,32 @@ mod tests {
             assert_eq!(back.registers(), h.registers());
             assert_eq!(back.estimate(), h.estimate());
         }
+        // Against a byte-by-byte encoding: values of every bit pattern, arrays of any length.
+        let mut seed = 3u64;
+        for (len, density) in [(1usize << SITE_P, 7u64), (1 << SITE_P, 2), (64, 3), (13, 2), (5, 1)] {
+            let regs: Vec<u8> = (0..len)
+                .map(|_| {
+                    seed = xxhash_rust_free_hash(seed);
+                    if seed.is_multiple_of(density) {
+                        (seed >> 56) as u8 | 1
+                    } else {
+                        0
+                    }
+                })
+                .collect();
+            let set: Vec<(usize, u8)> = regs.iter().copied().enumerate().filter(|r| r.1 != 0).collect();
+            let naive: Vec<u8> = if set.len() * 3 >= len {
+                [&[0u8][..], &regs].concat()
+            } else {
+                let mut v = vec![1u8];
+                for (i, r) in set {
+                    v.extend_from_slice(&(i as u16).to_le_bytes());
+                    v.push(r);
+                }
+                v
+            };
+            assert_eq!(encode_regs(&regs), naive, "{len} registers, 1 in {density} set");
+        }
         assert!(decode_hll(&[1, 0xff, 0xff, 3], 12).is_err(), "index beyond the registers");
         assert!(decode_hll(&[0, 1, 2], SITE_P).is_err(), "too few registers");
     }
@@ -775,15 +801,21 @@ pub(crate) fn each_block_entry(bytes: &[u8], mut f: impl FnMut(u8, &[i64; 12])) 
 fn apply_unions(tx: &Transaction<'_>, mut unions: Vec<(i64, i64, i64, i64, &MinuteSketch)>) -> Result<u64> {
     unions.sort_unstable_by_key(|u| (u.0, u.1, u.2, u.3));
     let mut written = 0;
+    // One register array for every union (zeroed again after each): no sort of the entries
+    // and no allocation per sketch.
+    let mut regs: Vec<u8> = Vec::new();
     for group in unions.chunk_by(|a, b| (a.0, a.1, a.2, a.3) == (b.0, b.1, b.2, b.3)) {
         let (kind, id, minute, metric, _) = group[0];
         let p = if kind == SITE { SITE_P } else { VENUE_P };
-        union_sketch(tx, kind, id, minute, metric, group.iter().map(|u| u.4), p)?;
+        regs.clear();
+        regs.resize(1 << p, 0);
+        union_sketch(tx, kind, id, minute, metric, group.iter().map(|u| u.4), &mut regs)?;
         written += 1;
     }
     Ok(written)
 }
 
+/// Unions the sketches into the stored one; `regs` is zero and of the sketch's size.
 fn union_sketch<'a>(
     tx: &Transaction<'_>,
     kind: i64,
@@ -791,46 +823,19 @@ fn union_sketch<'a>(
     minute: i64,
     metric: i64,
     sketches: impl Iterator<Item = &'a MinuteSketch>,
-    p: u32,
+    regs: &mut [u8],
 ) -> Result<()> {
     let old: Option<Vec<u8>> = tx
         .prepare_cached("SELECT hll FROM sketches WHERE kind = ?1 AND id = ?2 AND minute = ?3 AND metric = ?4")?
         .query_row(params![kind, id, minute, metric], |r| r.get(0))
         .optional()?;
-    let sketches: Vec<&MinuteSketch> = sketches.collect();
-    let sparse = |h: &&MinuteSketch| matches!(h, MinuteSketch::Sparse(_));
-    let bytes = match old {
-        // Few entries (this minute's of every part, and the stored ones while sparse): sorted
-        // and stored as they are, without a pass over the registers (two shards' quiet
-        // minute cost two 16 KiB passes each otherwise).
-        old if sketches.iter().all(sparse) && old.as_ref().is_none_or(|b| b.first() == Some(&1)) => {
-            let mut e: Vec<u32> = Vec::new();
-            if let Some(old) = &old {
-                for c in old[1..].chunks_exact(3) {
-                    e.push((u16::from_le_bytes([c[0], c[1]]) as u32) << 8 | c[2] as u32);
-                }
-            }
-            for h in &sketches {
-                if let MinuteSketch::Sparse(v) = h {
-                    e.extend_from_slice(v);
-                }
-            }
-            if e.iter().any(|x| (x >> 8) as usize >= 1 << p) {
-                return Err(HistoryError::Decode("a stored sketch: register index out of range".into()));
-            }
-            encode_entries(e, p)
-        }
-        old => {
-            let mut regs = match old {
-                Some(old) => decode_regs(&old, p)?,
-                None => vec![0u8; 1 << p],
-            };
-            for h in sketches {
-                h.merge_into(&mut regs);
-            }
-            encode_regs(&regs)
-        }
-    };
+    if let Some(old) = old {
+        decode_regs_into(&old, regs)?;
+    }
+    for h in sketches {
+        h.merge_into(regs);
+    }
+    let bytes = encode_regs(regs);
     tx.prepare_cached(
         "INSERT INTO sketches(kind, id, minute, metric, hll) VALUES(?1, ?2, ?3, ?4, ?5)
          ON CONFLICT(kind, id, minute, metric) DO UPDATE SET hll = excluded.hll",
@@ -848,48 +853,43 @@ pub(crate) fn encode_hll(h: &Hll) -> Vec<u8> {
     encode_regs(h.registers())
 }
 
-/// [`encode_regs`] of the sketch made of `entries` (`(index << 8) | rank`, any order).
-fn encode_entries(mut e: Vec<u32>, p: u32) -> Vec<u8> {
-    // By index, the highest rank first (the rank's byte inverted: one plain integer sort);
-    // then one per index, the rank restored.
-    for x in e.iter_mut() {
-        *x ^= 0xff;
-    }
-    e.sort_unstable();
-    e.dedup_by_key(|x| *x >> 8);
-    for x in e.iter_mut() {
-        *x ^= 0xff;
-    }
-    if e.len() * 3 >= 1 << p {
-        let mut regs = vec![0u8; 1 << p];
-        for x in e {
-            regs[(x >> 8) as usize] = (x & 0xff) as u8;
-        }
-        return encode_regs(&regs);
-    }
-    encode_sparse(e.len(), e.iter().map(|x| ((x >> 8) as usize, (x & 0xff) as u8)))
+/// A mask with the high bit of each non-zero byte of `x` set.
+#[inline]
+fn nonzero_bytes(x: u64) -> u64 {
+    const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
+    (((x & LOW7) + LOW7) | x) & !LOW7
 }
 
-/// Tag 1 and (u16 index LE, u8 value) per set register, in index order.
-fn encode_sparse(set: usize, regs: impl Iterator<Item = (usize, u8)>) -> Vec<u8> {
-    let mut out = Vec::with_capacity(1 + 3 * set);
-    out.push(1);
-    for (i, r) in regs {
-        out.extend_from_slice(&(i as u16).to_le_bytes());
-        out.push(r);
-    }
-    out
-}
-
+/// Tag 0 and the registers while a third or more are set, else tag 1 and (u16 index LE, u8
+/// value) per set register, in index order. Eight registers at a time (a quiet minute's
+/// sketch is mostly zero words; byte by byte, this was the writer's top cost).
 fn encode_regs(regs: &[u8]) -> Vec<u8> {
-    let set = regs.iter().filter(|&&r| r != 0).count();
+    let (words, rest) = regs.as_chunks::<8>();
+    let set = words.iter().map(|w| nonzero_bytes(u64::from_le_bytes(*w)).count_ones() as usize).sum::<usize>()
+        + rest.iter().filter(|&&r| r != 0).count();
     if set * 3 >= regs.len() {
         let mut out = Vec::with_capacity(regs.len() + 1);
         out.push(0);
         out.extend_from_slice(regs);
         return out;
     }
-    encode_sparse(set, regs.iter().copied().enumerate().filter(|&(_, r)| r != 0))
+    let mut out = Vec::with_capacity(1 + 3 * set);
+    out.push(1);
+    for (k, w) in words.iter().enumerate() {
+        let w = u64::from_le_bytes(*w);
+        let mut m = nonzero_bytes(w);
+        while m != 0 {
+            let b = m.trailing_zeros() as usize / 8;
+            out.extend_from_slice(&((k * 8 + b) as u16).to_le_bytes());
+            out.push((w >> (b * 8)) as u8);
+            m &= m - 1;
+        }
+    }
+    for (i, &r) in rest.iter().enumerate().filter(|&(_, &r)| r != 0) {
+        out.extend_from_slice(&((words.len() * 8 + i) as u16).to_le_bytes());
+        out.push(r);
+    }
+    out
 }
 
 pub(crate) fn decode_hll(bytes: &[u8], p: u32) -> Result<Hll> {
@@ -898,21 +898,30 @@ pub(crate) fn decode_hll(bytes: &[u8], p: u32) -> Result<Hll> {
 
 /// A stored sketch's registers (a register's value is checked when it becomes an [`Hll`]).
 fn decode_regs(bytes: &[u8], p: u32) -> Result<Vec<u8>> {
-    let n = 1usize << p;
+    let mut regs = vec![0u8; 1 << p];
+    decode_regs_into(bytes, &mut regs)?;
+    Ok(regs)
+}
+
+/// Takes the maximum of each register of a stored sketch into `regs` (its precision's size).
+fn decode_regs_into(bytes: &[u8], regs: &mut [u8]) -> Result<()> {
     let bad = |why: &str| HistoryError::Decode(format!("a stored sketch: {why}"));
-    let regs = match bytes.split_first() {
-        Some((0, regs)) if regs.len() == n => regs.to_vec(),
+    match bytes.split_first() {
+        Some((0, stored)) if stored.len() == regs.len() => {
+            for (a, b) in regs.iter_mut().zip(stored) {
+                *a = (*a).max(*b);
+            }
+        }
         Some((1, pairs)) if pairs.len() % 3 == 0 => {
-            let mut regs = vec![0u8; n];
             for c in pairs.chunks_exact(3) {
                 let i = u16::from_le_bytes([c[0], c[1]]) as usize;
-                *regs.get_mut(i).ok_or_else(|| bad("register index out of range"))? = c[2];
+                let r = regs.get_mut(i).ok_or_else(|| bad("register index out of range"))?;
+                *r = (*r).max(c[2]);
             }
-            regs
         }
-        _ => return Err(bad(&format!("not a precision-{p} sketch"))),
-    };
-    Ok(regs)
+        _ => return Err(bad(&format!("not a sketch of {} registers", regs.len()))),
+    }
+    Ok(())
 }
 
 /// Name ids by kind (1..=4) and name, looked up by `&str` (no key built per lookup).
