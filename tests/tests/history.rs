@@ -75,6 +75,13 @@ fn stored_history_equals_the_reference_for_every_scope_whole_night_and_a_sub_ran
 
     let first = START / 60_000;
     let last = want.counts.keys().map(|k| k.2).max().unwrap();
+    // The night's closed hours are rolled up, so the whole night reads them (and its edges
+    // minutes): the same numbers as the reference.
+    let rolled = store.rolled_hours().unwrap();
+    assert!(
+        rolled.is_some_and(|(a, b)| a <= first && b - a >= 120),
+        "hours rolled up: {rolled:?} (night from minute {first} to {last})"
+    );
     let n = check_range(&store, &want, first - 10, last + 1, "whole night");
     assert!(n > 40, "scopes checked: {n}");
     check_range(&store, &want, first + 31, first + 77, "minutes 31..77");

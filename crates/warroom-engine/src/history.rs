@@ -156,6 +156,13 @@ impl Rows {
         }
     }
 
+    /// Drops the lookup index (rebuilt if a row is wanted again): a minute's index is as long
+    /// as the names (80 kB at 20,000 slots), and a week-long night's replay keeps thousands
+    /// of minutes pending.
+    fn release_index(&mut self) {
+        self.at = Vec::new();
+    }
+
     fn check(&self, n: usize, what: &str) -> Result<(), String> {
         let mut seen = std::collections::HashSet::new();
         if self.rows.iter().any(|r| r.0 as usize >= n || !seen.insert(r.0)) {
@@ -262,6 +269,12 @@ impl MinuteRows {
         }
     }
 
+    fn release_index(&mut self) {
+        self.venues.release_index();
+        self.pairs.release_index();
+        self.channels.release_index();
+    }
+
     fn sized_like(minute: i64, like: &MinuteRows) -> Self {
         MinuteRows {
             venues: Rows::sized_like(&like.venues),
@@ -330,11 +343,17 @@ impl ShardHistory {
             i -= 1;
         }
         if i == 0 || self.pending[i - 1].minute != m {
+            let newest = i == self.pending.len();
             let fresh = match self.pending.last() {
                 // A new newest minute: sized like the one before it.
-                Some(last) if i == self.pending.len() => MinuteRows::sized_like(m, last),
+                Some(last) if newest => MinuteRows::sized_like(m, last),
                 _ => MinuteRows::new(m),
             };
+            if newest && self.pending.len() >= 2 {
+                // Two minutes behind now: its late events are few, its index not worth keeping.
+                let k = self.pending.len() - 2;
+                self.pending[k].release_index();
+            }
             self.pending.insert(i, fresh);
             i += 1;
         }
@@ -343,7 +362,9 @@ impl ShardHistory {
 
     /// Hands out the pending rows as batch `seq` and starts the next one.
     pub fn take(&mut self, part: u32) -> PartBatch {
-        let minutes = std::mem::take(&mut self.pending);
+        let mut minutes = std::mem::take(&mut self.pending);
+        // The store reads the rows only.
+        minutes.iter_mut().for_each(MinuteRows::release_index);
         let b = PartBatch { lineage: self.lineage, part, seq: self.seq, minutes };
         self.seq += 1;
         b

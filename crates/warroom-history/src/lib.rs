@@ -19,7 +19,13 @@
 //! - `sketches(kind, id, minute, metric, hll)`: the minute's uv, ipv_uv and buyers sketches,
 //!   site and venues (unions give any range's distinct count);
 //! - `batches(part, seq, body)`: the last [`KEEP_BATCHES`] batches of each shard line, to replace;
-//! - `journal(at_ms, kind, body)`: alerts (firing, resolved, acknowledged) and rule changes.
+//! - `journal(at_ms, kind, body)`: alerts (firing, resolved, acknowledged) and rule changes;
+//! - hour rollups ([`Store::roll_up`]): each closed hour's sums and sketch unions, as rows of
+//!   kind `k + HOUR` in `minutes` and `sketches` and as `pair_hours` blocks, keyed by the
+//!   hour's first minute. A range's whole hours are read from them (a three-week range reads
+//!   504 hours, not 30,240 minutes); `meta` `rolled` holds the hours rolled up
+//!   (`FROM..UNTIL`, minutes), and a write to a minute of those hours (a late event, an
+//!   undone batch) goes to its hour too, so an hour always equals the sum of its minutes.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -46,6 +52,12 @@ pub const SITE: i64 = 0;
 pub const VENUE: i64 = 1;
 pub const PAIR: i64 = 2;
 pub const CHANNEL: i64 = 3;
+/// Added to a kind: the hour rollup of that kind's rows and sketches (`minute` = the hour's
+/// first minute).
+pub const HOUR: i64 = 10;
+/// Minutes after an hour's end before it is rolled up (later events still go to it, through
+/// the write).
+const ROLL_AFTER: i64 = 15;
 
 /// Name kinds of the `names` table.
 const N_VENUE: i64 = 1;
@@ -82,6 +94,8 @@ pub struct WriteStats {
     pub replaced: u64,
     /// Batches older than every kept batch of their line: not written.
     pub stale: u64,
+    /// Hours rolled up after the write.
+    pub hours: u64,
 }
 
 /// A stored batch's counts, to subtract when it is replaced.
@@ -131,6 +145,35 @@ mod tests {
             };
             assert_eq!(encode_regs(&regs), naive, "{len} registers, 1 in {density} set");
         }
+        // A small union through the sorted list: the same bytes as through the registers.
+        let mut list = Vec::new();
+        for round in 0..300u64 {
+            let entries = |seed: &mut u64, n: u64| -> Vec<u32> {
+                (0..n)
+                    .map(|_| {
+                        *seed = xxhash_rust_free_hash(*seed);
+                        // Few registers, so that entries repeat; ranks 1..=51.
+                        ((*seed % 700) as u32) << 8 | (1 + (*seed >> 32) % 51) as u32
+                    })
+                    .collect()
+            };
+            let (a, b) = (entries(&mut seed, round % 90), entries(&mut seed, (round * 7) % 130));
+            let sk = [MinuteSketch::Sparse(a), MinuteSketch::Sparse(b)];
+            let old = (round % 3 != 0).then(|| {
+                let mut regs = vec![0u8; 1 << SITE_P];
+                MinuteSketch::Sparse(entries(&mut seed, round % 200)).merge_into(&mut regs);
+                encode_regs(&regs)
+            });
+            let mut regs = vec![0u8; 1 << SITE_P];
+            if let Some(o) = &old {
+                decode_regs_into(o, &mut regs).unwrap();
+            }
+            sk.iter().for_each(|h| h.merge_into(&mut regs));
+            let small = union_small(old.as_deref(), &[&sk[0], &sk[1]], SITE_P, &mut list).unwrap();
+            assert_eq!(small.as_deref(), Some(&encode_regs(&regs)[..]), "round {round}");
+        }
+        let dense = MinuteSketch::Dense(Hll::new(SITE_P));
+        assert_eq!(union_small(None, &[&dense], SITE_P, &mut list).unwrap(), None, "a dense sketch: the registers");
         assert!(decode_hll(&[1, 0xff, 0xff, 3], 12).is_err(), "index beyond the registers");
         assert!(decode_hll(&[0, 1, 2], SITE_P).is_err(), "too few registers");
     }
@@ -233,6 +276,276 @@ mod tests {
         assert_eq!(s.row_counts().unwrap()[PAIR as usize], 6, "pair minutes with activity");
     }
 
+    /// The spans of a range cover it exactly, in order; a span read from the rollups is whole
+    /// hours inside the rolled ones, each hour inside one step.
+    #[test]
+    fn spans_cover_the_range_and_use_whole_rolled_hours_in_one_step() {
+        let mut seed = 11u64;
+        let mut next = |n: u64| {
+            seed = xxhash_rust_free_hash(seed);
+            (seed % n) as i64
+        };
+        let mut used_hours = 0;
+        for _ in 0..5_000 {
+            let from = next(600);
+            let to = from + next(600);
+            let step = [1, 7, 60, 120, 90, i64::MAX][next(6) as usize];
+            let a = next(8) * 60;
+            let rolled = (next(4) != 0).then_some((a, a + next(8) * 60));
+            let sp = query::spans(from, to, step, rolled);
+            let mut at = from;
+            for x in &sp {
+                assert_eq!(x.start, at, "{from}..{to} step {step} rolled {rolled:?}: {sp:?}");
+                assert!(x.end > x.start);
+                if x.hours {
+                    used_hours += 1;
+                    let (a, b) = rolled.unwrap();
+                    assert!(x.start % 60 == 0 && x.end % 60 == 0 && a <= x.start && x.end <= b, "{sp:?}");
+                    for h in (x.start..x.end).step_by(60) {
+                        assert_eq!((h - from) / step, (h + 59 - from) / step, "an hour across two steps: {sp:?}");
+                    }
+                }
+                at = x.end;
+            }
+            assert_eq!(at, to.max(from), "{from}..{to}: {sp:?}");
+            // Every whole rolled hour in one step is read from its rollup.
+            if let Some((a, b)) = rolled {
+                for h in (a..b).step_by(60).filter(|&h| from <= h && h + 60 <= to) {
+                    let one = (h - from) / step == (h + 59 - from) / step;
+                    let read = sp.iter().any(|x| x.hours && x.start <= h && h < x.end);
+                    assert_eq!(read, one, "hour {h} of {from}..{to} step {step} rolled {rolled:?}: {sp:?}");
+                }
+            }
+        }
+        assert!(used_hours > 300, "spans read from rollups: {used_hours}");
+    }
+
+    /// Hour rollups change no answer. Five hours of minutes in batches, with late minutes into
+    /// hours already rolled up and a batch replaced after its hour was rolled up: every query
+    /// (series of counts and distinct counts, totals, by slot, merchant, venue and channel, a
+    /// race's slots over time) reads the same with the rollups as from the minutes alone, and
+    /// the counts equal a naive sum of what was written.
+    #[test]
+    fn hour_rollups_answer_what_the_minutes_answer() {
+        use warroom_engine::history::{HistoryNames, PartBatch};
+        let names = HistoryNames {
+            venues: vec!["v0".into(), "v1".into(), "v2".into()],
+            slots: (0..600).map(|i| format!("s{i:03}")).collect(),
+            merchants: (0..5).map(|i| format!("m{i}")).collect(),
+            channels: vec!["app".into(), "search".into()],
+            pairs: (0..600).map(|i| (i, i % 5)).collect(),
+            slot_venues: (0..600).map(|i| i % 3).collect(),
+        };
+        let seed = std::cell::Cell::new(5u64);
+        let rnd = |n: u64| {
+            seed.set(xxhash_rust_free_hash(seed.get()));
+            seed.get() % n
+        };
+        let t0 = 29_000_000i64; // minutes: 2025-02
+                                // (part, seq, minutes): the events of each minute drawn at random.
+        let minute_rows = |minute: i64| {
+            let mut m = MinuteRows {
+                minute,
+                site: Counts::default(),
+                venues: Default::default(),
+                pairs: Default::default(),
+                channels: Default::default(),
+                sketches: None,
+                venue_sketches: vec![],
+            };
+            for _ in 0..rnd(40) {
+                let pair = rnd(600) as u32;
+                let venue = pair % 3;
+                let ch = rnd(2) as u32;
+                let user = rnd(5_000);
+                let paid = rnd(3) == 0;
+                let gmv = if paid { 100 + rnd(10_000) } else { 0 };
+                let f = |c: &mut Counts| {
+                    c.clicks += 1;
+                    c.gmv += gmv;
+                    c.paid_orders += paid as u64;
+                };
+                f(&mut m.site);
+                f(m.venues.get(venue));
+                f(m.pairs.get(pair));
+                f(m.channels.get(ch));
+                let metric = if paid { 2 } else { rnd(2) as usize };
+                let h = xxhash_rust_free_hash(user);
+                m.sketches.get_or_insert_with(Box::default)[metric].insert(h, SITE_P);
+                let k = match m.venue_sketches.iter().position(|v| v.0 == venue) {
+                    Some(k) => k,
+                    None => {
+                        m.venue_sketches.push((venue, Box::default()));
+                        m.venue_sketches.len() - 1
+                    }
+                };
+                m.venue_sketches[k].1[metric].insert(h, VENUE_P);
+            }
+            m
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("h.db");
+        let mut s = Store::open(&path).unwrap();
+        let b = |parts: Vec<PartBatch>| HistoryBatch { parts, names: names.clone() };
+        // Naive sums: (scope name, minute) -> (gmv, paid orders, clicks).
+        let mut naive: HashMap<(String, i64), [u64; 3]> = HashMap::new();
+        let add = |naive: &mut HashMap<(String, i64), [u64; 3]>, m: &MinuteRows, sign: i64| {
+            let mut put = |k: String, c: &Counts| {
+                let e = naive.entry((k, m.minute)).or_default();
+                for (a, b) in e.iter_mut().zip([c.gmv, c.paid_orders, c.clicks]) {
+                    *a = (*a as i64 + sign * b as i64) as u64;
+                }
+            };
+            put("site".into(), &m.site);
+            for (p, c) in &m.pairs.rows {
+                put(format!("slot s{p:03}"), c);
+                put(format!("merchant m{}", p % 5), c);
+            }
+            for (v, c) in &m.venues.rows {
+                put(format!("venue v{v}"), c);
+            }
+            for (ch, c) in &m.channels.rows {
+                put(format!("channel {}", names.channels[*ch as usize]), c);
+            }
+        };
+        let mut replaced: Option<Vec<MinuteRows>> = None;
+        for (seq, start) in (0..300i64).step_by(7).enumerate() {
+            let mut minutes: Vec<MinuteRows> = (start..(start + 7).min(300)).map(|k| minute_rows(t0 + k)).collect();
+            // A late minute, up to 40 minutes back (into an hour rolled up already).
+            if start >= 40 && rnd(2) == 0 {
+                minutes.insert(0, minute_rows(t0 + start - 1 - rnd(40) as i64));
+                let first = minutes[0].minute;
+                minutes.retain(|m| m.minute >= first);
+                minutes.sort_by_key(|m| m.minute);
+                minutes.dedup_by_key(|m| m.minute);
+            }
+            for m in &minutes {
+                add(&mut naive, m, 1);
+            }
+            s.write(&b(vec![PartBatch { lineage: 1, part: 0, seq: seq as u64, minutes }])).unwrap();
+            if start == 70 {
+                // Shard 1's batch 0: minutes of the first hour, replaced below once rolled up.
+                let old: Vec<MinuteRows> = (3..6).map(|k| minute_rows(t0 + k)).collect();
+                for m in &old {
+                    add(&mut naive, m, 1);
+                }
+                s.write(&b(vec![PartBatch { lineage: 1, part: 1, seq: 0, minutes: old.clone() }])).unwrap();
+                replaced = Some(old);
+            }
+        }
+        assert!(s.rolled.is_some_and(|(a, b)| a <= t0 && b >= t0 + 240), "rolled {:?}", s.rolled);
+        // Shard 1's batch 0 again (its checkpoint lost), with other minutes.
+        let again: Vec<MinuteRows> = (4..8).map(|k| minute_rows(t0 + k)).collect();
+        for m in replaced.as_ref().unwrap() {
+            add(&mut naive, m, -1);
+        }
+        for m in &again {
+            add(&mut naive, m, 1);
+        }
+        assert_eq!(s.write(&b(vec![PartBatch { lineage: 1, part: 1, seq: 0, minutes: again }])).unwrap().replaced, 1);
+        let hour_rows: i64 =
+            s.conn.query_row("SELECT COUNT(*) FROM minutes WHERE kind >= ?1", [HOUR], |r| r.get(0)).unwrap();
+        let hour_blocks: i64 = s.conn.query_row("SELECT COUNT(*) FROM pair_hours", [], |r| r.get(0)).unwrap();
+        assert!(hour_rows > 20 && hour_blocks >= 12, "hour rows {hour_rows}, pair hours {hour_blocks}");
+
+        let scopes = [
+            Scope::Site,
+            Scope::Venue("v1".into()),
+            Scope::Channel("search".into()),
+            Scope::Slot("s007".into()),
+            Scope::Merchant("m3".into()),
+        ];
+        let ranges: Vec<(i64, i64, i64)> = vec![
+            (t0, t0 + 300, 60),
+            (t0, t0 + 300, 120),
+            (t0 - 60, t0 + 400, 1440),
+            (t0 + 3, t0 + 250, 60),
+            (t0 + 60, t0 + 180, 7),
+            (t0 + 17, t0 + 299, 1),
+            (t0 + 120, t0 + 240, 30),
+        ];
+        let answers = |s: &Store| {
+            let mut out: Vec<String> = Vec::new();
+            for &(from, to, step) in &ranges {
+                let (fm, tm) = (from * 60_000, to * 60_000);
+                for scope in &scopes {
+                    for metric in ["gmv", "paid_orders", "clicks", "uv", "ipv_uv", "buyers"] {
+                        let q = Query {
+                            metric: Metric::parse(metric).unwrap(),
+                            scope: scope.clone(),
+                            from_ms: fm,
+                            to_ms: tm,
+                            step_ms: step * 60_000,
+                            merchant: None,
+                        };
+                        match s.series(&q) {
+                            Ok(r) => out.push(format!("{scope:?} {metric} {from}..{to}/{step}: {:?}", r.points)),
+                            Err(e) => out.push(format!("{scope:?} {metric}: {e}")),
+                        }
+                    }
+                    out.push(format!(
+                        "{scope:?} totals {from}..{to}: {:?}",
+                        s.totals(scope, None, fm, tm).map(|t| (t.counts, t.distinct)).map_err(|e| e.to_string())
+                    ));
+                }
+                out.push(format!(
+                    "slots {:?}",
+                    s.by_slot(fm, tm, None).unwrap().iter().map(|r| (r.name.clone(), r.counts)).collect::<Vec<_>>()
+                ));
+                out.push(format!(
+                    "merchant m2 slots {:?}",
+                    s.by_slot(fm, tm, Some("m2"))
+                        .unwrap()
+                        .iter()
+                        .map(|r| (r.name.clone(), r.counts))
+                        .collect::<Vec<_>>()
+                ));
+                out.push(format!(
+                    "merchants {:?}",
+                    s.by_merchant(fm, tm).unwrap().iter().map(|r| (r.name.clone(), r.counts)).collect::<Vec<_>>()
+                ));
+                for kind in [VENUE, CHANNEL] {
+                    out.push(format!(
+                        "{kind} {:?}",
+                        s.by_name(kind, fm, tm).unwrap().iter().map(|r| (r.name.clone(), r.counts)).collect::<Vec<_>>()
+                    ));
+                }
+                out.push(format!("race {:?}", s.venue_slot_gmv("v2", fm, tm, step * 60_000).unwrap()));
+            }
+            out
+        };
+        let rolled = answers(&s);
+        // Counts against the naive sums.
+        for &(from, to, _) in &ranges {
+            for (scope, name) in [
+                (Scope::Site, "site".to_string()),
+                (Scope::Slot("s007".into()), "slot s007".into()),
+                (Scope::Merchant("m3".into()), "merchant m3".into()),
+                (Scope::Channel("search".into()), "channel search".into()),
+                (Scope::Venue("v1".into()), "venue v1".into()),
+            ] {
+                let mut want = [0u64; 3];
+                for m in from..to {
+                    if let Some(v) = naive.get(&(name.clone(), m)) {
+                        for (a, b) in want.iter_mut().zip(v) {
+                            *a += b;
+                        }
+                    }
+                }
+                let c = s.totals(&scope, None, from * 60_000, to * 60_000).unwrap().counts;
+                assert_eq!([c.gmv, c.paid_orders, c.clicks], want, "{name} {from}..{to}");
+            }
+        }
+        // The same store read from its minutes only.
+        s.conn.execute("DELETE FROM meta WHERE key = 'rolled'", []).unwrap();
+        assert_eq!(s.rolled_hours().unwrap(), None);
+        let minutes = answers(&s);
+        assert_eq!(rolled.len(), minutes.len());
+        for (a, b) in rolled.iter().zip(&minutes) {
+            assert_eq!(a, b);
+        }
+    }
+
     /// A query reads one snapshot and holds nothing a write waits for: a write made while a
     /// read is open lands at once (the reader would wait forever for it otherwise), and the
     /// read still sees the database as it was when it started.
@@ -294,6 +607,8 @@ pub struct Store {
     /// Whether stored batches are kept to be undone (not for a replay's new file: its batches
     /// never come again).
     keep_undo: bool,
+    /// The hours rolled up, `[from, until)` in minutes (`meta` `rolled`).
+    rolled: Option<(i64, i64)>,
 }
 
 const SCHEMA: &str = "
@@ -310,6 +625,8 @@ CREATE TABLE IF NOT EXISTS minutes(kind INTEGER NOT NULL, id INTEGER NOT NULL, m
     impressions INTEGER NOT NULL, clicks INTEGER NOT NULL,
     PRIMARY KEY(kind, id, minute)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS pair_minutes(block INTEGER NOT NULL, minute INTEGER NOT NULL, body BLOB NOT NULL,
+    PRIMARY KEY(block, minute)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS pair_hours(block INTEGER NOT NULL, minute INTEGER NOT NULL, body BLOB NOT NULL,
     PRIMARY KEY(block, minute)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS sketches(kind INTEGER NOT NULL, id INTEGER NOT NULL, minute INTEGER NOT NULL,
     metric INTEGER NOT NULL, hll BLOB NOT NULL, PRIMARY KEY(kind, id, minute, metric)) WITHOUT ROWID;
@@ -339,7 +656,7 @@ impl Store {
         // Every statement a write and the queries use stays prepared (the default 16 did not
         // hold them all: a replay spent 5% preparing the same statements again).
         conn.set_prepared_statement_cache_capacity(64);
-        let mut s = Store { conn, ids: Ids::default(), pair_ids: HashMap::new(), keep_undo: true };
+        let mut s = Store { conn, ids: Ids::default(), pair_ids: HashMap::new(), keep_undo: true, rolled: None };
         s.load_ids()?;
         Ok(s)
     }
@@ -364,7 +681,7 @@ impl Store {
         }
         let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(err)?;
         conn.execute_batch("PRAGMA busy_timeout=5000;").map_err(err)?;
-        let mut s = Store { conn, ids: Ids::default(), pair_ids: HashMap::new(), keep_undo: true };
+        let mut s = Store { conn, ids: Ids::default(), pair_ids: HashMap::new(), keep_undo: true, rolled: None };
         s.load_ids()?;
         Ok(s)
     }
@@ -392,7 +709,20 @@ impl Store {
             let (k, v) = r?;
             self.pair_ids.insert(k, v);
         }
+        self.rolled = self.rolled_hours()?;
         Ok(())
+    }
+
+    /// The hours rolled up, `[from, until)` in minutes, as stored.
+    pub fn rolled_hours(&self) -> Result<Option<(i64, i64)>> {
+        let Some(v) = self.meta("rolled")? else { return Ok(None) };
+        let bad = || HistoryError::Decode(format!("meta rolled = {v:?}"));
+        let (a, b) = v.split_once("..").ok_or_else(bad)?;
+        let r = (a.parse::<i64>().map_err(|_| bad())?, b.parse::<i64>().map_err(|_| bad())?);
+        if r.0 % 60 != 0 || r.1 % 60 != 0 || r.1 < r.0 {
+            return Err(bad());
+        }
+        Ok(Some(r))
     }
 
     pub(crate) fn conn(&self) -> &Connection {
@@ -414,10 +744,11 @@ impl Store {
     /// row, a block of pairs or a sketch that several shards touched is written once.
     pub fn write(&mut self, batch: &HistoryBatch) -> Result<WriteStats> {
         let mut stats = WriteStats::default();
-        let keep_undo = self.keep_undo;
+        let (keep_undo, rolled) = (self.keep_undo, self.rolled);
         let tx = self.conn.transaction()?;
         let mut ids = std::mem::take(&mut self.ids);
         let mut pair_ids = std::mem::take(&mut self.pair_ids);
+        let mut newest = i64::MIN;
         let r = (|| -> Result<()> {
             let mut namer = Namer {
                 tx: &tx,
@@ -426,8 +757,8 @@ impl Store {
                 names: &batch.names,
                 seen: Default::default(),
             };
-            // What this write adds (and takes away).
-            let mut deltas = Deltas::default();
+            // What this write adds (and takes away); to rolled-up hours too.
+            let mut deltas = Deltas { rolled, ..Default::default() };
             // (kind, id, minute, metric, sketch): what it unions.
             let mut unions: Vec<(i64, i64, i64, i64, &MinuteSketch)> = Vec::new();
             // Empty parts too: their numbers undo stored batches of a run that did not persist.
@@ -485,12 +816,23 @@ impl Store {
                         }
                     })?;
                     stats.minutes += 1;
+                    newest = newest.max(m.minute);
+                    // A minute of a rolled-up hour: its sketches go to the hour's too.
+                    let hour = in_hours(rolled, m.minute);
+                    let mut scoped: Vec<(i64, i64, &[MinuteSketch; 3])> = Vec::new();
                     if let Some(s) = &m.sketches {
-                        unions.extend(s.iter().enumerate().map(|(k, h)| (SITE, 0, m.minute, k as i64, h)));
+                        scoped.push((SITE, 0, s));
                     }
                     for (v, s) in &m.venue_sketches {
-                        let id = namer.name(N_VENUE, &batch.names.venues, *v)?;
-                        unions.extend(s.iter().enumerate().map(|(k, h)| (VENUE, id, m.minute, k as i64, h)));
+                        scoped.push((VENUE, namer.name(N_VENUE, &batch.names.venues, *v)?, s));
+                    }
+                    for (kind, id, s) in scoped {
+                        for (k, h) in s.iter().enumerate() {
+                            unions.push((kind, id, m.minute, k as i64, h));
+                            if let Some(hour) = hour {
+                                unions.push((kind + HOUR, id, hour, k as i64, h));
+                            }
+                        }
                     }
                 }
                 if keep_undo {
@@ -507,6 +849,16 @@ impl Store {
                 tx.commit()?;
                 self.ids = ids;
                 self.pair_ids = pair_ids;
+                if newest > i64::MIN {
+                    // The batch is stored whatever happens here: a roll-up that fails is tried
+                    // again after the next write (queries read minutes meanwhile).
+                    match self.roll_up(newest - ROLL_AFTER) {
+                        Ok(n) => stats.hours = n,
+                        Err(e) => {
+                            tracing::error!(error = %e, "history hours not rolled up (queries of long ranges read minutes meanwhile); check the history database's disk")
+                        }
+                    }
+                }
                 Ok(stats)
             }
             Err(e) => {
@@ -600,7 +952,33 @@ impl Store {
         Ok((count * size) as u64)
     }
 
-    /// Stored minutes by scope kind (site, venue, pair, channel): rows of `minutes`, and the
+    /// Rolls up every hour that ends by minute `through` and is not rolled up yet, from the
+    /// first stored minute's hour on: rows and pairs' blocks summed, sketches unioned, in one
+    /// transaction with `meta` `rolled` (see the module doc). Returns the hours rolled up.
+    pub fn roll_up(&mut self, through: i64) -> Result<u64> {
+        let until = through.div_euclid(60) * 60;
+        let from = match self.rolled {
+            Some((_, b)) => b,
+            None => match self.bounds()? {
+                Some((first, _)) => first.div_euclid(60) * 60,
+                None => return Ok(0),
+            },
+        };
+        if until <= from {
+            return Ok(0);
+        }
+        let start = self.rolled.map_or(from, |r| r.0);
+        let tx = self.conn.transaction()?;
+        roll_up_hours(&tx, from, until)?;
+        tx.execute(
+            "INSERT INTO meta(key, value) VALUES('rolled', ?1) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            [format!("{start}..{until}")],
+        )?;
+        tx.commit()?;
+        self.rolled = Some((start, until));
+        Ok(((until - from) / 60) as u64)
+    }
+
     /// pairs' minutes in the `pair_minutes` blocks.
     pub fn row_counts(&self) -> Result<[u64; 4]> {
         let mut out = [0u64; 4];
@@ -625,6 +1003,109 @@ impl Store {
 /// Pairs per row of `pair_minutes`.
 pub const PAIR_BLOCK: i64 = 256;
 
+/// The hour rollups of `[from, until)` (whole hours), from the minutes: replaces any there.
+/// One range scan per scope, block and sketch series.
+fn roll_up_hours(tx: &Transaction<'_>, from: i64, until: i64) -> Result<()> {
+    let ids = |kind: i64| -> Result<Vec<i64>> {
+        let mut st = tx.prepare_cached("SELECT id FROM names WHERE kind = ?1 ORDER BY id")?;
+        let rows = st.query_map([kind], |r| r.get(0))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    };
+    let (venues, channels) = (ids(N_VENUE)?, ids(N_CHANNEL)?);
+    let scopes: Vec<(i64, i64)> = std::iter::once((SITE, 0))
+        .chain(venues.iter().map(|&v| (VENUE, v)))
+        .chain(channels.iter().map(|&c| (CHANNEL, c)))
+        .collect();
+    // Rows: summed by hour in SQL (the hour of a minute rounded down, negative ones too).
+    let cols = COUNTS.join(", ");
+    let sums = COUNTS.iter().map(|c| format!("SUM({c})")).collect::<Vec<_>>().join(", ");
+    for &(kind, id) in &scopes {
+        tx.prepare_cached("DELETE FROM minutes WHERE kind = ?1 AND id = ?2 AND minute >= ?3 AND minute < ?4")?
+            .execute(params![kind + HOUR, id, from, until])?;
+        tx.prepare_cached(&format!(
+            "INSERT INTO minutes(kind, id, minute, {cols})
+             SELECT ?1, ?2, minute - ((minute % 60) + 60) % 60 AS hour, {sums} FROM minutes
+             WHERE kind = ?3 AND id = ?2 AND minute >= ?4 AND minute < ?5 GROUP BY hour"
+        ))?
+        .execute(params![kind + HOUR, id, kind, from, until])?;
+    }
+    // Pairs' blocks: each block's minutes in order, summed per hour and offset.
+    let last: Option<i64> = tx.query_row("SELECT MAX(block) FROM pair_minutes", [], |r| r.get(0))?;
+    let mut sums = vec![[0i64; 12]; PAIR_BLOCK as usize];
+    let mut seen = [false; PAIR_BLOCK as usize];
+    for block in 0..=last.unwrap_or(-1) {
+        tx.prepare_cached("DELETE FROM pair_hours WHERE block = ?1 AND minute >= ?2 AND minute < ?3")?
+            .execute(params![block, from, until])?;
+        let flush = |hour: i64, sums: &mut [[i64; 12]], seen: &mut [bool]| -> Result<()> {
+            let entries = (0..PAIR_BLOCK as usize).filter(|&k| seen[k]).map(|k| (k as u8, sums[k]));
+            let body = encode_block(entries);
+            sums.iter_mut().for_each(|v| *v = [0; 12]);
+            seen.iter_mut().for_each(|x| *x = false);
+            tx.prepare_cached("INSERT INTO pair_hours(block, minute, body) VALUES(?1, ?2, ?3)")?
+                .execute(params![block, hour, body])?;
+            Ok(())
+        };
+        let mut st = tx.prepare_cached(
+            "SELECT minute, body FROM pair_minutes WHERE block = ?1 AND minute >= ?2 AND minute < ?3 ORDER BY minute",
+        )?;
+        let mut rows = st.query(params![block, from, until])?;
+        let mut cur: Option<i64> = None;
+        while let Some(r) = rows.next()? {
+            let hour = r.get::<_, i64>(0)?.div_euclid(60) * 60;
+            if let Some(h) = cur.filter(|&h| h != hour) {
+                flush(h, &mut sums, &mut seen)?;
+            }
+            cur = Some(hour);
+            let body = r.get_ref(1)?.as_blob().map_err(|e| HistoryError::Decode(e.to_string()))?;
+            each_block_entry(body, |off, v| {
+                seen[off as usize] = true;
+                for (a, b) in sums[off as usize].iter_mut().zip(v) {
+                    *a += b;
+                }
+            })?;
+        }
+        if let Some(h) = cur {
+            flush(h, &mut sums, &mut seen)?;
+        }
+    }
+    // Sketches of the site and the venues: unioned per hour and metric.
+    let mut regs: Vec<u8> = Vec::new();
+    for &(kind, id) in scopes.iter().filter(|s| s.0 != CHANNEL) {
+        tx.prepare_cached("DELETE FROM sketches WHERE kind = ?1 AND id = ?2 AND minute >= ?3 AND minute < ?4")?
+            .execute(params![kind + HOUR, id, from, until])?;
+        let p = if kind == SITE { SITE_P } else { VENUE_P };
+        for metric in 0..DISTINCT.len() as i64 {
+            let flush = |hour: i64, regs: &mut Vec<u8>| -> Result<()> {
+                tx.prepare_cached("INSERT INTO sketches(kind, id, minute, metric, hll) VALUES(?1, ?2, ?3, ?4, ?5)")?
+                    .execute(params![kind + HOUR, id, hour, metric, encode_regs(regs)])?;
+                regs.iter_mut().for_each(|r| *r = 0);
+                Ok(())
+            };
+            regs.clear();
+            regs.resize(1 << p, 0);
+            let mut st = tx.prepare_cached(
+                "SELECT minute, hll FROM sketches WHERE kind = ?1 AND id = ?2 AND minute >= ?3 AND minute < ?4
+                 AND metric = ?5 ORDER BY minute",
+            )?;
+            let mut rows = st.query(params![kind, id, from, until, metric])?;
+            let mut cur: Option<i64> = None;
+            while let Some(r) = rows.next()? {
+                let hour = r.get::<_, i64>(0)?.div_euclid(60) * 60;
+                if let Some(h) = cur.filter(|&h| h != hour) {
+                    flush(h, &mut regs)?;
+                }
+                cur = Some(hour);
+                let body = r.get_ref(1)?.as_blob().map_err(|e| HistoryError::Decode(e.to_string()))?;
+                decode_regs_into(body, &mut regs)?;
+            }
+            if let Some(h) = cur {
+                flush(h, &mut regs)?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// A pair's counts in a block-minute: (offset in the block, counts).
 type PairEntry = (u8, [i64; 12]);
 
@@ -633,20 +1114,39 @@ type PairEntry = (u8, [i64; 12]);
 #[derive(Default)]
 struct Deltas {
     rows: hashbrown::HashMap<(i64, i64, i64), [i64; 12]>,
-    /// (block, minute) -> (offset in the block, counts), unsorted, a pair possibly repeated.
-    blocks: hashbrown::HashMap<(i64, i64), Vec<PairEntry>>,
+    /// (block, minute, hour rollup) -> (offset in the block, counts), unsorted, a pair
+    /// possibly repeated.
+    blocks: hashbrown::HashMap<(i64, i64, bool), Vec<PairEntry>>,
+    /// The hours rolled up: a minute of theirs is added to its hour too.
+    rolled: Option<(i64, i64)>,
+}
+
+/// The first minute of `minute`'s hour if that hour is rolled up.
+fn in_hours(rolled: Option<(i64, i64)>, minute: i64) -> Option<i64> {
+    rolled.filter(|&(a, b)| a <= minute && minute < b).map(|_| minute.div_euclid(60) * 60)
 }
 
 impl Deltas {
     fn add(&mut self, kind: i64, id: i64, minute: i64, v: &[u64; 12], sign: i64) {
         let v = v.map(|x| i64::try_from(x).unwrap_or(i64::MAX) * sign);
+        let hour = in_hours(self.rolled, minute);
         if kind == PAIR {
             let block = id.div_euclid(PAIR_BLOCK);
-            self.blocks.entry((block, minute)).or_default().push(((id - block * PAIR_BLOCK) as u8, v));
+            let e = ((id - block * PAIR_BLOCK) as u8, v);
+            self.blocks.entry((block, minute, false)).or_default().push(e);
+            if let Some(h) = hour {
+                self.blocks.entry((block, h, true)).or_default().push(e);
+            }
         } else {
-            let e = self.rows.entry((kind, id, minute)).or_insert([0; 12]);
-            for (a, b) in e.iter_mut().zip(v) {
-                *a += b;
+            let mut add = |key| {
+                let e = self.rows.entry(key).or_insert([0; 12]);
+                for (a, b) in e.iter_mut().zip(v) {
+                    *a += b;
+                }
+            };
+            add((kind, id, minute));
+            if let Some(h) = hour {
+                add((kind + HOUR, id, h));
             }
         }
     }
@@ -662,7 +1162,7 @@ impl Deltas {
         }
         let mut blocks: Vec<_> = self.blocks.into_iter().collect();
         blocks.sort_unstable_by_key(|b| b.0);
-        for ((block, minute), mut entries) in blocks {
+        for ((block, minute, hour), mut entries) in blocks {
             entries.sort_unstable_by_key(|e| e.0);
             entries.dedup_by(|later, kept| {
                 if later.0 != kept.0 {
@@ -673,7 +1173,7 @@ impl Deltas {
                 }
                 true
             });
-            add_block(tx, block, minute, &entries)?;
+            add_block(tx, hour, block, minute, &entries)?;
         }
         Ok(())
     }
@@ -700,12 +1200,23 @@ fn add_row(tx: &Transaction<'_>, kind: i64, id: i64, minute: i64, s: &[i64; 12])
     Ok(())
 }
 
-/// Adds signed counts to pairs of one block-minute (`entries` by offset, each once).
-fn add_block(tx: &Transaction<'_>, block: i64, minute: i64, entries: &[(u8, [i64; 12])]) -> Result<()> {
-    let old: Option<Vec<u8>> = tx
-        .prepare_cached("SELECT body FROM pair_minutes WHERE block = ?1 AND minute = ?2")?
-        .query_row(params![block, minute], |r| r.get(0))
-        .optional()?;
+/// Adds signed counts to pairs of one block-minute (of `pair_hours` if `hour`: `minute` is
+/// the hour's first), `entries` by offset, each once.
+fn add_block(tx: &Transaction<'_>, hour: bool, block: i64, minute: i64, entries: &[(u8, [i64; 12])]) -> Result<()> {
+    let (select, upsert) = if hour {
+        (
+            "SELECT body FROM pair_hours WHERE block = ?1 AND minute = ?2",
+            "INSERT INTO pair_hours(block, minute, body) VALUES(?1, ?2, ?3)
+             ON CONFLICT(block, minute) DO UPDATE SET body = excluded.body",
+        )
+    } else {
+        (
+            "SELECT body FROM pair_minutes WHERE block = ?1 AND minute = ?2",
+            "INSERT INTO pair_minutes(block, minute, body) VALUES(?1, ?2, ?3)
+             ON CONFLICT(block, minute) DO UPDATE SET body = excluded.body",
+        )
+    };
+    let old: Option<Vec<u8>> = tx.prepare_cached(select)?.query_row(params![block, minute], |r| r.get(0)).optional()?;
     let merged = match old {
         None => encode_block(entries.iter().copied()),
         Some(old) => {
@@ -723,11 +1234,7 @@ fn add_block(tx: &Transaction<'_>, block: i64, minute: i64, entries: &[(u8, [i64
             encode_block(cur.into_iter())
         }
     };
-    tx.prepare_cached(
-        "INSERT INTO pair_minutes(block, minute, body) VALUES(?1, ?2, ?3)
-         ON CONFLICT(block, minute) DO UPDATE SET body = excluded.body",
-    )?
-    .execute(params![block, minute, merged])?;
+    tx.prepare_cached(upsert)?.execute(params![block, minute, merged])?;
     Ok(())
 }
 
@@ -801,47 +1308,94 @@ pub(crate) fn each_block_entry(bytes: &[u8], mut f: impl FnMut(u8, &[i64; 12])) 
 fn apply_unions(tx: &Transaction<'_>, mut unions: Vec<(i64, i64, i64, i64, &MinuteSketch)>) -> Result<u64> {
     unions.sort_unstable_by_key(|u| (u.0, u.1, u.2, u.3));
     let mut written = 0;
-    // One register array for every union (zeroed again after each): no sort of the entries
-    // and no allocation per sketch.
-    let mut regs: Vec<u8> = Vec::new();
+    // One register array and one list for every union: no allocation per sketch.
+    let (mut regs, mut small): (Vec<u8>, Vec<u32>) = (Vec::new(), Vec::new());
+    let mut sketches: Vec<&MinuteSketch> = Vec::new();
     for group in unions.chunk_by(|a, b| (a.0, a.1, a.2, a.3) == (b.0, b.1, b.2, b.3)) {
         let (kind, id, minute, metric, _) = group[0];
-        let p = if kind == SITE { SITE_P } else { VENUE_P };
-        regs.clear();
-        regs.resize(1 << p, 0);
-        union_sketch(tx, kind, id, minute, metric, group.iter().map(|u| u.4), &mut regs)?;
+        let p = if kind % HOUR == SITE { SITE_P } else { VENUE_P };
+        sketches.clear();
+        sketches.extend(group.iter().map(|u| u.4));
+        let old: Option<Vec<u8>> = tx
+            .prepare_cached("SELECT hll FROM sketches WHERE kind = ?1 AND id = ?2 AND minute = ?3 AND metric = ?4")?
+            .query_row(params![kind, id, minute, metric], |r| r.get(0))
+            .optional()?;
+        let bytes = match union_small(old.as_deref(), &sketches, p, &mut small)? {
+            Some(b) => b,
+            None => {
+                regs.clear();
+                regs.resize(1 << p, 0);
+                if let Some(old) = &old {
+                    decode_regs_into(old, &mut regs)?;
+                }
+                for h in &sketches {
+                    h.merge_into(&mut regs);
+                }
+                encode_regs(&regs)
+            }
+        };
+        tx.prepare_cached(
+            "INSERT INTO sketches(kind, id, minute, metric, hll) VALUES(?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT(kind, id, minute, metric) DO UPDATE SET hll = excluded.hll",
+        )?
+        .execute(params![kind, id, minute, metric, bytes])?;
         written += 1;
     }
     Ok(written)
 }
 
-/// Unions the sketches into the stored one; `regs` is zero and of the sketch's size.
-fn union_sketch<'a>(
-    tx: &Transaction<'_>,
-    kind: i64,
-    id: i64,
-    minute: i64,
-    metric: i64,
-    sketches: impl Iterator<Item = &'a MinuteSketch>,
-    regs: &mut [u8],
-) -> Result<()> {
-    let old: Option<Vec<u8>> = tx
-        .prepare_cached("SELECT hll FROM sketches WHERE kind = ?1 AND id = ?2 AND minute = ?3 AND metric = ?4")?
-        .query_row(params![kind, id, minute, metric], |r| r.get(0))
-        .optional()?;
-    if let Some(old) = old {
-        decode_regs_into(&old, regs)?;
+/// Unions of at most this many (register, rank) entries go through a sorted list, not the
+/// register array: a quiet minute's sketch holds a few dozen, and zeroing and scanning 16 kB
+/// for each was most of what a week-long night's writes cost.
+const SMALL_UNION: usize = 512;
+
+/// The stored form of the union of `old` (a stored sketch) and `sketches` when all are sparse
+/// and hold at most [`SMALL_UNION`] entries in all (`None` otherwise): the same bytes as
+/// through the registers ([`encode_regs`]), from the entries sorted, each register's largest
+/// rank kept.
+fn union_small(old: Option<&[u8]>, sketches: &[&MinuteSketch], p: u32, list: &mut Vec<u32>) -> Result<Option<Vec<u8>>> {
+    let stored = match old.map(|o| o.split_first()) {
+        None => &[][..],
+        Some(Some((1, pairs))) if pairs.len() % 3 == 0 => pairs,
+        _ => return Ok(None),
+    };
+    let mut n = stored.len() / 3;
+    for s in sketches {
+        match s {
+            MinuteSketch::Sparse(v) => n += v.len(),
+            MinuteSketch::Dense(_) => return Ok(None),
+        }
     }
-    for h in sketches {
-        h.merge_into(regs);
+    // Never dense at this size (a third of the registers), but the format says so.
+    if n > SMALL_UNION || n * 3 >= 1 << p {
+        return Ok(None);
     }
-    let bytes = encode_regs(regs);
-    tx.prepare_cached(
-        "INSERT INTO sketches(kind, id, minute, metric, hll) VALUES(?1, ?2, ?3, ?4, ?5)
-         ON CONFLICT(kind, id, minute, metric) DO UPDATE SET hll = excluded.hll",
-    )?
-    .execute(params![kind, id, minute, metric, bytes])?;
-    Ok(())
+    list.clear();
+    for c in stored.chunks_exact(3) {
+        let i = u16::from_le_bytes([c[0], c[1]]) as u32;
+        if i >= 1 << p {
+            return Err(HistoryError::Decode("a stored sketch: register index out of range".into()));
+        }
+        list.push(i << 8 | c[2] as u32);
+    }
+    for s in sketches {
+        if let MinuteSketch::Sparse(v) = s {
+            // Out of range: left out, as `merge_into` does.
+            list.extend(v.iter().filter(|&&e| e >> 8 < 1 << p));
+        }
+    }
+    list.sort_unstable();
+    let mut out = Vec::with_capacity(1 + 3 * list.len());
+    out.push(1);
+    for (k, &e) in list.iter().enumerate() {
+        // The last of a register's entries has its largest rank; a zero rank is no entry.
+        if list.get(k + 1).is_some_and(|&next| next >> 8 == e >> 8) || e & 0xff == 0 {
+            continue;
+        }
+        out.extend_from_slice(&((e >> 8) as u16).to_le_bytes());
+        out.push(e as u8);
+    }
+    Ok(Some(out))
 }
 
 /// A sketch's stored form: tag 0 and the registers (dense), or tag 1 and (u16 index LE, u8

@@ -7,7 +7,7 @@ use serde::Serialize;
 use warroom_engine::history::{Counts, COUNTS, DISTINCT, SITE_P, VENUE_P};
 use warroom_engine::hll::Hll;
 
-use crate::{decode_hll, each_block_entry, kinds, HistoryError, Result, Store, CHANNEL, PAIR_BLOCK, SITE, VENUE};
+use crate::{decode_hll, each_block_entry, kinds, HistoryError, Result, Store, CHANNEL, HOUR, PAIR_BLOCK, SITE, VENUE};
 
 /// At most this many points per answer.
 pub const MAX_POINTS: i64 = 20_000;
@@ -132,7 +132,58 @@ struct PairInfo {
     merchant_name: Option<String>,
 }
 
+/// A part of a range read from one resolution: `[start, end)` in minutes, from the hour
+/// rollups if `hours`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Span {
+    pub start: i64,
+    pub end: i64,
+    pub hours: bool,
+}
+
+/// `[from, to)` as spans: a whole hour that is rolled up (`rolled`) and falls in one step of
+/// `step` minutes counted from `from` is read from its rollup, the rest from the minutes.
+/// (Results are the same either way: an hour's rollup is the sum, or union, of its minutes.)
+pub(crate) fn spans(from: i64, to: i64, step: i64, rolled: Option<(i64, i64)>) -> Vec<Span> {
+    let mut out: Vec<Span> = Vec::new();
+    if to <= from {
+        return out;
+    }
+    let mut push = |start: i64, end: i64, hours: bool| match out.last_mut() {
+        Some(l) if l.hours == hours && l.end == start => l.end = end,
+        _ => out.push(Span { start, end, hours }),
+    };
+    let Some((a, b)) = rolled.filter(|&(a, b)| a < b && from < b && a < to) else {
+        push(from, to, false);
+        return out;
+    };
+    let step = step.max(1);
+    // Minutes before the first whole hour of the rolled ones in the range.
+    let first = from.max(a).div_euclid(60) * 60;
+    let first = if first < from { first + 60 } else { first };
+    let mut m = from;
+    if first > m {
+        push(m, first.min(to), false);
+        m = first.min(to);
+    }
+    while m + 60 <= to.min(b) {
+        let whole = (m - from).div_euclid(step) == (m + 59 - from).div_euclid(step);
+        push(m, m + 60, whole);
+        m += 60;
+    }
+    if m < to {
+        push(m, to, false);
+    }
+    out
+}
+
 impl Store {
+    /// The spans of `[from, to)` in steps of `step` minutes (see [`spans`]), with the hours
+    /// rolled up as of this read.
+    pub(crate) fn spans(&self, from: i64, to: i64, step: i64) -> Result<Vec<Span>> {
+        Ok(spans(from, to, step, self.rolled_hours()?))
+    }
+
     /// Where the scope's counts are (of merchant `merchant`'s pairs only, if given). `None`:
     /// the name was never stored (nothing counted).
     fn source(&self, scope: &Scope, merchant: Option<&str>) -> Result<Option<Source>> {
@@ -172,35 +223,48 @@ impl Store {
     }
 
     /// Calls `f(minute, counts)` for each stored minute of the source in `[from, to)`, in no
-    /// particular order (a minute of several pairs once per pair).
-    fn each_minute(&self, src: &Source, from: i64, to: i64, mut f: impl FnMut(i64, &[i64; 12])) -> Result<()> {
+    /// particular order (a minute of several pairs once per pair); a whole hour in one step of
+    /// `step` minutes may come as one call for its first minute (its rollup).
+    fn each_minute(
+        &self,
+        src: &Source,
+        from: i64,
+        to: i64,
+        step: i64,
+        mut f: impl FnMut(i64, &[i64; 12]),
+    ) -> Result<()> {
         match src {
             Source::Rows(kind, id) => {
                 let cols = COUNTS.join(", ");
                 let mut st = self.conn().prepare_cached(&format!(
                     "SELECT minute, {cols} FROM minutes WHERE kind = ?1 AND id = ?2 AND minute >= ?3 AND minute < ?4"
                 ))?;
-                let mut rows = st.query(params![kind, id, from, to])?;
-                while let Some(r) = rows.next()? {
-                    let mut v = [0i64; 12];
-                    for (k, x) in v.iter_mut().enumerate() {
-                        *x = r.get(1 + k)?;
+                for sp in self.spans(from, to, step)? {
+                    let kind = if sp.hours { kind + HOUR } else { *kind };
+                    let mut rows = st.query(params![kind, id, sp.start, sp.end])?;
+                    while let Some(r) = rows.next()? {
+                        let mut v = [0i64; 12];
+                        for (k, x) in v.iter_mut().enumerate() {
+                            *x = r.get(1 + k)?;
+                        }
+                        f(r.get(0)?, &v);
                     }
-                    f(r.get(0)?, &v);
                 }
                 Ok(())
             }
-            Source::Pairs(ids) => self.each_pair_minute(Some(ids), from, to, |m, _, v| f(m, v)),
+            Source::Pairs(ids) => self.each_pair_minute(Some(ids), from, to, step, |m, _, v| f(m, v)),
         }
     }
 
     /// Calls `f(minute, pair id, counts)` for each stored minute of the pairs `ids` (sorted;
-    /// every pair if `None`) in `[from, to)`: one range scan per block of pairs.
+    /// every pair if `None`) in `[from, to)`: one range scan per block of pairs and span (a
+    /// whole hour in one step of `step` minutes may come from its rollup, as its first minute).
     fn each_pair_minute(
         &self,
         ids: Option<&[i64]>,
         from: i64,
         to: i64,
+        step: i64,
         mut f: impl FnMut(i64, i64, &[i64; 12]),
     ) -> Result<()> {
         let blocks: Vec<i64> = match ids {
@@ -215,20 +279,27 @@ impl Store {
                 (0..=last.unwrap_or(-1)).collect()
             }
         };
-        let mut st = self.conn().prepare_cached(
+        let spans = self.spans(from, to, step)?;
+        let mut minutes = self.conn().prepare_cached(
             "SELECT minute, body FROM pair_minutes WHERE block = ?1 AND minute >= ?2 AND minute < ?3",
         )?;
+        let mut hours = self
+            .conn()
+            .prepare_cached("SELECT minute, body FROM pair_hours WHERE block = ?1 AND minute >= ?2 AND minute < ?3")?;
         for block in blocks {
-            let mut rows = st.query(params![block, from, to])?;
-            while let Some(r) = rows.next()? {
-                let minute: i64 = r.get(0)?;
-                let body = r.get_ref(1)?.as_blob().map_err(|e| HistoryError::Decode(e.to_string()))?;
-                each_block_entry(body, |off, v| {
-                    let id = block * PAIR_BLOCK + off as i64;
-                    if ids.is_none_or(|ids| ids.binary_search(&id).is_ok()) {
-                        f(minute, id, v);
-                    }
-                })?;
+            for sp in &spans {
+                let st = if sp.hours { &mut hours } else { &mut minutes };
+                let mut rows = st.query(params![block, sp.start, sp.end])?;
+                while let Some(r) = rows.next()? {
+                    let minute: i64 = r.get(0)?;
+                    let body = r.get_ref(1)?.as_blob().map_err(|e| HistoryError::Decode(e.to_string()))?;
+                    each_block_entry(body, |off, v| {
+                        let id = block * PAIR_BLOCK + off as i64;
+                        if ids.is_none_or(|ids| ids.binary_search(&id).is_ok()) {
+                            f(minute, id, v);
+                        }
+                    })?;
+                }
             }
         }
         Ok(())
@@ -279,7 +350,7 @@ impl Store {
             Metric::Count(c) => {
                 if let Some(src) = self.source(&q.scope, q.merchant.as_deref())? {
                     let mut sums = vec![0i64; n as usize];
-                    self.each_minute(&src, from, to, |m, v| sums[((m - from) / step) as usize] += v[c])?;
+                    self.each_minute(&src, from, to, step, |m, v| sums[((m - from) / step) as usize] += v[c])?;
                     for (p, s) in points.iter_mut().zip(sums) {
                         p.1 = s.max(0) as u64;
                     }
@@ -287,7 +358,7 @@ impl Store {
             }
             Metric::Distinct(d) => {
                 let mut acc: Vec<Option<Hll>> = vec![None; n as usize];
-                self.each_sketch(&q.scope, q.merchant.as_deref(), d, from, to, |m, h| {
+                self.each_sketch(&q.scope, q.merchant.as_deref(), d, from, to, step, |m, h| {
                     let slot = &mut acc[((m - from) / step) as usize];
                     match slot {
                         Some(a) => a.merge(&h),
@@ -309,7 +380,9 @@ impl Store {
         })
     }
 
-    /// Calls `f(minute, sketch)` for each stored sketch of the scope's distinct `metric`.
+    /// Calls `f(minute, sketch)` for each stored sketch of the scope's distinct `metric` (a
+    /// whole hour in one step of `step` minutes may come as its rollup, for its first minute).
+    #[allow(clippy::too_many_arguments)]
     fn each_sketch(
         &self,
         scope: &Scope,
@@ -317,6 +390,7 @@ impl Store {
         metric: usize,
         from: i64,
         to: i64,
+        step: i64,
         mut f: impl FnMut(i64, Hll),
     ) -> Result<()> {
         let (kind, id, p) = match (scope, merchant) {
@@ -335,12 +409,13 @@ impl Store {
         let mut st = self.conn().prepare_cached(
             "SELECT minute, hll FROM sketches WHERE kind = ?1 AND id = ?2 AND metric = ?3 AND minute >= ?4 AND minute < ?5",
         )?;
-        let rows = st.query_map(params![kind, id, metric as i64, from, to], |r| {
-            Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
-        })?;
-        for r in rows {
-            let (m, b) = r?;
-            f(m, decode_hll(&b, p)?);
+        for sp in self.spans(from, to, step)? {
+            let kind = if sp.hours { kind + HOUR } else { kind };
+            let mut rows = st.query(params![kind, id, metric as i64, sp.start, sp.end])?;
+            while let Some(r) = rows.next()? {
+                let body = r.get_ref(1)?.as_blob().map_err(|e| HistoryError::Decode(e.to_string()))?;
+                f(r.get(0)?, decode_hll(body, p)?);
+            }
         }
         Ok(())
     }
@@ -351,7 +426,7 @@ impl Store {
         let (from, to) = (minute_of(from_ms), minute_of(to_ms));
         let mut sums = [0i64; 12];
         if let Some(src) = self.source(scope, merchant)? {
-            self.each_minute(&src, from, to, |_, v| {
+            self.each_minute(&src, from, to, i64::MAX, |_, v| {
                 for (a, b) in sums.iter_mut().zip(v) {
                     *a += b;
                 }
@@ -363,7 +438,7 @@ impl Store {
                 let mut d = [0u64; 3];
                 for (k, out) in d.iter_mut().enumerate() {
                     let mut u: Option<Hll> = None;
-                    self.each_sketch(scope, None, k, from, to, |_, h| match &mut u {
+                    self.each_sketch(scope, None, k, from, to, i64::MAX, |_, h| match &mut u {
                         Some(a) => a.merge(&h),
                         None => u = Some(h),
                     })?;
@@ -408,7 +483,7 @@ impl Store {
         let ids: Vec<i64> = infos.iter().map(|p| p.id).collect();
         let mut groups: HashMap<i64, (String, Option<String>, [i64; 12])> = HashMap::new();
         let by_id: HashMap<i64, &PairInfo> = infos.iter().map(|p| (p.id, p)).collect();
-        self.each_pair_minute(Some(&ids), minute_of(from_ms), minute_of(to_ms), |_, id, v| {
+        self.each_pair_minute(Some(&ids), minute_of(from_ms), minute_of(to_ms), i64::MAX, |_, id, v| {
             let Some((g, name, venue)) = by_id.get(&id).and_then(|p| key(p)) else { return };
             let e = groups.entry(g).or_insert_with(|| (name, venue, [0; 12]));
             for (a, b) in e.2.iter_mut().zip(v) {
@@ -430,19 +505,29 @@ impl Store {
         let name_kind = if kind == CHANNEL { kinds::CHANNEL } else { kinds::VENUE };
         let sums = COUNTS.iter().map(|c| format!("SUM(m.{c})")).collect::<Vec<_>>().join(", ");
         let sql = format!(
-            "SELECT n.name, NULL, {sums} FROM minutes m JOIN names n ON n.kind = {name_kind} AND n.id = m.id
-             WHERE m.kind = {kind} AND m.minute >= ?1 AND m.minute < ?2
-             GROUP BY m.id ORDER BY SUM(m.gmv) DESC, n.name"
+            "SELECT n.name, {sums} FROM minutes m JOIN names n ON n.kind = {name_kind} AND n.id = m.id
+             WHERE m.kind = ?1 AND m.minute >= ?2 AND m.minute < ?3 GROUP BY m.id"
         );
         let mut st = self.conn().prepare_cached(&sql)?;
-        let rows = st.query_map(params![minute_of(from_ms), minute_of(to_ms)], |r| {
-            let mut v = [0u64; 12];
-            for (k, x) in v.iter_mut().enumerate() {
-                *x = r.get::<_, i64>(2 + k)?.max(0) as u64;
+        // Summed per span (minutes, hour rollups), then across them.
+        let mut by: HashMap<String, [i64; 12]> = HashMap::new();
+        for sp in self.spans(minute_of(from_ms), minute_of(to_ms), i64::MAX)? {
+            let k = if sp.hours { kind + HOUR } else { kind };
+            let mut rows = st.query(params![k, sp.start, sp.end])?;
+            while let Some(r) = rows.next()? {
+                let e = by.entry(r.get(0)?).or_insert([0; 12]);
+                for (j, x) in e.iter_mut().enumerate() {
+                    *x += r.get::<_, i64>(1 + j)?;
+                }
             }
-            Ok(Row { name: r.get(0)?, venue: r.get(1)?, counts: Counts::from_values(v) })
-        })?;
-        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        }
+        let mut out: Vec<(i64, Row)> = by
+            .into_iter()
+            .map(|(name, v)| (v[0], Row { name, venue: None, counts: Counts::from_values(v.map(|x| x.max(0) as u64)) }))
+            .collect();
+        // Biggest GMV first, then by name (byte order, as SQLite's).
+        out.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.name.cmp(&b.1.name)));
+        Ok(out.into_iter().map(|(_, r)| r).collect())
     }
 
     /// Per slot of `venue` (by name), its GMV per step over the range: the race's leaders over
@@ -461,7 +546,7 @@ impl Store {
         let ids: Vec<i64> = infos.iter().map(|p| p.id).collect();
         let by_id: HashMap<i64, &PairInfo> = infos.iter().map(|p| (p.id, p)).collect();
         let mut slots: HashMap<i64, (String, Vec<i64>)> = HashMap::new();
-        self.each_pair_minute(Some(&ids), from, to, |m, id, c| {
+        self.each_pair_minute(Some(&ids), from, to, step, |m, id, c| {
             let Some(p) = by_id.get(&id) else { return };
             let e = slots.entry(p.slot).or_insert_with(|| (p.slot_name.clone(), vec![0; n]));
             e.1[((m - from) / step) as usize] += c[0];

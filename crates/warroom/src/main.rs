@@ -442,8 +442,9 @@ fn replay(
             if let Some(plan) = &settings.plan {
                 store.set_meta("plan", &serde_json::to_string(plan)?)?;
             }
-            // Batches are stored on a thread of their own while the replay goes on.
-            let (tx, rx) = std::sync::mpsc::channel::<warroom_engine::history::HistoryBatch>();
+            // Batches are stored on a thread of their own while the replay goes on; at most two
+            // wait for it (a week-long night's replay outran the writer: 860 MB of batches).
+            let (tx, rx) = std::sync::mpsc::sync_channel::<warroom_engine::history::HistoryBatch>(2);
             let t = std::thread::Builder::new().name("wr-history".into()).spawn(
                 move || -> anyhow::Result<warroom_history::WriteStats> {
                     let mut total = warroom_history::WriteStats::default();
