@@ -58,6 +58,9 @@ pub const HOUR: i64 = 10;
 /// Minutes after an hour's end before it is rolled up (later events still go to it, through
 /// the write).
 const ROLL_AFTER: i64 = 15;
+/// Hours rolled up by one write at most: a database of weeks opened by this version for the
+/// first time catches up a day per write, not all in the checkpoint that comes first.
+const ROLL_MAX_HOURS: i64 = 24;
 
 /// Name kinds of the `names` table.
 const N_VENUE: i64 = 1;
@@ -952,11 +955,11 @@ impl Store {
         Ok((count * size) as u64)
     }
 
-    /// Rolls up every hour that ends by minute `through` and is not rolled up yet, from the
-    /// first stored minute's hour on: rows and pairs' blocks summed, sketches unioned, in one
-    /// transaction with `meta` `rolled` (see the module doc). Returns the hours rolled up.
+    /// Rolls up the hours that end by minute `through` and are not rolled up yet (a day of
+    /// them at most), from the first stored minute's hour on: rows and pairs' blocks summed,
+    /// sketches unioned, in one transaction with `meta` `rolled` (see the module doc).
+    /// Returns the hours rolled up.
     pub fn roll_up(&mut self, through: i64) -> Result<u64> {
-        let until = through.div_euclid(60) * 60;
         let from = match self.rolled {
             Some((_, b)) => b,
             None => match self.bounds()? {
@@ -964,6 +967,7 @@ impl Store {
                 None => return Ok(0),
             },
         };
+        let until = (through.div_euclid(60) * 60).min(from + ROLL_MAX_HOURS * 60);
         if until <= from {
             return Ok(0);
         }
@@ -977,6 +981,18 @@ impl Store {
         tx.commit()?;
         self.rolled = Some((start, until));
         Ok(((until - from) / 60) as u64)
+    }
+
+    /// Rolls up every whole hour stored (the end of a replay: no later events come).
+    pub fn roll_up_all(&mut self) -> Result<u64> {
+        let Some((_, last)) = self.bounds()? else { return Ok(0) };
+        let mut n = 0;
+        loop {
+            match self.roll_up(last + 1)? {
+                0 => return Ok(n),
+                k => n += k,
+            }
+        }
     }
 
     /// pairs' minutes in the `pair_minutes` blocks.

@@ -453,7 +453,10 @@ fn replay(
                         total.minutes += w.minutes;
                         total.rows += w.rows;
                         total.sketches += w.sketches;
+                        total.hours += w.hours;
                     }
+                    // No later events: every whole hour can be rolled up.
+                    total.hours += store.roll_up_all()?;
                     Ok(total)
                 },
             )?;
@@ -529,10 +532,11 @@ fn replay(
         let w = t.join().map_err(|_| anyhow::anyhow!("the history writer panicked"))??;
         if !quiet {
             eprintln!(
-                "replay: history: {} minute batches, {} rows, {} sketches in {}",
+                "replay: history: {} minute batches, {} rows, {} sketches, {} hours rolled up in {}",
                 w.minutes,
                 w.rows,
                 w.sketches,
+                w.hours,
                 h.display()
             );
         }
