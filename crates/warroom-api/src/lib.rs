@@ -29,7 +29,7 @@ use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use warroom_engine::{Engine, RuleSpec};
-pub use warroom_status::{AlertClaims, IngestStatus};
+pub use warroom_status::{AlertClaims, IngestStatus, RuleLog};
 
 pub use auth::{Auth, Caller, Role};
 pub use hub::Hub;
@@ -51,6 +51,14 @@ pub struct AuditEntry {
     pub new_rule: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub weights: Option<RuleSpec>,
+}
+
+/// A rule change in the rule log: who made it and what.
+#[derive(Debug, Serialize, Deserialize)]
+struct RuleRecord {
+    node: u64,
+    nonce: u64,
+    entry: AuditEntry,
 }
 
 /// Alert changes waiting for the webhook at most; beyond, new ones are dropped and counted
@@ -80,6 +88,12 @@ pub struct AppState {
     pub config: ApiConfig,
     /// Several API nodes: which one sends each alert change to the webhook (`None`: this one).
     pub claims: Option<Arc<dyn warroom_status::AlertClaims>>,
+    /// Several API nodes: the log their rule changes go through (`None`: this node alone).
+    pub rule_log: Option<Arc<dyn warroom_status::RuleLog>>,
+    /// Names this process in the rule log (its own changes are journaled when made).
+    rule_node: u64,
+    /// This process's changes read back from the rule log (and so in force), by nonce.
+    rules_applied: Mutex<std::collections::HashSet<u64>>,
     /// The promotion's history (per-minute numbers, alerts, rule changes), if kept.
     pub history: Option<Arc<warroom_history::HistoryDb>>,
     /// A previous promotion's history, read only (its curve beside this one's).
@@ -117,6 +131,12 @@ impl AppState {
             history: None,
             previous: None,
             projected_minute: std::sync::atomic::AtomicI64::new(i64::MIN),
+            rule_log: None,
+            rules_applied: Mutex::default(),
+            rule_node: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64)
+                ^ ((std::process::id() as u64) << 32),
             ws_open: Mutex::default(),
         }
     }
@@ -147,6 +167,40 @@ impl AppState {
                 tracing::warn!(error = %err, kind, "could not keep an entry in the history journal");
             }
         }
+    }
+
+    /// A change read from the rule log (every node's, in the log's order): put in force, and
+    /// journaled and added to the audit trail unless this process made it or it is there
+    /// already (a restarted node reads the whole log again).
+    pub fn rule_change_from_log(&self, body: &str) {
+        let rec: RuleRecord = match serde_json::from_str(body) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "a rule-log record that does not decode: skipped");
+                return;
+            }
+        };
+        let e = rec.entry;
+        if let Err(err) = self.engine.set_rule(&e.venue, &e.new_rule, e.weights.clone()) {
+            tracing::error!(error = %err, venue = %e.venue, rule = %e.new_rule, "a rule change from the log not taken here; this node ranks that venue by another rule");
+            return;
+        }
+        if rec.node == self.rule_node {
+            lock(&self.rules_applied).insert(rec.nonce);
+            return;
+        }
+        {
+            let mut audit = lock(&self.audit);
+            if audit.contains(&e) {
+                return;
+            }
+            audit.push_back(e.clone());
+            while audit.len() > 10_000 {
+                audit.pop_front();
+            }
+        }
+        tracing::info!(target: "audit", by = %e.by, venue = %e.venue, old = %e.old_rule, new = %e.new_rule, "race rule changed (on another API node)");
+        self.journal("rule_change", e.at_ms, serde_json::to_value(&e).unwrap_or_default());
     }
 
     /// Puts new tokens in force (the auth file changed): from the next request on, a revoked
@@ -533,19 +587,45 @@ async fn put_rule(
         )
     })?;
     let spec = body.weights.map(|weights| RuleSpec { weights, description: body.description });
-    let change = st
-        .engine
-        .set_rule(&venue, &body.rule, spec.clone())
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_rule", e.to_string()))?;
+    let invalid =
+        |e: warroom_engine::EngineError| ApiError::new(StatusCode::BAD_REQUEST, "invalid_rule", e.to_string());
+    st.engine.check_rule(&venue, &body.rule, spec.clone()).map_err(invalid)?;
     let entry = AuditEntry {
         at_ms: now_ms(),
         by: caller.name.clone(),
         action: "set_rule".into(),
-        venue: change.venue,
-        old_rule: change.old_rule,
-        new_rule: change.new_rule,
-        weights: spec,
+        venue: venue.clone(),
+        old_rule: st.engine.rule_of(&venue),
+        new_rule: body.rule.clone(),
+        weights: spec.clone(),
     };
+    if let Some(log) = &st.rule_log {
+        // Through the log: every API node, this one too, puts it in force in the log's order
+        // (two changes made at once end as the later one everywhere).
+        static NONCE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let nonce = NONCE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let rec =
+            serde_json::to_string(&RuleRecord { node: st.rule_node, nonce, entry: entry.clone() }).unwrap_or_default();
+        if let Err(e) = log.append(&venue, &rec) {
+            tracing::error!(error = %e, venue = %venue, "race rule not changed: the other API nodes could not be told");
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "rule_log_unavailable",
+                format!("{e}; the rule is unchanged on every node: try again when Kafka answers"),
+            ));
+        }
+        // Answer once this node has it in force too (read your own write).
+        let deadline = Instant::now() + std::time::Duration::from_secs(5);
+        while !lock(&st.rules_applied).remove(&nonce) {
+            if Instant::now() > deadline {
+                tracing::warn!(venue = %venue, "rule change stored in the log but not read back in 5 s; it takes effect here when it is");
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    } else {
+        st.engine.set_rule(&venue, &body.rule, spec).map_err(invalid)?;
+    }
     tracing::info!(target: "audit", by = %entry.by, venue = %entry.venue, old = %entry.old_rule, new = %entry.new_rule, "race rule changed");
     st.journal("rule_change", entry.at_ms, serde_json::to_value(&entry).unwrap_or_default());
     {

@@ -489,7 +489,24 @@ impl Engine {
     /// Swaps the rule of one venue. `rule` is a named rule, or `spec` a new composite rule
     /// (validated). Takes effect from the next publish.
     pub fn set_rule(&self, venue: &str, name: &str, spec: Option<RuleSpec>) -> Result<RuleChange, EngineError> {
-        let new = match spec {
+        let new = self.resolve_rule(venue, name, spec)?;
+        let mut old_name = String::new();
+        self.rules.rcu(|cur| {
+            let mut next = (**cur).clone();
+            old_name = next.venues.get(venue).unwrap_or(&next.default_rule).0.clone();
+            next.venues.insert(venue.to_string(), new.clone());
+            next
+        });
+        Ok(RuleChange { venue: venue.into(), old_rule: old_name, new_rule: name.into() })
+    }
+
+    /// Whether [`Engine::set_rule`] would take this rule (nothing changes).
+    pub fn check_rule(&self, venue: &str, name: &str, spec: Option<RuleSpec>) -> Result<(), EngineError> {
+        self.resolve_rule(venue, name, spec).map(|_| ())
+    }
+
+    fn resolve_rule(&self, venue: &str, name: &str, spec: Option<RuleSpec>) -> Result<(String, Rule), EngineError> {
+        Ok(match spec {
             Some(spec) => {
                 spec.validate().map_err(|reason| EngineError::InvalidRule { venue: venue.into(), reason })?;
                 (name.to_string(), Rule::Composite(spec))
@@ -499,15 +516,7 @@ impl Engine {
                 Some(spec) => (name.to_string(), Rule::Composite(spec.clone())),
                 None => return Err(EngineError::UnknownRule(name.into())),
             },
-        };
-        let mut old_name = String::new();
-        self.rules.rcu(|cur| {
-            let mut next = (**cur).clone();
-            old_name = next.venues.get(venue).unwrap_or(&next.default_rule).0.clone();
-            next.venues.insert(venue.to_string(), new.clone());
-            next
-        });
-        Ok(RuleChange { venue: venue.into(), old_rule: old_name, new_rule: name.into() })
+        })
     }
 
     /// Name of the rule in force for `venue`.

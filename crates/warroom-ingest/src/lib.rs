@@ -23,6 +23,7 @@ pub mod partials;
 pub mod pipeline;
 pub mod produce;
 pub mod rehearse;
+pub mod rules_log;
 pub mod sim;
 pub mod trace;
 pub mod worker;

@@ -40,6 +40,14 @@ pub trait AlertClaims: Send + Sync {
     fn claim(&self, id: &str, state: &str) -> bool;
 }
 
+/// Race-rule changes shared by several API nodes (each ranks the races itself): a log every
+/// node reads in order and applies, so that all rank by the same rule, a restarted node too.
+pub trait RuleLog: Send + Sync {
+    /// Appends a change (`venue` is the record's key, `body` JSON). `Err`: not appended, with
+    /// why (the change must then not be made on this node alone).
+    fn append(&self, venue: &str, body: &str) -> Result<(), String>;
+}
+
 /// Counter or gauge.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {

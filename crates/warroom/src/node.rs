@@ -197,7 +197,23 @@ pub fn run(spec: NodeSpec, stop: Arc<AtomicBool>, on_listening: impl FnOnce(Sock
         let claims = warroom_ingest::claims::KafkaClaims::start(&kcfg).context("starting the alert claims")?;
         state.claims = Some(claims as Arc<dyn warroom_api::AlertClaims>);
     }
+    // Several API nodes rank the races each: a rule change goes through a log they all read.
+    let rules = match merging {
+        true => Some(warroom_ingest::rules_log::KafkaRules::start(&kcfg).context("starting the rule log")?),
+        false => None,
+    };
+    if let Some(r) = &rules {
+        state.rule_log = Some(r.clone() as Arc<dyn warroom_api::RuleLog>);
+    }
     let api = Arc::new(state);
+    if let Some(r) = &rules {
+        let api = Arc::downgrade(&api);
+        r.apply_with(Box::new(move |body| {
+            if let Some(api) = api.upgrade() {
+                api.rule_change_from_log(body);
+            }
+        }));
+    }
     api.reload_alerts(settings.alerts.clone())
         .map_err(|e| anyhow::anyhow!("invalid alert rules:\n  - {}", e.join("\n  - ")))?;
     if let Some(path) = config_path.clone() {

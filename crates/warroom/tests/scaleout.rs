@@ -123,6 +123,17 @@ impl Cluster {
             .expect("start warroom")
     }
 
+    /// The API node's base URL, from the screen address it printed.
+    fn try_base(&self, name: &str) -> Option<String> {
+        let out = std::fs::read_to_string(self.path(&format!("out-{name}.txt"))).ok()?;
+        let line = out.lines().find_map(|l| l.strip_prefix("screen (ops):"))?;
+        Some(line.trim().split("/#").next()?.to_string())
+    }
+
+    fn base(&self, name: &str) -> String {
+        self.try_base(name).unwrap_or_else(|| panic!("{name} printed no screen address"))
+    }
+
     fn snapshot(&self, name: &str) -> Option<Snapshot> {
         serde_json::from_slice(&std::fs::read(self.path(&format!("{name}.json"))).ok()?).ok()
     }
@@ -244,7 +255,7 @@ fn three_workers_two_api_nodes_match_the_reference_through_kill_join_wipe_and_re
     kill9(&mut a2);
     let _ = std::fs::remove_file(c.path("a2.json"));
     let restarted = Instant::now();
-    let _a2 = c.start("a2", "partials");
+    let mut a2 = c.start("a2", "partials");
     c.wait_read(&["a2"], 3 * q as u64, "a restarted API node");
     eprintln!("a restarted API node had the whole view within {:?} (process start included)", restarted.elapsed());
     check(&c, &["a2"], &lines[..3 * q], "a restarted API node");
@@ -262,16 +273,7 @@ fn three_workers_two_api_nodes_match_the_reference_through_kill_join_wipe_and_re
     // by scope, through the kill -9, the join and the wiped disk.
     let want = warroom_tests::reference_history(&lines);
     for name in ["a1", "a2"] {
-        let out = std::fs::read_to_string(c.path(&format!("out-{name}.txt"))).unwrap();
-        let base = out
-            .lines()
-            .find_map(|l| l.strip_prefix("screen (ops):"))
-            .unwrap()
-            .trim()
-            .split("/#")
-            .next()
-            .unwrap()
-            .to_string();
+        let base = c.base(name);
         let started = Instant::now();
         loop {
             let d = warroom_tests::history_differences(&base, "demo-ops-token-0001", &want);
@@ -291,6 +293,73 @@ fn three_workers_two_api_nodes_match_the_reference_through_kill_join_wipe_and_re
     spans_follow_partials_across_nodes(&c);
     let snap = c.snapshot("a1").unwrap();
     assert!(snap.counters.resent_pays > 0 && snap.totals.duplicates > 0 && snap.totals.rejected > 0);
+    a_rule_change_reaches_every_api_node(&c, &mut a2);
+}
+
+/// A race-rule change made on one API node is in force at once there and soon on the other
+/// (each ranks the races), both keep it in their audit trail and history journal once, and
+/// an API node restarted afterwards ranks by it too (it reads the rule log again).
+fn a_rule_change_reaches_every_api_node(c: &Cluster, a2: &mut Running) {
+    const ADMIN: &str = "demo-admin-token-0001";
+    let rule = |base: &str| {
+        let (status, body) =
+            warroom_tests::kafka::http_get(base, "/api/v1/venues/digital/rule", Some(ADMIN), Duration::from_secs(5));
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()["rule"].as_str().unwrap_or("").to_string()
+    };
+    let changes = |base: &str| -> usize {
+        let (_, audit) = warroom_tests::kafka::http_get(base, "/api/v1/audit", Some(ADMIN), Duration::from_secs(5));
+        let (_, journal) = warroom_tests::kafka::http_get(
+            base,
+            "/api/v1/history/journal?kind=rule_change",
+            Some(ADMIN),
+            Duration::from_secs(5),
+        );
+        let (a, j) = (audit.matches("\"shared-rule\"").count(), journal.matches("shared-rule").count());
+        assert_eq!(a.min(1), j.min(1), "audit {audit} vs journal {journal}");
+        a
+    };
+    let wait_for = |what: &str, f: &dyn Fn() -> bool| {
+        let started = Instant::now();
+        while !f() {
+            assert!(started.elapsed() < Duration::from_secs(20), "{what} within 20 s");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        eprintln!("{what} after {:?}", started.elapsed());
+    };
+    let (b1, b2) = (c.base("a1"), c.base("a2"));
+    assert_eq!(rule(&b2), "gmv");
+    let (status, body) = {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(b1.trim_start_matches("http://")).unwrap();
+        let body = r#"{"rule": "shared-rule", "weights": {"gmv": 0.5, "gmv_rise": 0.5}}"#;
+        write!(s, "PUT /api/v1/venues/digital/rule HTTP/1.0\r\nHost: x\r\nAuthorization: Bearer {ADMIN}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
+        let mut t = String::new();
+        s.read_to_string(&mut t).unwrap();
+        (t.split_whitespace().nth(1).unwrap_or("").to_string(), t)
+    };
+    assert_eq!(status, "200", "{body}");
+    assert_eq!(rule(&b1), "shared-rule", "in force on the node that made it when it answers");
+    wait_for("the rule change in force on the other API node", &|| rule(&b2) == "shared-rule");
+    wait_for("the rule change journaled on both", &|| changes(&b1) == 1 && changes(&b2) == 1);
+    // The other API node restarted: it takes the change from the log again, and keeps it once.
+    kill9(a2);
+    let _ = std::fs::remove_file(c.path("out-a2.txt"));
+    *a2 = c.start("a2", "partials");
+    let b2 = {
+        let started = Instant::now();
+        loop {
+            if let Some(b) = c.try_base("a2") {
+                break b;
+            }
+            assert!(started.elapsed() < Duration::from_secs(20), "the restarted API node listens");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    wait_for("the rule in force on the restarted API node", &|| rule(&b2) == "shared-rule");
+    wait_for("the rule change in its audit trail", &|| changes(&b2) == 1);
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(changes(&b2), 1, "kept once");
 }
 
 /// The nodes exported their spans over OTLP, and a trace follows a partial from the worker
