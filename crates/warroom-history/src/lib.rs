@@ -233,15 +233,7 @@ mod tests {
                 let i = match minutes.iter().position(|m| m.minute == minute) {
                     Some(i) => i,
                     None => {
-                        minutes.push(MinuteRows {
-                            minute,
-                            site: Counts::default(),
-                            venues: Default::default(),
-                            pairs: Default::default(),
-                            channels: Default::default(),
-                            sketches: None,
-                            venue_sketches: vec![],
-                        });
+                        minutes.push(empty_minute(minute));
                         minutes.len() - 1
                     }
                 };
@@ -344,18 +336,11 @@ mod tests {
             seed.set(xxhash_rust_free_hash(seed.get()));
             seed.get() % n
         };
-        let t0 = 29_000_000i64; // minutes: 2025-02
-                                // (part, seq, minutes): the events of each minute drawn at random.
+        // Minutes since the epoch (2025-02).
+        let t0 = 29_000_000i64;
+        // A minute's rows, its events drawn at random.
         let minute_rows = |minute: i64| {
-            let mut m = MinuteRows {
-                minute,
-                site: Counts::default(),
-                venues: Default::default(),
-                pairs: Default::default(),
-                channels: Default::default(),
-                sketches: None,
-                venue_sketches: vec![],
-            };
+            let mut m = empty_minute(minute);
             for _ in 0..rnd(40) {
                 let pair = rnd(600) as u32;
                 let venue = pair % 3;
@@ -580,6 +565,18 @@ mod tests {
         writer.join().unwrap();
         assert_eq!(seen, (Some("before".into()), Some("before".into())), "one snapshot for the whole read");
         assert_eq!(db.read(|s| s.meta("k").unwrap()), Some("after".into()));
+    }
+
+    fn empty_minute(minute: i64) -> MinuteRows {
+        MinuteRows {
+            minute,
+            site: Counts::default(),
+            venues: Default::default(),
+            pairs: Default::default(),
+            channels: Default::default(),
+            sketches: None,
+            venue_sketches: vec![],
+        }
     }
 
     /// A 64-bit mix (splitmix64), so the test needs no hash crate.

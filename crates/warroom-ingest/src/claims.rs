@@ -64,17 +64,7 @@ impl KafkaClaims {
             .name("alert-claims".into())
             .spawn(move || {
                 // The topic appears with the first claim of any node.
-                loop {
-                    let mut tpl = TopicPartitionList::new();
-                    let _ = tpl.add_partition_offset(&topic, 0, Offset::Beginning);
-                    let exists = consumer
-                        .fetch_metadata(Some(&topic), Duration::from_secs(2))
-                        .is_ok_and(|md| md.topics().iter().any(|t| t.name() == topic && !t.partitions().is_empty()));
-                    if exists && consumer.assign(&tpl).is_ok() {
-                        break;
-                    }
-                    std::thread::sleep(Duration::from_millis(200));
-                }
+                assign_from_beginning(&consumer, &topic, Duration::from_millis(200));
                 loop {
                     let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) else { continue };
                     let Some(text) = m.payload().and_then(|p| std::str::from_utf8(p).ok()) else { continue };
@@ -95,6 +85,22 @@ impl KafkaClaims {
             })
             .expect("spawn the alert-claims thread");
         Ok(claims)
+    }
+}
+
+/// Assigns partition 0 of `topic` from its beginning, once the topic exists (retrying every
+/// `every`): the log topics (claims, rules) appear with their first record.
+pub(crate) fn assign_from_beginning(consumer: &BaseConsumer, topic: &str, every: Duration) {
+    loop {
+        let mut tpl = TopicPartitionList::new();
+        let _ = tpl.add_partition_offset(topic, 0, Offset::Beginning);
+        let exists = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(2))
+            .is_ok_and(|md| md.topics().iter().any(|t| t.name() == topic && !t.partitions().is_empty()));
+        if exists && consumer.assign(&tpl).is_ok() {
+            return;
+        }
+        std::thread::sleep(every);
     }
 }
 

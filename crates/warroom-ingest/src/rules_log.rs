@@ -8,10 +8,9 @@
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::BaseConsumer;
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DeliveryResult, ProducerContext, ThreadedProducer};
-use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::ClientContext;
 
 use crate::kafka::{KafkaConfig, KafkaSourceError};
@@ -62,17 +61,7 @@ impl KafkaRules {
                     }
                 };
                 // The topic appears with the first change made on any node.
-                loop {
-                    let mut tpl = TopicPartitionList::new();
-                    let _ = tpl.add_partition_offset(&topic, 0, Offset::Beginning);
-                    let exists = consumer
-                        .fetch_metadata(Some(&topic), Duration::from_secs(2))
-                        .is_ok_and(|md| md.topics().iter().any(|t| t.name() == topic && !t.partitions().is_empty()));
-                    if exists && consumer.assign(&tpl).is_ok() {
-                        break;
-                    }
-                    std::thread::sleep(Duration::from_millis(500));
-                }
+                crate::claims::assign_from_beginning(&consumer, &topic, Duration::from_millis(500));
                 loop {
                     match consumer.poll(Duration::from_millis(200)) {
                         Some(Ok(m)) => match m.payload().map(std::str::from_utf8) {
