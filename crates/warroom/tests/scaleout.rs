@@ -342,6 +342,14 @@ fn a_rule_change_reaches_every_api_node(c: &Cluster, a2: &mut Running) {
     assert_eq!(rule(&b1), "shared-rule", "in force on the node that made it when it answers");
     wait_for("the rule change in force on the other API node", &|| rule(&b2) == "shared-rule");
     wait_for("the rule change journaled on both", &|| changes(&b1) == 1 && changes(&b2) == 1);
+    // What the screens get: both nodes' snapshots rank the venue by it.
+    let ranked_by = |name: &str| -> Option<String> {
+        let s = c.snapshot(name)?;
+        Some(s.venues.iter().find(|v| v.venue == "digital")?.race.rule.clone())
+    };
+    wait_for("both snapshots ranked by the new rule", &|| {
+        ranked_by("a1").as_deref() == Some("shared-rule") && ranked_by("a2").as_deref() == Some("shared-rule")
+    });
     // The other API node restarted: it takes the change from the log again, and keeps it once.
     kill9(a2);
     let _ = std::fs::remove_file(c.path("out-a2.txt"));
@@ -357,6 +365,7 @@ fn a_rule_change_reaches_every_api_node(c: &Cluster, a2: &mut Running) {
         }
     };
     wait_for("the rule in force on the restarted API node", &|| rule(&b2) == "shared-rule");
+    wait_for("its snapshot ranked by it", &|| ranked_by("a2").as_deref() == Some("shared-rule"));
     wait_for("the rule change in its audit trail", &|| changes(&b2) == 1);
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(changes(&b2), 1, "kept once");
