@@ -133,10 +133,7 @@ impl AppState {
             projected_minute: std::sync::atomic::AtomicI64::new(i64::MIN),
             rule_log: None,
             rules_applied: Mutex::default(),
-            rule_node: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos() as u64)
-                ^ ((std::process::id() as u64) << 32),
+            rule_node: warroom_status::node_id(),
             ws_open: Mutex::default(),
         }
     }
@@ -189,18 +186,21 @@ impl AppState {
             lock(&self.rules_applied).insert(rec.nonce);
             return;
         }
-        {
-            let mut audit = lock(&self.audit);
-            if audit.contains(&e) {
-                return;
-            }
-            audit.push_back(e.clone());
-            while audit.len() > 10_000 {
-                audit.pop_front();
-            }
+        if lock(&self.audit).contains(&e) {
+            return;
         }
-        tracing::info!(target: "audit", by = %e.by, venue = %e.venue, old = %e.old_rule, new = %e.new_rule, "race rule changed (on another API node)");
-        self.journal("rule_change", e.at_ms, serde_json::to_value(&e).unwrap_or_default());
+        self.keep_rule_change(&e, "race rule changed (on another API node)");
+    }
+
+    /// Logs a rule change, adds it to the audit trail (the newest 10,000) and journals it.
+    fn keep_rule_change(&self, e: &AuditEntry, what: &str) {
+        tracing::info!(target: "audit", by = %e.by, venue = %e.venue, old = %e.old_rule, new = %e.new_rule, "{what}");
+        self.journal("rule_change", e.at_ms, serde_json::to_value(e).unwrap_or_default());
+        let mut audit = lock(&self.audit);
+        audit.push_back(e.clone());
+        while audit.len() > 10_000 {
+            audit.pop_front();
+        }
     }
 
     /// Puts new tokens in force (the auth file changed): from the next request on, a revoked
@@ -626,15 +626,7 @@ async fn put_rule(
     } else {
         st.engine.set_rule(&venue, &body.rule, spec).map_err(invalid)?;
     }
-    tracing::info!(target: "audit", by = %entry.by, venue = %entry.venue, old = %entry.old_rule, new = %entry.new_rule, "race rule changed");
-    st.journal("rule_change", entry.at_ms, serde_json::to_value(&entry).unwrap_or_default());
-    {
-        let mut audit = st.audit.lock().unwrap_or_else(|p| p.into_inner());
-        audit.push_back(entry.clone());
-        while audit.len() > 10_000 {
-            audit.pop_front();
-        }
-    }
+    st.keep_rule_change(&entry, "race rule changed");
     Ok(Json(entry).into_response())
 }
 

@@ -101,6 +101,17 @@ pub struct WriteStats {
     pub hours: u64,
 }
 
+impl std::ops::AddAssign for WriteStats {
+    fn add_assign(&mut self, o: WriteStats) {
+        self.minutes += o.minutes;
+        self.rows += o.rows;
+        self.sketches += o.sketches;
+        self.replaced += o.replaced;
+        self.stale += o.stale;
+        self.hours += o.hours;
+    }
+}
+
 /// A stored batch's counts, to subtract when it is replaced.
 #[derive(Debug, Serialize, Deserialize)]
 struct Body(Vec<(i64, i64, i64, [u64; 12])>);
@@ -960,11 +971,11 @@ impl Store {
         let from = match self.rolled {
             Some((_, b)) => b,
             None => match self.bounds()? {
-                Some((first, _)) => first.div_euclid(60) * 60,
+                Some((first, _)) => hour_of(first),
                 None => return Ok(0),
             },
         };
-        let until = (through.div_euclid(60) * 60).min(from + ROLL_MAX_HOURS * 60);
+        let until = hour_of(through).min(from + ROLL_MAX_HOURS * 60);
         if until <= from {
             return Ok(0);
         }
@@ -1042,44 +1053,36 @@ fn roll_up_hours(tx: &Transaction<'_>, from: i64, until: i64) -> Result<()> {
         ))?
         .execute(params![kind + HOUR, id, kind, from, until])?;
     }
-    // Pairs' blocks: each block's minutes in order, summed per hour and offset.
+    // Pairs' blocks: each block's minutes, summed per hour and offset.
     let last: Option<i64> = tx.query_row("SELECT MAX(block) FROM pair_minutes", [], |r| r.get(0))?;
-    let mut sums = vec![[0i64; 12]; PAIR_BLOCK as usize];
-    let mut seen = [false; PAIR_BLOCK as usize];
+    let mut sums = (vec![[0i64; 12]; PAIR_BLOCK as usize], [false; PAIR_BLOCK as usize]);
     for block in 0..=last.unwrap_or(-1) {
         tx.prepare_cached("DELETE FROM pair_hours WHERE block = ?1 AND minute >= ?2 AND minute < ?3")?
             .execute(params![block, from, until])?;
-        let flush = |hour: i64, sums: &mut [[i64; 12]], seen: &mut [bool]| -> Result<()> {
-            let entries = (0..PAIR_BLOCK as usize).filter(|&k| seen[k]).map(|k| (k as u8, sums[k]));
-            let body = encode_block(entries);
-            sums.iter_mut().for_each(|v| *v = [0; 12]);
-            seen.iter_mut().for_each(|x| *x = false);
-            tx.prepare_cached("INSERT INTO pair_hours(block, minute, body) VALUES(?1, ?2, ?3)")?
-                .execute(params![block, hour, body])?;
-            Ok(())
-        };
         let mut st = tx.prepare_cached(
             "SELECT minute, body FROM pair_minutes WHERE block = ?1 AND minute >= ?2 AND minute < ?3 ORDER BY minute",
         )?;
-        let mut rows = st.query(params![block, from, until])?;
-        let mut cur: Option<i64> = None;
-        while let Some(r) = rows.next()? {
-            let hour = r.get::<_, i64>(0)?.div_euclid(60) * 60;
-            if let Some(h) = cur.filter(|&h| h != hour) {
-                flush(h, &mut sums, &mut seen)?;
-            }
-            cur = Some(hour);
-            let body = r.get_ref(1)?.as_blob().map_err(|e| HistoryError::Decode(e.to_string()))?;
-            each_block_entry(body, |off, v| {
-                seen[off as usize] = true;
-                for (a, b) in sums[off as usize].iter_mut().zip(v) {
-                    *a += b;
-                }
-            })?;
-        }
-        if let Some(h) = cur {
-            flush(h, &mut sums, &mut seen)?;
-        }
+        by_hour(
+            st.query(params![block, from, until])?,
+            &mut sums,
+            |(sums, seen), body| {
+                each_block_entry(body, |off, v| {
+                    seen[off as usize] = true;
+                    for (a, b) in sums[off as usize].iter_mut().zip(v) {
+                        *a += b;
+                    }
+                })
+            },
+            |(sums, seen), hour| {
+                let entries = (0..PAIR_BLOCK as usize).filter(|&k| seen[k]).map(|k| (k as u8, sums[k]));
+                let body = encode_block(entries);
+                sums.iter_mut().for_each(|v| *v = [0; 12]);
+                seen.iter_mut().for_each(|x| *x = false);
+                tx.prepare_cached("INSERT INTO pair_hours(block, minute, body) VALUES(?1, ?2, ?3)")?
+                    .execute(params![block, hour, body])?;
+                Ok(())
+            },
+        )?;
     }
     // Sketches of the site and the venues: unioned per hour and metric.
     let mut regs: Vec<u8> = Vec::new();
@@ -1088,35 +1091,51 @@ fn roll_up_hours(tx: &Transaction<'_>, from: i64, until: i64) -> Result<()> {
             .execute(params![kind + HOUR, id, from, until])?;
         let p = if kind == SITE { SITE_P } else { VENUE_P };
         for metric in 0..DISTINCT.len() as i64 {
-            let flush = |hour: i64, regs: &mut Vec<u8>| -> Result<()> {
-                tx.prepare_cached("INSERT INTO sketches(kind, id, minute, metric, hll) VALUES(?1, ?2, ?3, ?4, ?5)")?
-                    .execute(params![kind + HOUR, id, hour, metric, encode_regs(regs)])?;
-                regs.iter_mut().for_each(|r| *r = 0);
-                Ok(())
-            };
             regs.clear();
             regs.resize(1 << p, 0);
             let mut st = tx.prepare_cached(
                 "SELECT minute, hll FROM sketches WHERE kind = ?1 AND id = ?2 AND minute >= ?3 AND minute < ?4
                  AND metric = ?5 ORDER BY minute",
             )?;
-            let mut rows = st.query(params![kind, id, from, until, metric])?;
-            let mut cur: Option<i64> = None;
-            while let Some(r) = rows.next()? {
-                let hour = r.get::<_, i64>(0)?.div_euclid(60) * 60;
-                if let Some(h) = cur.filter(|&h| h != hour) {
-                    flush(h, &mut regs)?;
-                }
-                cur = Some(hour);
-                let body = r.get_ref(1)?.as_blob().map_err(|e| HistoryError::Decode(e.to_string()))?;
-                decode_regs_into(body, &mut regs)?;
-            }
-            if let Some(h) = cur {
-                flush(h, &mut regs)?;
-            }
+            by_hour(
+                st.query(params![kind, id, from, until, metric])?,
+                &mut regs,
+                |regs, body| decode_regs_into(body, regs),
+                |regs, hour| {
+                    tx.prepare_cached(
+                        "INSERT INTO sketches(kind, id, minute, metric, hll) VALUES(?1, ?2, ?3, ?4, ?5)",
+                    )?
+                    .execute(params![kind + HOUR, id, hour, metric, encode_regs(regs)])?;
+                    regs.iter_mut().for_each(|r| *r = 0);
+                    Ok(())
+                },
+            )?;
         }
     }
     Ok(())
+}
+
+/// Folds rows `(minute, blob)` in minute order into `acc` with `add`, and hands each hour's
+/// total to `flush(acc, first minute of the hour)` (which empties it) after its last row.
+fn by_hour<S: ?Sized>(
+    mut rows: rusqlite::Rows<'_>,
+    acc: &mut S,
+    mut add: impl FnMut(&mut S, &[u8]) -> Result<()>,
+    mut flush: impl FnMut(&mut S, i64) -> Result<()>,
+) -> Result<()> {
+    let mut cur: Option<i64> = None;
+    while let Some(r) = rows.next()? {
+        let hour = hour_of(r.get(0)?);
+        if let Some(h) = cur.filter(|&h| h != hour) {
+            flush(acc, h)?;
+        }
+        cur = Some(hour);
+        add(acc, r.get_ref(1)?.as_blob().map_err(|e| HistoryError::Decode(e.to_string()))?)?;
+    }
+    match cur {
+        Some(h) => flush(acc, h),
+        None => Ok(()),
+    }
 }
 
 /// A pair's counts in a block-minute: (offset in the block, counts).
@@ -1134,9 +1153,14 @@ struct Deltas {
     rolled: Option<(i64, i64)>,
 }
 
+/// The first minute of `minute`'s hour.
+pub(crate) fn hour_of(minute: i64) -> i64 {
+    minute.div_euclid(60) * 60
+}
+
 /// The first minute of `minute`'s hour if that hour is rolled up.
 fn in_hours(rolled: Option<(i64, i64)>, minute: i64) -> Option<i64> {
-    rolled.filter(|&(a, b)| a <= minute && minute < b).map(|_| minute.div_euclid(60) * 60)
+    rolled.filter(|&(a, b)| a <= minute && minute < b).map(|_| hour_of(minute))
 }
 
 impl Deltas {

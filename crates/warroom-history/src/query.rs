@@ -159,7 +159,7 @@ pub(crate) fn spans(from: i64, to: i64, step: i64, rolled: Option<(i64, i64)>) -
     };
     let step = step.max(1);
     // Minutes before the first whole hour of the rolled ones in the range.
-    let first = from.max(a).div_euclid(60) * 60;
+    let first = crate::hour_of(from.max(a));
     let first = if first < from { first + 60 } else { first };
     let mut m = from;
     if first > m {

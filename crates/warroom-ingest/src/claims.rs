@@ -43,7 +43,7 @@ impl KafkaClaims {
     /// know which alerts are firing and who sent them).
     pub fn start(cfg: &KafkaConfig) -> Result<Arc<KafkaClaims>, KafkaSourceError> {
         let topic = format!("{}.alerts", cfg.partials());
-        let node = now_ns() ^ ((std::process::id() as u64) << 32);
+        let node = warroom_status::node_id();
         let mut pc = cfg.client_config(&cfg.brokers)?;
         pc.set("linger.ms", "0");
         let producer: ThreadedProducer<DefaultProducerContext> = pc.create()?;

@@ -40,6 +40,13 @@ pub trait AlertClaims: Send + Sync {
     fn claim(&self, id: &str, state: &str) -> bool;
 }
 
+/// Names this process among several nodes (the alert claims, the rule log): the wall clock's
+/// nanoseconds mixed with the process id.
+pub fn node_id() -> u64 {
+    let ns = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    ns ^ ((std::process::id() as u64) << 32)
+}
+
 /// Race-rule changes shared by several API nodes (each ranks the races itself): a log every
 /// node reads in order and applies, so that all rank by the same rule, a restarted node too.
 pub trait RuleLog: Send + Sync {

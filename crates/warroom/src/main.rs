@@ -449,11 +449,7 @@ fn replay(
                 move || -> anyhow::Result<warroom_history::WriteStats> {
                     let mut total = warroom_history::WriteStats::default();
                     for b in rx {
-                        let w = store.write(&b)?;
-                        total.minutes += w.minutes;
-                        total.rows += w.rows;
-                        total.sketches += w.sketches;
-                        total.hours += w.hours;
+                        total += store.write(&b)?;
                     }
                     // No later events: every whole hour can be rolled up.
                     total.hours += store.roll_up_all()?;
