@@ -308,4 +308,31 @@ mod report {
         // Self-contained: charts inline, nothing fetched (the SVG namespace is a name, not a fetch).
         assert!(html.contains("<svg") && !html.contains("src=") && !html.contains("<link") && !html.contains("url("));
     }
+
+    /// The report prints the promotion's clock: the one recorded with the history (UTC+8 when
+    /// none is), or the one asked for. The night starts at 2026-11-10 20:00 +08:00.
+    #[test]
+    fn the_review_prints_times_on_the_promotions_clock() {
+        let buf = night(5, 2_000);
+        let all = lines(&buf);
+        let dir = tempfile::tempdir().unwrap();
+        let (_, store) = store_night(&all, 10_000, usize::MAX, &dir.path().join("h.db"));
+        let opts = ReportOptions { from_ms: Some(START), to_ms: Some(START + 120 * 60_000), ..Default::default() };
+        let page = |r: &warroom_history::report::Report, out: &std::path::Path| {
+            r.write(out).unwrap();
+            let curve = std::fs::read_to_string(out.join("curve.csv")).unwrap();
+            (r.html(), curve.lines().nth(1).unwrap().split(',').next().unwrap().to_string())
+        };
+        let (html, first) = page(&build(&store, None, &opts).unwrap(), &dir.path().join("a"));
+        assert!(html.contains("2026-11-10 20:00 — 2026-11-10 22:00 (UTC+8)"), "unrecorded: UTC+8");
+        assert_eq!(first, "2026-11-10 20:00");
+        store.set_meta("utc_offset", "Z").unwrap();
+        let (html, first) = page(&build(&store, None, &opts).unwrap(), &dir.path().join("b"));
+        assert!(html.contains("2026-11-10 12:00 — 2026-11-10 14:00 (UTC)"), "recorded Z");
+        assert_eq!(first, "2026-11-10 12:00");
+        let asked = ReportOptions { utc_offset_minutes: Some(-330), ..opts };
+        let (html, first) = page(&build(&store, None, &asked).unwrap(), &dir.path().join("c"));
+        assert!(html.contains("2026-11-10 06:30 — 2026-11-10 08:30 (UTC-5:30)"), "asked -05:30");
+        assert_eq!(first, "2026-11-10 06:30");
+    }
 }

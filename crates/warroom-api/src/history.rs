@@ -247,7 +247,8 @@ impl AppState {
             step_ms: step,
             merchant: merchant.clone(),
         };
-        let actual = db.read(|s| s.series(&q)).map_err(db_error)?;
+        let (actual, utc_offset) =
+            db.read(|s| Ok::<_, HistoryError>((s.series(&q)?, s.utc_offset()?))).map_err(db_error)?;
         let mut out = serde_json::json!({
             "range": range,
             "from_ms": actual.from_ms,
@@ -255,6 +256,8 @@ impl AppState {
             "step_ms": step,
             "now_ms": now,
             "stored_until_ms": stored.map(|s| s.1),
+            // The promotion's clock, minutes east of UTC: the screen prints times at it.
+            "utc_offset_minutes": utc_offset,
             "phases": phases,
             "actual": actual.points,
         });
@@ -344,6 +347,7 @@ pub(crate) async fn review(
         to_ms: p.to.as_deref().map(parse_time).transpose().map_err(bad)?,
         merchant,
         baseline: None,
+        utc_offset_minutes: None,
     };
     let json = match p.format.as_deref() {
         None | Some("html") => false,

@@ -121,6 +121,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn utc_offsets_parse_and_print() {
+        for (s, m, label) in [
+            ("+08:00", 480, "UTC+8"),
+            ("-05:30", -330, "UTC-5:30"),
+            ("Z", 0, "UTC"),
+            ("+00:00", 0, "UTC"),
+            ("+14:00", 840, "UTC+14"),
+            ("+05:45", 345, "UTC+5:45"),
+        ] {
+            assert_eq!(parse_utc_offset(s), Ok(m), "{s}");
+            assert_eq!(utc_offset_label(m), label, "{s}");
+        }
+        for bad in ["", "8", "+8", "+08", "+0800", "08:00", "+15:00", "+14:30", "+08:60", "UTC+8", "+aa:00"] {
+            assert!(parse_utc_offset(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn sketches_round_trip_sparse_and_dense() {
         for users in [0u64, 5, 3_000, 200_000] {
             let mut h = Hll::new(SITE_P);
@@ -647,6 +665,41 @@ CREATE TABLE IF NOT EXISTS journal(at_ms INTEGER NOT NULL, kind TEXT NOT NULL, b
 CREATE INDEX IF NOT EXISTS journal_at ON journal(at_ms);
 ";
 
+/// UTC+8, the offset of the promotions warroom is made for, when none is configured.
+pub const DEFAULT_UTC_OFFSET: i32 = 480;
+
+/// `+08:00`, `-05:30`, `Z` -> minutes east of UTC.
+pub fn parse_utc_offset(s: &str) -> std::result::Result<i32, String> {
+    let bad = || format!("`{s}`: a UTC offset is +HH:MM or -HH:MM (+08:00 for China), or Z");
+    if s == "Z" {
+        return Ok(0);
+    }
+    let (sign, rest) = match s.as_bytes().first() {
+        Some(b'+') => (1, &s[1..]),
+        Some(b'-') => (-1, &s[1..]),
+        _ => return Err(bad()),
+    };
+    let (h, m) = rest.split_once(':').ok_or_else(bad)?;
+    if h.len() != 2 || m.len() != 2 {
+        return Err(bad());
+    }
+    let (h, m): (i32, i32) = (h.parse().map_err(|_| bad())?, m.parse().map_err(|_| bad())?);
+    if h > 14 || m > 59 || h * 60 + m > 14 * 60 {
+        return Err(bad());
+    }
+    Ok(sign * (h * 60 + m))
+}
+
+/// Minutes east of UTC -> `UTC+8`, `UTC-5:30`, `UTC`.
+pub fn utc_offset_label(minutes: i32) -> String {
+    let (sign, a) = (if minutes < 0 { '-' } else { '+' }, minutes.unsigned_abs());
+    match (a / 60, a % 60) {
+        (0, 0) => "UTC".into(),
+        (h, 0) => format!("UTC{sign}{h}"),
+        (h, m) => format!("UTC{sign}{h}:{m:02}"),
+    }
+}
+
 impl Store {
     /// Opens (creating if needed) the history database at `path`.
     pub fn open(path: &Path) -> Result<Store> {
@@ -921,6 +974,16 @@ impl Store {
 
     pub fn meta(&self, key: &str) -> Result<Option<String>> {
         Ok(self.conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0)).optional()?)
+    }
+
+    /// The promotion's clock (`meta utc_offset`, minutes east of UTC, written from
+    /// `[history] utc_offset`): the times the review and the screen print. UTC+8 when the
+    /// history does not say (written before it was recorded).
+    pub fn utc_offset(&self) -> Result<i32> {
+        match self.meta("utc_offset")? {
+            Some(v) => parse_utc_offset(&v).map_err(|e| HistoryError::Decode(format!("the stored utc_offset: {e}"))),
+            None => Ok(DEFAULT_UTC_OFFSET),
+        }
     }
 
     /// The plan stored with the history, if any.

@@ -100,6 +100,10 @@ struct ReviewOpts {
     baseline_from: Option<String>,
     #[arg(long, requires = "baseline_from")]
     baseline_to: Option<String>,
+    /// The clock the report prints, e.g. +08:00 (default: the one recorded in the history,
+    /// `[history] utc_offset` of the monitor or replay that wrote it).
+    #[arg(long, allow_hyphen_values = true)]
+    utc_offset: Option<String>,
     #[arg(long, env = "WARROOM_CONFIG")]
     config: Option<PathBuf>,
 }
@@ -442,6 +446,7 @@ fn replay(
             if let Some(plan) = &settings.plan {
                 store.set_meta("plan", &serde_json::to_string(plan)?)?;
             }
+            store.set_meta("utc_offset", &settings.history.utc_offset)?;
             // Batches are stored on a thread of their own while the replay goes on; at most two
             // wait for it (a week-long night's replay outran the writer: 860 MB of batches).
             let (tx, rx) = std::sync::mpsc::sync_channel::<warroom_engine::history::HistoryBatch>(2);
@@ -739,6 +744,12 @@ fn review(o: ReviewOpts) -> anyhow::Result<()> {
         to_ms: o.to.as_deref().map(|v| time_flag("--to", v)).transpose()?,
         merchant: o.merchant.clone(),
         baseline: None,
+        utc_offset_minutes: o
+            .utc_offset
+            .as_deref()
+            .map(warroom_history::parse_utc_offset)
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("--utc-offset {e}"))?,
     };
     if let (Some(a), Some(b)) = (&o.baseline_from, &o.baseline_to) {
         opts.baseline = Some((time_flag("--baseline-from", a)?, time_flag("--baseline-to", b)?));

@@ -180,6 +180,8 @@ pub fn run(spec: NodeSpec, stop: Arc<AtomicBool>, on_listening: impl FnOnce(Sock
             // The plan goes with the history: a later promotion aligns its curve by it.
             db.with(|s| s.set_meta("plan", &serde_json::to_string(plan).expect("a plan serialises")))?;
         }
+        // So is its clock: the review of a copy prints the times the war room saw.
+        db.with(|s| s.set_meta("utc_offset", &settings.history.utc_offset))?;
         state.set_history(db.clone());
     }
     if !settings.history.previous.is_empty() {

@@ -51,11 +51,19 @@ pub struct HistorySettings {
     pub interval: Duration,
     /// A previous promotion's history database, read only; "" = none.
     pub previous: String,
+    /// The promotion's clock (+HH:MM): the screen's curve and the review print times at
+    /// this offset, whatever the browser's or the machine's time zone.
+    pub utc_offset: String,
 }
 
 impl Default for HistorySettings {
     fn default() -> Self {
-        HistorySettings { path: String::new(), interval: Duration::from_secs(1), previous: String::new() }
+        HistorySettings {
+            path: String::new(),
+            interval: Duration::from_secs(1),
+            previous: String::new(),
+            utc_offset: "+08:00".into(),
+        }
     }
 }
 
@@ -172,6 +180,9 @@ impl Settings {
         errs.extend(s.alerts.validate().err().unwrap_or_default());
         errs.extend(s.kafka.validate().err().unwrap_or_default());
         errs.extend(s.api.validate().err().unwrap_or_default());
+        if let Err(e) = warroom_history::parse_utc_offset(&s.history.utc_offset) {
+            errs.push(format!("history.utc_offset {e}"));
+        }
         if s.sim.speed < 1.0 || s.sim.base_rate <= 0.0 {
             errs.push("sim.speed must be >= 1 and sim.base_rate > 0".into());
         }

@@ -317,6 +317,8 @@ async fn after_a_reload_the_curve_is_the_history_and_the_report_renders() {
         json!({"width": 1920, "height": 1080, "deviceScaleFactor": 1, "mobile": false}),
     )
     .await;
+    // A browser far from the war room: the screen still prints the promotion's clock (+08:00).
+    page.call("Emulation.setTimezoneOverride", json!({"timezoneId": "America/New_York"})).await;
     page.call("Page.navigate", json!({"url": format!("{base}/#token={ops}")})).await;
     let curve_of = |v: Value| -> Option<(Value, String)> {
         let s = v.as_str()?;
@@ -342,6 +344,16 @@ async fn after_a_reload_the_curve_is_the_history_and_the_report_renders() {
         assert_eq!(points, h["points"], "{round}: the curve's points are the history's ({q})");
         let total: u64 = points.as_array().unwrap().iter().map(|p| p[1].as_u64().unwrap()).sum();
         assert!(total > 0, "{round}: an empty curve");
+        let axis = page
+            .eval("(c => JSON.stringify([+c.dataset.from, +c.dataset.to, c.dataset.axis]))(document.getElementById('curve'))")
+            .await;
+        let (from, to, shown): (i64, i64, String) = serde_json::from_str(axis.as_str().unwrap()).unwrap();
+        let at8 = |ms: i64| {
+            let z =
+                jiff::Timestamp::from_millisecond(ms).unwrap().to_zoned(jiff::tz::TimeZone::fixed(jiff::tz::offset(8)));
+            format!("{}/{} {:02}:{:02}", z.month(), z.day(), z.hour(), z.minute())
+        };
+        assert_eq!(shown, format!("{} – {}", at8(from), at8(to)), "{round}: the curve's times at +08:00");
         // Active alerts: the screen lists what the server holds (none lost by the reload).
         let alerts = api_get(&base, "/api/v1/alerts", ops).await;
         let fired = alerts.as_array().unwrap().iter().filter(|a| !a["fired_at_ms"].is_null()).count();
