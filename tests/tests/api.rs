@@ -35,10 +35,15 @@ impl Server {
     }
 
     async fn start_with(cfg: Config, api: warroom_api::ApiConfig) -> Server {
+        Self::start_shaped(cfg, |state| state.config = api).await
+    }
+
+    /// A server whose state `shape` completes before it serves.
+    async fn start_shaped(cfg: Config, shape: impl FnOnce(&mut AppState)) -> Server {
         let engine = Arc::new(Engine::new(cfg));
         let hub = Arc::new(Hub::new());
         let mut state = AppState::new(engine.clone(), Auth::load(None).unwrap(), hub.clone(), None);
-        state.config = api;
+        shape(&mut state);
         let state = Arc::new(state);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("127.0.0.1:{}", listener.local_addr().unwrap().port());
@@ -305,6 +310,44 @@ async fn a_merchant_sees_only_its_own_slots_and_numbers() {
     for x in next["data"]["slots"].as_array().unwrap() {
         assert_eq!(x["merchant_id"], "m-4", "{text}");
     }
+}
+
+/// An API node of several, whose rule log (Kafka's `<partials>.rules`) does not answer: a rule
+/// change is refused with 503 `rule_log_unavailable` and made nowhere, this node included (no
+/// node may rank by a rule the others never heard of), and nothing is audited. The log is the
+/// real Kafka producer, pointed at a port where no broker listens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rule_change_the_rule_log_refuses_is_made_nowhere() {
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = dead.local_addr().unwrap().port();
+    drop(dead);
+    let kcfg = warroom_ingest::kafka::KafkaConfig {
+        brokers: format!("127.0.0.1:{port}"),
+        topic: "orders".into(),
+        ..Default::default()
+    };
+    let log = warroom_ingest::rules_log::KafkaRules::start(&kcfg).unwrap();
+    log.apply_with(Box::new(|_| panic!("nothing can be read from a log nobody stored")));
+    let mut s = Server::start_shaped(Config::default(), |st| st.rule_log = Some(log.clone())).await;
+    s.feed(&night(5_000, 9));
+    let rule_before = s.engine.rule_of("main");
+    let started = std::time::Instant::now();
+    let (code, body) = s.put("/api/v1/venues/main/rule", ADMIN, r#"{"rule":"by-clicks","weights":{"clicks":1}}"#).await;
+    assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["error"], "rule_log_unavailable", "{body}");
+    assert!(v["message"].as_str().unwrap().contains("unchanged on every node"), "{body}");
+    assert!(started.elapsed() < Duration::from_secs(30), "answered in {:?}", started.elapsed());
+    assert_eq!(s.engine.rule_of("main"), rule_before, "the rule is unchanged here");
+    s.publish();
+    let (code, snap) = s.get("/api/v1/snapshot", Some(OPS)).await;
+    assert_eq!(code, StatusCode::OK);
+    let snap: Value = serde_json::from_str(&snap).unwrap();
+    let main = snap["venues"].as_array().unwrap().iter().find(|x| x["venue"] == "main").unwrap().clone();
+    assert_eq!(main["race"]["rule"], rule_before.as_str(), "the race still ranks by the old rule");
+    let (code, audit) = s.get("/api/v1/audit", Some(ADMIN)).await;
+    assert_eq!(code, StatusCode::OK);
+    assert_eq!(audit.trim(), "[]", "nothing audited");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
