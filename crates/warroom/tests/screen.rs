@@ -354,6 +354,24 @@ async fn after_a_reload_the_curve_is_the_history_and_the_report_renders() {
             format!("{}/{} {:02}:{:02}", z.month(), z.day(), z.hour(), z.minute())
         };
         assert_eq!(shown, format!("{} – {}", at8(from), at8(to)), "{round}: the curve's times at +08:00");
+        // The line stops at the last whole step: the one "now" is in, or the last one stored
+        // in part, would be drawn as a dip (the curve drawn again with those moved).
+        let step: i64 =
+            page.eval("document.getElementById('curve').dataset.step").await.as_str().unwrap().parse().unwrap();
+        for (now, stored, want) in [
+            (5 * step + 1_234, 9 * step, 5 * step),
+            (9 * step, 3 * step + 10, 3 * step),
+            (4 * step, 4 * step, 4 * step),
+        ] {
+            let drawn = page
+                .eval(&format!("(() => {{ const keep = curve; curve = {{...keep, now_ms: keep.from_ms + {now}, stored_until_ms: keep.from_ms + {stored}}}; drawCurve(); const d = document.getElementById('curve').dataset.drawnUntil; curve = keep; drawCurve(); return d; }})()"))
+                .await;
+            assert_eq!(
+                drawn.as_str().and_then(|d| d.parse::<i64>().ok()),
+                Some(from + want),
+                "{round}: now +{now}, stored +{stored}"
+            );
+        }
         // Active alerts: the screen lists what the server holds (none lost by the reload).
         let alerts = api_get(&base, "/api/v1/alerts", ops).await;
         let fired = alerts.as_array().unwrap().iter().filter(|a| !a["fired_at_ms"].is_null()).count();
