@@ -677,6 +677,10 @@ pub fn reference_history(lines: &[&[u8]]) -> RefHistory {
             scopes.push(("slot".into(), s.clone()));
             if let Some(m) = &e.merchant {
                 scopes.push(("merchant".into(), m.clone()));
+                // A merchant's channels: its slots' events through each channel.
+                if let Some(c) = &e.channel {
+                    scopes.push(("merchant_channel".into(), format!("{m}/{c}")));
+                }
             }
         }
         if let Some(c) = &e.channel {
@@ -731,7 +735,8 @@ pub fn history_differences(base: &str, token: &str, want: &RefHistory) -> Vec<St
         }
     }
     let step = format!("{}m", last - first);
-    for (scope, name) in want.scopes() {
+    // (A merchant's channels are read with its token: tests/tests/history_api.rs.)
+    for (scope, name) in want.scopes().into_iter().filter(|(k, _)| k != "merchant_channel") {
         for (k, metric) in warroom_engine::history::COUNTS.iter().enumerate() {
             let q =
                 format!("/api/v1/history?metric={metric}&scope={scope}&name={name}&from={from}&to={to}&step={step}");

@@ -270,7 +270,7 @@ fn a_state_directory_takes_one_monitor() {
 /// The checkpoint format this build writes. A change of the state's layout must bump
 /// `checkpoint::FORMAT` (older files are then refused with a clear message) and regenerate the
 /// golden file: `WARROOM_WRITE_GOLDEN=1 cargo test --release -p warroom-tests --test checkpoint`.
-const PINNED_FORMAT: u32 = 3;
+const PINNED_FORMAT: u32 = 4;
 
 fn golden_path() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("data/checkpoint-format-{PINNED_FORMAT}.bin"))

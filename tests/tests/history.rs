@@ -50,7 +50,12 @@ fn scope_of(kind: &str, name: &str) -> Scope {
 fn check_range(store: &Store, want: &RefHistory, from: i64, to: i64, what: &str) -> usize {
     let mut checked = 0;
     for (kind, name) in want.scopes() {
-        let got = store.totals(&scope_of(&kind, &name), None, from * 60_000, to * 60_000).unwrap();
+        // A merchant's channel: the channel through the merchant's eyes.
+        let got = match name.split_once('/').filter(|_| kind == "merchant_channel") {
+            Some((m, ch)) => store.totals(&Scope::Channel(ch.into()), Some(m), from * 60_000, to * 60_000),
+            None => store.totals(&scope_of(&kind, &name), None, from * 60_000, to * 60_000),
+        }
+        .unwrap();
         let w = want.sum(&kind, &name, from, to);
         assert_eq!(got.counts.values(), w, "{what}: {kind} {name:?}: store vs reference ({COUNTS:?})");
         if kind == "site" || kind == "venue" {
@@ -303,7 +308,33 @@ mod report {
         let m = want.scopes().into_iter().find(|(k, _)| k == "merchant").unwrap().1;
         let r = build(&store, None, &ReportOptions { merchant: Some(m.clone()), ..Default::default() }).unwrap();
         assert_eq!(r.totals.values(), want.sum("merchant", &m, first, first + 120), "merchant {m}");
-        assert!(r.tables.iter().all(|t| !["channels", "merchants", "venues", "alerts"].contains(&t.name.as_str())));
+        assert!(r.tables.iter().all(|t| !["merchants", "venues", "alerts"].contains(&t.name.as_str())));
+        // Its channels: its slots' events through each, against the reference.
+        let t = r.tables.iter().find(|t| t.name == "channels").expect("the merchant's channels");
+        let mut mine: Vec<String> = want
+            .scopes()
+            .into_iter()
+            .filter(|(k, n)| k == "merchant_channel" && n.starts_with(&format!("{m}/")))
+            .map(|(_, n)| n[m.len() + 1..].to_string())
+            .collect();
+        mine.sort();
+        let mut shown: Vec<String> = t
+            .rows
+            .iter()
+            .map(|row| match &row[0] {
+                Cell::Text(s) => s.clone(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        shown.sort();
+        assert_eq!(shown, mine, "{m}'s channels");
+        for (i, row) in t.rows.iter().enumerate() {
+            let Cell::Text(ch) = &row[0] else { unreachable!() };
+            let w = want.sum("merchant_channel", &format!("{m}/{ch}"), first, first + 120);
+            for (c, k) in [("gmv", 0), ("paid_orders", 1), ("impressions", 10), ("clicks", 11)] {
+                assert_eq!(num(col(&r, "channels", i, c)), w[k], "{m} {ch} {c}");
+            }
+        }
         let html = r.html();
         // Self-contained: charts inline, nothing fetched (the SVG namespace is a name, not a fetch).
         assert!(html.contains("<svg") && !html.contains("src=") && !html.contains("<link") && !html.contains("url("));

@@ -105,17 +105,68 @@ async fn merchants_see_their_own_history_and_last_year_is_aligned_by_phase() {
     assert_eq!(v["points"][0][1].as_u64(), Some(0), "another merchant's history is empty to it: {v}");
     let (_, v) = get(&base, &format!("/api/v1/history?metric=gmv&scope=venue&name=main&{whole}"), MERCHANT).await;
     assert!(v["points"][0][1].as_u64().unwrap() <= mine[0], "a venue through its eyes: its own part");
-    for q in ["metric=gmv&scope=channel&name=feed", "metric=uv"] {
-        let (s, v) = get(&base, &format!("/api/v1/history?{q}&{whole}"), MERCHANT).await;
-        assert_eq!(s, StatusCode::BAD_REQUEST, "{q}: {v}");
+    // Its channels: its slots' events through each channel (the naive reference's).
+    let channels: Vec<String> = want
+        .scopes()
+        .into_iter()
+        .filter(|(k, n)| k == "merchant_channel" && n.starts_with("m-4/"))
+        .map(|(_, n)| n["m-4/".len()..].to_string())
+        .collect();
+    assert!(channels.len() >= 3, "{channels:?}");
+    for ch in &channels {
+        for metric in ["gmv", "clicks", "impressions"] {
+            let k = warroom_engine::history::COUNTS.iter().position(|c| *c == metric).unwrap();
+            let (s, v) =
+                get(&base, &format!("/api/v1/history?metric={metric}&scope=channel&name={ch}&{whole}"), MERCHANT).await;
+            assert_eq!(s, StatusCode::OK, "{v}");
+            let mine = want.sum("merchant_channel", &format!("m-4/{ch}"), first, last)[k];
+            assert_eq!(v["points"][0][1].as_u64(), Some(mine), "m-4's {metric} through {ch}");
+            let site = want.sum("channel", ch, first, last)[k];
+            assert!(mine <= site && (metric != "impressions" || mine < site), "{ch}: its own part of the channel");
+        }
     }
+    let (s, v) = get(&base, &format!("/api/v1/history?metric=uv&{whole}"), MERCHANT).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
     let (_, c) = get(&base, "/api/v1/history/curve", MERCHANT).await;
     assert!(c.get("pace").is_none() && c.get("previous").is_none() && c.get("projection").is_none(), "{c}");
+    // The screen's channel panel for it: its own channels over the curve's range.
+    let (a, b) = (c["from_ms"].as_i64().unwrap() / 60_000, c["to_ms"].as_i64().unwrap() / 60_000);
+    let mut got: Vec<(String, u64)> = c["channels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| (x["channel"].as_str().unwrap().to_string(), x["gmv_cents"].as_u64().unwrap()))
+        .collect();
+    got.sort();
+    let mut expected: Vec<(String, u64)> = channels
+        .iter()
+        .map(|ch| (ch.clone(), want.sum("merchant_channel", &format!("m-4/{ch}"), a, b)[0]))
+        .filter(|x| want.sum("merchant_channel", &format!("m-4/{}", x.0), a, b) != [0; 12])
+        .collect();
+    expected.sort();
+    assert!(!expected.is_empty());
+    assert_eq!(got, expected, "the curve's channels for m-4 over {a}..{b}");
     let (s, r) = get(&base, "/api/v1/review?format=json", MERCHANT).await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(r["totals"]["gmv"].as_u64(), Some(mine[0]), "the merchant's review is its own");
     let names: Vec<&str> = r["tables"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
-    assert!(!names.contains(&"channels") && !names.contains(&"merchants"), "{names:?}");
+    assert!(!names.contains(&"merchants") && !names.contains(&"venues"), "{names:?}");
+    // Its channels table: its own GMV per channel, every channel it sold through.
+    let t = r["tables"].as_array().unwrap().iter().find(|t| t["name"] == "channels").expect("its channels");
+    let gmv_col = t["columns"].as_array().unwrap().iter().position(|c| c == "gmv").unwrap();
+    let mut shown: Vec<(String, u64)> = t["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| (row[0].as_str().unwrap().to_string(), row[gmv_col]["cents"].as_u64().unwrap()))
+        .collect();
+    shown.sort();
+    let mut expected: Vec<(String, u64)> = channels
+        .iter()
+        .map(|ch| (ch.clone(), want.sum("merchant_channel", &format!("m-4/{ch}"), first, last)[0]))
+        .collect();
+    expected.sort();
+    assert_eq!(shown, expected, "the merchant's channels in its review");
     let (s, _) = get(&base, "/api/v1/history/journal", MERCHANT).await;
     assert_eq!(s, StatusCode::FORBIDDEN);
 

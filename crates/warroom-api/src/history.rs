@@ -264,7 +264,20 @@ impl AppState {
         if let Some(m) = &merchant {
             // The plan, the previous promotion and the projection are site-wide numbers; a
             // merchant gets its own orders placed but unpaid (拍下未付).
-            let c = db.read(|s| s.totals(&Scope::Site, Some(m), from, to)).map_err(db_error)?.counts;
+            let (c, channels) = db
+                .read(|s| {
+                    Ok::<_, HistoryError>((
+                        s.totals(&Scope::Site, Some(m), from, to)?,
+                        s.by_channel(from, to, Some(m))?,
+                    ))
+                })
+                .map_err(db_error)?;
+            let c = c.counts;
+            // Its channels (流量入口) over the range: its slots' events through each.
+            out["channels"] = serde_json::json!(channels
+                .iter()
+                .map(|r| serde_json::json!({"channel": r.name, "gmv_cents": r.counts.gmv, "impressions": r.counts.impressions, "clicks": r.counts.clicks, "paid_orders": r.counts.paid_orders}))
+                .collect::<Vec<_>>());
             out["unpaid"] = serde_json::json!([{
                 "merchant": m, "orders_placed": c.orders_placed, "paid_orders": c.paid_orders,
                 "unpaid": c.orders_placed.saturating_sub(c.paid_orders),

@@ -29,7 +29,8 @@ pub const MAGIC: &[u8; 8] = b"WARROOM\x00";
 /// Bumped whenever the state layout changes; older files are refused with a clear message.
 /// 1: bincode (issues 1-5). 2: postcard; state per (slot, merchant), u128 money, per-shard
 /// sketch clocks, minute series, channels; no shard count or phases in the shape.
-pub const FORMAT: u32 = 3;
+/// 4: history minutes keep each merchant's channels.
+pub const FORMAT: u32 = 4;
 const HEADER: usize = 8 + 4 + 8 + 8;
 pub const FILE_NAME: &str = "engine.checkpoint";
 

@@ -181,6 +181,9 @@ pub struct MinuteRows {
     pub venues: Rows,
     pub pairs: Rows,
     pub channels: Rows,
+    /// A merchant's numbers by channel (its 流量入口): `merchant_channels[channel]`, rows by
+    /// merchant index. Slot events naming a merchant and a channel.
+    pub merchant_channels: Vec<Rows>,
     /// uv, ipv_uv, buyers of the minute, site-wide ([`SITE_P`]).
     pub sketches: Option<Box<[MinuteSketch; 3]>>,
     /// The same per venue ([`VENUE_P`]).
@@ -264,6 +267,7 @@ impl MinuteRows {
             venues: Rows::default(),
             pairs: Rows::default(),
             channels: Rows::default(),
+            merchant_channels: Vec::new(),
             sketches: None,
             venue_sketches: Vec::new(),
         }
@@ -273,6 +277,7 @@ impl MinuteRows {
         self.venues.release_index();
         self.pairs.release_index();
         self.channels.release_index();
+        self.merchant_channels.iter_mut().for_each(Rows::release_index);
     }
 
     fn sized_like(minute: i64, like: &MinuteRows) -> Self {
@@ -280,6 +285,7 @@ impl MinuteRows {
             venues: Rows::sized_like(&like.venues),
             pairs: Rows::sized_like(&like.pairs),
             channels: Rows::sized_like(&like.channels),
+            merchant_channels: like.merchant_channels.iter().map(Rows::sized_like).collect(),
             ..MinuteRows::new(minute)
         }
     }
@@ -296,6 +302,14 @@ impl MinuteRows {
         }
         if ev.channel != NONE {
             f(self.channels.get(ev.channel));
+            // A merchant's numbers are its slots' (as its pairs'): slot events only.
+            if ev.pair != NONE && ev.merchant != NONE {
+                let c = ev.channel as usize;
+                if self.merchant_channels.len() <= c {
+                    self.merchant_channels.resize_with(c + 1, Rows::default);
+                }
+                f(self.merchant_channels[c].get(ev.merchant));
+            }
         }
     }
 
@@ -378,6 +392,12 @@ impl ShardHistory {
             m.venues.check(n.venues, "venue")?;
             m.pairs.check(n.pairs, "pair")?;
             m.channels.check(n.channels, "channel")?;
+            if m.merchant_channels.len() > n.channels {
+                return Err("history: a merchant's channel out of range".into());
+            }
+            for r in &m.merchant_channels {
+                r.check(n.merchants, "merchant's channel")?;
+            }
             for h in m.sketches.iter().flat_map(|s| s.iter()) {
                 h.check(SITE_P)?;
             }

@@ -52,6 +52,9 @@ pub const SITE: i64 = 0;
 pub const VENUE: i64 = 1;
 pub const PAIR: i64 = 2;
 pub const CHANNEL: i64 = 3;
+/// A merchant's numbers in a channel (its slots' events through that channel); `id` is a
+/// `merchant_channels` row.
+pub const MERCHANT_CHANNEL: i64 = 4;
 /// Added to a kind: the hour rollup of that kind's rows and sketches (`minute` = the hour's
 /// first minute).
 pub const HOUR: i64 = 10;
@@ -386,6 +389,10 @@ mod tests {
                 f(m.venues.get(venue));
                 f(m.pairs.get(pair));
                 f(m.channels.get(ch));
+                if m.merchant_channels.len() <= ch as usize {
+                    m.merchant_channels.resize_with(ch as usize + 1, Default::default);
+                }
+                f(m.merchant_channels[ch as usize].get(pair % 5));
                 let metric = if paid { 2 } else { rnd(2) as usize };
                 let h = xxhash_rust_free_hash(user);
                 m.sketches.get_or_insert_with(Box::default)[metric].insert(h, SITE_P);
@@ -423,6 +430,11 @@ mod tests {
             }
             for (ch, c) in &m.channels.rows {
                 put(format!("channel {}", names.channels[*ch as usize]), c);
+            }
+            for (ch, rows) in m.merchant_channels.iter().enumerate() {
+                for (mi, c) in &rows.rows {
+                    put(format!("merchant m{mi} channel {}", names.channels[ch]), c);
+                }
             }
         };
         let mut replaced: Option<Vec<MinuteRows>> = None;
@@ -527,6 +539,23 @@ mod tests {
                         s.by_name(kind, fm, tm).unwrap().iter().map(|r| (r.name.clone(), r.counts)).collect::<Vec<_>>()
                     ));
                 }
+                out.push(format!(
+                    "m3 channels {:?}",
+                    s.by_channel(fm, tm, Some("m3"))
+                        .unwrap()
+                        .iter()
+                        .map(|r| (r.name.clone(), r.counts))
+                        .collect::<Vec<_>>()
+                ));
+                let q = Query {
+                    metric: Metric::parse("gmv").unwrap(),
+                    scope: Scope::Channel("app".into()),
+                    from_ms: fm,
+                    to_ms: tm,
+                    step_ms: step * 60_000,
+                    merchant: Some("m1".into()),
+                };
+                out.push(format!("m1 app {:?}", s.series(&q).unwrap().points));
                 out.push(format!("race {:?}", s.venue_slot_gmv("v2", fm, tm, step * 60_000).unwrap()));
             }
             out
@@ -551,6 +580,26 @@ mod tests {
                 }
                 let c = s.totals(&scope, None, from * 60_000, to * 60_000).unwrap().counts;
                 assert_eq!([c.gmv, c.paid_orders, c.clicks], want, "{name} {from}..{to}");
+            }
+            // A merchant's channels: one by one, and all of them in one read.
+            let sum = |name: &str| {
+                let mut want = [0u64; 3];
+                for m in from..to {
+                    if let Some(v) = naive.get(&(name.to_string(), m)) {
+                        for (a, b) in want.iter_mut().zip(v) {
+                            *a += b;
+                        }
+                    }
+                }
+                want
+            };
+            let all = s.by_channel(from * 60_000, to * 60_000, Some("m3")).unwrap();
+            for ch in ["app", "search"] {
+                let want = sum(&format!("merchant m3 channel {ch}"));
+                let c = s.totals(&Scope::Channel(ch.into()), Some("m3"), from * 60_000, to * 60_000).unwrap().counts;
+                assert_eq!([c.gmv, c.paid_orders, c.clicks], want, "m3 {ch} {from}..{to}");
+                let row = all.iter().find(|r| r.name == ch).map(|r| r.counts).unwrap_or_default();
+                assert_eq!([row.gmv, row.paid_orders, row.clicks], want, "m3 by channel {ch} {from}..{to}");
             }
         }
         // The same store read from its minutes only.
@@ -603,6 +652,7 @@ mod tests {
             venues: Default::default(),
             pairs: Default::default(),
             channels: Default::default(),
+            merchant_channels: vec![],
             sketches: None,
             venue_sketches: vec![],
         }
@@ -633,6 +683,8 @@ pub struct Store {
     ids: Ids,
     /// (slot id, merchant id or -1) -> pair id.
     pair_ids: HashMap<(i64, i64), i64>,
+    /// (merchant id, channel id) -> `merchant_channels` id.
+    mc_ids: HashMap<(i64, i64), i64>,
     /// Whether stored batches are kept to be undone (not for a replay's new file: its batches
     /// never come again).
     keep_undo: bool,
@@ -647,6 +699,8 @@ CREATE TABLE IF NOT EXISTS names(kind INTEGER NOT NULL, name TEXT NOT NULL, id I
 CREATE UNIQUE INDEX IF NOT EXISTS names_id ON names(kind, id);
 CREATE TABLE IF NOT EXISTS pairs(id INTEGER PRIMARY KEY, slot INTEGER NOT NULL, merchant INTEGER NOT NULL,
     venue INTEGER NOT NULL, UNIQUE(slot, merchant));
+CREATE TABLE IF NOT EXISTS merchant_channels(id INTEGER PRIMARY KEY, merchant INTEGER NOT NULL,
+    channel INTEGER NOT NULL, UNIQUE(merchant, channel));
 CREATE TABLE IF NOT EXISTS minutes(kind INTEGER NOT NULL, id INTEGER NOT NULL, minute INTEGER NOT NULL,
     gmv INTEGER NOT NULL, paid_orders INTEGER NOT NULL, coupons INTEGER NOT NULL, coupon_cents INTEGER NOT NULL,
     refunds INTEGER NOT NULL, refund_cents INTEGER NOT NULL, orders_placed INTEGER NOT NULL,
@@ -720,7 +774,14 @@ impl Store {
         // Every statement a write and the queries use stays prepared (the default 16 did not
         // hold them all: a replay spent 5% preparing the same statements again).
         conn.set_prepared_statement_cache_capacity(64);
-        let mut s = Store { conn, ids: Ids::default(), pair_ids: HashMap::new(), keep_undo: true, rolled: None };
+        let mut s = Store {
+            conn,
+            ids: Ids::default(),
+            pair_ids: HashMap::new(),
+            mc_ids: HashMap::new(),
+            keep_undo: true,
+            rolled: None,
+        };
         s.load_ids()?;
         Ok(s)
     }
@@ -745,7 +806,14 @@ impl Store {
         }
         let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(err)?;
         conn.execute_batch("PRAGMA busy_timeout=5000;").map_err(err)?;
-        let mut s = Store { conn, ids: Ids::default(), pair_ids: HashMap::new(), keep_undo: true, rolled: None };
+        let mut s = Store {
+            conn,
+            ids: Ids::default(),
+            pair_ids: HashMap::new(),
+            mc_ids: HashMap::new(),
+            keep_undo: true,
+            rolled: None,
+        };
         s.load_ids()?;
         Ok(s)
     }
@@ -772,6 +840,12 @@ impl Store {
         for r in rows {
             let (k, v) = r?;
             self.pair_ids.insert(k, v);
+        }
+        let mut st = self.conn.prepare("SELECT merchant, channel, id FROM merchant_channels")?;
+        let rows = st.query_map([], |r| Ok(((r.get(0)?, r.get(1)?), r.get(2)?)))?;
+        for r in rows {
+            let (k, v) = r?;
+            self.mc_ids.insert(k, v);
         }
         self.rolled = self.rolled_hours()?;
         Ok(())
@@ -812,12 +886,14 @@ impl Store {
         let tx = self.conn.transaction()?;
         let mut ids = std::mem::take(&mut self.ids);
         let mut pair_ids = std::mem::take(&mut self.pair_ids);
+        let mut mc_ids = std::mem::take(&mut self.mc_ids);
         let mut newest = i64::MIN;
         let r = (|| -> Result<()> {
             let mut namer = Namer {
                 tx: &tx,
                 ids: &mut ids,
                 pair_ids: &mut pair_ids,
+                mc_ids: &mut mc_ids,
                 names: &batch.names,
                 seen: Default::default(),
             };
@@ -913,6 +989,7 @@ impl Store {
                 tx.commit()?;
                 self.ids = ids;
                 self.pair_ids = pair_ids;
+                self.mc_ids = mc_ids;
                 if newest > i64::MIN {
                     // The batch is stored whatever happens here: a roll-up that fails is tried
                     // again after the next write (queries read minutes meanwhile).
@@ -930,6 +1007,7 @@ impl Store {
                 // The ids handed out inside the failed transaction were rolled back with it.
                 self.ids.clear();
                 self.pair_ids.clear();
+                self.mc_ids.clear();
                 self.load_ids()?;
                 Err(e)
             }
@@ -1116,6 +1194,18 @@ fn roll_up_hours(tx: &Transaction<'_>, from: i64, until: i64) -> Result<()> {
         ))?
         .execute(params![kind + HOUR, id, kind, from, until])?;
     }
+    // Merchants' channels (many ids: one statement for them all).
+    tx.prepare_cached("DELETE FROM minutes WHERE kind = ?1 AND minute >= ?2 AND minute < ?3")?.execute(params![
+        MERCHANT_CHANNEL + HOUR,
+        from,
+        until
+    ])?;
+    tx.prepare_cached(&format!(
+        "INSERT INTO minutes(kind, id, minute, {cols})
+         SELECT ?1, id, minute - ((minute % 60) + 60) % 60 AS hour, {sums} FROM minutes
+         WHERE kind = ?2 AND minute >= ?3 AND minute < ?4 GROUP BY id, hour"
+    ))?
+    .execute(params![MERCHANT_CHANNEL + HOUR, MERCHANT_CHANNEL, from, until])?;
     // Pairs' blocks: each block's minutes, summed per hour and offset.
     let last: Option<i64> = tx.query_row("SELECT MAX(block) FROM pair_minutes", [], |r| r.get(0))?;
     let mut sums = (vec![[0i64; 12]; PAIR_BLOCK as usize], [false; PAIR_BLOCK as usize]);
@@ -1603,6 +1693,7 @@ struct Namer<'a> {
     tx: &'a Transaction<'a>,
     ids: &'a mut Ids,
     pair_ids: &'a mut HashMap<(i64, i64), i64>,
+    mc_ids: &'a mut HashMap<(i64, i64), i64>,
     names: &'a warroom_engine::history::HistoryNames,
     /// This batch's indices already resolved, per name kind (1..=4) and for pairs (0).
     seen: [Vec<i64>; 5],
@@ -1674,6 +1765,21 @@ impl Namer<'_> {
         Ok(id)
     }
 
+    /// The `merchant_channels` id of merchant index `m` in channel index `ch`.
+    fn merchant_channel(&mut self, ch: u32, m: u32) -> Result<i64> {
+        let names = self.names;
+        let key = (self.name(N_MERCHANT, &names.merchants, m)?, self.name(N_CHANNEL, &names.channels, ch)?);
+        if let Some(&id) = self.mc_ids.get(&key) {
+            return Ok(id);
+        }
+        self.tx
+            .prepare_cached("INSERT INTO merchant_channels(merchant, channel) VALUES(?1, ?2)")?
+            .execute(params![key.0, key.1])?;
+        let id = self.tx.last_insert_rowid();
+        self.mc_ids.insert(key, id);
+        Ok(id)
+    }
+
     /// Calls `f(kind, database id, counts)` for each of the minute's rows.
     fn rows(&mut self, m: &MinuteRows, mut f: impl FnMut(i64, i64, &Counts)) -> Result<()> {
         let names = self.names;
@@ -1686,6 +1792,11 @@ impl Namer<'_> {
         }
         for (ch, c) in &m.channels.rows {
             f(CHANNEL, self.name(N_CHANNEL, &names.channels, *ch)?, c);
+        }
+        for (ch, rows) in m.merchant_channels.iter().enumerate() {
+            for (mi, c) in &rows.rows {
+                f(MERCHANT_CHANNEL, self.merchant_channel(ch as u32, *mi)?, c);
+            }
         }
         Ok(())
     }

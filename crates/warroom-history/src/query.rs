@@ -7,7 +7,10 @@ use serde::Serialize;
 use warroom_engine::history::{Counts, COUNTS, DISTINCT, SITE_P, VENUE_P};
 use warroom_engine::hll::Hll;
 
-use crate::{decode_hll, each_block_entry, kinds, HistoryError, Result, Store, CHANNEL, HOUR, PAIR_BLOCK, SITE, VENUE};
+use crate::{
+    decode_hll, each_block_entry, kinds, HistoryError, Result, Store, CHANNEL, HOUR, MERCHANT_CHANNEL, PAIR_BLOCK,
+    SITE, VENUE,
+};
 
 /// At most this many points per answer.
 pub const MAX_POINTS: i64 = 20_000;
@@ -218,7 +221,14 @@ impl Store {
                 Some(i) => pairs("venue = ?1 AND merchant = ?2", vec![i, m]),
                 None => Ok(None),
             },
-            (Scope::Channel(_), Some(_)) => Err(HistoryError::Query("channels are not kept per merchant".into())),
+            (Scope::Channel(c), Some(m)) => {
+                let Some(c) = id(kinds::CHANNEL, c) else { return Ok(None) };
+                let mut st = self
+                    .conn()
+                    .prepare_cached("SELECT id FROM merchant_channels WHERE merchant = ?1 AND channel = ?2")?;
+                Ok(rusqlite::OptionalExtension::optional(st.query_row([m, c], |r| r.get(0)))?
+                    .map(|i| Source::Rows(MERCHANT_CHANNEL, i)))
+            }
         }
     }
 
@@ -502,18 +512,41 @@ impl Store {
 
     /// Every venue's (kind VENUE) or channel's (kind CHANNEL) numbers over the range.
     pub fn by_name(&self, kind: i64, from_ms: i64, to_ms: i64) -> Result<Vec<Row>> {
-        let name_kind = if kind == CHANNEL { kinds::CHANNEL } else { kinds::VENUE };
+        self.by_name_of(kind, from_ms, to_ms, None)
+    }
+
+    /// Every channel's numbers over the range, of merchant `merchant`'s slots only if given.
+    pub fn by_channel(&self, from_ms: i64, to_ms: i64, merchant: Option<&str>) -> Result<Vec<Row>> {
+        match merchant {
+            None => self.by_name_of(CHANNEL, from_ms, to_ms, None),
+            Some(m) => match self.name_id(kinds::MERCHANT, m) {
+                Some(id) => self.by_name_of(MERCHANT_CHANNEL, from_ms, to_ms, Some(id)),
+                None => Ok(Vec::new()),
+            },
+        }
+    }
+
+    fn by_name_of(&self, kind: i64, from_ms: i64, to_ms: i64, merchant: Option<i64>) -> Result<Vec<Row>> {
         let sums = COUNTS.iter().map(|c| format!("SUM(m.{c})")).collect::<Vec<_>>().join(", ");
-        let sql = format!(
-            "SELECT n.name, {sums} FROM minutes m JOIN names n ON n.kind = {name_kind} AND n.id = m.id
-             WHERE m.kind = ?1 AND m.minute >= ?2 AND m.minute < ?3 GROUP BY m.id"
-        );
+        let sql = match kind {
+            MERCHANT_CHANNEL => format!(
+                "SELECT n.name, {sums} FROM minutes m JOIN merchant_channels mc ON mc.id = m.id
+                 JOIN names n ON n.kind = {} AND n.id = mc.channel
+                 WHERE m.kind = ?1 AND m.minute >= ?2 AND m.minute < ?3 AND mc.merchant = ?4 GROUP BY m.id",
+                kinds::CHANNEL
+            ),
+            _ => format!(
+                "SELECT n.name, {sums} FROM minutes m JOIN names n ON n.kind = {} AND n.id = m.id
+                 WHERE m.kind = ?1 AND m.minute >= ?2 AND m.minute < ?3 AND ?4 IS NULL GROUP BY m.id",
+                if kind == CHANNEL { kinds::CHANNEL } else { kinds::VENUE }
+            ),
+        };
         let mut st = self.conn().prepare_cached(&sql)?;
         // Summed per span (minutes, hour rollups), then across them.
         let mut by: HashMap<String, [i64; 12]> = HashMap::new();
         for sp in self.spans(minute_of(from_ms), minute_of(to_ms), i64::MAX)? {
             let k = if sp.hours { kind + HOUR } else { kind };
-            let mut rows = st.query(params![k, sp.start, sp.end])?;
+            let mut rows = st.query(params![k, sp.start, sp.end, merchant])?;
             while let Some(r) = rows.next()? {
                 let e = by.entry(r.get(0)?).or_insert([0; 12]);
                 for (j, x) in e.iter_mut().enumerate() {

@@ -14,7 +14,7 @@ use warroom_engine::snapshot::decompose;
 
 use crate::projection::{phases_of, PhaseSpan};
 use crate::query::{Row, Scope, Totals};
-use crate::{Metric, Query, Result, Store, CHANNEL, VENUE};
+use crate::{Metric, Query, Result, Store, VENUE};
 
 /// What to report on.
 #[derive(Debug, Clone, Default)]
@@ -220,8 +220,9 @@ pub fn build(store: &Store, previous: Option<&Store>, opts: &ReportOptions) -> R
     let slots = store.by_slot(from, to, m)?;
     tables.push(race_table(store, &slots, from, to, m)?);
     tables.push(slot_table(slots));
+    // A merchant's channels are its slots' events through each channel.
+    tables.push(channel_table(store.by_channel(from, to, m)?));
     if m.is_none() {
-        tables.push(channel_table(store.by_name(CHANNEL, from, to)?));
         tables.push(venue_table(store, from, to)?);
         tables.push(merchant_table(store.by_merchant(from, to)?));
     }
