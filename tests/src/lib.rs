@@ -644,6 +644,26 @@ impl RefHistory {
     }
 }
 
+/// What `store` holds for one of the reference's scopes over `[from_ms, to_ms)`: a merchant's
+/// channel (`merchant_channel`, named "merchant/channel") is the channel through that
+/// merchant's eyes, every other scope is asked by its own name.
+pub fn stored_totals(
+    store: &warroom_history::Store,
+    kind: &str,
+    name: &str,
+    from_ms: i64,
+    to_ms: i64,
+) -> warroom_history::Result<warroom_history::query::Totals> {
+    use warroom_history::Scope;
+    match name.split_once('/').filter(|_| kind == "merchant_channel") {
+        Some((m, ch)) => store.totals(&Scope::Channel(ch.into()), Some(m), from_ms, to_ms),
+        None => {
+            let scope = Scope::parse(kind, Some(name)).map_err(warroom_history::HistoryError::Query)?;
+            store.totals(&scope, None, from_ms, to_ms)
+        }
+    }
+}
+
 pub fn reference_history(lines: &[&[u8]]) -> RefHistory {
     let (events, _, _) = accept(lines);
     let mut h = RefHistory::default();

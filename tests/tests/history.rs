@@ -10,7 +10,7 @@ use warroom_engine::{Config, Engine};
 use warroom_history::{Metric, Query, Scope, Store};
 use warroom_ingest::ChunkProcessor;
 use warroom_model::Limits;
-use warroom_tests::{distinct_close, lines, reference_history, RefHistory};
+use warroom_tests::{distinct_close, lines, reference_history, stored_totals, RefHistory};
 
 const START: i64 = 1_794_312_000_000;
 
@@ -43,19 +43,10 @@ fn store_night(all: &[&[u8]], chunk: usize, again: usize, db: &std::path::Path) 
     (engine, store)
 }
 
-fn scope_of(kind: &str, name: &str) -> Scope {
-    Scope::parse(kind, Some(name)).unwrap()
-}
-
 fn check_range(store: &Store, want: &RefHistory, from: i64, to: i64, what: &str) -> usize {
     let mut checked = 0;
     for (kind, name) in want.scopes() {
-        // A merchant's channel: the channel through the merchant's eyes.
-        let got = match name.split_once('/').filter(|_| kind == "merchant_channel") {
-            Some((m, ch)) => store.totals(&Scope::Channel(ch.into()), Some(m), from * 60_000, to * 60_000),
-            None => store.totals(&scope_of(&kind, &name), None, from * 60_000, to * 60_000),
-        }
-        .unwrap();
+        let got = stored_totals(store, &kind, &name, from * 60_000, to * 60_000).unwrap();
         let w = want.sum(&kind, &name, from, to);
         assert_eq!(got.counts.values(), w, "{what}: {kind} {name:?}: store vs reference ({COUNTS:?})");
         if kind == "site" || kind == "venue" {

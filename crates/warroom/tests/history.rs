@@ -131,7 +131,7 @@ fn history_survives_kill_dash_nine_without_a_gap_or_a_double_minute() {
 
 /// `warroom replay --history` (a new database, written while the replay goes on, without
 /// waiting for the disk on each commit) stores what the naive reference counts: every minute
-/// of the site, and every venue, slot, merchant and channel over the night.
+/// of the site, and every venue, slot, merchant, channel and merchant's channel over the night.
 #[test]
 fn a_replay_stores_the_reference_history() {
     use warroom_history::{Scope, Store};
@@ -165,8 +165,7 @@ fn a_replay_stores_the_reference_history() {
     let named: std::collections::BTreeSet<(String, String)> =
         want.counts.keys().filter(|k| k.0 != "site").map(|k| (k.0.clone(), k.1.clone())).collect();
     for (kind, name) in &named {
-        let scope = Scope::parse(kind, Some(name)).unwrap();
-        let got = store.totals(&scope, None, i64::MIN / 4, i64::MAX / 4).unwrap().counts.values();
+        let got = warroom_tests::stored_totals(&store, kind, name, i64::MIN / 4, i64::MAX / 4).unwrap().counts.values();
         let w = want.sum(kind, name, i64::MIN, i64::MAX);
         if got != w {
             differences.push(format!("{kind} {name}: {got:?} vs {w:?}"));
