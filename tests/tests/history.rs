@@ -331,6 +331,64 @@ mod report {
         assert!(html.contains("<svg") && !html.contains("src=") && !html.contains("<link") && !html.contains("url("));
     }
 
+    /// A review asked before the range is over (mid-promotion): the steps after the last
+    /// stored minute have not happened. The curve stops before the last stored minute and the
+    /// CSV leaves the later steps' numbers empty; before, they were drawn and written as
+    /// zeros, a fall to nothing "as if sales had stopped". Written steps equal the reference.
+    #[test]
+    fn a_review_of_a_range_not_over_yet_draws_no_fall_to_zero() {
+        let buf = night(9, 6_000);
+        let all = lines(&buf);
+        let want = reference_history(&all);
+        let dir = tempfile::tempdir().unwrap();
+        let (_, store) = store_night(&all, 10_000, usize::MAX, &dir.path().join("h.db"));
+        let last = want.counts.keys().map(|k| k.2).max().unwrap();
+        let until = (last + 1) * 60_000;
+        // From a minute in, 15 hours past the data: steps of several minutes, the last one
+        // stored only in part.
+        let first = START + 60_000;
+        let opts = ReportOptions { from_ms: Some(first), to_ms: Some(until + 900 * 60_000), ..Default::default() };
+        let r = build(&store, None, &opts).unwrap();
+        assert_eq!(r.stored_until_ms, Some(until));
+        let step = r.step_ms;
+        // Drawn: the steps that end before the last stored minute (a monitor still writing
+        // has it in part). Written: every step that began before the end.
+        let whole = (0..).take_while(|k| first + (k + 1) * step <= until - 60_000).count();
+        let started = (0..).take_while(|k| first + k * step < until).count();
+        assert!(step > 60_000 && started > whole, "a step stored in part: step {step}, {whole}, {started}");
+        assert!(started < r.gmv.len(), "the range goes past the data");
+        // The chart: the GMV line has a point per whole step stored, no more.
+        let html = r.html();
+        let line = html.split("stroke='#e8a400'").nth(1).expect("the GMV line");
+        let points = line.split("points='").nth(1).unwrap().split('\'').next().unwrap();
+        assert_eq!(points.split(' ').count(), whole, "points of the GMV line");
+        assert!(html.contains("stored until "), "the page says where the stored minutes end");
+        // The CSV: numbers for the steps that began before the end, equal to the reference;
+        // none after it (the plan's pace column is the plan's, empty without one).
+        let out = dir.path().join("r");
+        r.write(&out).unwrap();
+        let curve = std::fs::read_to_string(out.join("curve.csv")).unwrap();
+        let rows: Vec<Vec<&str>> = curve.lines().skip(1).map(|l| l.split(',').collect()).collect();
+        assert_eq!(rows.len(), r.gmv.len());
+        for (k, row) in rows.iter().enumerate() {
+            let from = (first + k as i64 * step) / 60_000;
+            if k < started {
+                let w = want.sum("site", "", from, from + step / 60_000)[0];
+                assert_eq!(row[1], w.to_string(), "step {k}: gmv against the reference");
+            } else {
+                assert_eq!((row[1], row[3]), ("", ""), "step {k} after the stored minutes: {row:?}");
+            }
+        }
+        // A range inside the data draws every step.
+        let inside = ReportOptions { from_ms: Some(START), to_ms: Some(until - 60_000), ..Default::default() };
+        let r = build(&store, None, &inside).unwrap();
+        let html = r.html();
+        let line = html.split("stroke='#e8a400'").nth(1).unwrap();
+        let points = line.split("points='").nth(1).unwrap().split('\'').next().unwrap();
+        assert_eq!(points.split(' ').count(), r.gmv.len());
+        assert!(!html.contains("stored until "));
+    }
+
     /// The report prints the promotion's clock: the one recorded with the history (UTC+8 when
     /// none is), or the one asked for. The night starts at 2026-11-10 20:00 +08:00.
     #[test]

@@ -130,6 +130,10 @@ pub struct Report {
     pub tables: Vec<Table>,
     /// Times are printed at this offset (minutes east of UTC): the promotion's clock.
     pub utc_offset_minutes: i32,
+    /// The end of the last minute stored (any scope); `None`: nothing is. A range that goes past
+    /// it (a review asked mid-promotion) has steps that have not happened yet: they are not
+    /// drawn and their curve cells are empty, instead of a fall to zero "as if sales stopped".
+    pub stored_until_ms: Option<i64>,
 }
 
 /// Steps a report's charts have at most.
@@ -256,6 +260,7 @@ pub fn build(store: &Store, previous: Option<&Store>, opts: &ReportOptions) -> R
             Some(o) => o,
             None => store.utc_offset()?,
         },
+        stored_until_ms: bounds.map(|b| b.1),
     })
 }
 
@@ -775,6 +780,22 @@ fn svg_chart(r: &Report, lines: &[Line<'_>], unit: &str, marks: bool) -> String 
 }
 
 impl Report {
+    /// When the range goes past the stored minutes: where the stored ones end.
+    fn cut(&self) -> Option<i64> {
+        self.stored_until_ms.filter(|&u| u < self.to_ms)
+    }
+
+    /// The steps of a curve to draw: every one, or, when the range goes past the stored
+    /// minutes, the steps that end before the last stored minute (a monitor still writing
+    /// has that minute in part: drawn, it is a dip at the present; the screen's curve stops
+    /// there too).
+    fn drawn<'a>(&self, pts: &'a [(i64, u64)]) -> &'a [(i64, u64)] {
+        match self.cut() {
+            Some(u) => &pts[..pts.partition_point(|&(t, _)| t + self.step_ms <= u - 60_000)],
+            None => pts,
+        }
+    }
+
     /// The self-contained HTML page.
     pub fn html(&self) -> String {
         let mut s = String::new();
@@ -794,6 +815,13 @@ td:first-child,th:first-child{{text-align:left}} .kpi{{display:flex;gap:28px;fon
             (self.to_ms - self.from_ms) / 60_000,
             crate::utc_offset_label(self.utc_offset_minutes)
         );
+        if let Some(u) = self.cut() {
+            let _ = write!(
+                s,
+                "<div class='meta'>stored until {}: the rest of the range has not happened yet (or was not recorded); the curves stop before the last minute stored</div>",
+                fmt_time(u, self.utc_offset_minutes)
+            );
+        }
         let c = &self.totals;
         let _ = write!(
             s,
@@ -810,13 +838,18 @@ td:first-child,th:first-child{{text-align:left}} .kpi{{display:flex;gap:28px;fon
         let _ = write!(s, "<span>refunds <b>{}</b></span></div>", yuan(c.refund_cents as i64));
         s.push_str("<h2>1. 流量与成交曲线 · the curve by phase against the planned rhythm</h2>");
         s.push_str("<div class='legend'><span style='color:#e8a400'>━ GMV per step</span><span style='color:#3b6fe0'>┅ plan pace</span><span style='color:#7a3cff'>┆ rule change</span><span style='color:#e03131'>┆ alert</span></div>");
-        s.push_str(&svg_chart(self, &[(&self.pace, "#3b6fe0", true), (&self.gmv, "#e8a400", false)], "cents", true));
+        s.push_str(&svg_chart(
+            self,
+            &[(&self.pace, "#3b6fe0", true), (self.drawn(&self.gmv), "#e8a400", false)],
+            "cents",
+            true,
+        ));
         let _ = write!(
             s,
             "<div class='legend'><span style='color:#2b9348'>━ {} per step</span></div>",
             esc(&self.traffic_metric)
         );
-        s.push_str(&svg_chart(self, &[(&self.traffic, "#2b9348", false)], "count", false));
+        s.push_str(&svg_chart(self, &[(self.drawn(&self.traffic), "#2b9348", false)], "count", false));
         for (k, t) in self.tables.iter().enumerate() {
             let _ = write!(s, "<h2>{}. {}</h2><table><tr>", k + 2, esc(&t.title));
             for c in &t.columns {
@@ -864,7 +897,12 @@ td:first-child,th:first-child{{text-align:left}} .kpi{{display:flex;gap:28px;fon
         for (k, (t, g)) in self.gmv.iter().enumerate() {
             let pace = self.pace.get(k).map(|p| p.1.to_string()).unwrap_or_default();
             let tr = self.traffic.get(k).map(|p| p.1).unwrap_or(0);
-            let _ = writeln!(curve, "{},{g},{pace},{tr}", fmt_time(*t, self.utc_offset_minutes));
+            let when = fmt_time(*t, self.utc_offset_minutes);
+            // A step after the last stored minute has no numbers yet, not zeros.
+            let _ = match self.cut() {
+                Some(u) if *t >= u => writeln!(curve, "{when},,{pace},"),
+                _ => writeln!(curve, "{when},{g},{pace},{tr}"),
+            };
         }
         put("curve.csv".into(), curve)?;
         for t in &self.tables {
