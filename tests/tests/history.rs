@@ -331,6 +331,71 @@ mod report {
         assert!(html.contains("<svg") && !html.contains("src=") && !html.contains("<link") && !html.contains("url("));
     }
 
+    /// Uplift (提升): GMV per hour of each phase against the previous promotion's same phase
+    /// and an ordinary day, equal to the reference's sums: over whole phases for a night that
+    /// is over; mid-promotion, over the elapsed part of the phase in progress against the same
+    /// part of last time's (a rate over the phase's whole length counted the hours to come as
+    /// hours without sales), and no rate for a phase not begun.
+    #[test]
+    fn the_uplift_is_per_hour_of_what_has_happened_against_the_same_part_last_time() {
+        let ts = |m: i64| jiff::Timestamp::from_millisecond(START + m * 60_000).unwrap();
+        let plan = format!(
+            "name = \"test\"\n[[phases]]\nkind = \"warmup\"\nstart = \"{}\"\nend = \"{}\"\n[[phases]]\nkind = \"official\"\nstart = \"{}\"\nend = \"{}\"\n[[phases]]\nkind = \"encore\"\nstart = \"{}\"\nend = \"{}\"\n",
+            ts(0), ts(80), ts(80), ts(120), ts(120), ts(150)
+        );
+        let plan: warroom_engine::plan::PlanConfig = toml::from_str(&plan).unwrap();
+        let plan = serde_json::to_string(&plan).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        // Last time: another night over the same plan.
+        let prev_buf = night(23, 30_000);
+        let prev_all = lines(&prev_buf);
+        let was = reference_history(&prev_all);
+        let (_, prev) = store_night(&prev_all, 10_000, usize::MAX, &dir.path().join("prev.db"));
+        prev.set_meta("plan", &plan).unwrap();
+        // This time, stored until minute 100 (the official phase in progress); the events
+        // after it have not happened yet.
+        let buf = night(17, 40_000);
+        let now: Vec<&[u8]> = lines(&buf)
+            .into_iter()
+            .filter(|l| {
+                serde_json::from_slice::<serde_json::Value>(l)
+                    .ok()
+                    .and_then(|v| v["ts"].as_i64())
+                    .is_none_or(|t| t < START + 100 * 60_000)
+            })
+            .collect();
+        let want = reference_history(&now);
+        let (_, store) = store_night(&now, 10_000, usize::MAX, &dir.path().join("h.db"));
+        store.set_meta("plan", &plan).unwrap();
+        let first = START / 60_000;
+        let until = want.counts.keys().map(|k| k.2).max().unwrap() + 1 - first;
+        assert!(until > 85 && until <= 100, "stored until minute {until}");
+        let per_hour = |gmv: u64, minutes: i64| gmv as i64 * 60 / minutes;
+        let opts = ReportOptions { baseline: Some((START + 10 * 60_000, START + 40 * 60_000)), ..Default::default() };
+        let r = build(&store, Some(&prev), &opts).unwrap();
+        let ordinary = per_hour(want.sum("site", "", first + 10, first + 40)[0], 30);
+        let rate = |row: usize, column: &str| match col(&r, "uplift", row, column) {
+            Cell::Cents(c) => Some(c.cents),
+            Cell::Empty => None,
+            other => panic!("{other:?}"),
+        };
+        // Whole warm-up: both nights' 80 minutes.
+        let w = per_hour(want.sum("site", "", first, first + 80)[0], 80);
+        let wp = per_hour(was.sum("site", "", first, first + 80)[0], 80);
+        assert_eq!((rate(0, "gmv_per_hour"), rate(0, "previous_gmv_per_hour")), (Some(w), Some(wp)), "warm-up");
+        // Official, in progress: its minutes so far against the same minutes last time.
+        let o = per_hour(want.sum("site", "", first + 80, first + until)[0], until - 80);
+        let op = per_hour(was.sum("site", "", first + 80, first + until)[0], until - 80);
+        assert_eq!((rate(1, "gmv_per_hour"), rate(1, "previous_gmv_per_hour")), (Some(o), Some(op)), "official");
+        let Cell::Ratio(vs) = col(&r, "uplift", 1, "vs_previous") else { panic!("no ratio") };
+        assert!((vs - (o as f64 / op as f64 - 1.0)).abs() < 1e-3, "vs previous {vs}");
+        // Encore, not begun: no rate.
+        assert_eq!((rate(2, "gmv_per_hour"), rate(2, "previous_gmv_per_hour")), (None, None), "encore");
+        for row in 0..3 {
+            assert_eq!(rate(row, "ordinary_gmv_per_hour"), Some(ordinary), "ordinary day, row {row}");
+        }
+    }
+
     /// A review asked before the range is over (mid-promotion): the steps after the last
     /// stored minute have not happened. The curve stops before the last stored minute and the
     /// CSV leaves the later steps' numbers empty; before, they were drawn and written as

@@ -219,7 +219,7 @@ pub fn build(store: &Store, previous: Option<&Store>, opts: &ReportOptions) -> R
     let (phase_t, gap_t) = phase_tables(store, previous, &phases, m)?;
     let mut tables = vec![phase_t, gap_t];
     if m.is_none() {
-        tables.push(uplift_table(store, previous, &phases, opts.baseline)?);
+        tables.push(uplift_table(store, previous, &phases, opts.baseline, bounds.map(|b| b.1))?);
     }
     let slots = store.by_slot(from, to, m)?;
     tables.push(race_table(store, &slots, from, to, m)?);
@@ -338,11 +338,16 @@ fn phase_tables(
     Ok((t, g))
 }
 
+/// GMV per hour of each phase against the previous promotion's and an ordinary day's. A phase
+/// in progress (it goes past `stored_until`, the end of the last stored minute) is measured
+/// over its elapsed part, against the same part of the previous promotion's phase (aligned by
+/// time since the start, as the screen's curve); a phase not begun has no rate.
 fn uplift_table(
     store: &Store,
     previous: Option<&Store>,
     phases: &[PhaseSpan],
     baseline: Option<(i64, i64)>,
+    stored_until: Option<i64>,
 ) -> Result<Table> {
     let mut t = Table::new(
         "uplift",
@@ -359,10 +364,24 @@ fn uplift_table(
         None => Vec::new(),
     };
     for p in phases {
-        let now = per_hour(store.totals(&Scope::Site, None, p.start_ms, p.end_ms)?.counts.gmv, p.start_ms, p.end_ms);
+        let name = text(if p.name.is_empty() { &p.kind } else { &p.name });
+        let end = stored_until.map_or(p.end_ms, |u| p.end_ms.min(u));
+        if end <= p.start_ms {
+            t.rows.push(vec![
+                name,
+                Cell::Empty,
+                Cell::Empty,
+                Cell::Empty,
+                ordinary.map_or(Cell::Empty, cents),
+                Cell::Empty,
+            ]);
+            continue;
+        }
+        let now = per_hour(store.totals(&Scope::Site, None, p.start_ms, end)?.counts.gmv, p.start_ms, end);
         let prev = match (previous, prev_phases.iter().find(|q| q.kind == p.kind)) {
             (Some(ps), Some(q)) => {
-                Some(per_hour(ps.totals(&Scope::Site, None, q.start_ms, q.end_ms)?.counts.gmv, q.start_ms, q.end_ms))
+                let q_end = q.end_ms.min(q.start_ms + (end - p.start_ms));
+                Some(per_hour(ps.totals(&Scope::Site, None, q.start_ms, q_end)?.counts.gmv, q.start_ms, q_end))
             }
             _ => None,
         };
@@ -371,7 +390,7 @@ fn uplift_table(
             _ => Cell::Empty,
         };
         t.rows.push(vec![
-            text(if p.name.is_empty() { &p.kind } else { &p.name }),
+            name,
             cents(now),
             prev.map_or(Cell::Empty, cents),
             vs(prev),
