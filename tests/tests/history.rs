@@ -230,10 +230,9 @@ mod report {
                 let w = want.sum(scope, &name, from, to);
                 assert_eq!(num(col(r, table, i, "gmv")), w[0], "{what}: {table} {name} gmv");
                 assert_eq!(num(col(r, table, i, "paid_orders")), w[1], "{what}: {table} {name} orders");
-                if table != "merchants" {
-                    assert_eq!(num(col(r, table, i, "impressions")), w[10], "{what}: {table} {name} impressions");
-                    assert_eq!(num(col(r, table, i, "clicks")), w[11], "{what}: {table} {name} clicks");
-                } else {
+                assert_eq!(num(col(r, table, i, "impressions")), w[10], "{what}: {table} {name} impressions");
+                assert_eq!(num(col(r, table, i, "clicks")), w[11], "{what}: {table} {name} clicks");
+                if table == "merchants" {
                     assert_eq!(num(col(r, table, i, "orders_placed")), w[6], "{what}: {name} placed");
                 }
             }

@@ -552,8 +552,8 @@ fn venue_table(store: &Store, from: i64, to: i64) -> Result<Table> {
 fn merchant_table(rows: Vec<Row>) -> Table {
     let mut t = Table::new(
         "merchants",
-        "商家 · merchants by GMV, with orders placed but unpaid (拍下未付)",
-        &["merchant", "gmv", "paid_orders", "orders_placed", "unpaid", "refunds"],
+        "商家 · merchants by GMV, with orders placed but unpaid (拍下未付) and their slots' traffic",
+        &["merchant", "gmv", "paid_orders", "orders_placed", "unpaid", "refunds", "impressions", "clicks"],
     );
     for r in rows {
         let c = r.counts;
@@ -564,6 +564,9 @@ fn merchant_table(rows: Vec<Row>) -> Table {
             int(c.orders_placed),
             int(c.orders_placed.saturating_sub(c.paid_orders)),
             int(c.refunds),
+            // A merchant seen but selling nothing is a row of zeros without these.
+            int(c.impressions),
+            int(c.clicks),
         ]);
     }
     t
