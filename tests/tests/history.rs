@@ -330,13 +330,15 @@ mod report {
         assert!(html.contains("<svg") && !html.contains("src=") && !html.contains("<link") && !html.contains("url("));
     }
 
-    /// Uplift (提升): GMV per hour of each phase against the previous promotion's same phase
-    /// and an ordinary day, equal to the reference's sums: over whole phases for a night that
-    /// is over; mid-promotion, over the elapsed part of the phase in progress against the same
-    /// part of last time's (a rate over the phase's whole length counted the hours to come as
-    /// hours without sales), and no rate for a phase not begun.
+    /// A review mid-promotion measures a phase by what has happened. Uplift (提升): GMV per
+    /// hour of each phase against the previous promotion's same phase and an ordinary day,
+    /// equal to the reference's sums: over the whole phase once it is over; over the elapsed
+    /// part of the phase in progress against the same part of last time's (a rate over the
+    /// phase's whole length counted the hours to come as hours without sales); no rate for a
+    /// phase not begun. The projection's error: against the phase's GMV once it is over; none
+    /// while it is in progress (its GMV so far against a projection of its end is no error).
     #[test]
-    fn the_uplift_is_per_hour_of_what_has_happened_against_the_same_part_last_time() {
+    fn a_phase_in_progress_is_measured_by_what_has_happened() {
         let ts = |m: i64| jiff::Timestamp::from_millisecond(START + m * 60_000).unwrap();
         let plan = format!(
             "name = \"test\"\n[[phases]]\nkind = \"warmup\"\nstart = \"{}\"\nend = \"{}\"\n[[phases]]\nkind = \"official\"\nstart = \"{}\"\nend = \"{}\"\n[[phases]]\nkind = \"encore\"\nstart = \"{}\"\nend = \"{}\"\n",
@@ -393,6 +395,27 @@ mod report {
         for row in 0..3 {
             assert_eq!(rate(row, "ordinary_gmv_per_hour"), Some(ordinary), "ordinary day, row {row}");
         }
+        // The projection, journaled in the warm-up's first hour and in the official phase.
+        for (minute, projected) in [(30, 2_000_000u64), (31, 1), (90, 5_000_000)] {
+            let body =
+                serde_json::json!({ "phase_projected_cents": projected, "phase_low_cents": 1, "phase_high_cents": 2 });
+            store
+                .journal(&warroom_history::JournalEntry {
+                    at_ms: START + minute * 60_000,
+                    kind: "projection".into(),
+                    body,
+                })
+                .unwrap();
+        }
+        let r = build(&store, Some(&prev), &opts).unwrap();
+        assert_eq!(rows(&r, "projection"), 2, "one a hour");
+        let actual = want.sum("site", "", first, first + 80)[0];
+        assert_eq!(num(col(&r, "projection", 0, "actual")), actual, "the warm-up is over");
+        let Cell::Ratio(e) = col(&r, "projection", 0, "error") else { panic!("no error") };
+        assert!((e - (2_000_000.0 / actual as f64 - 1.0)).abs() < 1e-9, "error {e}");
+        assert_eq!(num(col(&r, "projection", 1, "projected")), 5_000_000);
+        assert!(matches!(col(&r, "projection", 1, "actual"), Cell::Empty), "the official phase is not over");
+        assert!(matches!(col(&r, "projection", 1, "error"), Cell::Empty));
     }
 
     /// A review asked before the range is over (mid-promotion): the steps after the last

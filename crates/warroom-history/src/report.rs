@@ -233,7 +233,7 @@ pub fn build(store: &Store, previous: Option<&Store>, opts: &ReportOptions) -> R
     tables.push(money_table(store, &phases, m)?);
     if m.is_none() {
         tables.push(alert_table(store, from, to)?);
-        tables.push(projection_table(store, &all_phases, from, to)?);
+        tables.push(projection_table(store, &all_phases, from, to, bounds.map(|b| b.1))?);
     }
     let title = match (&plan, m) {
         (Some(p), Some(m)) => format!("{} · 商家复盘 {m}", p.name),
@@ -650,7 +650,17 @@ fn alert_table(store: &Store, from: i64, to: i64) -> Result<Table> {
     Ok(t)
 }
 
-fn projection_table(store: &Store, phases: &[PhaseSpan], from: i64, to: i64) -> Result<Table> {
+/// The projection journaled each hour against what its phase made. A phase still in progress
+/// (it goes past `stored_until`, the end of the last stored minute) has made nothing final
+/// yet: no actual and no error (its GMV so far against a projection of its end read as an
+/// error of +200% in the middle of a phase).
+fn projection_table(
+    store: &Store,
+    phases: &[PhaseSpan],
+    from: i64,
+    to: i64,
+    stored_until: Option<i64>,
+) -> Result<Table> {
     let mut t = Table::new(
         "projection",
         "预测误差 · the projection of each phase's GMV, hour by hour, against what the phase made",
@@ -666,7 +676,10 @@ fn projection_table(store: &Store, phases: &[PhaseSpan], from: i64, to: i64) -> 
         last_hour = hour;
         let b = &e.body;
         let Some(p) = phases.iter().find(|p| p.start_ms <= e.at_ms && e.at_ms < p.end_ms) else { continue };
-        let actual = store.totals(&Scope::Site, None, p.start_ms, p.end_ms)?.counts.gmv;
+        let actual = match stored_until {
+            Some(u) if u < p.end_ms => None,
+            _ => Some(store.totals(&Scope::Site, None, p.start_ms, p.end_ms)?.counts.gmv),
+        };
         let projected = b["phase_projected_cents"].as_u64().unwrap_or(0);
         t.rows.push(vec![
             time(e.at_ms),
@@ -674,8 +687,11 @@ fn projection_table(store: &Store, phases: &[PhaseSpan], from: i64, to: i64) -> 
             cents(projected),
             cents(b["phase_low_cents"].as_u64().unwrap_or(0)),
             cents(b["phase_high_cents"].as_u64().unwrap_or(0)),
-            cents(actual),
-            if actual > 0 { Cell::Ratio(projected as f64 / actual as f64 - 1.0) } else { Cell::Empty },
+            actual.map_or(Cell::Empty, cents),
+            match actual {
+                Some(a) if a > 0 => Cell::Ratio(projected as f64 / a as f64 - 1.0),
+                _ => Cell::Empty,
+            },
         ]);
     }
     Ok(t)
