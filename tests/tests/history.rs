@@ -274,6 +274,7 @@ mod report {
         assert_eq!((r.from_ms, r.to_ms), (START, START + 120 * 60_000));
         assert_eq!(r.phases.len(), 2);
         check(&r, &want, first, first + 120, "whole night");
+        assert!(r.html().contains("┅ plan pace") && r.html().contains("┆ rule change"), "the legend");
         // The gap against the targets adds up.
         let gap = num(col(&r, "phase_gap", 0, "gap")) as i64;
         let parts: i64 = ["traffic", "conversion", "order_value"]
@@ -298,7 +299,14 @@ mod report {
         let m = want.scopes().into_iter().find(|(k, _)| k == "merchant").unwrap().1;
         let r = build(&store, None, &ReportOptions { merchant: Some(m.clone()), ..Default::default() }).unwrap();
         assert_eq!(r.totals.values(), want.sum("merchant", &m, first, first + 120), "merchant {m}");
-        assert!(r.tables.iter().all(|t| !["merchants", "venues", "alerts"].contains(&t.name.as_str())));
+        assert!(r.tables.iter().all(|t| !["merchants", "venues", "alerts", "phase_gap"].contains(&t.name.as_str())));
+        // Its phases: its GMV, no progress towards the site's targets (the plan sets them).
+        for i in 0..2 {
+            assert!(num(col(&r, "phases", i, "gmv")) > 0);
+            assert!(matches!(col(&r, "phases", i, "target_gmv"), Cell::Empty), "phase {i}: the site's target");
+            assert!(matches!(col(&r, "phases", i, "progress"), Cell::Empty), "phase {i}: progress");
+        }
+        assert!(!r.html().contains("┅ plan pace") && !r.html().contains("┆ rule change"), "a legend of lines not drawn");
         // Its channels: its slots' events through each, against the reference.
         let t = r.tables.iter().find(|t| t.name == "channels").expect("the merchant's channels");
         let mut mine: Vec<String> = want

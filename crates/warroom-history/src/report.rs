@@ -217,8 +217,10 @@ pub fn build(store: &Store, previous: Option<&Store>, opts: &ReportOptions) -> R
     }
     let whole = store.totals(&Scope::Site, m, from, to)?;
     let (phase_t, gap_t) = phase_tables(store, previous, &phases, m)?;
-    let mut tables = vec![phase_t, gap_t];
+    let mut tables = vec![phase_t];
     if m.is_none() {
+        // A merchant's has no rows: the split needs the site's traffic and buyers.
+        tables.push(gap_t);
         tables.push(uplift_table(store, previous, &phases, opts.baseline, bounds.map(|b| b.1))?);
     }
     let slots = store.by_slot(from, to, m)?;
@@ -314,8 +316,9 @@ fn phase_tables(
             time(p.start_ms),
             time(p.end_ms),
             cents(c.gmv),
-            if p.target_cents > 0 { cents(p.target_cents) } else { Cell::Empty },
-            ratio(c.gmv, p.target_cents),
+            // The plan's targets are the site's: a merchant's GMV is no progress towards them.
+            if p.target_cents > 0 && m.is_none() { cents(p.target_cents) } else { Cell::Empty },
+            if m.is_none() { ratio(c.gmv, p.target_cents) } else { Cell::Empty },
             if tot.distinct.is_some() { int(uv) } else { Cell::Empty },
             if target_uv > 0 { int(target_uv) } else { Cell::Empty },
             if tot.distinct.is_some() { int(buyers) } else { Cell::Empty },
@@ -875,7 +878,14 @@ td:first-child,th:first-child{{text-align:left}} .kpi{{display:flex;gap:28px;fon
         }
         let _ = write!(s, "<span>refunds <b>{}</b></span></div>", yuan(c.refund_cents as i64));
         s.push_str("<h2>1. 流量与成交曲线 · the curve by phase against the planned rhythm</h2>");
-        s.push_str("<div class='legend'><span style='color:#e8a400'>━ GMV per step</span><span style='color:#3b6fe0'>┅ plan pace</span><span style='color:#7a3cff'>┆ rule change</span><span style='color:#e03131'>┆ alert</span></div>");
+        s.push_str("<div class='legend'><span style='color:#e8a400'>━ GMV per step</span>");
+        if !self.pace.is_empty() {
+            s.push_str("<span style='color:#3b6fe0'>┅ plan pace</span>");
+        }
+        if self.merchant.is_none() {
+            s.push_str("<span style='color:#7a3cff'>┆ rule change</span><span style='color:#e03131'>┆ alert</span>");
+        }
+        s.push_str("</div>");
         s.push_str(&svg_chart(
             self,
             &[(&self.pace, "#3b6fe0", true), (self.drawn(&self.gmv), "#e8a400", false)],
