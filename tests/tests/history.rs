@@ -306,7 +306,10 @@ mod report {
             assert!(matches!(col(&r, "phases", i, "target_gmv"), Cell::Empty), "phase {i}: the site's target");
             assert!(matches!(col(&r, "phases", i, "progress"), Cell::Empty), "phase {i}: progress");
         }
-        assert!(!r.html().contains("┅ plan pace") && !r.html().contains("┆ rule change"), "a legend of lines not drawn");
+        assert!(
+            !r.html().contains("┅ plan pace") && !r.html().contains("┆ rule change"),
+            "a legend of lines not drawn"
+        );
         // Its channels: its slots' events through each, against the reference.
         let t = r.tables.iter().find(|t| t.name == "channels").expect("the merchant's channels");
         let mut mine: Vec<String> = want

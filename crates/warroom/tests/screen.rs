@@ -237,6 +237,27 @@ async fn the_screen_shows_the_api_gmv_exactly_in_a_real_browser() {
             }
             assert!(gaps > 0, "no gap shown: {cells}");
         }
+        if what == "ops" {
+            // A rank move shows on its row only where it ended: the first row moved up to its
+            // rank (▲1), the second moved on to a rank the board does not show yet (a board
+            // drawn again from the frame before the move, on a page turn): no arrow. Before,
+            // it showed ▼5 beside a rank it had left.
+            let arrows = page
+                .eval(
+                    "(() => {
+                    const named = () => [...document.querySelectorAll('#races tr')].filter(r => r.querySelector('td.name'));
+                    const [a, b] = named().slice(0, 2).map(r => ({slot: r.querySelector('td.name').textContent, rank: +r.cells[0].textContent}));
+                    const venue = s => last.venues.find(v => v.race.ranking.some(e => e.slot === s)).venue;
+                    rankMoves[venue(a.slot) + '/' + a.slot] = {venue: venue(a.slot), slot: a.slot, from: a.rank + 1, to: a.rank, at: Date.now()};
+                    rankMoves[venue(b.slot) + '/' + b.slot] = {venue: venue(b.slot), slot: b.slot, from: b.rank, to: b.rank + 5, at: Date.now()};
+                    renderRaces(last);
+                    const arrow = s => { const r = named().find(r => r.querySelector('td.name').textContent === s); return r.cells[r.cells.length - 1].textContent; };
+                    return arrow(a.slot) + '|' + arrow(b.slot);
+                })()",
+                )
+                .await;
+            assert_eq!(arrows.as_str(), Some("▲1|"), "rank-move arrows");
+        }
         tokio::time::sleep(Duration::from_millis(800)).await; // let the curve and races draw
         let shot = page.screenshot(name).await;
         eprintln!("{what} screenshot: {}", shot.display());
