@@ -383,7 +383,11 @@ mod report {
         let until = want.counts.keys().map(|k| k.2).max().unwrap() + 1 - first;
         assert!(until > 85 && until <= 100, "stored until minute {until}");
         let per_hour = |gmv: u64, minutes: i64| gmv as i64 * 60 / minutes;
-        let opts = ReportOptions { baseline: Some((START + 10 * 60_000, START + 40 * 60_000)), ..Default::default() };
+        let opts = ReportOptions {
+            baseline: Some((START + 10 * 60_000, START + 40 * 60_000)),
+            now_ms: Some(START + 100 * 60_000),
+            ..Default::default()
+        };
         let r = build(&store, Some(&prev), &opts).unwrap();
         let ordinary = per_hour(want.sum("site", "", first + 10, first + 40)[0], 30);
         let rate = |row: usize, column: &str| match col(&r, "uplift", row, column) {
@@ -427,6 +431,12 @@ mod report {
         assert_eq!(num(col(&r, "projection", 1, "projected")), 5_000_000);
         assert!(matches!(col(&r, "projection", 1, "actual"), Cell::Empty), "the official phase is not over");
         assert!(matches!(col(&r, "projection", 1, "error"), Cell::Empty));
+        // Once the night is over (its last 20 minutes had no events), the official phase is
+        // measured whole: its 40 minutes, its GMV against the projection.
+        let r = build(&store, Some(&prev), &ReportOptions { now_ms: Some(START + 200 * 60_000), ..opts }).unwrap();
+        let o = want.sum("site", "", first + 80, first + 120)[0];
+        assert_eq!(num(col(&r, "uplift", 1, "gmv_per_hour")), (o as i64 * 60 / 40) as u64, "official, whole");
+        assert_eq!(num(col(&r, "projection", 1, "actual")), o, "official, over");
     }
 
     /// A review asked before the range is over (mid-promotion): the steps after the last
@@ -445,7 +455,12 @@ mod report {
         // From a minute in, 15 hours past the data: steps of several minutes, the last one
         // stored only in part.
         let first = START + 60_000;
-        let opts = ReportOptions { from_ms: Some(first), to_ms: Some(until + 900 * 60_000), ..Default::default() };
+        let opts = ReportOptions {
+            from_ms: Some(first),
+            to_ms: Some(until + 900 * 60_000),
+            now_ms: Some(until + 30_000),
+            ..Default::default()
+        };
         let r = build(&store, None, &opts).unwrap();
         assert_eq!(r.stored_until_ms, Some(until));
         let step = r.step_ms;
@@ -477,14 +492,19 @@ mod report {
                 assert_eq!((row[1], row[3]), ("", ""), "step {k} after the stored minutes: {row:?}");
             }
         }
-        // A range inside the data draws every step.
-        let inside = ReportOptions { from_ms: Some(START), to_ms: Some(until - 60_000), ..Default::default() };
-        let r = build(&store, None, &inside).unwrap();
-        let html = r.html();
-        let line = html.split("stroke='#e8a400'").nth(1).unwrap();
-        let points = line.split("points='").nth(1).unwrap().split('\'').next().unwrap();
-        assert_eq!(points.split(' ').count(), r.gmv.len());
-        assert!(!html.contains("stored until "));
+        // A range inside the data, and the same range once it is over (the night's last
+        // minutes had no events: they did not happen), draw every step.
+        let inside = ReportOptions { from_ms: Some(START), to_ms: Some(until - 60_000), ..opts.clone() };
+        let over = ReportOptions { now_ms: Some(until + 900 * 60_000), ..opts };
+        for o in [inside, over] {
+            let r = build(&store, None, &o).unwrap();
+            assert_eq!(r.stored_until_ms, None);
+            let html = r.html();
+            let line = html.split("stroke='#e8a400'").nth(1).unwrap();
+            let points = line.split("points='").nth(1).unwrap().split('\'').next().unwrap();
+            assert_eq!(points.split(' ').count(), r.gmv.len());
+            assert!(!html.contains("stored until "));
+        }
     }
 
     /// The report prints the promotion's clock: the one recorded with the history (UTC+8 when

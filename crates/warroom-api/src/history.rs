@@ -361,6 +361,8 @@ pub(crate) async fn review(
         merchant,
         baseline: None,
         utc_offset_minutes: None,
+        // The monitor's present: a simulation or a rehearsal runs on its own clock.
+        now_ms: Some(st.event_now()),
     };
     let json = match p.format.as_deref() {
         None | Some("html") => false,

@@ -29,6 +29,10 @@ pub struct ReportOptions {
     /// The clock the report prints (minutes east of UTC); default: the history's own
     /// (`Store::utc_offset`).
     pub utc_offset_minutes: Option<i32>,
+    /// The promotion's present (ms): a range that ends after it is not over yet, and what
+    /// lies after the last stored minute has not happened. Default: the machine's clock; the
+    /// API passes the monitor's event time (a simulation or a rehearsal has its own).
+    pub now_ms: Option<i64>,
 }
 
 /// A table cell: money in cents, counts, ratios, text, times (ms since the epoch).
@@ -130,9 +134,11 @@ pub struct Report {
     pub tables: Vec<Table>,
     /// Times are printed at this offset (minutes east of UTC): the promotion's clock.
     pub utc_offset_minutes: i32,
-    /// The end of the last minute stored (any scope); `None`: nothing is. A range that goes past
-    /// it (a review asked mid-promotion) has steps that have not happened yet: they are not
+    /// While the range is not over (`ReportOptions::now_ms` before its end): the end of the
+    /// last minute stored (any scope). The steps after it have not happened yet: they are not
     /// drawn and their curve cells are empty, instead of a fall to zero "as if sales stopped".
+    /// `None` once the range is over (a night whose last minutes had no events is drawn
+    /// whole) or when nothing is stored.
     pub stored_until_ms: Option<i64>,
 }
 
@@ -153,6 +159,8 @@ pub fn build(store: &Store, previous: Option<&Store>, opts: &ReportOptions) -> R
     let (from, to) = (from.div_euclid(60_000) * 60_000, to.div_euclid(60_000) * 60_000);
     let to = to.max(from + 60_000);
     let m = opts.merchant.as_deref();
+    let now = opts.now_ms.unwrap_or_else(|| jiff::Timestamp::now().as_millisecond());
+    let stored_until = bounds.map(|b| b.1).filter(|_| now < to);
     let all_phases = plan.as_ref().map(phases_of).unwrap_or_default();
     // Phases clipped to the range; without a plan, the range is one "phase".
     let mut phases: Vec<PhaseSpan> = all_phases
@@ -221,7 +229,7 @@ pub fn build(store: &Store, previous: Option<&Store>, opts: &ReportOptions) -> R
     if m.is_none() {
         // A merchant's has no rows: the split needs the site's traffic and buyers.
         tables.push(gap_t);
-        tables.push(uplift_table(store, previous, &phases, opts.baseline, bounds.map(|b| b.1))?);
+        tables.push(uplift_table(store, previous, &phases, opts.baseline, stored_until)?);
     }
     let slots = store.by_slot(from, to, m)?;
     tables.push(race_table(store, &slots, from, to, m)?);
@@ -235,7 +243,7 @@ pub fn build(store: &Store, previous: Option<&Store>, opts: &ReportOptions) -> R
     tables.push(money_table(store, &phases, m)?);
     if m.is_none() {
         tables.push(alert_table(store, from, to)?);
-        tables.push(projection_table(store, &all_phases, from, to, bounds.map(|b| b.1))?);
+        tables.push(projection_table(store, &all_phases, from, to, stored_until)?);
     }
     let title = match (&plan, m) {
         (Some(p), Some(m)) => format!("{} · 商家复盘 {m}", p.name),
@@ -262,7 +270,7 @@ pub fn build(store: &Store, previous: Option<&Store>, opts: &ReportOptions) -> R
             Some(o) => o,
             None => store.utc_offset()?,
         },
-        stored_until_ms: bounds.map(|b| b.1),
+        stored_until_ms: stored_until,
     })
 }
 
@@ -342,7 +350,8 @@ fn phase_tables(
 }
 
 /// GMV per hour of each phase against the previous promotion's and an ordinary day's. A phase
-/// in progress (it goes past `stored_until`, the end of the last stored minute) is measured
+/// in progress (it goes past `stored_until`, the end of the last stored minute while the
+/// range is not over) is measured
 /// over its elapsed part, against the same part of the previous promotion's phase (aligned by
 /// time since the start, as the screen's curve); a phase not begun has no rate.
 fn uplift_table(
@@ -654,7 +663,8 @@ fn alert_table(store: &Store, from: i64, to: i64) -> Result<Table> {
 }
 
 /// The projection journaled each hour against what its phase made. A phase still in progress
-/// (it goes past `stored_until`, the end of the last stored minute) has made nothing final
+/// (it goes past `stored_until`, the end of the last stored minute while the range is not
+/// over) has made nothing final
 /// yet: no actual and no error (its GMV so far against a projection of its end read as an
 /// error of +200% in the middle of a phase).
 fn projection_table(

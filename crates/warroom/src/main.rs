@@ -750,6 +750,8 @@ fn review(o: ReviewOpts) -> anyhow::Result<()> {
             .map(warroom_history::parse_utc_offset)
             .transpose()
             .map_err(|e| anyhow::anyhow!("--utc-offset {e}"))?,
+        // The machine's clock: a range that ends later is not over yet.
+        now_ms: None,
     };
     if let (Some(a), Some(b)) = (&o.baseline_from, &o.baseline_to) {
         opts.baseline = Some((time_flag("--baseline-from", a)?, time_flag("--baseline-to", b)?));
