@@ -350,10 +350,10 @@ fn phase_tables(
 }
 
 /// GMV per hour of each phase against the previous promotion's and an ordinary day's. A phase
-/// in progress (it goes past `stored_until`, the end of the last stored minute while the
-/// range is not over) is measured
-/// over its elapsed part, against the same part of the previous promotion's phase (aligned by
-/// time since the start, as the screen's curve); a phase not begun has no rate.
+/// in progress (it goes past `stored_until`, the end of the last stored minute while the range
+/// is not over) is measured over its elapsed part, against the same part of the previous
+/// promotion's phase (aligned by time since the start, as the screen's curve); a phase not
+/// begun has no rate.
 fn uplift_table(
     store: &Store,
     previous: Option<&Store>,
@@ -664,9 +664,8 @@ fn alert_table(store: &Store, from: i64, to: i64) -> Result<Table> {
 
 /// The projection journaled each hour against what its phase made. A phase still in progress
 /// (it goes past `stored_until`, the end of the last stored minute while the range is not
-/// over) has made nothing final
-/// yet: no actual and no error (its GMV so far against a projection of its end read as an
-/// error of +200% in the middle of a phase).
+/// over) has made nothing final yet: no actual and no error (its GMV so far against a
+/// projection of its end read as an error of +200% in the middle of a phase).
 fn projection_table(
     store: &Store,
     phases: &[PhaseSpan],
@@ -831,7 +830,7 @@ fn svg_chart(r: &Report, lines: &[Line<'_>], unit: &str, marks: bool) -> String 
 }
 
 impl Report {
-    /// When the range goes past the stored minutes: where the stored ones end.
+    /// While the range is not over and goes past the stored minutes: where the stored ones end.
     fn cut(&self) -> Option<i64> {
         self.stored_until_ms.filter(|&u| u < self.to_ms)
     }
