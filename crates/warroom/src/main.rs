@@ -104,6 +104,12 @@ struct ReviewOpts {
     /// `[history] utc_offset` of the monitor or replay that wrote it).
     #[arg(long, allow_hyphen_values = true)]
     utc_offset: Option<String>,
+    /// The promotion's present, as --from (default: this machine's clock). A range that ends
+    /// after it is not over yet: the curves stop at the last stored minute and a phase in
+    /// progress is measured by its elapsed part. A simulated or rehearsed night runs on its
+    /// own clock: give its event time, or `end` to take the range as over.
+    #[arg(long)]
+    now: Option<String>,
     #[arg(long, env = "WARROOM_CONFIG")]
     config: Option<PathBuf>,
 }
@@ -750,8 +756,12 @@ fn review(o: ReviewOpts) -> anyhow::Result<()> {
             .map(warroom_history::parse_utc_offset)
             .transpose()
             .map_err(|e| anyhow::anyhow!("--utc-offset {e}"))?,
-        // The machine's clock: a range that ends later is not over yet.
-        now_ms: None,
+        // Default: the machine's clock (a range that ends later is not over yet).
+        now_ms: match o.now.as_deref() {
+            None => None,
+            Some("end") => Some(i64::MAX),
+            Some(v) => Some(time_flag("--now", v)?),
+        },
     };
     if let (Some(a), Some(b)) = (&o.baseline_from, &o.baseline_to) {
         opts.baseline = Some((time_flag("--baseline-from", a)?, time_flag("--baseline-to", b)?));

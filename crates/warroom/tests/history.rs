@@ -173,4 +173,21 @@ fn a_replay_stores_the_reference_history() {
     }
     assert!(named.len() > 50, "the night names {} scopes", named.len());
     assert!(differences.is_empty(), "{} differences:\n{}", differences.len(), differences.join("\n"));
+    // The review of a range an hour past the night: not over at `--now` inside it (the
+    // curves stop at the stored minutes), over with `--now end`.
+    let until = (last + 1) * 60_000;
+    for (now, want_until) in [(format!("{}", until + 1), Some(until)), ("end".to_string(), None)] {
+        let out = dir.path().join(format!("review-{now}"));
+        let st = Command::new(BIN)
+            .args(["review", "--from", &(first * 60_000).to_string(), "--to", &(until + 3_600_000).to_string()])
+            .args(["--now", &now, "--history"])
+            .arg(&db)
+            .arg("--out")
+            .arg(&out)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let r: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
+        assert_eq!(r["stored_until_ms"].as_i64(), want_until, "--now {now}");
+    }
 }
