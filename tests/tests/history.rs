@@ -405,6 +405,17 @@ mod report {
         assert_eq!((rate(1, "gmv_per_hour"), rate(1, "previous_gmv_per_hour")), (Some(o), Some(op)), "official");
         let Cell::Ratio(vs) = col(&r, "uplift", 1, "vs_previous") else { panic!("no ratio") };
         assert!((vs - (o as f64 / op as f64 - 1.0)).abs() < 1e-3, "vs previous {vs}");
+        // The first-formula split: the warm-up against last time's whole warm-up, the
+        // official phase so far against the same minutes last time, none for the encore.
+        assert_eq!(rows(&r, "phase_gap"), 2, "no split for a phase not begun");
+        let gap = |row: usize| match col(&r, "phase_gap", row, "gap") {
+            Cell::Cents(c) => c.cents,
+            other => panic!("{other:?}"),
+        };
+        let whole = |h: &RefHistory, a: i64, b: i64| h.sum("site", "", first + a, first + b)[0] as i64;
+        assert_eq!(gap(0), whole(&want, 0, 80) - whole(&was, 0, 80), "warm-up gap");
+        assert_eq!(gap(1), whole(&want, 80, until) - whole(&was, 80, until), "official gap so far");
+        assert_eq!(col(&r, "phase_gap", 1, "basis"), Cell::Text("previous promotion (same elapsed part)".into()));
         // Encore, not begun: no rate.
         assert_eq!((rate(2, "gmv_per_hour"), rate(2, "previous_gmv_per_hour")), (None, None), "encore");
         for row in 0..3 {

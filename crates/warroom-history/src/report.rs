@@ -224,7 +224,7 @@ pub fn build(store: &Store, previous: Option<&Store>, opts: &ReportOptions) -> R
         }
     }
     let whole = store.totals(&Scope::Site, m, from, to)?;
-    let (phase_t, gap_t) = phase_tables(store, previous, &phases, m)?;
+    let (phase_t, gap_t) = phase_tables(store, previous, &phases, m, stored_until)?;
     let mut tables = vec![phase_t];
     if m.is_none() {
         // A merchant's has no rows: the split needs the site's traffic and buyers.
@@ -274,11 +274,22 @@ pub fn build(store: &Store, previous: Option<&Store>, opts: &ReportOptions) -> R
     })
 }
 
+/// The end of the part of last time's phase `q` as long as phase `p` has run by `end`
+/// (aligned by time since the start of the phase).
+fn same_part(q: &PhaseSpan, p: &PhaseSpan, end: i64) -> i64 {
+    q.end_ms.min(q.start_ms + (end - p.start_ms))
+}
+
+/// Each phase against its targets, and the first-formula split of its gap. A phase in
+/// progress (past `stored_until`, while the range is not over) is split against the same
+/// elapsed part of the previous promotion's phase, or against its whole targets (said in the
+/// basis); a phase not begun has no split.
 fn phase_tables(
     store: &Store,
     previous: Option<&Store>,
     phases: &[PhaseSpan],
     m: Option<&str>,
+    stored_until: Option<i64>,
 ) -> Result<(Table, Table)> {
     let mut t = Table::new(
         "phases",
@@ -305,16 +316,22 @@ fn phase_tables(
         let (target_uv, target_buyers) = cfg.map_or((0, 0), |q| (q.target_uv, q.target_buyers));
         // The gap, against the targets when the plan sets traffic and buyers, else against
         // the previous promotion's phase of the same kind.
-        let base: Option<(&str, (u128, u64, u64))> = if m.is_some() || tot.distinct.is_none() {
+        let end = stored_until.map_or(p.end_ms, |u| p.end_ms.min(u));
+        let in_progress = end < p.end_ms;
+        let base: Option<(&str, (u128, u64, u64))> = if m.is_some() || tot.distinct.is_none() || end <= p.start_ms {
             None
         } else if target_uv > 0 && target_buyers > 0 {
-            Some(("target", (p.target_cents as u128, target_uv, target_buyers)))
+            let what = if in_progress { "target (whole phase; in progress)" } else { "target" };
+            Some((what, (p.target_cents as u128, target_uv, target_buyers)))
         } else {
             match (previous, prev_phases.iter().find(|q| q.kind == p.kind)) {
                 (Some(ps), Some(q)) => {
-                    let pt = ps.totals(&Scope::Site, None, q.start_ms, q.end_ms)?;
+                    let q_end = same_part(q, p, end);
+                    let pt = ps.totals(&Scope::Site, None, q.start_ms, q_end)?;
                     let [pu, _, pb] = pt.distinct.unwrap_or([0; 3]);
-                    Some(("previous promotion", (pt.counts.gmv as u128, pu, pb)))
+                    let what =
+                        if in_progress { "previous promotion (same elapsed part)" } else { "previous promotion" };
+                    Some((what, (pt.counts.gmv as u128, pu, pb)))
                 }
                 _ => None,
             }
@@ -392,7 +409,7 @@ fn uplift_table(
         let now = per_hour(store.totals(&Scope::Site, None, p.start_ms, end)?.counts.gmv, p.start_ms, end);
         let prev = match (previous, prev_phases.iter().find(|q| q.kind == p.kind)) {
             (Some(ps), Some(q)) => {
-                let q_end = q.end_ms.min(q.start_ms + (end - p.start_ms));
+                let q_end = same_part(q, p, end);
                 Some(per_hour(ps.totals(&Scope::Site, None, q.start_ms, q_end)?.counts.gmv, q.start_ms, q_end))
             }
             _ => None,
