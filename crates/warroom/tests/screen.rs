@@ -237,6 +237,49 @@ async fn the_screen_shows_the_api_gmv_exactly_in_a_real_browser() {
             }
             assert!(gaps > 0, "no gap shown: {cells}");
         }
+        // The 复盘 button: in the header, on the wall; the report it opens is the one this
+        // token may see (a merchant: its own 商家复盘).
+        let fits = page
+            .eval("(() => { const r = document.getElementById('review-btn').getBoundingClientRect(); return r.width > 0 && r.left >= 0 && r.right <= 1920 && r.bottom <= 64; })()")
+            .await;
+        assert_eq!(fits, Value::Bool(true), "{what}: the review button on the wall");
+        let report = page
+            .call(
+                "Runtime.evaluate",
+                json!({"expression": "reviewHtml().then(h => h.slice(0, 600))", "awaitPromise": true, "returnByValue": true}),
+            )
+            .await["result"]["value"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        match what {
+            "merchant" => assert!(report.contains("商家复盘 m-4"), "{what}: {report}"),
+            _ => assert!(report.contains("复盘") && !report.contains("商家复盘"), "{what}: {report}"),
+        }
+        // A click opens it in a new tab (the operator's way to it: the API wants the token
+        // in a header a plain link cannot carry).
+        page.call(
+            "Runtime.evaluate",
+            json!({"expression": "document.getElementById('review-btn').click()", "userGesture": true}),
+        )
+        .await;
+        // The report's title (no plan here: "复盘 review"; a merchant's "商家复盘 m-4").
+        let want_title = if what == "merchant" { "商家复盘 m-4" } else { "复盘 review" };
+        let started = Instant::now();
+        loop {
+            let targets = page.call("Target.getTargets", json!({})).await;
+            let titles: Vec<String> = targets["targetInfos"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t["title"].as_str().unwrap_or("").to_string())
+                .collect();
+            if titles.iter().any(|t| t.contains(want_title)) {
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(20), "{what}: no tab titled {want_title:?}: {titles:?}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
         if what == "ops" {
             // A rank move shows on its row only where it ended: the first row moved up to its
             // rank (▲1), the second moved on to a rank the board does not show yet (a board
