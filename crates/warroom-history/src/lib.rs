@@ -1176,36 +1176,28 @@ fn roll_up_hours(tx: &Transaction<'_>, from: i64, until: i64) -> Result<()> {
         let rows = st.query_map([kind], |r| r.get(0))?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     };
-    let (venues, channels) = (ids(N_VENUE)?, ids(N_CHANNEL)?);
-    let scopes: Vec<(i64, i64)> = std::iter::once((SITE, 0))
-        .chain(venues.iter().map(|&v| (VENUE, v)))
-        .chain(channels.iter().map(|&c| (CHANNEL, c)))
-        .collect();
-    // Rows: summed by hour in SQL (the hour of a minute rounded down, negative ones too).
+    // Rows: summed by hour in SQL (the hour of a minute rounded down, negative ones too), one
+    // statement per kind; `id IN (ids of the kind)` makes SQLite seek each id's range of
+    // minutes instead of reading every minute of the kind the promotion has stored.
     let cols = COUNTS.join(", ");
     let sums = COUNTS.iter().map(|c| format!("SUM({c})")).collect::<Vec<_>>().join(", ");
-    for &(kind, id) in &scopes {
-        tx.prepare_cached("DELETE FROM minutes WHERE kind = ?1 AND id = ?2 AND minute >= ?3 AND minute < ?4")?
-            .execute(params![kind + HOUR, id, from, until])?;
+    for (kind, ids) in [
+        (SITE, "SELECT 0".to_string()),
+        (VENUE, format!("SELECT id FROM names WHERE kind = {N_VENUE}")),
+        (CHANNEL, format!("SELECT id FROM names WHERE kind = {N_CHANNEL}")),
+        (MERCHANT_CHANNEL, "SELECT id FROM merchant_channels".to_string()),
+    ] {
+        tx.prepare_cached(&format!(
+            "DELETE FROM minutes WHERE kind = ?1 AND id IN ({ids}) AND minute >= ?2 AND minute < ?3"
+        ))?
+        .execute(params![kind + HOUR, from, until])?;
         tx.prepare_cached(&format!(
             "INSERT INTO minutes(kind, id, minute, {cols})
-             SELECT ?1, ?2, minute - ((minute % 60) + 60) % 60 AS hour, {sums} FROM minutes
-             WHERE kind = ?3 AND id = ?2 AND minute >= ?4 AND minute < ?5 GROUP BY hour"
+             SELECT ?1, id, minute - ((minute % 60) + 60) % 60 AS hour, {sums} FROM minutes
+             WHERE kind = ?2 AND id IN ({ids}) AND minute >= ?3 AND minute < ?4 GROUP BY id, hour"
         ))?
-        .execute(params![kind + HOUR, id, kind, from, until])?;
+        .execute(params![kind + HOUR, kind, from, until])?;
     }
-    // Merchants' channels (many ids: one statement for them all).
-    tx.prepare_cached("DELETE FROM minutes WHERE kind = ?1 AND minute >= ?2 AND minute < ?3")?.execute(params![
-        MERCHANT_CHANNEL + HOUR,
-        from,
-        until
-    ])?;
-    tx.prepare_cached(&format!(
-        "INSERT INTO minutes(kind, id, minute, {cols})
-         SELECT ?1, id, minute - ((minute % 60) + 60) % 60 AS hour, {sums} FROM minutes
-         WHERE kind = ?2 AND minute >= ?3 AND minute < ?4 GROUP BY id, hour"
-    ))?
-    .execute(params![MERCHANT_CHANNEL + HOUR, MERCHANT_CHANNEL, from, until])?;
     // Pairs' blocks: each block's minutes, summed per hour and offset.
     let last: Option<i64> = tx.query_row("SELECT MAX(block) FROM pair_minutes", [], |r| r.get(0))?;
     let mut sums = (vec![[0i64; 12]; PAIR_BLOCK as usize], [false; PAIR_BLOCK as usize]);
@@ -1239,7 +1231,8 @@ fn roll_up_hours(tx: &Transaction<'_>, from: i64, until: i64) -> Result<()> {
     }
     // Sketches of the site and the venues: unioned per hour and metric.
     let mut regs: Vec<u8> = Vec::new();
-    for &(kind, id) in scopes.iter().filter(|s| s.0 != CHANNEL) {
+    let scopes = std::iter::once((SITE, 0)).chain(ids(N_VENUE)?.into_iter().map(|v| (VENUE, v)));
+    for (kind, id) in scopes {
         tx.prepare_cached("DELETE FROM sketches WHERE kind = ?1 AND id = ?2 AND minute >= ?3 AND minute < ?4")?
             .execute(params![kind + HOUR, id, from, until])?;
         let p = if kind == SITE { SITE_P } else { VENUE_P };

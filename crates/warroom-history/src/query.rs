@@ -528,18 +528,24 @@ impl Store {
 
     fn by_name_of(&self, kind: i64, from_ms: i64, to_ms: i64, merchant: Option<i64>) -> Result<Vec<Row>> {
         let sums = COUNTS.iter().map(|c| format!("SUM(m.{c})")).collect::<Vec<_>>().join(", ");
+        // `m.id IN (...)`: SQLite seeks each id's range of minutes (without it, it read every
+        // row of the kind the promotion has stored, for each span).
         let sql = match kind {
             MERCHANT_CHANNEL => format!(
                 "SELECT n.name, {sums} FROM minutes m JOIN merchant_channels mc ON mc.id = m.id
                  JOIN names n ON n.kind = {} AND n.id = mc.channel
-                 WHERE m.kind = ?1 AND m.minute >= ?2 AND m.minute < ?3 AND mc.merchant = ?4 GROUP BY m.id",
+                 WHERE m.kind = ?1 AND m.id IN (SELECT id FROM merchant_channels WHERE merchant = ?4)
+                 AND m.minute >= ?2 AND m.minute < ?3 GROUP BY m.id",
                 kinds::CHANNEL
             ),
-            _ => format!(
-                "SELECT n.name, {sums} FROM minutes m JOIN names n ON n.kind = {} AND n.id = m.id
-                 WHERE m.kind = ?1 AND m.minute >= ?2 AND m.minute < ?3 AND ?4 IS NULL GROUP BY m.id",
-                if kind == CHANNEL { kinds::CHANNEL } else { kinds::VENUE }
-            ),
+            _ => {
+                let names = if kind == CHANNEL { kinds::CHANNEL } else { kinds::VENUE };
+                format!(
+                    "SELECT n.name, {sums} FROM minutes m JOIN names n ON n.kind = {names} AND n.id = m.id
+                     WHERE m.kind = ?1 AND m.id IN (SELECT id FROM names WHERE kind = {names})
+                     AND m.minute >= ?2 AND m.minute < ?3 AND ?4 IS NULL GROUP BY m.id"
+                )
+            }
         };
         let mut st = self.conn().prepare_cached(&sql)?;
         // Summed per span (minutes, hour rollups), then across them.
