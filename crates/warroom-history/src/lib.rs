@@ -517,36 +517,16 @@ mod tests {
                         s.totals(scope, None, fm, tm).map(|t| (t.counts, t.distinct)).map_err(|e| e.to_string())
                     ));
                 }
-                out.push(format!(
-                    "slots {:?}",
-                    s.by_slot(fm, tm, None).unwrap().iter().map(|r| (r.name.clone(), r.counts)).collect::<Vec<_>>()
-                ));
-                out.push(format!(
-                    "merchant m2 slots {:?}",
-                    s.by_slot(fm, tm, Some("m2"))
-                        .unwrap()
-                        .iter()
-                        .map(|r| (r.name.clone(), r.counts))
-                        .collect::<Vec<_>>()
-                ));
-                out.push(format!(
-                    "merchants {:?}",
-                    s.by_merchant(fm, tm).unwrap().iter().map(|r| (r.name.clone(), r.counts)).collect::<Vec<_>>()
-                ));
+                let listed = |rows: Result<Vec<query::Row>>| {
+                    rows.unwrap().into_iter().map(|r| (r.name, r.counts)).collect::<Vec<_>>()
+                };
+                out.push(format!("slots {:?}", listed(s.by_slot(fm, tm, None))));
+                out.push(format!("merchant m2 slots {:?}", listed(s.by_slot(fm, tm, Some("m2")))));
+                out.push(format!("merchants {:?}", listed(s.by_merchant(fm, tm))));
                 for kind in [VENUE, CHANNEL] {
-                    out.push(format!(
-                        "{kind} {:?}",
-                        s.by_name(kind, fm, tm).unwrap().iter().map(|r| (r.name.clone(), r.counts)).collect::<Vec<_>>()
-                    ));
+                    out.push(format!("{kind} {:?}", listed(s.by_name(kind, fm, tm))));
                 }
-                out.push(format!(
-                    "m3 channels {:?}",
-                    s.by_channel(fm, tm, Some("m3"))
-                        .unwrap()
-                        .iter()
-                        .map(|r| (r.name.clone(), r.counts))
-                        .collect::<Vec<_>>()
-                ));
+                out.push(format!("m3 channels {:?}", listed(s.by_channel(fm, tm, Some("m3")))));
                 let q = Query {
                     metric: Metric::parse("gmv").unwrap(),
                     scope: Scope::Channel("app".into()),
@@ -774,16 +754,7 @@ impl Store {
         // Every statement a write and the queries use stays prepared (the default 16 did not
         // hold them all: a replay spent 5% preparing the same statements again).
         conn.set_prepared_statement_cache_capacity(64);
-        let mut s = Store {
-            conn,
-            ids: Ids::default(),
-            pair_ids: HashMap::new(),
-            mc_ids: HashMap::new(),
-            keep_undo: true,
-            rolled: None,
-        };
-        s.load_ids()?;
-        Ok(s)
+        Store::on(conn)
     }
 
     /// For a database written in one go and thrown away if the writing stops (a replay's new
@@ -806,6 +777,11 @@ impl Store {
         }
         let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(err)?;
         conn.execute_batch("PRAGMA busy_timeout=5000;").map_err(err)?;
+        Store::on(conn)
+    }
+
+    /// A store on an open connection, its names and ids loaded.
+    fn on(conn: Connection) -> Result<Store> {
         let mut s = Store {
             conn,
             ids: Ids::default(),
