@@ -208,3 +208,94 @@ async fn merchants_see_their_own_history_and_last_year_is_aligned_by_phase() {
     let (_, j) = get(&base, "/api/v1/history/journal?kind=projection", OPS).await;
     assert_eq!(j.as_array().unwrap().len(), 1, "{j}");
 }
+
+/// A rehearsal replays an old night days later: the history, the curve and the review are on
+/// the night's clock (event time), so its alerts and rule changes must be too. Before, the
+/// journal kept them at the wall clock's time: the review's alert timeline of a rehearsed
+/// night was empty (its alerts fell weeks after the range) and a live night's were marked where
+/// the wall clock stood, not where the curve did. The seconds to acknowledge stay the wall
+/// clock's: how long people took.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rehearsals_alerts_and_rule_changes_are_on_the_nights_clock() {
+    let mut buf = Vec::new();
+    write_night(GenConfig { seed: 7, ..GenConfig::default() }, 5_000, START, 2 * 3_600_000, &mut buf).unwrap();
+    let cfg = Config { plan: Some(plan(0)), ..Config::default() };
+    let db = Arc::new(HistoryDb::open(None).unwrap());
+    let engine = fed(&buf, cfg, &db, &plan(0));
+    let mut state = AppState::new(engine.clone(), Auth::load(None).unwrap(), Arc::new(Hub::new()), None);
+    state.set_history(db.clone());
+    let state = Arc::new(state);
+    state
+        .reload_alerts(
+            toml::from_str(
+                "[[rules]]\nname = \"gmv-1m-low\"\nkind = \"threshold\"\nmetric = \"gmv_cents\"\nwindow = \"1m\"\nbelow = true\nfire = 1000.0\nclear = 2000.0\npending = \"10s\"\nseverity = \"critical\"\n",
+            )
+            .unwrap(),
+        )
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://127.0.0.1:{}", listener.local_addr().unwrap().port());
+    tokio::spawn(warroom_api::serve(listener, state.clone(), std::future::pending()));
+    // The night's clock half an hour in; the wall clock weeks later (now).
+    let night = START + 30 * 60_000;
+    let wall = warroom_api::now_ms() - 60_000;
+    assert!(wall - night > 7 * 86_400_000);
+    let (real, _) = engine.publish();
+    let publish = |sec: i64, gmv: u128| {
+        let mut s = (*real).clone();
+        s.as_of_ms = night + sec * 1000;
+        (s.published_at_ms, s.last_event_at_ms) = (wall + sec * 1000, wall + sec * 1000);
+        s.windows.iter_mut().filter(|w| w.length_ms == 60_000).for_each(|w| w.gmv_cents = gmv);
+        state.on_publish_at(Arc::new(s), Vec::new(), wall + sec * 1000);
+    };
+    publish(0, 500); // pending
+    publish(12, 500); // held 12 s: firing
+    let client = reqwest::Client::new();
+    let admin = "demo-admin-token-0001";
+    let r = client
+        .put(format!("{base}/api/v1/venues/main/rule"))
+        .bearer_auth(admin)
+        .body(r#"{"rule":"by-clicks","weights":{"clicks":1}}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "{}", r.text().await.unwrap());
+    let r = client.post(format!("{base}/api/v1/alerts/gmv-1m-low:site/ack")).bearer_auth(admin).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    publish(20, 2_500); // resolved
+    let (_, alerts) = get(&base, "/api/v1/alerts", OPS).await;
+    let a = &alerts[0];
+    assert_eq!((a["state"].as_str(), a["fired_at_ms"].as_i64()), (Some("resolved"), Some(wall + 12_000)), "{alerts}");
+    let to_ack = (a["acked_at_ms"].as_i64().unwrap() - a["fired_at_ms"].as_i64().unwrap()) / 1000;
+    assert!(to_ack >= 48, "acknowledged about a minute after it fired (wall clock): {to_ack} s");
+
+    let (s, r) = get(&base, "/api/v1/review?format=json", OPS).await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+    let t = r["tables"].as_array().unwrap().iter().find(|t| t["name"] == "alerts").expect("the alert timeline");
+    let rows = t["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 1, "the rehearsal's alert, in the night's range: {t}");
+    let cell = |c: &str| &rows[0][t["columns"].as_array().unwrap().iter().position(|x| x == c).unwrap()];
+    assert_eq!(cell("alert"), "gmv-1m-low:site");
+    assert_eq!(cell("fired_at")["ms"].as_i64(), Some(night + 12_000), "fired on the night's clock");
+    assert_eq!(
+        cell("acknowledged_at")["ms"].as_i64(),
+        Some(night + 12_000),
+        "acknowledged while the night stood there"
+    );
+    assert_eq!(cell("resolved_at")["ms"].as_i64(), Some(night + 20_000));
+    assert_eq!(cell("seconds_to_ack").as_i64(), Some(to_ack), "people's seconds, on the wall clock");
+    let marks: Vec<(i64, &str)> = r["marks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["at_ms"].as_i64().unwrap(), m["kind"].as_str().unwrap()))
+        .collect();
+    assert_eq!(marks, [(night + 12_000, "alert"), (night + 12_000, "rule")], "marked where the curve stood");
+    // The journal's range and the audit trail say the night's time too.
+    let (_, j) =
+        get(&base, &format!("/api/v1/history/journal?kind=rule_change&from={night}&to={}", night + 60_000), OPS).await;
+    assert_eq!(j.as_array().map(Vec::len), Some(1), "{j}");
+    let (_, audit) = get(&base, "/api/v1/audit", OPS).await;
+    assert_eq!(audit[0]["event_ms"].as_i64(), Some(night + 12_000), "{audit}");
+    assert!((audit[0]["at_ms"].as_i64().unwrap() - warroom_api::now_ms()).abs() < 60_000, "made now: {audit}");
+}

@@ -183,10 +183,10 @@ pub(crate) async fn curve(
 }
 
 impl AppState {
-    /// "Now" in event time: the published snapshot's watermark (a simulation or a rehearsal
-    /// runs on its own clock), else the wall clock.
-    fn event_now(&self) -> i64 {
-        let s = self.engine.snapshot();
+    /// "Now" in event time: the screens' snapshot's (the newest published; a simulation or a
+    /// rehearsal runs on its own clock), else the wall clock.
+    pub(crate) fn event_now(&self) -> i64 {
+        let s = &self.hub.latest().snap;
         if s.as_of_ms > 0 {
             s.as_of_ms
         } else {

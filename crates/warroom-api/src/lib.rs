@@ -42,7 +42,12 @@ pub type Source = Option<Arc<dyn IngestStatus>>;
 /// A race-rule change, as kept in the audit trail.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct AuditEntry {
+    /// When it was made (wall clock).
     pub at_ms: i64,
+    /// The event time the monitor stood at then (the night's clock, which the history and
+    /// the review's curve are on: a rehearsal replays an old night days later).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_ms: Option<i64>,
     /// The caller's name from the auth file (never its token).
     pub by: String,
     pub action: String,
@@ -156,7 +161,8 @@ impl AppState {
     }
 
     /// Adds an entry to the history journal, if there is one (a failure is logged: the journal
-    /// never stops the monitor).
+    /// never stops the monitor). `at_ms` is on the night's clock (event time), like the
+    /// history it is read beside; the body keeps the wall-clock times (fired, acknowledged).
     fn journal(&self, kind: &str, at_ms: i64, body: serde_json::Value) {
         if let Some(db) = &self.history {
             let e = warroom_history::JournalEntry { at_ms, kind: kind.into(), body };
@@ -195,7 +201,7 @@ impl AppState {
     /// Logs a rule change, adds it to the audit trail (the newest 10,000) and journals it.
     fn keep_rule_change(&self, e: &AuditEntry, what: &str) {
         tracing::info!(target: "audit", by = %e.by, venue = %e.venue, old = %e.old_rule, new = %e.new_rule, "{what}");
-        self.journal("rule_change", e.at_ms, serde_json::to_value(e).unwrap_or_default());
+        self.journal("rule_change", e.event_ms.unwrap_or(e.at_ms), serde_json::to_value(e).unwrap_or_default());
         let mut audit = lock(&self.audit);
         audit.push_back(e.clone());
         while audit.len() > 10_000 {
@@ -241,7 +247,8 @@ impl AppState {
         for a in changed {
             tracing::info!(target: "alert", id = %a.id, state = ?a.state, severity = ?a.severity, value = a.value, "{}", a.message);
             if a.fired_at_ms.is_some() {
-                self.journal("alert", now, serde_json::to_value(&a).unwrap_or_default());
+                let at = if as_of > 0 { as_of } else { now };
+                self.journal("alert", at, serde_json::to_value(&a).unwrap_or_default());
             }
             self.hub.alert(&a, a.merchant_id.clone(), a.venue.clone(), a.rehearsal);
             // The webhook hears of alerts that fired and of their end, not of pending ones.
@@ -437,7 +444,8 @@ async fn ack_alert(State(st): State<Shared>, headers: HeaderMap, Path(id): Path<
     match acked {
         Some(a) => {
             tracing::info!(target: "audit", by = %caller.name, alert = %a.id, "alert acknowledged");
-            st.journal("alert", now_ms(), serde_json::to_value(&a).unwrap_or_default());
+            let at = st.event_now();
+            st.journal("alert", at, serde_json::to_value(&a).unwrap_or_default());
             st.hub.alert(&a, a.merchant_id.clone(), a.venue.clone(), a.rehearsal);
             Ok(Json(a).into_response())
         }
@@ -592,6 +600,7 @@ async fn put_rule(
     st.engine.check_rule(&venue, &body.rule, spec.clone()).map_err(invalid)?;
     let entry = AuditEntry {
         at_ms: now_ms(),
+        event_ms: Some(st.event_now()),
         by: caller.name.clone(),
         action: "set_rule".into(),
         venue: venue.clone(),

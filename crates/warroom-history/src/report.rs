@@ -214,8 +214,10 @@ pub fn build(store: &Store, previous: Option<&Store>, opts: &ReportOptions) -> R
                         b["new_rule"].as_str().unwrap_or("")
                     ),
                 }),
+                // Where it fired on the night's clock (the journal's time; the body's times
+                // are the wall clock's, days apart in a rehearsal).
                 "alert" if b["state"] == "firing" && b["acked_at_ms"].is_null() => marks.push(Mark {
-                    at_ms: b["fired_at_ms"].as_i64().unwrap_or(e.at_ms),
+                    at_ms: e.at_ms,
                     kind: "alert".into(),
                     text: b["title"].as_str().unwrap_or("").to_string(),
                 }),
@@ -650,30 +652,50 @@ fn alert_table(store: &Store, from: i64, to: i64) -> Result<Table> {
         ],
     );
     t.show = 100;
-    // The newest state of each firing (an alert id fires again after it resolved).
-    let mut by: Vec<(String, i64, serde_json::Value)> = Vec::new();
-    for e in store.journal_entries(Some("alert"), from - 86_400_000, to)? {
-        let id = e.body["id"].as_str().unwrap_or("").to_string();
-        let fired = e.body["fired_at_ms"].as_i64().unwrap_or(e.at_ms);
-        if fired < from || fired >= to {
-            continue;
-        }
-        match by.iter_mut().find(|(i, f, _)| *i == id && *f == fired) {
-            Some(x) => x.2 = e.body,
-            None => by.push((id, fired, e.body)),
-        }
+    // Each firing (an alert id fires again after it resolved, with another `fired_at_ms`):
+    // its times on the night's clock (the journal's `at_ms`: the history's event time), the
+    // seconds to acknowledge on the wall clock (how long people took, in a rehearsal too).
+    struct Firing {
+        id: String,
+        fired_wall: i64,
+        fired: i64,
+        acked: Option<i64>,
+        resolved: Option<i64>,
+        body: serde_json::Value,
     }
-    for (id, fired, b) in by {
-        let acked = b["acked_at_ms"].as_i64();
+    let mut by: Vec<Firing> = Vec::new();
+    for e in store.journal_entries(Some("alert"), from - 86_400_000, to)? {
+        let b = &e.body;
+        let id = b["id"].as_str().unwrap_or("").to_string();
+        let fired_wall = b["fired_at_ms"].as_i64().unwrap_or(e.at_ms);
+        let f = match by.iter_mut().find(|f| f.id == id && f.fired_wall == fired_wall) {
+            Some(f) => f,
+            // A firing whose first entry is not its firing began before the day looked back.
+            None if b["state"] != "firing" || !b["acked_at_ms"].is_null() => continue,
+            None => {
+                by.push(Firing { id, fired_wall, fired: e.at_ms, acked: None, resolved: None, body: b.clone() });
+                by.last_mut().unwrap()
+            }
+        };
+        if f.acked.is_none() && !b["acked_at_ms"].is_null() {
+            f.acked = Some(e.at_ms);
+        }
+        if b["state"] == "resolved" {
+            f.resolved = Some(e.at_ms);
+        }
+        f.body = e.body;
+    }
+    for f in by.into_iter().filter(|f| from <= f.fired && f.fired < to) {
+        let b = &f.body;
         t.rows.push(vec![
-            text(id),
+            text(f.id),
             text(b["title"].as_str().unwrap_or("")),
             text(b["severity"].as_str().unwrap_or("")),
-            time(fired),
-            acked.map_or(Cell::Empty, time),
+            time(f.fired),
+            f.acked.map_or(Cell::Empty, time),
             text(b["acked_by"].as_str().unwrap_or("")),
-            b["resolved_at_ms"].as_i64().map_or(Cell::Empty, time),
-            acked.map_or(Cell::Empty, |a| int((a - fired) / 1000)),
+            f.resolved.map_or(Cell::Empty, time),
+            b["acked_at_ms"].as_i64().map_or(Cell::Empty, |a| int((a - f.fired_wall) / 1000)),
         ]);
     }
     Ok(t)
