@@ -416,8 +416,27 @@ mod report {
         assert_eq!(gap(0), whole(&want, 0, 80) - whole(&was, 0, 80), "warm-up gap");
         assert_eq!(gap(1), whole(&want, 80, until) - whole(&was, 80, until), "official gap so far");
         assert_eq!(col(&r, "phase_gap", 1, "basis"), Cell::Text("previous promotion (same elapsed part)".into()));
-        // Encore, not begun: no rate.
+        // Encore, not begun: no rate, no numbers against its targets (not a progress of 0%).
         assert_eq!((rate(2, "gmv_per_hour"), rate(2, "previous_gmv_per_hour")), (None, None), "encore");
+        for c in ["gmv", "progress", "uv", "buyers"] {
+            assert_eq!(col(&r, "phases", 2, c), Cell::Empty, "encore {c}");
+        }
+        assert_eq!(num(col(&r, "phases", 0, "gmv")), want.sum("site", "", first, first + 80)[0]);
+        let note = |r: &warroom_history::report::Report, t: &str| {
+            r.tables.iter().find(|x| x.name == t).unwrap().note.clone().unwrap_or_default()
+        };
+        assert_eq!(note(&r, "phase_gap"), "1 phase(s) not begun yet");
+        assert_eq!(note(&r, "uplift"), "", "previous and ordinary day given");
+        // Without a previous promotion or an ordinary day, the tables say why they are empty
+        // and what to configure (the plan has no traffic targets to split against).
+        let alone = build(&store, None, &ReportOptions { baseline: None, ..opts.clone() }).unwrap();
+        assert_eq!(rows(&alone, "phase_gap"), 0);
+        assert!(note(&alone, "phase_gap").starts_with("2 phase(s) not split: the plan sets no target_uv and target_buyers for them, and no previous promotion is configured"), "{}", note(&alone, "phase_gap"));
+        assert!(
+            note(&alone, "uplift").contains("no previous promotion")
+                && note(&alone, "uplift").contains("--baseline-from")
+        );
+        assert!(alone.html().contains("no previous promotion is configured"));
         for row in 0..3 {
             assert_eq!(rate(row, "ordinary_gmv_per_hour"), Some(ordinary), "ordinary day, row {row}");
         }

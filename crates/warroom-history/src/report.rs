@@ -91,6 +91,9 @@ pub struct Table {
     /// Rows shown in the HTML (the CSV and the JSON have them all).
     #[serde(skip)]
     pub show: usize,
+    /// What the table cannot say, and what to configure for it (empty columns or no rows).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 impl Table {
@@ -101,6 +104,7 @@ impl Table {
             columns: columns.iter().map(|c| c.to_string()).collect(),
             rows: Vec::new(),
             show: 30,
+            note: None,
         }
     }
 }
@@ -308,6 +312,7 @@ fn phase_tables(
         None => Vec::new(),
     };
     let plan = store.plan()?;
+    let (mut not_begun, mut unsplit) = (0, 0);
     for p in phases {
         let tot = store.totals(&Scope::Site, m, p.start_ms, p.end_ms)?;
         let c = tot.counts;
@@ -338,20 +343,25 @@ fn phase_tables(
                 _ => None,
             }
         };
+        // A phase not begun has targets and no numbers (not a progress of 0.00%).
+        let begun = end > p.start_ms;
+        let distinct = tot.distinct.is_some() && begun;
         let row = vec![
             text(if p.name.is_empty() { &p.kind } else { &p.name }),
             time(p.start_ms),
             time(p.end_ms),
-            cents(c.gmv),
+            if begun { cents(c.gmv) } else { Cell::Empty },
             // The plan's targets are the site's: a merchant's GMV is no progress towards them.
             if p.target_cents > 0 && m.is_none() { cents(p.target_cents) } else { Cell::Empty },
-            if m.is_none() { ratio(c.gmv, p.target_cents) } else { Cell::Empty },
-            if tot.distinct.is_some() { int(uv) } else { Cell::Empty },
+            if m.is_none() && begun { ratio(c.gmv, p.target_cents) } else { Cell::Empty },
+            if distinct { int(uv) } else { Cell::Empty },
             if target_uv > 0 { int(target_uv) } else { Cell::Empty },
-            if tot.distinct.is_some() { int(buyers) } else { Cell::Empty },
+            if distinct { int(buyers) } else { Cell::Empty },
             ratio(buyers, uv),
             c.gmv.checked_div(buyers).map_or(Cell::Empty, cents),
         ];
+        not_begun += usize::from(!begun);
+        unsplit += usize::from(begun && base.is_none());
         t.rows.push(row);
         if let Some((what, b)) = base {
             let d = decompose(p.end_ms - p.start_ms, (c.gmv as u128, uv, buyers), b);
@@ -365,8 +375,33 @@ fn phase_tables(
             ]);
         }
     }
+    if not_begun > 0 {
+        t.note = Some(format!("{not_begun} phase(s) not begun yet: their targets only"));
+    }
+    let mut why = Vec::new();
+    if unsplit > 0 {
+        why.push(format!(
+            "{unsplit} phase(s) not split: the plan sets no target_uv and target_buyers for them, and {}",
+            match (previous, prev_phases.is_empty()) {
+                (None, _) => NO_PREVIOUS,
+                (Some(_), true) => NO_PREVIOUS_PLAN,
+                (Some(_), false) => "the previous promotion has no phase of that kind",
+            }
+        ));
+    }
+    if not_begun > 0 {
+        why.push(format!("{not_begun} phase(s) not begun yet"));
+    }
+    if !why.is_empty() {
+        g.note = Some(why.join("; "));
+    }
     Ok((t, g))
 }
+
+/// Why there is nothing to compare with last time.
+const NO_PREVIOUS: &str =
+    "no previous promotion is configured (`[history] previous`, or `warroom review --previous FILE`)";
+const NO_PREVIOUS_PLAN: &str = "the previous promotion's history stores no plan, so its phases are unknown (write it with its plan in the config: `warroom replay --config FILE --history DB`)";
 
 /// GMV per hour of each phase against the previous promotion's and an ordinary day's. A phase
 /// in progress (it goes past `stored_until`, the end of the last stored minute while the range
@@ -428,6 +463,18 @@ fn uplift_table(
             ordinary.map_or(Cell::Empty, cents),
             vs(ordinary),
         ]);
+    }
+    let mut why = Vec::new();
+    if previous.is_none() {
+        why.push(NO_PREVIOUS.to_string());
+    } else if prev_phases.is_empty() {
+        why.push(NO_PREVIOUS_PLAN.to_string());
+    }
+    if baseline.is_none() {
+        why.push("no ordinary day is given (`warroom review --baseline-from T --baseline-to T`)".to_string());
+    }
+    if !why.is_empty() {
+        t.note = Some(why.join("; "));
     }
     Ok(t)
 }
@@ -969,7 +1016,9 @@ td:first-child,th:first-child{{text-align:left}} .kpi{{display:flex;gap:28px;fon
                     t.name
                 );
             }
-            if t.rows.is_empty() {
+            if let Some(note) = &t.note {
+                let _ = write!(s, "<div class='meta'>{}</div>", esc(note));
+            } else if t.rows.is_empty() {
                 s.push_str("<div class='meta'>nothing in this range</div>");
             }
         }
