@@ -422,6 +422,10 @@ mod report {
             assert_eq!(col(&r, "phases", 2, c), Cell::Empty, "encore {c}");
         }
         assert_eq!(num(col(&r, "phases", 0, "gmv")), want.sum("site", "", first, first + 80)[0]);
+        for c in ["gmv", "paid_orders", "coupon_orders", "refunds", "refund_cents"] {
+            assert_eq!(col(&r, "coupons_refunds", 2, c), Cell::Empty, "encore {c}");
+        }
+        assert_eq!(num(col(&r, "coupons_refunds", 0, "refund_cents")), want.sum("site", "", first, first + 80)[5]);
         let note = |r: &warroom_history::report::Report, t: &str| {
             r.tables.iter().find(|x| x.name == t).unwrap().note.clone().unwrap_or_default()
         };

@@ -246,7 +246,7 @@ pub fn build(store: &Store, previous: Option<&Store>, opts: &ReportOptions) -> R
         tables.push(venue_table(store, from, to)?);
         tables.push(merchant_table(store.by_merchant(from, to)?));
     }
-    tables.push(money_table(store, &phases, m)?);
+    tables.push(money_table(store, &phases, m, stored_until)?);
     if m.is_none() {
         tables.push(alert_table(store, from, to)?);
         tables.push(projection_table(store, &all_phases, from, to, stored_until)?);
@@ -650,7 +650,7 @@ fn merchant_table(rows: Vec<Row>) -> Table {
     t
 }
 
-fn money_table(store: &Store, phases: &[PhaseSpan], m: Option<&str>) -> Result<Table> {
+fn money_table(store: &Store, phases: &[PhaseSpan], m: Option<&str>, stored_until: Option<i64>) -> Result<Table> {
     let mut t = Table::new(
         "coupons_refunds",
         "优惠券与退款 · coupons and refunds by phase",
@@ -667,9 +667,15 @@ fn money_table(store: &Store, phases: &[PhaseSpan], m: Option<&str>) -> Result<T
         ],
     );
     for p in phases {
+        let name = text(if p.name.is_empty() { &p.kind } else { &p.name });
+        if stored_until.is_some_and(|u| u <= p.start_ms) {
+            // Not begun: no numbers (not zeros).
+            t.rows.push([vec![name], vec![Cell::Empty; 8]].concat());
+            continue;
+        }
         let c = store.totals(&Scope::Site, m, p.start_ms, p.end_ms)?.counts;
         t.rows.push(vec![
-            text(if p.name.is_empty() { &p.kind } else { &p.name }),
+            name,
             cents(c.gmv),
             int(c.paid_orders),
             int(c.coupons),
