@@ -645,8 +645,8 @@ impl RefHistory {
 }
 
 /// What `store` holds for one of the reference's scopes over `[from_ms, to_ms)`: a merchant's
-/// channel (`merchant_channel`, named "merchant/channel") is the channel through that
-/// merchant's eyes, every other scope is asked by its own name.
+/// channel or slot (`merchant_channel`, `merchant_slot`, named "merchant/name") is the channel
+/// or slot through that merchant's eyes, every other scope is asked by its own name.
 pub fn stored_totals(
     store: &warroom_history::Store,
     kind: &str,
@@ -655,9 +655,12 @@ pub fn stored_totals(
     to_ms: i64,
 ) -> warroom_history::Result<warroom_history::query::Totals> {
     use warroom_history::Scope;
-    match name.split_once('/').filter(|_| kind == "merchant_channel") {
-        Some((m, ch)) => store.totals(&Scope::Channel(ch.into()), Some(m), from_ms, to_ms),
-        None => {
+    match name.split_once('/') {
+        Some((m, ch)) if kind == "merchant_channel" => {
+            store.totals(&Scope::Channel(ch.into()), Some(m), from_ms, to_ms)
+        }
+        Some((m, slot)) if kind == "merchant_slot" => store.totals(&Scope::Slot(slot.into()), Some(m), from_ms, to_ms),
+        _ => {
             let scope = Scope::parse(kind, Some(name)).map_err(warroom_history::HistoryError::Query)?;
             store.totals(&scope, None, from_ms, to_ms)
         }
@@ -697,6 +700,8 @@ pub fn reference_history(lines: &[&[u8]]) -> RefHistory {
             scopes.push(("slot".into(), s.clone()));
             if let Some(m) = &e.merchant {
                 scopes.push(("merchant".into(), m.clone()));
+                // A slot through its merchant's eyes (a slot that changed hands has several).
+                scopes.push(("merchant_slot".into(), format!("{m}/{s}")));
                 // A merchant's channels: its slots' events through each channel.
                 if let Some(c) = &e.channel {
                     scopes.push(("merchant_channel".into(), format!("{m}/{c}")));
@@ -755,8 +760,8 @@ pub fn history_differences(base: &str, token: &str, want: &RefHistory) -> Vec<St
         }
     }
     let step = format!("{}m", last - first);
-    // (A merchant's channels are read with its token: tests/tests/history_api.rs.)
-    for (scope, name) in want.scopes().into_iter().filter(|(k, _)| k != "merchant_channel") {
+    // (A merchant's channels and slots are read with its token: tests/tests/history_api.rs.)
+    for (scope, name) in want.scopes().into_iter().filter(|(k, _)| !k.starts_with("merchant_")) {
         for (k, metric) in warroom_engine::history::COUNTS.iter().enumerate() {
             let q =
                 format!("/api/v1/history?metric={metric}&scope={scope}&name={name}&from={from}&to={to}&step={step}");

@@ -341,6 +341,85 @@ mod report {
         assert!(html.contains("<svg") && !html.contains("src=") && !html.contains("<link") && !html.contains("url("));
     }
 
+    /// A merchant's review lists its races with its own money only: a slot that changed
+    /// hands holds another merchant's GMV too. Before, an hour's leader was named with the
+    /// slot's whole GMV whenever the slot had ever been the merchant's, and its climbers
+    /// climbed by the whole slot's GMV: another merchant's sales through its eyes.
+    #[test]
+    fn a_merchants_race_rows_hold_its_own_money_only() {
+        let buf = night(29, 40_000);
+        let all = lines(&buf);
+        let want = reference_history(&all);
+        let dir = tempfile::tempdir().unwrap();
+        let (_, store) = store_night(&all, 10_000, usize::MAX, &dir.path().join("h.db"));
+        let first = START / 60_000;
+        let opts = ReportOptions { from_ms: Some(START), to_ms: Some(START + 120 * 60_000), ..Default::default() };
+        let hour = |k: i64| (first + 60 * k, first + 60 * (k + 1));
+        let own =
+            |m: &str, slot: &str, k: i64| want.sum("merchant_slot", &format!("{m}/{slot}"), hour(k).0, hour(k).1)[0];
+        let merchants: Vec<String> =
+            want.scopes().into_iter().filter(|(k, _)| k == "merchant").map(|(_, n)| n).collect();
+        // The site's leaders (ops' report, checked against the reference slot sums) that
+        // another merchant also sold on in that hour: none of their merchants may see them.
+        let site = build(&store, None, &opts).unwrap();
+        let races = site.tables.iter().find(|t| t.name == "races").unwrap();
+        let mut shared = 0;
+        for row in races.rows.iter().filter(|r| r[1] == Cell::Text("leader".into())) {
+            let (Cell::Text(slot), Cell::Time(at)) = (&row[3], &row[2]) else { panic!("{row:?}") };
+            let k = (at.ms - START) / 3_600_000;
+            assert_eq!(num(row[4].clone()), want.sum("slot", slot, hour(k).0, hour(k).1)[0], "{slot} hour {k}");
+            let sellers = merchants.iter().filter(|m| own(m, slot, k) > 0).count();
+            shared += usize::from(sellers >= 2);
+        }
+        assert!(shared > 0, "the night has a leader two merchants sold on: the case under test");
+        let mut hidden = 0;
+        for m in &merchants {
+            let r = build(&store, None, &ReportOptions { merchant: Some(m.clone()), ..opts.clone() }).unwrap();
+            let t = r.tables.iter().find(|t| t.name == "races").unwrap();
+            for row in &t.rows {
+                let Cell::Text(slot) = &row[3] else { panic!("{row:?}") };
+                match &row[1] {
+                    Cell::Text(w) if w == "leader" => {
+                        let Cell::Time(at) = &row[2] else { panic!("{row:?}") };
+                        let k = (at.ms - START) / 3_600_000;
+                        let whole = want.sum("slot", slot, hour(k).0, hour(k).1)[0];
+                        assert_eq!(
+                            (num(row[4].clone()), whole),
+                            (own(m, slot, k), own(m, slot, k)),
+                            "{m}: leader {slot} hour {k}"
+                        );
+                    }
+                    Cell::Text(w) if w == "climber" => {
+                        assert_eq!(
+                            num(row[4].clone()) as i64,
+                            own(m, slot, 1) as i64 - own(m, slot, 0) as i64,
+                            "{m}: climber {slot}"
+                        );
+                    }
+                    Cell::Text(w) if w == "top seller" => {
+                        assert_eq!(
+                            num(row[4].clone()),
+                            want.sum("merchant_slot", &format!("{m}/{slot}"), first, first + 120)[0],
+                            "{m}: {slot}"
+                        );
+                    }
+                    other => panic!("{other:?}"),
+                }
+            }
+            hidden += races
+                .rows
+                .iter()
+                .filter(|row| row[1] == Cell::Text("leader".into()))
+                .filter(|row| {
+                    let (Cell::Text(slot), Cell::Time(at)) = (&row[3], &row[2]) else { unreachable!() };
+                    let k = (at.ms - START) / 3_600_000;
+                    own(m, slot, k) > 0 && own(m, slot, k) < num(row[4].clone())
+                })
+                .count();
+        }
+        assert!(hidden > 0, "a leader some merchant sold on in part, not shown to it");
+    }
+
     /// A review mid-promotion measures a phase by what has happened. Uplift (提升): GMV per
     /// hour of each phase against the previous promotion's same phase and an ordinary day,
     /// equal to the reference's sums: over the whole phase once it is over; over the elapsed

@@ -39,7 +39,7 @@ pub mod projection;
 pub mod query;
 pub mod report;
 
-pub use query::{Metric, Query, Scope, Series};
+pub use query::{Metric, Query, Scope, Series, SlotSteps};
 
 const NONE: u32 = u32::MAX;
 
@@ -536,7 +536,8 @@ mod tests {
                     merchant: Some("m1".into()),
                 };
                 out.push(format!("m1 app {:?}", s.series(&q).unwrap().points));
-                out.push(format!("race {:?}", s.venue_slot_gmv("v2", fm, tm, step * 60_000).unwrap()));
+                out.push(format!("race {:?}", s.venue_slot_gmv("v2", fm, tm, step * 60_000, None).unwrap()));
+                out.push(format!("m1 race {:?}", s.venue_slot_gmv("v2", fm, tm, step * 60_000, Some("m1")).unwrap()));
             }
             out
         };

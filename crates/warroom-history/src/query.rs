@@ -125,6 +125,16 @@ enum Source {
 }
 
 /// What is known of a stored pair.
+/// A slot's GMV per step ([`Store::venue_slot_gmv`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotSteps {
+    pub slot: String,
+    /// Every merchant's pairs.
+    pub gmv: Vec<u64>,
+    /// The asking merchant's pairs (all of them without one).
+    pub own: Vec<u64>,
+}
+
 #[derive(Debug, Clone)]
 struct PairInfo {
     id: i64,
@@ -570,29 +580,39 @@ impl Store {
     }
 
     /// Per slot of `venue` (by name), its GMV per step over the range: the race's leaders over
-    /// time. Slots with a stored minute in the range only.
+    /// time. Slots with a stored minute in the range only. Each slot's `own` steps are the
+    /// part of its GMV that `merchant`'s pairs made (all of it without a merchant): a slot
+    /// that changed hands holds another merchant's money too.
     pub fn venue_slot_gmv(
         &self,
         venue: &str,
         from_ms: i64,
         to_ms: i64,
         step_ms: i64,
-    ) -> Result<Vec<(String, Vec<u64>)>> {
+        merchant: Option<&str>,
+    ) -> Result<Vec<SlotSteps>> {
         let Some(v) = self.name_id(kinds::VENUE, venue) else { return Ok(Vec::new()) };
+        // A merchant never stored owns no part of any slot.
+        let m = merchant.map(|m| self.name_id(kinds::MERCHANT, m).unwrap_or(i64::MIN));
         let (from, to, step) = (minute_of(from_ms), minute_of(to_ms), (step_ms / 60_000).max(1));
         let n = ((to - from + step - 1) / step).max(0) as usize;
         let infos = self.pair_infos(None, Some(v))?;
         let ids: Vec<i64> = infos.iter().map(|p| p.id).collect();
         let by_id: HashMap<i64, &PairInfo> = infos.iter().map(|p| (p.id, p)).collect();
-        let mut slots: HashMap<i64, (String, Vec<i64>)> = HashMap::new();
-        self.each_pair_minute(Some(&ids), from, to, step, |m, id, c| {
+        let mut slots: HashMap<i64, (String, Vec<i64>, Vec<i64>)> = HashMap::new();
+        self.each_pair_minute(Some(&ids), from, to, step, |minute, id, c| {
             let Some(p) = by_id.get(&id) else { return };
-            let e = slots.entry(p.slot).or_insert_with(|| (p.slot_name.clone(), vec![0; n]));
-            e.1[((m - from) / step) as usize] += c[0];
+            let e = slots.entry(p.slot).or_insert_with(|| (p.slot_name.clone(), vec![0; n], vec![0; n]));
+            let k = ((minute - from) / step) as usize;
+            e.1[k] += c[0];
+            if m.is_none_or(|m| m == p.merchant) {
+                e.2[k] += c[0];
+            }
         })?;
-        let mut out: Vec<(String, Vec<u64>)> =
-            slots.into_values().map(|(name, g)| (name, g.into_iter().map(|x| x.max(0) as u64).collect())).collect();
-        out.sort_by(|a, b| a.0.cmp(&b.0));
+        let steps = |g: Vec<i64>| g.into_iter().map(|x| x.max(0) as u64).collect();
+        let mut out: Vec<SlotSteps> =
+            slots.into_values().map(|(slot, gmv, own)| SlotSteps { slot, gmv: steps(gmv), own: steps(own) }).collect();
+        out.sort_by(|a, b| a.slot.cmp(&b.slot));
         Ok(out)
     }
 

@@ -504,15 +504,16 @@ fn race_table(store: &Store, slots: &[Row], from: i64, to: i64, m: Option<&str>)
             ]);
         }
         // Per slot of the venue, GMV per hour: climbers and the leader of each hour. A
-        // merchant's report lists its own slots only (the leader of an hour is named only
-        // when it is the merchant's).
-        let by_hour = store.venue_slot_gmv(v, from, to, hour)?;
-        let n = by_hour.first().map_or(0, |(_, h)| h.len());
+        // merchant's report climbs by its own pairs' GMV, and names an hour's leader only
+        // when the leader is its slot and all of that hour's GMV on it was its own (a slot
+        // that changed hands holds another merchant's money).
+        let by_hour = store.venue_slot_gmv(v, from, to, hour, m)?;
+        let n = by_hour.first().map_or(0, |s| s.gmv.len());
         if n >= 2 {
             let mut climb: Vec<(&str, i64)> = by_hour
                 .iter()
-                .filter(|(s, _)| m.is_none() || own.contains(s.as_str()))
-                .map(|(s, h)| (s.as_str(), h[n - 1] as i64 - h[n - 2] as i64))
+                .filter(|s| m.is_none() || own.contains(s.slot.as_str()))
+                .map(|s| (s.slot.as_str(), s.own[n - 1] as i64 - s.own[n - 2] as i64))
                 .filter(|&(_, d)| d > 0)
                 .collect();
             climb.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
@@ -528,15 +529,18 @@ fn race_table(store: &Store, slots: &[Row], from: i64, to: i64, m: Option<&str>)
             }
         }
         for k in 0..n {
-            let lead = by_hour.iter().filter(|(_, h)| h[k] > 0).max_by(|a, b| a.1[k].cmp(&b.1[k]).then(b.0.cmp(&a.0)));
-            if let Some((s, h)) = lead {
-                if m.is_none() || own.contains(s.as_str()) {
+            let lead = by_hour
+                .iter()
+                .filter(|s| s.gmv[k] > 0)
+                .max_by(|a, b| a.gmv[k].cmp(&b.gmv[k]).then(b.slot.cmp(&a.slot)));
+            if let Some(s) = lead {
+                if m.is_none() || (own.contains(s.slot.as_str()) && s.own[k] == s.gmv[k]) {
                     t.rows.push(vec![
                         text(v),
                         text("leader"),
                         time(from + k as i64 * hour),
-                        text(s),
-                        cents(h[k]),
+                        text(&s.slot),
+                        cents(s.gmv[k]),
                         text("hour's top GMV"),
                     ]);
                 }
