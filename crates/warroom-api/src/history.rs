@@ -216,12 +216,21 @@ impl AppState {
     /// The projection at `now`, with minutes stored up to `stored_until_ms`.
     fn projection_until(&self, now: i64, stored_until_ms: i64) -> Option<warroom_history::projection::Projection> {
         let plan = self.engine.config().plan.clone()?;
-        let db = self.history.as_ref()?;
-        // Up to what is stored: later minutes are not in the history yet.
         let now = now.min(stored_until_ms);
-        let pts = db.read(|s| s.gmv_minutes(plan.start_ms(), now)).ok()?;
+        let pts = self.history.as_ref()?.read(|s| s.gmv_minutes(plan.start_ms(), now)).ok()?;
+        self.project(&plan, now, &pts)
+    }
+
+    /// The projection at `now` (no later than the stored minutes) from the GMV minutes since
+    /// the plan's start.
+    fn project(
+        &self,
+        plan: &warroom_engine::plan::PlanConfig,
+        now: i64,
+        pts: &[(i64, u64)],
+    ) -> Option<warroom_history::projection::Projection> {
         let prev = self.previous_curve();
-        warroom_history::projection::project(now, &plan, &warroom_history::projection::Curve::new(&pts), prev.as_ref())
+        warroom_history::projection::project(now, plan, &warroom_history::projection::Curve::new(pts), prev.as_ref())
     }
 
     fn curve_at(&self, db: &HistoryDb, range: &str, merchant: Option<String>) -> Result<serde_json::Value, ApiError> {
@@ -229,26 +238,51 @@ impl AppState {
         let now = self.event_now();
         let plan = self.engine.config().plan.clone();
         let phases = plan.as_ref().map(phases_of).unwrap_or_default();
-        let bounds = db.read(|s| s.bounds()).map_err(db_error)?;
-        let stored = bounds.map(|(a, b)| (a * 60_000, (b + 1) * 60_000));
-        let current = phases.iter().find(|p| p.start_ms <= now && now < p.end_ms);
-        let (from, to) = match (range, current, &plan) {
-            ("phase", Some(p), _) => (p.start_ms, p.end_ms),
-            ("phase" | "promotion", _, Some(pl)) if !pl.phases.is_empty() => (pl.start_ms(), pl.end_ms()),
-            _ => stored.unwrap_or((now - 3_600_000, now + 60_000)),
-        };
-        let span_min = ((to - from) / 60_000).max(1);
-        let step = ((span_min + CURVE_POINTS - 1) / CURVE_POINTS).max(1) * 60_000;
-        let q = warroom_history::Query {
-            metric: Metric::Count(0),
-            scope: Scope::Site,
-            from_ms: from,
-            to_ms: to,
-            step_ms: step,
-            merchant: merchant.clone(),
-        };
-        let (actual, utc_offset) =
-            db.read(|s| Ok::<_, HistoryError>((s.series(&q)?, s.utc_offset()?))).map_err(db_error)?;
+        // Everything from one read transaction: a checkpoint's batch landing between two reads
+        // would give a curve one minute longer than the `stored_until_ms` beside it (its last
+        // step drawn in part, a dip), or tables of another moment than the curve.
+        let snapshot = db
+            .read(|s| {
+                let stored = s.bounds()?.map(|(a, b)| (a * 60_000, (b + 1) * 60_000));
+                let current = phases.iter().find(|p| p.start_ms <= now && now < p.end_ms);
+                let (from, to) = match (range, current, &plan) {
+                    ("phase", Some(p), _) => (p.start_ms, p.end_ms),
+                    ("phase" | "promotion", _, Some(pl)) if !pl.phases.is_empty() => (pl.start_ms(), pl.end_ms()),
+                    _ => stored.unwrap_or((now - 3_600_000, now + 60_000)),
+                };
+                let span_min = ((to - from) / 60_000).max(1);
+                let step = ((span_min + CURVE_POINTS - 1) / CURVE_POINTS).max(1) * 60_000;
+                let q = warroom_history::Query {
+                    metric: Metric::Count(0),
+                    scope: Scope::Site,
+                    from_ms: from,
+                    to_ms: to,
+                    step_ms: step,
+                    merchant: merchant.clone(),
+                };
+                let tables = match &merchant {
+                    Some(m) => CurveTables::Merchant(
+                        s.totals(&Scope::Site, Some(m), from, to)?,
+                        s.by_channel(from, to, Some(m))?,
+                    ),
+                    None => CurveTables::Site(s.by_name(warroom_history::VENUE, from, to)?, s.by_merchant(from, to)?),
+                };
+                // The projection's minutes, up to what is stored (later ones are not in yet).
+                let minutes = match (&plan, stored, &merchant) {
+                    (Some(pl), Some((_, until)), None) => Some(s.gmv_minutes(pl.start_ms(), now.min(until))?),
+                    _ => None,
+                };
+                Ok::<_, HistoryError>(CurveRead {
+                    stored,
+                    step,
+                    actual: s.series(&q)?,
+                    utc_offset: s.utc_offset()?,
+                    tables,
+                    minutes,
+                })
+            })
+            .map_err(db_error)?;
+        let CurveRead { stored, step, actual, utc_offset, tables, minutes } = snapshot;
         let mut out = serde_json::json!({
             "range": range,
             "from_ms": actual.from_ms,
@@ -261,34 +295,27 @@ impl AppState {
             "phases": phases,
             "actual": actual.points,
         });
-        if let Some(m) = &merchant {
-            // The plan, the previous promotion and the projection are site-wide numbers; a
-            // merchant gets its own orders placed but unpaid (拍下未付).
-            let (c, channels) = db
-                .read(|s| {
-                    Ok::<_, HistoryError>((
-                        s.totals(&Scope::Site, Some(m), from, to)?,
-                        s.by_channel(from, to, Some(m))?,
-                    ))
-                })
-                .map_err(db_error)?;
-            let c = c.counts;
-            // Its channels (流量入口) over the range: its slots' events through each.
-            out["channels"] = serde_json::json!(channels
+        let (venues, merchants) = match tables {
+            CurveTables::Merchant(c, channels) => {
+                let m = merchant.as_deref().unwrap_or_default();
+                // The plan, the previous promotion and the projection are site-wide numbers; a
+                // merchant gets its own orders placed but unpaid (拍下未付).
+                let c = c.counts;
+                // Its channels (流量入口) over the range: its slots' events through each.
+                out["channels"] = serde_json::json!(channels
                 .iter()
                 .map(|r| serde_json::json!({"channel": r.name, "gmv_cents": r.counts.gmv, "impressions": r.counts.impressions, "clicks": r.counts.clicks, "paid_orders": r.counts.paid_orders}))
                 .collect::<Vec<_>>());
-            out["unpaid"] = serde_json::json!([{
-                "merchant": m, "orders_placed": c.orders_placed, "paid_orders": c.paid_orders,
-                "unpaid": c.orders_placed.saturating_sub(c.paid_orders),
-            }]);
-            return Ok(out);
-        }
+                out["unpaid"] = serde_json::json!([{
+                    "merchant": m, "orders_placed": c.orders_placed, "paid_orders": c.paid_orders,
+                    "unpaid": c.orders_placed.saturating_sub(c.paid_orders),
+                }]);
+                return Ok(out);
+            }
+            CurveTables::Site(venues, merchants) => (venues, merchants),
+        };
         // Leading indicators per venue (预热 builds up favorites and carts) and the merchants
         // with the most orders placed but unpaid, over the range.
-        let (venues, merchants) = db
-            .read(|s| Ok::<_, HistoryError>((s.by_name(warroom_history::VENUE, from, to)?, s.by_merchant(from, to)?)))
-            .map_err(db_error)?;
         out["venues"] = serde_json::json!(venues
             .iter()
             .map(|r| serde_json::json!({"venue": r.name, "favorites": r.counts.favorites, "carts": r.counts.carts, "gmv_cents": r.counts.gmv}))
@@ -330,9 +357,31 @@ impl AppState {
             let aligned: Vec<_> = steps.iter().zip(aligned).map(|(&t, (_, v))| (t, v)).collect();
             out["previous"] = serde_json::json!(aligned);
         }
-        out["projection"] = serde_json::json!(stored.and_then(|(_, until)| self.projection_until(now, until)));
+        let projection = match (&plan, stored, minutes) {
+            (Some(pl), Some((_, until)), Some(pts)) => self.project(pl, now.min(until), &pts),
+            _ => None,
+        };
+        out["projection"] = serde_json::json!(projection);
         Ok(out)
     }
+}
+
+/// What the curve reads of the history, in one read transaction.
+struct CurveRead {
+    stored: Option<(i64, i64)>,
+    step: i64,
+    actual: warroom_history::Series,
+    utc_offset: i32,
+    tables: CurveTables,
+    /// GMV minutes since the plan's start, for the projection (site-wide curves only).
+    minutes: Option<Vec<(i64, u64)>>,
+}
+
+enum CurveTables {
+    /// A merchant's totals and channels over the range.
+    Merchant(warroom_history::query::Totals, Vec<warroom_history::query::Row>),
+    /// Venues and merchants over the range.
+    Site(Vec<warroom_history::query::Row>, Vec<warroom_history::query::Row>),
 }
 
 #[derive(Debug, Deserialize)]
