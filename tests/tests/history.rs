@@ -18,6 +18,17 @@ fn night(seed: u64, events: u64) -> Vec<u8> {
     warroom_tests::noisy_night(seed, events)
 }
 
+/// A noisy night stored into a new database in chunks of `chunk` lines: its naive reference,
+/// the store, and the directory that holds the file (dropped with it).
+fn stored_night(seed: u64, events: u64, chunk: usize) -> (RefHistory, Store, tempfile::TempDir) {
+    let buf = night(seed, events);
+    let all = lines(&buf);
+    let want = reference_history(&all);
+    let dir = tempfile::tempdir().unwrap();
+    let (_, store) = store_night(&all, chunk, usize::MAX, &dir.path().join("h.db"));
+    (want, store, dir)
+}
+
 /// Feeds `lines` in chunks, storing a history batch after each (as a checkpoint would);
 /// the batch after chunk `again` is written twice.
 fn store_night(all: &[&[u8]], chunk: usize, again: usize, db: &std::path::Path) -> (Arc<Engine>, Store) {
@@ -116,11 +127,7 @@ fn stored_history_equals_the_reference_for_every_scope_whole_night_and_a_sub_ran
 
 #[test]
 fn a_merchant_sees_only_its_own_pairs() {
-    let buf = night(15, 20_000);
-    let all = lines(&buf);
-    let want = reference_history(&all);
-    let dir = tempfile::tempdir().unwrap();
-    let (_, store) = store_night(&all, 20_000, usize::MAX, &dir.path().join("h.db"));
+    let (want, store, _dir) = stored_night(15, 20_000, 20_000);
     let merchants: Vec<String> =
         want.scopes().into_iter().filter(|(k, _)| k == "merchant").map(|(_, n)| n).take(3).collect();
     assert!(merchants.len() == 3);
@@ -255,11 +262,7 @@ mod report {
 
     #[test]
     fn the_review_report_equals_the_reference_for_the_whole_night_and_a_sub_range() {
-        let buf = night(17, 40_000);
-        let all = lines(&buf);
-        let want = reference_history(&all);
-        let dir = tempfile::tempdir().unwrap();
-        let (_, store) = store_night(&all, 10_000, usize::MAX, &dir.path().join("h.db"));
+        let (want, store, _dir) = stored_night(17, 40_000, 10_000);
         // A plan of two phases over the night.
         let ts = |m: i64| jiff::Timestamp::from_millisecond(START + m * 60_000).unwrap();
         let plan = format!(
@@ -347,11 +350,7 @@ mod report {
     /// climbed by the whole slot's GMV: another merchant's sales through its eyes.
     #[test]
     fn a_merchants_race_rows_hold_its_own_money_only() {
-        let buf = night(29, 40_000);
-        let all = lines(&buf);
-        let want = reference_history(&all);
-        let dir = tempfile::tempdir().unwrap();
-        let (_, store) = store_night(&all, 10_000, usize::MAX, &dir.path().join("h.db"));
+        let (want, store, _dir) = stored_night(29, 40_000, 10_000);
         let first = START / 60_000;
         let opts = ReportOptions { from_ms: Some(START), to_ms: Some(START + 120 * 60_000), ..Default::default() };
         let hour = |k: i64| (first + 60 * k, first + 60 * (k + 1));
@@ -558,11 +557,7 @@ mod report {
     /// zeros, a fall to nothing "as if sales had stopped". Written steps equal the reference.
     #[test]
     fn a_review_of_a_range_not_over_yet_draws_no_fall_to_zero() {
-        let buf = night(9, 6_000);
-        let all = lines(&buf);
-        let want = reference_history(&all);
-        let dir = tempfile::tempdir().unwrap();
-        let (_, store) = store_night(&all, 10_000, usize::MAX, &dir.path().join("h.db"));
+        let (want, store, dir) = stored_night(9, 6_000, 10_000);
         let last = want.counts.keys().map(|k| k.2).max().unwrap();
         let until = (last + 1) * 60_000;
         // From a minute in, 15 hours past the data: steps of several minutes, the last one
