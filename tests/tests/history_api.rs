@@ -209,12 +209,13 @@ async fn merchants_see_their_own_history_and_last_year_is_aligned_by_phase() {
     assert_eq!(j.as_array().unwrap().len(), 1, "{j}");
 }
 
-/// A rehearsal replays an old night days later: the history, the curve and the review are on
-/// the night's clock (event time), so its alerts and rule changes must be too. Before, the
-/// journal kept them at the wall clock's time: the review's alert timeline of a rehearsed
-/// night was empty (its alerts fell weeks after the range) and a live night's were marked where
-/// the wall clock stood, not where the curve did. The seconds to acknowledge stay the wall
-/// clock's: how long people took.
+/// A night whose event time is not the wall clock's (a recorded night played through the
+/// monitor weeks later, the simulator, a rehearsal at N times speed): the history, the curve
+/// and the review are on the night's clock (event time), so its alerts and rule changes must
+/// be too. Before, the journal kept them at the wall clock's time: such a night's alert
+/// timeline was empty (its alerts fell weeks after the range) and its marks stood where the
+/// wall clock did, not the curve. The seconds to acknowledge stay the wall clock's: how long
+/// people took.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rehearsals_alerts_and_rule_changes_are_on_the_nights_clock() {
     let mut buf = Vec::new();
