@@ -303,11 +303,24 @@ mod report {
         let r = build(&store, None, &ReportOptions { merchant: Some(m.clone()), ..Default::default() }).unwrap();
         assert_eq!(r.totals.values(), want.sum("merchant", &m, first, first + 120), "merchant {m}");
         assert!(r.tables.iter().all(|t| !["merchants", "venues", "alerts", "phase_gap"].contains(&t.name.as_str())));
-        // Its phases: its GMV, no progress towards the site's targets (the plan sets them).
-        for i in 0..2 {
-            assert!(num(col(&r, "phases", i, "gmv")) > 0);
-            assert!(matches!(col(&r, "phases", i, "target_gmv"), Cell::Empty), "phase {i}: the site's target");
-            assert!(matches!(col(&r, "phases", i, "progress"), Cell::Empty), "phase {i}: progress");
+        // Its phases: its own funnel per phase (the reference's sums), no progress towards the
+        // site's targets (the plan sets them) and no site-wide distinct counts.
+        let t = r.tables.iter().find(|t| t.name == "phases").unwrap();
+        assert!(
+            ["target_gmv", "progress", "uv", "buyers"].iter().all(|c| !t.columns.contains(&c.to_string())),
+            "{:?}",
+            t.columns
+        );
+        for (i, (a, b)) in [(0, 80), (80, 120)].into_iter().enumerate() {
+            let w = want.sum("merchant", &m, first + a, first + b);
+            for (c, k) in [("gmv", 0), ("paid_orders", 1), ("impressions", 10), ("clicks", 11)] {
+                assert_eq!(num(col(&r, "phases", i, c)), w[k], "{m} phase {i} {c}");
+            }
+            assert!(w[0] > 0 && w[11] > 0);
+            assert_eq!(
+                col(&r, "phases", i, "aov"),
+                Cell::Cents(warroom_history::report::CentsCell { cents: (w[0] / w[1]) as i64 })
+            );
         }
         assert!(
             !r.html().contains("┅ plan pace") && !r.html().contains("┆ rule change"),

@@ -297,11 +297,20 @@ fn phase_tables(
     m: Option<&str>,
     stored_until: Option<i64>,
 ) -> Result<(Table, Table)> {
-    let mut t = Table::new(
-        "phases",
-        "阶段 vs 目标 · each phase against its targets",
-        &["phase", "from", "to", "gmv", "target_gmv", "progress", "uv", "target_uv", "buyers", "conversion", "aov"],
-    );
+    let mut t = match m {
+        None => Table::new(
+            "phases",
+            "阶段 vs 目标 · each phase against its targets",
+            &["phase", "from", "to", "gmv", "target_gmv", "progress", "uv", "target_uv", "buyers", "conversion", "aov"],
+        ),
+        // The plan's targets and the distinct counts are the site's: a merchant gets its own
+        // funnel per phase instead (its slots' impressions, clicks and paid orders).
+        Some(_) => Table::new(
+            "phases",
+            "阶段 · each phase: the merchant's slots' funnel (conversion = paid orders / clicks)",
+            &["phase", "from", "to", "gmv", "paid_orders", "impressions", "clicks", "ctr", "conversion", "aov"],
+        ),
+    };
     let mut g = Table::new(
         "phase_gap",
         "差距拆解 · the gap of each phase split by the first formula (GMV = UV × conversion × order value): against the plan's traffic and buyer targets, else the previous promotion's phase",
@@ -345,22 +354,40 @@ fn phase_tables(
         };
         // A phase not begun has targets and no numbers (not a progress of 0.00%).
         let begun = end > p.start_ms;
+        not_begun += usize::from(!begun);
+        if m.is_some() {
+            let name = text(if p.name.is_empty() { &p.kind } else { &p.name });
+            let mut row = vec![name, time(p.start_ms), time(p.end_ms)];
+            row.extend(if begun {
+                vec![
+                    cents(c.gmv),
+                    int(c.paid_orders),
+                    int(c.impressions),
+                    int(c.clicks),
+                    ratio(c.clicks, c.impressions),
+                    ratio(c.paid_orders, c.clicks),
+                    c.gmv.checked_div(c.paid_orders).map_or(Cell::Empty, cents),
+                ]
+            } else {
+                vec![Cell::Empty; 7]
+            });
+            t.rows.push(row);
+            continue;
+        }
         let distinct = tot.distinct.is_some() && begun;
         let row = vec![
             text(if p.name.is_empty() { &p.kind } else { &p.name }),
             time(p.start_ms),
             time(p.end_ms),
             if begun { cents(c.gmv) } else { Cell::Empty },
-            // The plan's targets are the site's: a merchant's GMV is no progress towards them.
-            if p.target_cents > 0 && m.is_none() { cents(p.target_cents) } else { Cell::Empty },
-            if m.is_none() && begun { ratio(c.gmv, p.target_cents) } else { Cell::Empty },
+            if p.target_cents > 0 { cents(p.target_cents) } else { Cell::Empty },
+            if begun { ratio(c.gmv, p.target_cents) } else { Cell::Empty },
             if distinct { int(uv) } else { Cell::Empty },
             if target_uv > 0 { int(target_uv) } else { Cell::Empty },
             if distinct { int(buyers) } else { Cell::Empty },
             ratio(buyers, uv),
             c.gmv.checked_div(buyers).map_or(Cell::Empty, cents),
         ];
-        not_begun += usize::from(!begun);
         unsplit += usize::from(begun && base.is_none());
         t.rows.push(row);
         if let Some((what, b)) = base {
@@ -376,7 +403,8 @@ fn phase_tables(
         }
     }
     if not_begun > 0 {
-        t.note = Some(format!("{not_begun} phase(s) not begun yet: their targets only"));
+        let what = if m.is_none() { ": their targets only" } else { "" };
+        t.note = Some(format!("{not_begun} phase(s) not begun yet{what}"));
     }
     let mut why = Vec::new();
     if unsplit > 0 {
