@@ -194,17 +194,22 @@ impl AppState {
         }
     }
 
-    /// The previous promotion's plan and GMV curve, if configured and stored with a plan.
-    fn previous_curve(&self) -> Option<warroom_history::projection::Previous> {
-        let db = self.previous.as_ref()?;
-        db.read(|s| {
-            let plan = s.plan().ok()??;
-            let pts = s.gmv_minutes(i64::MIN / 4, i64::MAX / 4).ok()?;
-            Some(warroom_history::projection::Previous {
-                phases: warroom_history::projection::phases_of(&plan),
-                curve: warroom_history::projection::Curve::new(&pts),
+    /// The previous promotion's plan and GMV curve, if configured and stored with a plan;
+    /// read once.
+    fn previous_curve(&self) -> Option<Arc<warroom_history::projection::Previous>> {
+        self.previous_curve
+            .get_or_init(|| {
+                let db = self.previous.as_ref()?;
+                db.read(|s| {
+                    let plan = s.plan().ok()??;
+                    let pts = s.gmv_minutes(i64::MIN / 4, i64::MAX / 4).ok()?;
+                    Some(Arc::new(warroom_history::projection::Previous {
+                        phases: warroom_history::projection::phases_of(&plan),
+                        curve: warroom_history::projection::Curve::new(&pts),
+                    }))
+                })
             })
-        })
+            .clone()
     }
 
     /// The projection at event time `now` (site-wide; `None` without a plan or too early).
@@ -230,7 +235,7 @@ impl AppState {
         pts: &[(i64, u64)],
     ) -> Option<warroom_history::projection::Projection> {
         let prev = self.previous_curve();
-        warroom_history::projection::project(now, plan, &warroom_history::projection::Curve::new(pts), prev.as_ref())
+        warroom_history::projection::project(now, plan, &warroom_history::projection::Curve::new(pts), prev.as_deref())
     }
 
     fn curve_at(&self, db: &HistoryDb, range: &str, merchant: Option<String>) -> Result<serde_json::Value, ApiError> {

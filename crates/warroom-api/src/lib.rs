@@ -101,8 +101,13 @@ pub struct AppState {
     rules_applied: Mutex<std::collections::HashSet<u64>>,
     /// The promotion's history (per-minute numbers, alerts, rule changes), if kept.
     pub history: Option<Arc<warroom_history::HistoryDb>>,
-    /// A previous promotion's history, read only (its curve beside this one's).
+    /// A previous promotion's history, read only (its curve beside this one's). Set before the
+    /// state is shared: its curve is read once, at the first use.
     pub previous: Option<Arc<warroom_history::HistoryDb>>,
+    /// The previous promotion's plan and GMV curve, read from `previous` once (it is a past
+    /// promotion's file: it does not change; every screen's curve, every 5 s, and every
+    /// projection read all its minutes again: 2.6 ms a request for a 7-day promotion).
+    previous_curve: std::sync::OnceLock<Option<Arc<warroom_history::projection::Previous>>>,
     /// The event-time minute of the last projection kept in the journal.
     projected_minute: std::sync::atomic::AtomicI64,
     /// WebSocket connections open, in all and per token (by the token's digest).
@@ -135,6 +140,7 @@ impl AppState {
             config: ApiConfig::default(),
             history: None,
             previous: None,
+            previous_curve: std::sync::OnceLock::new(),
             projected_minute: std::sync::atomic::AtomicI64::new(i64::MIN),
             rule_log: None,
             rules_applied: Mutex::default(),
