@@ -45,7 +45,7 @@ pub struct AuditEntry {
     /// When it was made (wall clock).
     pub at_ms: i64,
     /// The event time the monitor stood at then (the night's clock, which the history and
-    /// the review's curve are on: a rehearsal replays an old night days later).
+    /// the review's curve are on: a simulated, replayed or rehearsed night runs on its own).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub event_ms: Option<i64>,
     /// The caller's name from the auth file (never its token).
