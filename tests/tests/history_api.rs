@@ -300,3 +300,44 @@ async fn a_rehearsals_alerts_and_rule_changes_are_on_the_nights_clock() {
     assert_eq!(audit[0]["event_ms"].as_i64(), Some(night + 12_000), "{audit}");
     assert!((audit[0]["at_ms"].as_i64().unwrap() - warroom_api::now_ms()).abs() < 60_000, "made now: {audit}");
 }
+
+/// The site curve's tables and projection are kept between requests (every ops screen asks
+/// every 5 s) but only until the next batch is written: asked again after a write, the same
+/// range answers the new numbers (the reference's), not the kept ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_curve_answers_what_was_written_since_it_was_last_asked() {
+    let mut buf = Vec::new();
+    write_night(GenConfig { seed: 3, ..GenConfig::default() }, 20_000, START, 2 * 3_600_000, &mut buf).unwrap();
+    let all = lines(&buf);
+    let (first, second) = all.split_at(all.len() / 2);
+    let join = |ls: &[&[u8]]| ls.iter().flat_map(|l| l.iter().copied().chain([b'\n'])).collect::<Vec<u8>>();
+    let cfg = Config { plan: Some(plan(0)), ..Config::default() };
+    let db = Arc::new(HistoryDb::open(None).unwrap());
+    let engine = fed(&join(first), cfg, &db, &plan(0));
+    let mut state = AppState::new(engine.clone(), Auth::load(None).unwrap(), Arc::new(Hub::new()), None);
+    state.set_history(db.clone());
+    let state = Arc::new(state);
+    let (snap, changes) = engine.publish();
+    state.on_publish(snap, changes);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://127.0.0.1:{}", listener.local_addr().unwrap().port());
+    tokio::spawn(warroom_api::serve(listener, state.clone(), std::future::pending()));
+    let (a, b) = (START / 60_000, (START + 180 * 60_000) / 60_000);
+    let check = |c: &Value, want: &warroom_tests::RefHistory, what: &str| {
+        for v in c["venues"].as_array().unwrap() {
+            let w = want.sum("venue", v["venue"].as_str().unwrap(), a, b);
+            assert_eq!((v["favorites"].as_u64(), v["gmv_cents"].as_u64()), (Some(w[8]), Some(w[0])), "{what}: {v}");
+        }
+        let total: u64 = c["actual"].as_array().unwrap().iter().map(|p| p[1].as_u64().unwrap()).sum();
+        assert_eq!(total, want.sum("site", "", a, b)[0], "{what}");
+    };
+    let (_, c) = get(&base, "/api/v1/history/curve?range=promotion", OPS).await;
+    check(&c, &reference_history(first), "first half");
+    let (_, again) = get(&base, "/api/v1/history/curve?range=promotion", OPS).await;
+    assert_eq!(again["venues"], c["venues"], "kept between writes");
+    // The second half arrives and is written: the same range, new numbers.
+    ChunkProcessor::new(engine.clone(), Limits::default()).process(&join(second), first.len() as u64 + 1);
+    db.store(&engine.take_history()).unwrap();
+    let (_, c) = get(&base, "/api/v1/history/curve?range=promotion", OPS).await;
+    check(&c, &reference_history(&all), "whole night");
+}

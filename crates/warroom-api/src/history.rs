@@ -11,7 +11,7 @@ use serde::Deserialize;
 use warroom_history::{HistoryDb, HistoryError, Metric, Scope};
 
 use crate::auth::Caller;
-use crate::{now_ms, ApiError, AppState, Role};
+use crate::{lock, now_ms, ApiError, AppState, Role};
 
 type Shared = Arc<AppState>;
 
@@ -248,6 +248,7 @@ impl AppState {
         // step drawn in part, a dip), or tables of another moment than the curve.
         let snapshot = db
             .read(|s| {
+                let writes = db.writes.load(std::sync::atomic::Ordering::Relaxed);
                 let stored = s.bounds()?.map(|(a, b)| (a * 60_000, (b + 1) * 60_000));
                 let current = phases.iter().find(|p| p.start_ms <= now && now < p.end_ms);
                 let (from, to) = match (range, current, &plan) {
@@ -270,11 +271,25 @@ impl AppState {
                         s.totals(&Scope::Site, Some(m), from, to)?,
                         s.by_channel(from, to, Some(m))?,
                     ),
-                    None => CurveTables::Site(s.by_name(warroom_history::VENUE, from, to)?, s.by_merchant(from, to)?),
+                    // The same until the next batch is written (the count of writes is in the key).
+                    None => CurveTables::Site(self.curve_cache.tables.get_or((writes, from, to), || {
+                        Ok::<_, HistoryError>(Arc::new((
+                            s.by_name(warroom_history::VENUE, from, to)?,
+                            s.by_merchant(from, to)?,
+                        )))
+                    })?),
                 };
-                // The projection's minutes, up to what is stored (later ones are not in yet).
-                let minutes = match (&plan, stored, &merchant) {
-                    (Some(pl), Some((_, until)), None) => Some(s.gmv_minutes(pl.start_ms(), now.min(until))?),
+                // The projection, from the minutes stored (later ones are not in yet): the same
+                // for every request in a minute of event time until the next batch is written.
+                let projection = match (&plan, stored, &merchant) {
+                    (Some(pl), Some((_, until)), None) => {
+                        let at = now.min(until);
+                        let phase = phases.iter().position(|p| p.start_ms <= at && at < p.end_ms);
+                        let key = (writes, at.div_euclid(60_000), phase.map_or(-1, |i| i as i64));
+                        self.curve_cache.projection.get_or(key, || {
+                            Ok::<_, HistoryError>(self.project(pl, at, &s.gmv_minutes(pl.start_ms(), at)?))
+                        })?
+                    }
                     _ => None,
                 };
                 Ok::<_, HistoryError>(CurveRead {
@@ -283,11 +298,11 @@ impl AppState {
                     actual: s.series(&q)?,
                     utc_offset: s.utc_offset()?,
                     tables,
-                    minutes,
+                    projection,
                 })
             })
             .map_err(db_error)?;
-        let CurveRead { stored, step, actual, utc_offset, tables, minutes } = snapshot;
+        let CurveRead { stored, step, actual, utc_offset, tables, projection } = snapshot;
         let mut out = serde_json::json!({
             "range": range,
             "from_ms": actual.from_ms,
@@ -300,7 +315,7 @@ impl AppState {
             "phases": phases,
             "actual": actual.points,
         });
-        let (venues, merchants) = match tables {
+        let tables = match tables {
             CurveTables::Merchant(c, channels) => {
                 let m = merchant.as_deref().unwrap_or_default();
                 // The plan, the previous promotion and the projection are site-wide numbers; a
@@ -317,8 +332,9 @@ impl AppState {
                 }]);
                 return Ok(out);
             }
-            CurveTables::Site(venues, merchants) => (venues, merchants),
+            CurveTables::Site(t) => t,
         };
+        let (venues, merchants) = (&tables.0, &tables.1);
         // Leading indicators per venue (预热 builds up favorites and carts) and the merchants
         // with the most orders placed but unpaid, over the range.
         out["venues"] = serde_json::json!(venues
@@ -362,10 +378,6 @@ impl AppState {
             let aligned: Vec<_> = steps.iter().zip(aligned).map(|(&t, (_, v))| (t, v)).collect();
             out["previous"] = serde_json::json!(aligned);
         }
-        let projection = match (&plan, stored, minutes) {
-            (Some(pl), Some((_, until)), Some(pts)) => self.project(pl, now.min(until), &pts),
-            _ => None,
-        };
         out["projection"] = serde_json::json!(projection);
         Ok(out)
     }
@@ -378,15 +390,58 @@ struct CurveRead {
     actual: warroom_history::Series,
     utc_offset: i32,
     tables: CurveTables,
-    /// GMV minutes since the plan's start, for the projection (site-wide curves only).
-    minutes: Option<Vec<(i64, u64)>>,
+    /// The projection (site-wide curves only).
+    projection: Option<warroom_history::projection::Projection>,
 }
 
 enum CurveTables {
     /// A merchant's totals and channels over the range.
     Merchant(warroom_history::query::Totals, Vec<warroom_history::query::Row>),
     /// Venues and merchants over the range.
-    Site(Vec<warroom_history::query::Row>, Vec<warroom_history::query::Row>),
+    Site(Arc<SiteTables>),
+}
+
+type SiteTables = (Vec<warroom_history::query::Row>, Vec<warroom_history::query::Row>);
+
+/// What the site curve computed, kept until the history changes: every ops screen asks for
+/// the curve every 5 s, and at 20,000 slots over a 7-day range the venue and merchant tables
+/// cost 40-100 ms a request and the projection's minutes a few ms; they change only when a
+/// batch is written (the count of writes is part of each key).
+#[derive(Debug, Default)]
+pub(crate) struct CurveCache {
+    /// By (writes, from, to).
+    tables: Recent<(u64, i64, i64), Arc<SiteTables>>,
+    /// By (writes, minute of event time, phase).
+    projection: Recent<(u64, i64, i64), Option<warroom_history::projection::Projection>>,
+}
+
+/// The last few values computed, by key (ranges asked by different screens: phase, promotion,
+/// all).
+#[derive(Debug)]
+pub(crate) struct Recent<K, V>(std::sync::Mutex<std::collections::VecDeque<(K, V)>>);
+
+impl<K, V> Default for Recent<K, V> {
+    fn default() -> Self {
+        Recent(std::sync::Mutex::new(std::collections::VecDeque::new()))
+    }
+}
+
+impl<K: PartialEq, V: Clone> Recent<K, V> {
+    const KEEP: usize = 4;
+
+    /// The value for `key`, computed by `f` (outside the lock) when not kept.
+    fn get_or<E>(&self, key: K, f: impl FnOnce() -> Result<V, E>) -> Result<V, E> {
+        if let Some((_, v)) = lock(&self.0).iter().find(|(k, _)| *k == key) {
+            return Ok(v.clone());
+        }
+        let v = f()?;
+        let mut kept = lock(&self.0);
+        if kept.len() >= Self::KEEP {
+            kept.pop_front();
+        }
+        kept.push_back((key, v.clone()));
+        Ok(v)
+    }
 }
 
 #[derive(Debug, Deserialize)]

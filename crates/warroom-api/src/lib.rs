@@ -108,6 +108,8 @@ pub struct AppState {
     /// promotion's file: it does not change; every screen's curve, every 5 s, and every
     /// projection read all its minutes again: 2.6 ms a request for a 7-day promotion).
     previous_curve: std::sync::OnceLock<Option<Arc<warroom_history::projection::Previous>>>,
+    /// What the site curve computed, until the history changes.
+    curve_cache: history::CurveCache,
     /// The event-time minute of the last projection kept in the journal.
     projected_minute: std::sync::atomic::AtomicI64,
     /// WebSocket connections open, in all and per token (by the token's digest).
@@ -141,6 +143,7 @@ impl AppState {
             history: None,
             previous: None,
             previous_curve: std::sync::OnceLock::new(),
+            curve_cache: Default::default(),
             projected_minute: std::sync::atomic::AtomicI64::new(i64::MIN),
             rule_log: None,
             rules_applied: Mutex::default(),

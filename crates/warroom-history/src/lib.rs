@@ -1065,9 +1065,14 @@ impl Store {
     /// The first and last stored minute (site rows), if any.
     pub fn bounds(&self) -> Result<Option<(i64, i64)>> {
         let r: (Option<i64>, Option<i64>) =
-            self.conn.query_row("SELECT MIN(minute), MAX(minute) FROM minutes WHERE kind = 0 AND id = 0", [], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })?;
+            // Two seeks (MIN and MAX together made SQLite read every site minute: 0.35 ms of
+            // each curve request on a 7-day history).
+            self.conn.query_row(
+                "SELECT (SELECT minute FROM minutes WHERE kind = 0 AND id = 0 ORDER BY minute LIMIT 1),
+                        (SELECT minute FROM minutes WHERE kind = 0 AND id = 0 ORDER BY minute DESC LIMIT 1)",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
         Ok(r.0.zip(r.1))
     }
 
