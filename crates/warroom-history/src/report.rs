@@ -81,6 +81,19 @@ fn time(ms: i64) -> Cell {
     Cell::Time(TimeCell { ms })
 }
 
+/// The funnel's cells: gmv, paid_orders, impressions, clicks, ctr (clicks / impressions),
+/// conversion (paid orders / clicks).
+fn funnel(c: &Counts) -> [Cell; 6] {
+    [
+        cents(c.gmv),
+        int(c.paid_orders),
+        int(c.impressions),
+        int(c.clicks),
+        ratio(c.clicks, c.impressions),
+        ratio(c.paid_orders, c.clicks),
+    ]
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Table {
     /// File name of its CSV (`<name>.csv`) and key in the JSON.
@@ -358,19 +371,12 @@ fn phase_tables(
         if m.is_some() {
             let name = text(if p.name.is_empty() { &p.kind } else { &p.name });
             let mut row = vec![name, time(p.start_ms), time(p.end_ms)];
-            row.extend(if begun {
-                vec![
-                    cents(c.gmv),
-                    int(c.paid_orders),
-                    int(c.impressions),
-                    int(c.clicks),
-                    ratio(c.clicks, c.impressions),
-                    ratio(c.paid_orders, c.clicks),
-                    c.gmv.checked_div(c.paid_orders).map_or(Cell::Empty, cents),
-                ]
+            if begun {
+                row.extend(funnel(&c));
+                row.push(c.gmv.checked_div(c.paid_orders).map_or(Cell::Empty, cents));
             } else {
-                vec![Cell::Empty; 7]
-            });
+                row.extend(vec![Cell::Empty; 7]);
+            }
             t.rows.push(row);
             continue;
         }
@@ -599,18 +605,10 @@ fn slot_table(rows: Vec<Row>) -> Table {
     );
     for r in rows {
         let c = r.counts;
-        t.rows.push(vec![
-            text(&r.name),
-            text(r.venue.unwrap_or_default()),
-            cents(c.gmv),
-            int(c.paid_orders),
-            int(c.impressions),
-            int(c.clicks),
-            ratio(c.clicks, c.impressions),
-            ratio(c.paid_orders, c.clicks),
-            int(c.favorites),
-            int(c.carts),
-        ]);
+        let mut row = vec![text(&r.name), text(r.venue.unwrap_or_default())];
+        row.extend(funnel(&c));
+        row.extend([int(c.favorites), int(c.carts)]);
+        t.rows.push(row);
     }
     t
 }
@@ -623,15 +621,9 @@ fn channel_table(rows: Vec<Row>) -> Table {
     );
     for r in rows {
         let c = r.counts;
-        t.rows.push(vec![
-            text(&r.name),
-            cents(c.gmv),
-            int(c.paid_orders),
-            int(c.impressions),
-            int(c.clicks),
-            ratio(c.clicks, c.impressions),
-            ratio(c.paid_orders, c.clicks),
-        ]);
+        let mut row = vec![text(&r.name)];
+        row.extend(funnel(&c));
+        t.rows.push(row);
     }
     t
 }
