@@ -811,3 +811,17 @@ pub fn noisy_night(seed: u64, events: u64) -> Vec<u8> {
         .expect("a night in memory");
     buf
 }
+
+/// Runs `BIN review --history DB --out OUT` with `args` before them, and asserts it succeeded.
+pub fn run_review(bin: &str, db: &std::path::Path, out: &std::path::Path, args: &[&str]) {
+    let st = std::process::Command::new(bin)
+        .arg("review")
+        .args(args)
+        .arg("--history")
+        .arg(db)
+        .arg("--out")
+        .arg(out)
+        .status()
+        .expect("the warroom binary runs");
+    assert!(st.success(), "warroom review {args:?} --out {}: {st}", out.display());
+}

@@ -293,6 +293,12 @@ pub fn build(store: &Store, previous: Option<&Store>, opts: &ReportOptions) -> R
     })
 }
 
+/// How far phase `p` has run: its end, or the end of the stored minutes while the range is
+/// not over (`stored_until`). At or before its start: the phase has not begun.
+fn run_until(p: &PhaseSpan, stored_until: Option<i64>) -> i64 {
+    stored_until.map_or(p.end_ms, |u| p.end_ms.min(u))
+}
+
 /// The end of the part of last time's phase `q` as long as phase `p` has run by `end`
 /// (aligned by time since the start of the phase).
 fn same_part(q: &PhaseSpan, p: &PhaseSpan, end: i64) -> i64 {
@@ -345,7 +351,7 @@ fn phase_tables(
         let (target_uv, target_buyers) = cfg.map_or((0, 0), |q| (q.target_uv, q.target_buyers));
         // The gap, against the targets when the plan sets traffic and buyers, else against
         // the previous promotion's phase of the same kind.
-        let end = stored_until.map_or(p.end_ms, |u| p.end_ms.min(u));
+        let end = run_until(p, stored_until);
         let in_progress = end < p.end_ms;
         let base: Option<(&str, (u128, u64, u64))> = if m.is_some() || tot.distinct.is_none() || end <= p.start_ms {
             None
@@ -465,7 +471,7 @@ fn uplift_table(
     };
     for p in phases {
         let name = text(if p.name.is_empty() { &p.kind } else { &p.name });
-        let end = stored_until.map_or(p.end_ms, |u| p.end_ms.min(u));
+        let end = run_until(p, stored_until);
         if end <= p.start_ms {
             t.rows.push(vec![
                 name,
@@ -692,7 +698,7 @@ fn money_table(store: &Store, phases: &[PhaseSpan], m: Option<&str>, stored_unti
     );
     for p in phases {
         let name = text(if p.name.is_empty() { &p.kind } else { &p.name });
-        if stored_until.is_some_and(|u| u <= p.start_ms) {
+        if run_until(p, stored_until) <= p.start_ms {
             // Not begun: no numbers (not zeros).
             t.rows.push([vec![name], vec![Cell::Empty; 8]].concat());
             continue;

@@ -121,8 +121,7 @@ fn history_survives_kill_dash_nine_without_a_gap_or_a_double_minute() {
     assert!(third.wait().unwrap().success());
     // The review, from the database on disk, says the same.
     let out = dir.path().join("review");
-    let st = Command::new(BIN).args(["review", "--history"]).arg(&db).arg("--out").arg(&out).status().unwrap();
-    assert!(st.success());
+    warroom_tests::run_review(BIN, &db, &out, &[]);
     let report: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
     let site = want.sum("site", "", i64::MIN, i64::MAX);
     assert_eq!(report["totals"]["gmv"].as_u64(), Some(site[0]), "review GMV");
@@ -178,15 +177,8 @@ fn a_replay_stores_the_reference_history() {
     let until = (last + 1) * 60_000;
     for (now, want_until) in [(format!("{}", until + 1), Some(until)), ("end".to_string(), None)] {
         let out = dir.path().join(format!("review-{now}"));
-        let st = Command::new(BIN)
-            .args(["review", "--from", &(first * 60_000).to_string(), "--to", &(until + 3_600_000).to_string()])
-            .args(["--now", &now, "--history"])
-            .arg(&db)
-            .arg("--out")
-            .arg(&out)
-            .status()
-            .unwrap();
-        assert!(st.success());
+        let (from, to) = ((first * 60_000).to_string(), (until + 3_600_000).to_string());
+        warroom_tests::run_review(BIN, &db, &out, &["--from", &from, "--to", &to, "--now", &now]);
         let r: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
         assert_eq!(r["stored_until_ms"].as_i64(), want_until, "--now {now}");
     }

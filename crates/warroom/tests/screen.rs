@@ -479,14 +479,7 @@ async fn after_a_reload_the_curve_is_the_history_and_the_report_renders() {
 
     // The 复盘 report, from the database the monitor writes, in the browser.
     let out = dir.path().join("review");
-    let st = Command::new(env!("CARGO_BIN_EXE_warroom"))
-        .args(["review", "--history"])
-        .arg(&db)
-        .arg("--out")
-        .arg(&out)
-        .status()
-        .unwrap();
-    assert!(st.success());
+    warroom_tests::run_review(env!("CARGO_BIN_EXE_warroom"), &db, &out, &[]);
     let mut page = Page::open(&port, &format!("file://{}", out.join("report.html").display())).await;
     page.call(
         "Emulation.setDeviceMetricsOverride",
